@@ -1,0 +1,1 @@
+"""Thin bridges from optical-memory to LangChain, OpenAI-style backends and transformers."""
