@@ -119,9 +119,7 @@ def deepseek_ocr_cost(width: int, height: int, detail: str | None = None) -> int
     tiny 64 -> 73, small 100 -> 111, base 256 -> 273, large 400 -> 421 positions.
     """
     side = max(width, height)
-    for canvas, n in _DEEPSEEK_MODES:
-        if side <= canvas:
-            break
+    n = next((n for canvas, n in _DEEPSEEK_MODES if side <= canvas), _DEEPSEEK_MODES[-1][1])
     return n + math.isqrt(n) + 1
 
 

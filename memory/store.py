@@ -76,7 +76,7 @@ class LosslessText(TypeDecorator[str]):
         return value
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is not None and value.startswith(_NUL_MARK):
+        if value is not None and dialect.name == "postgresql" and value.startswith(_NUL_MARK):
             return json.loads(value[len(_NUL_MARK) :])
         return value
 
