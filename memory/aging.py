@@ -153,8 +153,19 @@ class Aging:
         return report
 
     def _sessions(self, keys: Sequence[str] | None) -> list[int]:
+        """Sessions with work: turns beyond the text window, or pages that can still fade."""
+        fading = (
+            select(PageRow.id)
+            .where(
+                PageRow.session_id == SessionRow.id,
+                PageRow.tier != Tier.TINY.label,
+                PageRow.imageable,
+            )
+            .exists()
+        )
+        unpaged = SessionRow.next_seq - self.policy.keep_last_turns > SessionRow.paged_until
         with self.db.read() as s:
-            q = select(SessionRow.id).order_by(SessionRow.id)
+            q = select(SessionRow.id).where(unpaged | fading).order_by(SessionRow.id)
             if keys is not None:
                 q = q.where(SessionRow.key.in_(list(keys)))
             return list(s.scalars(q))

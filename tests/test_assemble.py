@@ -85,10 +85,16 @@ def test_a_tight_budget_fades_the_oldest_pages_for_this_request_only(mm: MemoryM
 
 def test_a_very_tight_budget_leaves_the_oldest_pages_out(mm: MemoryManager) -> None:
     roomy = mm.assemble("s", budget=8192, now=NOW)
-    tight = mm.assemble("s", budget=900, now=NOW)
-    assert tight.tokens <= 900
-    assert 0 < len(tight.pages) < len(roomy.pages)
-    assert tight.pages[-1].page_id == roomy.pages[-1].page_id
+    for budget in range(roomy.tokens, 0, -25):
+        tight = mm.assemble("s", budget=budget, now=NOW)
+        assert tight.tokens <= budget or tight.over_budget
+        if 0 < len(tight.pages) < len(roomy.pages):
+            break
+    else:
+        pytest.fail("no budget dropped some pages but not all")
+    assert all(p.tier == "tiny" for p in tight.pages[:1])  # faded as far as it goes first
+    assert tight.pages[-1].page_id == roomy.pages[-1].page_id  # the newest stays
+    assert tight.pages[0].page_id > roomy.pages[0].page_id  # the oldest went
     assert tight.omitted_turns > roomy.omitted_turns
 
 
