@@ -12,9 +12,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from .ladder import IMAGE_TIERS, Target, Tier
@@ -127,7 +127,7 @@ class _Option:
 
 @dataclass
 class _Candidate:
-    row: PageRow
+    row: Row[Any]  # a page row without its image bytes
     options: list[_Option]
     chosen: int = 0
 
@@ -176,8 +176,8 @@ def assemble_context(
         upper = batch[-1].seq - 1
         for t in batch:
             pending.insert(0, t)
-            if _opens_unit(pending, t):
-                continue  # a tool result: keep gathering back to its call
+            if t.role == "tool":
+                continue  # walking back, a tool result needs the call before it: keep gathering
             unit_cost = sum(cost_of(u) for u in pending)
             if not mandatory_done:
                 spent += unit_cost
@@ -232,7 +232,7 @@ def assemble_context(
             for t in _page_turns(s, c.row):
                 segments.append(TextSegment(_turn(t, session.key), cost_of(t), page_id=c.row.id))
             continue
-        png = c.row.png if o.tier.label == c.row.tier else _rendition(s, c.row.id, o.tier)
+        png = _image(s, c.row.id, o.tier, stored=o.tier.label == c.row.tier)
         assert png is not None and o.width is not None and o.height is not None
         cap = captions[c.row.id]
         segments.append(
@@ -258,9 +258,8 @@ def assemble_context(
         replaced += c.row.text_tokens
     segments.extend(TextSegment(_turn(t, session.key), cost_of(t)) for t in texts)
 
-    shown = [seg for seg in segments]
     first_shown = min(
-        (seg.first_seq if isinstance(seg, PageSegment) else seg.turn.seq for seg in shown),
+        (seg.first_seq if isinstance(seg, PageSegment) else seg.turn.seq for seg in segments),
         default=session.next_seq + 1,
     )
     has_images = image_tokens > 0
@@ -276,11 +275,6 @@ def assemble_context(
         omitted_turns=max(0, first_shown - 1),
         over_budget=over,
     )
-
-
-def _opens_unit(pending: list[TurnRow], t: TurnRow) -> bool:
-    """Walking backwards, a tool result needs the assistant call before it."""
-    return t.role == "tool"
 
 
 def _page_candidates(s: Session, sid: int, target: Target, remaining: int) -> list[_Candidate]:
@@ -305,16 +299,15 @@ def _page_candidates(s: Session, sid: int, target: Target, remaining: int) -> li
             renditions.setdefault(pid, []).append((tier, w, h))
         for r in rows:
             before = r.first_seq
-            row = _LazyPage(s, r)
-            options = _options(row, renditions.get(r.id, []), target)
-            out.append(_Candidate(row, options))  # type: ignore[arg-type]
+            options = _options(r, renditions.get(r.id, []), target)
+            out.append(_Candidate(r, options))
             floor += min(o.cost for o in options)
             if floor > remaining:
                 break
     return out
 
 
-def _options(row: _LazyPage, renditions: list[tuple[str, int, int]], target: Target) -> list[_Option]:
+def _options(row: Row[Any], renditions: list[tuple[str, int, int]], target: Target) -> list[_Option]:
     """How a page can be shown, sharpest first; images only where they cost less than text."""
     stored = Tier.parse(row.tier)
     opts: list[_Option] = []
@@ -335,26 +328,16 @@ def _options(row: _LazyPage, renditions: list[tuple[str, int, int]], target: Tar
     return opts
 
 
-class _LazyPage:
-    """A page row without its image bytes; the PNG is fetched only if the page is shown."""
-
-    def __init__(self, s: Session, r) -> None:  # type: ignore[no-untyped-def]
-        self._s = s
-        self._r = r
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        if name == "png":
-            return self._s.scalar(select(PageRow.png).where(PageRow.id == self._r.id))
-        return getattr(self._r, name)
-
-
-def _rendition(s: Session, page_id: int, tier: Tier) -> bytes | None:
+def _image(s: Session, page_id: int, tier: Tier, *, stored: bool) -> bytes | None:
+    """The page's stored image, or the rendition of a fainter tier, fetched only when shown."""
+    if stored:
+        return s.scalar(select(PageRow.png).where(PageRow.id == page_id))
     return s.scalar(
         select(RenditionRow.png).where(RenditionRow.page_id == page_id, RenditionRow.tier == tier.label)
     )
 
 
-def _page_turns(s: Session, row: PageRow | _LazyPage) -> Sequence[TurnRow]:
+def _page_turns(s: Session, row: Row[Any]) -> Sequence[TurnRow]:
     return s.scalars(
         select(TurnRow)
         .where(
@@ -370,7 +353,7 @@ def _turn(t: TurnRow, key: str) -> Turn:
     return Turn(key, t.seq, t.role, t.content, t.at, t.tokens, dict(t.meta or {}))
 
 
-def _caption(row: PageRow | _LazyPage, ref: datetime) -> str:
+def _caption(row: Row[Any], ref: datetime) -> str:
     span = f"{_fmt(row.first_at)} – {_fmt(row.last_at)}"
     if row.first_at.date() == row.last_at.date():
         span = f"{_fmt(row.first_at)} – {row.last_at:%H:%M}"
