@@ -1,0 +1,525 @@
+"""LangChain: agent middleware, a chat message history, and an image-aware token counter.
+
+* :class:`OpticalMemoryMiddleware` plugs into ``langchain.agents.create_agent``. On every
+  model call it stores the conversation's new messages once, then hands the model the
+  assembled view instead of the full history: one labelled memory message with the page
+  images, then the recent turns as ordinary messages. The images exist only in the request
+  passed to the model; graph state and checkpoints keep plain text.
+* :class:`OpticalChatMessageHistory` is the same memory for ``RunnableWithMessageHistory``.
+* :func:`count_tokens_with_images` counts a message list the way the target model charges
+  images (langchain-core's approximate counter charges every image a flat 85 tokens).
+
+Images are LangChain v1 standard content blocks:
+``{"type": "image", "base64": ..., "mime_type": "image/png"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import io
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain_core.chat_history import BaseChatMessageHistory
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.utils import convert_to_messages, count_tokens_approximately
+
+from optical_memory import (
+    AssembledContext,
+    InvalidBudget,
+    MemoryManager,
+    Target,
+    Tier,
+    Turn,
+    UnknownSession,
+    get_target,
+)
+
+from ._framing import MEMORY_MESSAGE_ID, FramedMessage, MemoryRole, TurnLog, frame
+
+__all__ = [
+    "OpticalChatMessageHistory",
+    "OpticalMemoryMiddleware",
+    "count_tokens_with_images",
+    "image_token_counter",
+    "message_to_turn",
+    "to_langchain_messages",
+]
+
+Clock = Callable[[], datetime]
+SessionKey = str | Callable[[Any], str]
+_ROLES = {
+    "human": "user",
+    "ai": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+}
+
+
+# -- LangChain messages -> turns -----------------------------------------------------------------
+
+
+def message_to_turn(message: BaseMessage, at: datetime | None = None) -> dict[str, Any] | None:
+    """A message as a turn for ``MemoryManager.add_turns`` (None for what is not a turn).
+
+    Text is stored as is; tool calls, the tool call id, the speaker name and the message id go
+    into metadata. Non-text blocks (e.g. a user's images) are not archived; their types are
+    noted in ``metadata["omitted_blocks"]``.
+    """
+    if message.type == "remove" or _is_memory_message(message):
+        return None
+    role = _ROLES.get(message.type)
+    if role is None:
+        raw = getattr(message, "role", "user")
+        role = raw if raw in ("user", "assistant", "system", "tool") else "user"
+    meta: dict[str, Any] = {}
+    if message.id:
+        meta["message_id"] = str(message.id)
+    if message.name:
+        meta["name"] = message.name
+    if isinstance(message, AIMessage):
+        calls = [
+            {"id": c.get("id") or "", "name": c["name"], "args": dict(c.get("args") or {})}
+            for c in message.tool_calls
+        ]
+        calls += [
+            {
+                "id": c.get("id") or "",
+                "name": c.get("name") or "",
+                "args": {},
+                "arguments": c.get("args") or "",
+            }
+            for c in message.invalid_tool_calls
+        ]
+        if calls:
+            meta["tool_calls"] = calls
+    if isinstance(message, ToolMessage):
+        meta["tool_call_id"] = message.tool_call_id
+        if message.status == "error":
+            meta["status"] = "error"
+    if isinstance(message.content, list):
+        omitted = [
+            b.get("type", "?") if isinstance(b, dict) else "?"
+            for b in message.content
+            if not isinstance(b, str) and not (isinstance(b, dict) and b.get("type") == "text")
+        ]
+        omitted = [t for t in omitted if t not in ("tool_use", "tool_call")]  # kept as tool_calls
+        if omitted:
+            meta["omitted_blocks"] = omitted
+    return {"role": role, "content": str(message.text), "at": at, "metadata": meta}
+
+
+def _is_memory_message(message: BaseMessage) -> bool:
+    return bool(message.id) and str(message.id).startswith(MEMORY_MESSAGE_ID)
+
+
+# -- assembled context -> LangChain messages -----------------------------------------------------
+
+
+def to_langchain_messages(
+    ctx: AssembledContext, *, memory_role: MemoryRole = "user"
+) -> list[BaseMessage]:
+    """The assembled context as LangChain messages: the memory message, then recent turns."""
+    return [_to_message(m) for m in frame(ctx, memory_role=memory_role)]
+
+
+def _to_message(m: FramedMessage) -> BaseMessage:
+    if m.is_memory:
+        blocks: list[str | dict[str, Any]] = []
+        for part in m.parts:
+            if part.page is None:
+                blocks.append({"type": "text", "text": part.text or ""})
+                continue
+            block: dict[str, Any] = {
+                "type": "image",
+                "base64": part.page.base64,
+                "mime_type": part.page.mime_type,
+            }
+            if part.page.detail:
+                block["extras"] = {"detail": part.page.detail}
+            blocks.append(block)
+        cls = SystemMessage if m.role == "system" else HumanMessage
+        return cls(content=blocks, id=MEMORY_MESSAGE_ID)
+    mid = m.message_id
+    if m.role == "assistant":
+        calls = [c for c in m.tool_calls if c.arguments is None]
+        bad = [c for c in m.tool_calls if c.arguments is not None]
+        return AIMessage(
+            content=m.content,
+            id=mid,
+            name=m.name,
+            tool_calls=[
+                {"type": "tool_call", "id": c.id, "name": c.name, "args": c.args} for c in calls
+            ],
+            invalid_tool_calls=[
+                {
+                    "type": "invalid_tool_call",
+                    "id": c.id,
+                    "name": c.name,
+                    "args": c.arguments,
+                    "error": None,
+                }
+                for c in bad
+            ],
+        )
+    if m.role == "tool":
+        status = "error" if m.turn and m.turn.metadata.get("status") == "error" else "success"
+        return ToolMessage(
+            content=m.content,
+            tool_call_id=m.tool_call_id or "",
+            name=m.name,
+            id=mid,
+            status=status,
+        )
+    if m.role == "system":
+        return SystemMessage(content=m.content, id=mid, name=m.name)
+    return HumanMessage(content=m.content, id=mid, name=m.name)
+
+
+# -- token counting ------------------------------------------------------------------------------
+
+
+def count_tokens_with_images(
+    messages: Iterable[Any], *, target: Target | str = "deepseek-ocr", **kwargs: Any
+) -> int:
+    """Approximate tokens of ``messages``, each image charged what ``target`` charges for it.
+
+    Text is counted by langchain-core's ``count_tokens_approximately`` (extra keyword
+    arguments go to it). An image's size is read from its header; an image given only by a
+    remote URL is charged the target's largest page. Use with ``trim_messages`` through
+    :func:`image_token_counter` or ``functools.partial``.
+    """
+    msgs = convert_to_messages(list(messages))
+    total = count_tokens_approximately(msgs, tokens_per_image=0, **kwargs)
+    tgt = get_target(target)
+    for m in msgs:
+        if isinstance(m.content, list):
+            for block in m.content:
+                if isinstance(block, dict) and block.get("type") in ("image", "image_url"):
+                    total += _image_cost(block, tgt)
+    return total
+
+
+def image_token_counter(
+    target: Target | str = "deepseek-ocr", **kwargs: Any
+) -> Callable[[Sequence[BaseMessage]], int]:
+    """``count_tokens_with_images`` bound to one target, for ``trim_messages(token_counter=)``."""
+    get_target(target)  # fail early on an unknown name
+    return partial(count_tokens_with_images, target=target, **kwargs)
+
+
+def _image_cost(block: dict[str, Any], target: Target) -> int:
+    data, detail = _image_source(block)
+    size = _image_size(data) if data is not None else None
+    if size is None:
+        return target.tier_cost(Tier.LARGE)
+    return target.image_cost(size[0], size[1], detail)
+
+
+def _image_source(block: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(base64 data or None, detail) of an image block in any common shape."""
+    extras = block.get("extras") if isinstance(block.get("extras"), dict) else {}
+    detail = block.get("detail") or extras.get("detail")
+    if block.get("type") == "image_url":
+        iu = block.get("image_url")
+        url = iu.get("url") if isinstance(iu, dict) else iu
+        if isinstance(iu, dict):
+            detail = iu.get("detail") or detail
+        return _from_data_url(url), detail
+    if isinstance(block.get("base64"), str):
+        return block["base64"], detail
+    if block.get("source_type") == "base64" and isinstance(block.get("data"), str):
+        return block["data"], detail
+    src = block.get("source")
+    if isinstance(src, dict) and src.get("type") == "base64":  # Anthropic's shape
+        return src.get("data"), detail
+    return _from_data_url(block.get("url")), detail
+
+
+def _from_data_url(url: object) -> str | None:
+    if isinstance(url, str) and url.startswith("data:") and ";base64," in url:
+        return url.split(";base64,", 1)[1]
+    return None
+
+
+def _image_size(b64: str) -> tuple[int, int] | None:
+    """Width and height from the PNG header (32 base64 characters); other formats via Pillow."""
+    try:
+        head = base64.b64decode(b64[:32])
+    except (binascii.Error, ValueError):
+        return None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+            return im.size
+    except Exception:
+        return None
+
+
+# -- agent middleware ----------------------------------------------------------------------------
+
+
+class OpticalMemoryMiddleware(AgentMiddleware):
+    """Agent memory for ``create_agent``: store each message once, show the model aged pages.
+
+    Args:
+        memory: the store.
+        budget: tokens for the conversation part of each prompt (system prompt and tool
+            schemas not included).
+        target: the model that reads the prompt (default: the memory's target).
+        session_key: the session: a fixed string, or ``f(runtime) -> str``. Default: the
+            LangGraph thread id (``config["configurable"]["thread_id"]``).
+        memory_role: role of the memory message; ``"user"`` works everywhere, ``"system"``
+            only with providers that accept images in system messages.
+        now: clock for turn timestamps and page captions (default: the wall clock).
+        token_counter: text token counter for assembly (default: the memory's stored counts).
+
+    It records the messages of each model request (so put it last in ``middleware=`` if
+    another middleware edits messages) and the model's reply, by message id.
+    """
+
+    def __init__(
+        self,
+        memory: MemoryManager,
+        *,
+        budget: int = 4096,
+        target: Target | str | None = None,
+        session_key: SessionKey | None = None,
+        memory_role: MemoryRole = "user",
+        now: Clock | None = None,
+        token_counter: Any = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+            raise InvalidBudget(f"budget must be a positive int of tokens, got {budget!r}")
+        if memory_role not in ("user", "system"):
+            raise ValueError(f"memory_role must be 'user' or 'system', got {memory_role!r}")
+        self.memory = memory
+        self.budget = budget
+        self.target = get_target(target) if target is not None else None
+        self.session_key = session_key
+        self.memory_role: MemoryRole = memory_role
+        self.now = now
+        self.token_counter = token_counter
+        self._log = TurnLog(memory)
+
+    # -- the hooks ----------------------------------------------------------------------------
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest,
+        handler: Callable[[ModelRequest], ModelResponse],
+    ) -> Any:
+        sid = self.session_id(request.runtime)
+        view = self._prepare(sid, request.messages)
+        response = handler(request.override(messages=view))
+        self.record(sid, _response_messages(response))
+        return response
+
+    async def awrap_model_call(self, request: ModelRequest, handler: Callable[..., Any]) -> Any:
+        sid = self.session_id(request.runtime)
+        view = await asyncio.to_thread(self._prepare, sid, request.messages)
+        response = await handler(request.override(messages=view))
+        await asyncio.to_thread(self.record, sid, _response_messages(response))
+        return response
+
+    def after_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        """Store what came after the last model call (e.g. a ``return_direct`` tool result)."""
+        self.record(self.session_id(runtime), state.get("messages", []))
+        return None
+
+    async def aafter_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        sid = self.session_id(runtime)
+        await asyncio.to_thread(self.record, sid, state.get("messages", []))
+        return None
+
+    # -- the work -----------------------------------------------------------------------------
+
+    def session_id(self, runtime: Any) -> str:
+        """The session of this run: ``session_key``, else the LangGraph thread id."""
+        if isinstance(self.session_key, str):
+            return self.session_key
+        if callable(self.session_key):
+            return str(self.session_key(runtime))
+        info = getattr(runtime, "execution_info", None)
+        tid = getattr(info, "thread_id", None)
+        if tid is None:
+            try:
+                from langgraph.config import get_config
+
+                tid = get_config().get("configurable", {}).get("thread_id")
+            except RuntimeError:
+                tid = None
+        if tid is None:
+            raise ValueError(
+                "OpticalMemoryMiddleware needs a session: run the agent with "
+                "config={'configurable': {'thread_id': ...}} (and a checkpointer), or pass "
+                "session_key='...' or session_key=lambda runtime: ..."
+            )
+        return str(tid)
+
+    def record(self, session_id: str, messages: Sequence[BaseMessage]) -> list[Turn]:
+        """Store the messages not stored yet (by message id), in order, in one transaction."""
+        at = self.now() if self.now is not None else None
+        with self._log.session(session_id) as log:
+            rows: list[dict[str, Any]] = []
+            for i, m in enumerate(messages):
+                if not isinstance(m, BaseMessage):
+                    continue
+                key = str(m.id) if m.id else _content_key(m, i)
+                if key in log.ids:
+                    continue
+                row = message_to_turn(m, at)
+                if row is None:
+                    continue
+                row["metadata"]["message_id"] = key
+                log.ids.add(key)
+                rows.append(row)
+            if not rows:
+                return []
+            try:
+                stored = self.memory.add_turns(session_id, rows)
+            except BaseException:
+                log.reset()  # re-read from the store next time
+                raise
+            TurnLog.note(log, stored)
+            return stored
+
+    def view(self, session_id: str) -> list[BaseMessage]:
+        """What the model is shown for this session now."""
+        ctx = self.memory.assemble(
+            session_id,
+            self.budget,
+            self.target,
+            self.now() if self.now is not None else None,
+            token_counter=self.token_counter,
+        )
+        return to_langchain_messages(ctx, memory_role=self.memory_role)
+
+    def _prepare(self, session_id: str, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+        self.record(session_id, messages)
+        return self.view(session_id)
+
+
+def _response_messages(response: Any) -> list[BaseMessage]:
+    """The messages a model call adds to state; each gets an id so it is stored once."""
+    if isinstance(response, AIMessage):
+        msgs: list[Any] = [response]
+    elif hasattr(response, "model_response"):  # ExtendedModelResponse
+        msgs = list(response.model_response.result)
+    else:
+        msgs = list(getattr(response, "result", []) or [])
+    for m in msgs:
+        if isinstance(m, BaseMessage) and not m.id:
+            m.id = str(uuid.uuid4())
+    return msgs
+
+
+def _content_key(m: BaseMessage, position: int) -> str:
+    """A stand-in id for a message that has none: its place and content."""
+    h = hashlib.sha256(f"{position}\0{m.type}\0{m.text}".encode()).hexdigest()[:32]
+    return f"h:{h}"
+
+
+# -- chat message history ------------------------------------------------------------------------
+
+
+class OpticalChatMessageHistory(BaseChatMessageHistory):
+    """``BaseChatMessageHistory`` for ``RunnableWithMessageHistory``.
+
+    ``messages`` is the assembled view (a memory message with page images, then the recent
+    turns), not the raw log: read :meth:`MemoryManager.turns` for that.
+    """
+
+    def __init__(
+        self,
+        memory: MemoryManager,
+        session_id: str,
+        *,
+        budget: int = 4096,
+        target: Target | str | None = None,
+        memory_role: MemoryRole = "user",
+        now: Clock | None = None,
+        token_counter: Any = None,
+    ) -> None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+            raise InvalidBudget(f"budget must be a positive int of tokens, got {budget!r}")
+        self.memory = memory
+        self.session_id = session_id
+        self.budget = budget
+        self.target = get_target(target) if target is not None else None
+        self.memory_role: MemoryRole = memory_role
+        self.now = now
+        self.token_counter = token_counter
+
+    @property
+    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        try:
+            ctx = self.memory.assemble(
+                self.session_id,
+                self.budget,
+                self.target,
+                self._now(),
+                token_counter=self.token_counter,
+            )
+        except UnknownSession:
+            return []
+        return to_langchain_messages(ctx, memory_role=self.memory_role)
+
+    async def aget_messages(self) -> list[BaseMessage]:
+        try:
+            ctx = await self.memory.aassemble(
+                self.session_id,
+                self.budget,
+                self.target,
+                self._now(),
+                token_counter=self.token_counter,
+            )
+        except UnknownSession:
+            return []
+        return to_langchain_messages(ctx, memory_role=self.memory_role)
+
+    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        """Store all of them in one transaction (the memory message is skipped)."""
+        rows = self._rows(messages)
+        if rows:
+            self.memory.add_turns(self.session_id, rows)
+
+    async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
+        rows = self._rows(messages)
+        if rows:
+            await self.memory.aadd_turns(self.session_id, rows)
+
+    def clear(self) -> None:
+        """Forget the session: its turns, pages and images."""
+        with contextlib.suppress(UnknownSession):
+            self.memory.forget(self.session_id)
+
+    async def aclear(self) -> None:
+        with contextlib.suppress(UnknownSession):
+            await self.memory.aforget(self.session_id)
+
+    def _now(self) -> datetime | None:
+        return self.now() if self.now is not None else None
+
+    def _rows(self, messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+        at = self._now()
+        return [r for r in (message_to_turn(m, at) for m in messages) if r is not None]

@@ -1,0 +1,239 @@
+"""OpenAI-style chat completions: assembled context in, message dicts out (and back).
+
+Works with OpenAI and with OpenAI-compatible servers (vLLM serving DeepSeek-OCR or Qwen2.5-VL,
+Ollama, LM Studio): page images travel as ``image_url`` parts with a ``data:`` URL, tool calls
+and results keep the chat-completions shape. Nothing here imports the ``openai`` package::
+
+    ctx = memory.assemble(session_id, budget=4096, target="openai")
+    messages = to_openai_messages(ctx, system_prompt="You are helpful.")
+    reply = client.chat.completions.create(model=..., messages=messages)
+    record_openai_messages(memory, session_id, [reply.choices[0].message])
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from optical_memory import AssembledContext, MemoryManager, Turn
+
+from ._framing import FramedMessage, MemoryRole, ToolCall, TurnLog, frame, tool_calls_of
+
+__all__ = ["openai_message_to_turn", "record_openai_messages", "to_openai_messages"]
+
+Detail = Literal["auto", "low", "high", "original"]
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def to_openai_messages(
+    ctx: AssembledContext,
+    *,
+    detail: Detail | None = None,
+    memory_role: MemoryRole = "user",
+    system_prompt: str | None = None,
+) -> list[dict[str, Any]]:
+    """Chat-completions messages: system prompt, the memory message with the pages, recent turns.
+
+    ``detail``: the ``image_url.detail`` of every page; by default each page's own detail when
+    the target defines one (the ``openai`` target shows faint pages at ``low``), else none.
+    Chat completions accepts images only in user messages, so ``memory_role="system"`` sends
+    the memory as text-only system framing followed by a user message with the images.
+    """
+    out: list[dict[str, Any]] = []
+    if system_prompt:
+        out.append({"role": "system", "content": system_prompt})
+    for m in frame(ctx, memory_role=memory_role):
+        if m.is_memory:
+            out.extend(_memory_messages(m, detail))
+        else:
+            out.append(_turn_message(m))
+    return out
+
+
+def _memory_messages(m: FramedMessage, detail: Detail | None) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for part in m.parts:
+        if part.page is None:
+            parts.append({"type": "text", "text": part.text or ""})
+            continue
+        image: dict[str, Any] = {"url": part.page.data_url}
+        d = detail or part.page.detail
+        if d:
+            image["detail"] = d
+        parts.append({"type": "image_url", "image_url": image})
+    if m.role == "user":
+        return [{"role": "user", "content": parts}]
+    return [
+        {"role": "system", "content": m.content},
+        {"role": "user", "content": parts[1:]},
+    ]
+
+
+def _turn_message(m: FramedMessage) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": m.role}
+    if m.role == "assistant":
+        msg["content"] = m.content if (m.content or not m.tool_calls) else None
+        if m.tool_calls:
+            msg["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments_json()},
+                }
+                for c in m.tool_calls
+            ]
+    elif m.role == "tool":
+        msg["tool_call_id"] = m.tool_call_id or ""
+        msg["content"] = m.content
+    else:
+        msg["content"] = m.content
+    if m.name and m.role in ("user", "assistant", "system"):
+        name = _NAME_OK.sub("_", m.name)[:64]
+        if name:
+            msg["name"] = name
+    return msg
+
+
+# -- incoming messages -> store ------------------------------------------------------------------
+
+
+def openai_message_to_turn(
+    message: Mapping[str, Any] | Any, at: datetime | None = None
+) -> dict[str, Any] | None:
+    """A chat-completions message (dict or the ``openai`` client's object) as a turn.
+
+    System and developer messages are instructions, not conversation: None. Text parts are
+    joined; other parts (images, audio) are not archived, their types noted in metadata.
+    """
+    msg = _as_dict(message)
+    role = msg.get("role")
+    if role in ("system", "developer"):
+        return None
+    if role == "function":
+        role = "tool"
+    if role not in ("user", "assistant", "tool"):
+        raise ValueError(f"not a chat-completions message role: {role!r}")
+    content, omitted = _text_of(msg.get("content"))
+    if not content and role == "assistant" and isinstance(msg.get("refusal"), str):
+        content = msg["refusal"]
+    meta: dict[str, Any] = {}
+    if msg.get("name") and role != "tool":
+        meta["name"] = str(msg["name"])
+    if role == "assistant" and msg.get("tool_calls"):
+        meta["tool_calls"] = [
+            ToolCall.from_metadata(_as_dict(c)).to_metadata() for c in msg["tool_calls"]
+        ]
+    if role == "tool":
+        meta["tool_call_id"] = str(msg.get("tool_call_id") or msg.get("name") or "")
+        if msg.get("name"):
+            meta["name"] = str(msg["name"])
+    if omitted:
+        meta["omitted_blocks"] = omitted
+    return {"role": role, "content": content, "at": at, "metadata": meta}
+
+
+def record_openai_messages(
+    memory: MemoryManager,
+    session_id: str,
+    messages: Iterable[Mapping[str, Any] | Any],
+    *,
+    at: datetime | None = None,
+) -> list[Turn]:
+    """Store the messages of a chat-completions request that are not stored yet.
+
+    Pass the whole conversation each time, as chat-completions clients do, or only the new
+    messages (a reply, say): whatever already ends the stored history is skipped, the rest is
+    stored in one transaction. System and developer messages are not stored.
+    """
+    rows = [r for r in (openai_message_to_turn(m, at) for m in messages) if r is not None]
+    log = _turn_log(memory)
+    with log.session(session_id) as state:
+        tail = list(state.tail)
+        if len(rows) > len(tail) and state.last_seq > len(tail):
+            tail = memory.turns(session_id, since=max(0, state.last_seq - len(rows)))
+        new = rows[_overlap(tail[-len(rows) :] if rows else [], rows) :]
+        if not new:
+            return []
+        try:
+            stored = memory.add_turns(session_id, new)
+        except BaseException:
+            state.reset()
+            raise
+        TurnLog.note(state, stored)
+        return stored
+
+
+def _overlap(tail: list[Turn], rows: list[dict[str, Any]]) -> int:
+    """How many leading rows are stored already.
+
+    The rows are aligned so that a run of them ends at the newest stored turn. An alignment
+    where every row before that point matches (the client resent the conversation, perhaps
+    trimmed at the front) wins, the latest first; else the one that matches every stored turn
+    seen (the client sent older messages never stored); else nothing is stored yet.
+    """
+    if not tail or not rows:
+        return 0
+    stored = [_key_of_turn(t) for t in tail]
+    incoming = [_key_of_row(r) for r in rows]
+    partial = 0
+    for end in range(len(incoming), 0, -1):
+        run = 0
+        while run < end and run < len(stored) and incoming[end - 1 - run] == stored[-1 - run]:
+            run += 1
+        if run == end:
+            return end
+        if run == len(stored) and not partial:
+            partial = end
+    return partial
+
+
+def _key_of_turn(t: Turn) -> tuple[Any, ...]:
+    calls = tuple(c.id for c in tool_calls_of(t))
+    return (t.role, t.content, t.metadata.get("tool_call_id"), calls)
+
+
+def _key_of_row(r: dict[str, Any]) -> tuple[Any, ...]:
+    meta = r["metadata"]
+    calls = tuple(c.get("id") for c in meta.get("tool_calls", []))
+    return (r["role"], r["content"], meta.get("tool_call_id"), calls)
+
+
+_LOGS: weakref.WeakKeyDictionary[MemoryManager, TurnLog] = weakref.WeakKeyDictionary()
+_LOGS_GUARD = threading.Lock()
+
+
+def _turn_log(memory: MemoryManager) -> TurnLog:
+    with _LOGS_GUARD:
+        log = _LOGS.get(memory)
+        if log is None:
+            log = _LOGS[memory] = TurnLog(memory)
+        return log
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    dump = getattr(obj, "model_dump", None)  # openai's pydantic objects
+    if callable(dump):
+        return dict(dump(exclude_none=True))
+    raise TypeError(f"expected a chat-completions message dict, got {type(obj).__name__}")
+
+
+def _text_of(content: Any) -> tuple[str, list[str]]:
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    texts: list[str] = []
+    omitted: list[str] = []
+    for part in content:
+        p = _as_dict(part) if not isinstance(part, str) else {"type": "text", "text": part}
+        if p.get("type") == "text":
+            texts.append(str(p.get("text", "")))
+        else:
+            omitted.append(str(p.get("type", "?")))
+    return "\n".join(texts), omitted
