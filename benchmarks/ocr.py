@@ -11,7 +11,7 @@ import random
 import shutil
 import subprocess
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -226,7 +226,7 @@ def synthetic_chat(seed: int = 0, *, start: datetime | None = None):
 
     rng = random.Random(seed)
     speakers = rng.sample(_NAMES, 2)
-    at = start or datetime(2023, 5, 8, 13, 56, tzinfo=timezone.utc)
+    at = start or datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
     k = 0
     while True:
         n = rng.choice([1, 1, 2, 2, 2, 3, 3, 4, 5, 7])

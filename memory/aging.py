@@ -58,7 +58,10 @@ class AgingPolicy:
     keep_last_turns / keep_last_tokens: the text window (both apply when both are set).
     by_time: fade by age (None turns it off). budget: fade by pressure, oldest first, only
     while the session's total cost is over this many tokens (None turns it off).
-    seal_after: a page that is not full yet is sealed once its newest turn is this old.
+    seal_after / min_fill: a page that is not full yet is sealed once its newest turn is
+        ``seal_after`` old and it holds at least ``min_fill`` of a page; a smaller one waits
+        for more turns (pages stay few and cheap rather than one small page per sitting)
+        until the session has been quiet for ``seal_quiet_after``.
     page_fill: fraction of a legible page's capacity to fill (1.0 = full).
     """
 
@@ -67,6 +70,8 @@ class AgingPolicy:
     by_time: TimeLadder | None = field(default_factory=TimeLadder)
     budget: int | None = None
     seal_after: timedelta = timedelta(hours=1)
+    min_fill: float = 0.25
+    seal_quiet_after: timedelta = timedelta(days=7)
     page_fill: float = 1.0
 
     def __post_init__(self) -> None:
@@ -76,6 +81,10 @@ class AgingPolicy:
             raise ValueError("keep_last_tokens must be >= 0 or None")
         if self.budget is not None and self.budget <= 0:
             raise ValueError("budget must be a positive number of tokens or None")
+        if not 0.0 <= self.min_fill <= 1.0:
+            raise ValueError("min_fill must be between 0.0 and 1.0")
+        if self.seal_after < timedelta(0) or self.seal_quiet_after < timedelta(0):
+            raise ValueError("seal_after and seal_quiet_after must not be negative")
         if not 0.1 <= self.page_fill <= 1.0:
             raise ValueError("page_fill must be between 0.1 and 1.0")
 
@@ -128,7 +137,9 @@ class Aging:
 
     # -- the pass ------------------------------------------------------------------------------
 
-    def run(self, now: datetime | None = None, session_keys: Sequence[str] | None = None) -> AgingReport:
+    def run(
+        self, now: datetime | None = None, session_keys: Sequence[str] | None = None
+    ) -> AgingReport:
         now = now or datetime.now(UTC)
         report = AgingReport(now=now)
         started = time.perf_counter()
@@ -237,10 +248,14 @@ class Aging:
         for t in turns:
             fp = self.renderer.footprint(_render_turn(t), self.target.layout)
             if current and fill + fp > self.capacity:
-                keep, carry = _split_before_tool_group(current) if t.role == "tool" else (current, [])
+                keep, carry = (
+                    _split_before_tool_group(current) if t.role == "tool" else (current, [])
+                )
                 pages.append((keep, True))
                 current = carry
-                fill = sum(self.renderer.footprint(_render_turn(c), self.target.layout) for c in carry)
+                fill = sum(
+                    self.renderer.footprint(_render_turn(c), self.target.layout) for c in carry
+                )
             current.append(t)
             fill += fp
         if current:
@@ -249,7 +264,13 @@ class Aging:
 
     def _is_sealable(self, page: tuple[list[TurnRow], bool], now: datetime) -> bool:
         group, full = page
-        return full or now - max(t.at for t in group) >= self.policy.seal_after
+        if full:
+            return True
+        quiet = now - max(t.at for t in group)
+        if quiet >= self.policy.seal_quiet_after:
+            return True
+        fill = sum(self.renderer.footprint(_render_turn(t), self.target.layout) for t in group)
+        return quiet >= self.policy.seal_after and fill >= self.policy.min_fill * self.capacity
 
     def _new_page(self, sid: int, group: list[TurnRow], now: datetime) -> PageRow:
         text_tokens = sum(t.tokens for t in group)
@@ -328,7 +349,9 @@ class Aging:
         """Fade the oldest pages first, one step at a time, until the session fits."""
         budget = self.policy.budget
         assert budget is not None
-        total = unpaged + sum(self._cost(w, p.text_tokens) for p, w in zip(pages, wanted, strict=True))
+        total = unpaged + sum(
+            self._cost(w, p.text_tokens) for p, w in zip(pages, wanted, strict=True)
+        )
         for i, p in enumerate(pages):  # oldest first
             if total <= budget:
                 return
@@ -337,7 +360,9 @@ class Aging:
             while total > budget and wanted[i] < Tier.TINY:
                 cost_now = self._cost(wanted[i], p.text_tokens)
                 fainter = [
-                    t for t in IMAGE_TIERS if t > wanted[i] and self._cost(t, p.text_tokens) < cost_now
+                    t
+                    for t in IMAGE_TIERS
+                    if t > wanted[i] and self._cost(t, p.text_tokens) < cost_now
                 ]
                 if not fainter:
                     break
@@ -393,7 +418,13 @@ class Aging:
         page.updated_at = now
         s.execute(delete(RenditionRow).where(RenditionRow.page_id == page.id))
         fainter = [
-            {"page_id": page.id, "tier": t.label, "png": im.png, "width": im.width, "height": im.height}
+            {
+                "page_id": page.id,
+                "tier": t.label,
+                "png": im.png,
+                "width": im.width,
+                "height": im.height,
+            }
             for t, im in zip(tiers[1:], images[1:], strict=True)
         ]
         if fainter:

@@ -293,8 +293,9 @@ def _page_candidates(s: Session, sid: int, target: Target, remaining: int) -> li
         ids = [r.id for r in rows]
         renditions: dict[int, list[tuple[str, int, int]]] = {}
         for pid, tier, w, h in s.execute(
-            select(RenditionRow.page_id, RenditionRow.tier, RenditionRow.width, RenditionRow.height)
-            .where(RenditionRow.page_id.in_(ids))
+            select(
+                RenditionRow.page_id, RenditionRow.tier, RenditionRow.width, RenditionRow.height
+            ).where(RenditionRow.page_id.in_(ids))
         ):
             renditions.setdefault(pid, []).append((tier, w, h))
         for r in rows:
@@ -307,7 +308,9 @@ def _page_candidates(s: Session, sid: int, target: Target, remaining: int) -> li
     return out
 
 
-def _options(row: Row[Any], renditions: list[tuple[str, int, int]], target: Target) -> list[_Option]:
+def _options(
+    row: Row[Any], renditions: list[tuple[str, int, int]], target: Target
+) -> list[_Option]:
     """How a page can be shown, sharpest first; images only where they cost less than text."""
     stored = Tier.parse(row.tier)
     opts: list[_Option] = []
@@ -333,7 +336,9 @@ def _image(s: Session, page_id: int, tier: Tier, *, stored: bool) -> bytes | Non
     if stored:
         return s.scalar(select(PageRow.png).where(PageRow.id == page_id))
     return s.scalar(
-        select(RenditionRow.png).where(RenditionRow.page_id == page_id, RenditionRow.tier == tier.label)
+        select(RenditionRow.png).where(
+            RenditionRow.page_id == page_id, RenditionRow.tier == tier.label
+        )
     )
 
 
@@ -370,8 +375,13 @@ def _fmt(dt: datetime) -> str:
 def humanize_age(age: timedelta) -> str:
     """Coarse on purpose: the caption must not change between two aging passes."""
     seconds = max(0, int(age.total_seconds()))
-    for unit, size in (("year", 365 * 86400), ("month", 30 * 86400), ("week", 7 * 86400),
-                       ("day", 86400), ("hour", 3600)):
+    for unit, size in (
+        ("year", 365 * 86400),
+        ("month", 30 * 86400),
+        ("week", 7 * 86400),
+        ("day", 86400),
+        ("hour", 3600),
+    ):
         if seconds >= size:
             n = seconds // size
             return f"about {n} {unit}{'s' if n > 1 else ''} old"

@@ -56,7 +56,8 @@ __all__ = ["FALLBACK_FONTS_ENV", "PageRenderer", "RenderTurn", "RenderedImage"]
 
 FALLBACK_FONTS_ENV = "OPTICAL_MEMORY_FALLBACK_FONTS"
 
-_HARD_FLOOR_PX = 8  # below min_font_px, a page that does not fit shrinks down to this, then truncates
+# Below min_font_px, a page that does not fit shrinks down to this size, then it is truncated.
+_HARD_FLOOR_PX = 8
 _LINE_SPACING = 1.2  # line pitch / font size
 _TAB = 4
 _SEPARATOR = "|"
@@ -64,9 +65,22 @@ _ELLIPSIS = "…"
 _BOX = "□"  # drawn for characters no font has
 _MAX_SPEAKER = 64  # characters of a speaker label shown
 _PNG_COMPRESS = 6
+# Downsampled tiers keep 32 grey levels (light greys snap to white): Lanczos output has ~256 levels
+# and compresses badly (a full 1024² page: 596 KiB with all levels, 348 KiB with 32). Tesseract reads
+# 32 levels as well as 256 (16 levels lost 6 points on the tiny tier).
+_GREY_LEVELS = 32
 _FILL = 0.95  # share of the raw page area the packer may fill (word-wrap waste, labels, dates)
 _DATE_RESERVE = 16  # characters reserved per page for the date shown on the first turn
 _EPS = 0.01
+_RENDER_LOCK = threading.RLock()
+
+
+def _grey_lut(levels: int) -> list[int]:
+    step = 255 / (levels - 1)
+    return [255 if v >= 255 - step / 2 else round(round(v / step) * step) for v in range(256)]
+
+
+_GREY_LUT = _grey_lut(_GREY_LEVELS) if _GREY_LEVELS else list(range(256))
 
 # Layout styles: prose, mono (code), the bold speaker label, the turn separator.
 _SANS, _MONO, _LABEL, _SEP = 0, 1, 2, 3
@@ -253,10 +267,7 @@ def _clean(text: str) -> str:
     text = text.replace("\r\n", "\n")
     if not _PLAIN.fullmatch(text):
         text = "".join(map(_clean_char, text))
-        try:
-            text = unicodedata.normalize("NFC", text)
-        except UnicodeError:  # pragma: no cover - defensive
-            pass
+        text = unicodedata.normalize("NFC", text)
     return text
 
 
@@ -353,13 +364,16 @@ class _Metrics:
         # label and separator are set in the prose font
         self.widths += [self.widths[_SANS], self.widths[_SANS]]
         self.face_of += [self.face_of[_SANS], self.face_of[_SANS]]
-        self.glyphs: list[dict[str, tuple | None]] = [_GlyphTable(self, _SANS), _GlyphTable(self, _MONO)]
+        self.glyphs: list[dict[str, tuple | None]] = [
+            _GlyphTable(self, _SANS),
+            _GlyphTable(self, _MONO),
+        ]
         self.glyphs += [self.glyphs[_SANS], self.glyphs[_SANS]]
         sans = self.fonts[0]
         assert sans is not None
         self.ascent = sans.getmetrics()[0]
         self.glyph_height = sum(sans.getmetrics())
-        self.line_height = max(px + 1, round(px * _LINE_SPACING))
+        self.line_height = max(int(px) + 1, round(px * _LINE_SPACING))
         cal = self.widths[_SANS]
         self.avg_char = sum(map(cal.__getitem__, _CALIBRATION)) / len(_CALIBRATION)
 
@@ -434,7 +448,11 @@ class _GlyphTable(dict):
 
 
 class _Flow:
-    """Greedy line filling with cheap width sums; raises _Overflow past ``max_lines``."""
+    """Greedy line filling with cheap width sums; raises _Overflow past ``max_lines``.
+
+    A run is ``[x, style, parts, lead]``: it is drawn from ``x``; ``lead`` is the blank text
+    before it on the line (kept for the line's text, not drawn).
+    """
 
     def __init__(self, m: _Metrics, width: int, margin: int, max_lines: int) -> None:
         self.m = m
@@ -449,15 +467,14 @@ class _Flow:
     # line state -----------------------------------------------------------------------------
     def _reset(self, soft: bool) -> None:
         self.x = self.left
-        self.runs: list[list] = []  # [x, style, [parts]]
-        self.text: list[str] = []
+        self.runs: list[list] = []
         self.empty = True
         self.soft = soft
 
     def end_line(self, soft: bool = False) -> None:
-        self.lines.append(
-            _Line(tuple(_Run(r[0], r[1], "".join(r[2])) for r in self.runs), "".join(self.text))
-        )
+        runs = tuple(_Run(r[0], r[1], "".join(r[2])) for r in self.runs)
+        text = "".join(r[3] + run.text for r, run in zip(self.runs, runs, strict=True))
+        self.lines.append(_Line(runs, text))
         self._reset(soft)
 
     def ensure_line_start(self) -> None:
@@ -466,19 +483,18 @@ class _Flow:
 
     # placing ----------------------------------------------------------------------------------
     def _emit(self, pieces: Sequence[tuple[int, str, float]], gap: float, gap_text: str) -> None:
-        if len(self.lines) >= self.max_lines:
+        if self.empty and len(self.lines) >= self.max_lines:
             raise _Overflow
         x = self.x + gap
+        runs = self.runs
         for style, text, w in pieces:
-            if self.runs and self.runs[-1][1] == style:
-                parts = self.runs[-1][2]
+            if runs and runs[-1][1] == style:
+                parts = runs[-1][2]
                 if gap_text:
                     parts.append(gap_text)
                 parts.append(text)
             else:
-                self.runs.append([x, style, [text]])
-            self.text.append(gap_text)
-            self.text.append(text)
+                runs.append([x, style, [text], gap_text])
             gap_text = ""
             x += w
         self.x = x
@@ -488,9 +504,12 @@ class _Flow:
         w = sum(p[2] for p in pieces)
         if self.empty and self.soft:
             gap, gap_text = 0.0, ""
+        fits_line = w <= self.line_w + _EPS
         if self.x + gap + w <= self.right + _EPS:
             self._emit(pieces, gap, gap_text)
-        elif w <= self.line_w + _EPS:
+        elif fits_line and self.empty:
+            self._emit(pieces, 0.0, "")  # an indent too deep for the word: drop the indent
+        elif fits_line:
             self.end_line(soft=True)
             self._emit(pieces, 0.0, "")
         else:
@@ -502,8 +521,9 @@ class _Flow:
         widths = [self.w[style][ch] for style, ch in chars]
         cum = [0.0, *accumulate(widths)]
         start = 0
-        if self.right - (self.x + gap) < 4 * self.m.avg_char:
+        if not self.empty and self.right - (self.x + gap) < 4 * self.m.avg_char:
             self.end_line(soft=True)
+        if self.empty and self.soft:
             gap, gap_text = 0.0, ""
         while start < len(chars):
             avail = self.right + _EPS - (self.x + gap)
@@ -530,14 +550,24 @@ class _Flow:
                 self.end_line(soft=True)
                 gap, gap_text = 0.0, ""
 
-    def words(self, style: int, text: str, first_gap: float, first_gap_text: str) -> None:
-        widths = self.w[style]
-        gap, gap_text = first_gap, first_gap_text
+    def words(self, style: int, text: str, gap: float, gap_text: str) -> None:
+        """Flow the words of ``text`` on; blanks between words are kept as they are."""
+        getw = self.w[style].__getitem__
+        space = getw(" ")
+        right = self.right + _EPS
         for tok in _TOKENS.findall(text):
             if tok[0] == " ":
-                gap, gap_text = len(tok) * widths[" "], tok
+                gap, gap_text = len(tok) * space, tok
                 continue
-            self.place(((style, tok, sum(map(widths.__getitem__, tok))),), gap, gap_text)
+            w = sum(map(getw, tok))
+            if not self.empty and self.runs[-1][1] == style and self.x + gap + w <= right:
+                parts = self.runs[-1][2]  # fast path: the word goes on the current run
+                if gap_text:
+                    parts.append(gap_text)
+                parts.append(tok)
+                self.x += gap + w
+            else:
+                self.place(((style, tok, w),), gap, gap_text)
             gap, gap_text = 0.0, ""
 
     def finish(self) -> tuple[_Line, ...]:
@@ -556,7 +586,7 @@ class PageRenderer:
     def __init__(
         self,
         *,
-        min_font_px: int = 12,
+        min_font_px: int = 11,
         max_font_px: int = 28,
         fallback_fonts: Sequence[str | Path] = (),
     ) -> None:
@@ -585,7 +615,8 @@ class PageRenderer:
             _SEP: sans_chain,
         }
         self._metrics: dict[int, _Metrics] = {}
-        self._lock = threading.RLock()
+        # one lock for all renderers: they share FreeType faces, which are not thread-safe
+        self._lock = _RENDER_LOCK
 
     @property
     def fallback_fonts(self) -> tuple[str, ...]:
@@ -627,7 +658,9 @@ class PageRenderer:
             m = self._m(self.min_font_px)
             line_w = layout[0] - 2 * self._margin(layout)
             sans = m.widths[_SANS]
-            px = 3 * sans[" "] + sans[_SEPARATOR] + m.width(_LABEL, _label(turn, False)) + 1
+            unit = 3 * sans[" "] + sans[_SEPARATOR] + m.width(_LABEL, _label(turn, False)) + 1
+            # the label is not broken: when it does not fit, the rest of the line is lost
+            px = unit + unit * unit / (2 * line_w)
             half = line_w / 2
             segs = _segments(turn.text)
             for i, seg in enumerate(segs):
@@ -645,6 +678,17 @@ class PageRenderer:
             return max(1, math.ceil(px / m.avg_char))
 
     # layout -------------------------------------------------------------------------------------
+    @staticmethod
+    def _prepare(turns: Sequence[RenderTurn]) -> list[tuple[str, list[_Seg]]]:
+        """Labels (with the date where the day changes) and text segments of each turn."""
+        out = []
+        prev_day = None
+        for turn in turns:
+            day = (turn.at.year, turn.at.month, turn.at.day)
+            out.append((_label(turn, day != prev_day), _segments(turn.text)))
+            prev_day = day
+        return out
+
     def _layout(
         self,
         turns: Sequence[RenderTurn],
@@ -653,40 +697,48 @@ class PageRenderer:
         *,
         truncate: bool = False,
     ) -> _Layout | None:
-        """Lay ``turns`` out at ``font_px``; None if they do not fit (unless ``truncate``)."""
+        """Lay ``turns`` out at ``font_px``; None if they do not fit (unless ``truncate``).
+
+        The result's ``text_lines`` are the lines as they will be drawn (for tests and OCR checks).
+        """
+        with self._lock:
+            return self._layout_items(self._prepare(turns), layout, font_px, truncate=truncate)
+
+    def _layout_items(
+        self,
+        items: list[tuple[str, list[_Seg]]],
+        layout: tuple[int, int],
+        font_px: int,
+        *,
+        truncate: bool = False,
+    ) -> _Layout | None:
         m = self._m(font_px)
         margin = self._margin(layout)
         max_lines = self._max_lines(m, layout)
         flow = _Flow(m, layout[0], margin, max_lines)
         sans = m.widths[_SANS]
         space = sans[" "]
+        mono_space = m.widths[_MONO][" "]
         truncated = False
         try:
-            prev_day = None
-            for n, turn in enumerate(turns):
-                day = (turn.at.year, turn.at.month, turn.at.day)
-                label = _label(turn, day != prev_day)
-                prev_day = day
+            for n, (label, segs) in enumerate(items):
                 pieces = []
                 if n:
                     pieces += [(_SEP, _SEPARATOR, sans[_SEPARATOR]), (_SANS, " ", space)]
                 pieces.append((_LABEL, label, m.width(_LABEL, label) + 1))
                 flow.place(pieces, space if n else 0.0, " " if n else "")
-                for i, seg in enumerate(_segments(turn.text)):
+                for i, seg in enumerate(segs):
                     if seg.mono:
                         flow.ensure_line_start()
-                        if not seg.text:
-                            flow.end_line()
-                            continue
-                        indent = len(seg.text) - len(seg.text.lstrip(" "))
-                        flow.words(_MONO, seg.text[indent:], indent * m.widths[_MONO][" "], " " * indent)
+                        if seg.text:
+                            indent = len(seg.text) - len(seg.text.lstrip(" "))
+                            flow.words(_MONO, seg.text[indent:], indent * mono_space, " " * indent)
                         flow.end_line()
+                    elif i:
+                        flow.ensure_line_start()
+                        flow.words(_SANS, seg.text, 0.0, "")
                     else:
-                        if i:
-                            flow.ensure_line_start()
-                            flow.words(_SANS, seg.text, 0.0, "")
-                        else:
-                            flow.words(_SANS, seg.text, space, " ")
+                        flow.words(_SANS, seg.text, space, " ")
         except _Overflow:
             if not truncate:
                 return None
@@ -695,6 +747,20 @@ class PageRenderer:
         if truncated and lines:
             lines[-1] = self._ellipsize(m, lines[-1], margin, layout[0] - margin)
         return _Layout(font_px, m.line_height, margin, tuple(lines), truncated)
+
+    def _too_big(
+        self, items: list[tuple[str, list[_Seg]]], layout: tuple[int, int], px: int
+    ) -> bool:
+        """Cheap necessary condition: the text's total width cannot fit the page's lines."""
+        m = self._m(px)
+        line_w = layout[0] - 2 * self._margin(layout)
+        sans = m.widths[_SANS]
+        total = (3 * sans[" "] + sans[_SEPARATOR]) * len(items)
+        for label, segs in items:
+            total += m.width(_LABEL, label)
+            for seg in segs:
+                total += m.width(_MONO if seg.mono else _SANS, seg.text)
+        return total > line_w * self._max_lines(m, layout)
 
     def _ellipsize(self, m: _Metrics, line: _Line, left: float, right: float) -> _Line:
         ell = m.widths[_SANS][_ELLIPSIS]
@@ -717,28 +783,28 @@ class PageRenderer:
 
     def _fit(self, turns: Sequence[RenderTurn], layout: tuple[int, int]) -> _Layout:
         """The layout at the largest font size that fits (binary search on cheap width sums)."""
-        best = self._layout(turns, layout, self.min_font_px)
-        if best is not None:
-            lo, hi = self.min_font_px + 1, self.max_font_px
-            while lo <= hi:
-                mid = (lo + hi) // 2
-                found = self._layout(turns, layout, mid)
-                if found is None:
-                    hi = mid - 1
-                else:
-                    best, lo = found, mid + 1
-            return best
-        lo, hi = self.floor_font_px, self.min_font_px - 1
+        items = self._prepare(turns)
+
+        def attempt(px: int) -> _Layout | None:
+            if self._too_big(items, layout, px):
+                return None
+            return self._layout_items(items, layout, px)
+
+        best = attempt(self.min_font_px)
+        lo, hi = self.min_font_px + 1, self.max_font_px
+        if best is None:
+            lo, hi = self.floor_font_px, self.min_font_px - 1
         while lo <= hi:
             mid = (lo + hi) // 2
-            found = self._layout(turns, layout, mid)
+            found = attempt(mid)
             if found is None:
                 hi = mid - 1
             else:
                 best, lo = found, mid + 1
-        if best is not None:
-            return best
-        return self._layout(turns, layout, self.floor_font_px, truncate=True)  # type: ignore[return-value]
+        if best is None:
+            best = self._layout_items(items, layout, self.floor_font_px, truncate=True)
+        assert best is not None
+        return best
 
     # drawing ------------------------------------------------------------------------------------
     def _draw(self, lay: _Layout, layout: tuple[int, int]) -> Image.Image:
@@ -772,17 +838,20 @@ class PageRenderer:
 
     @staticmethod
     def _resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-        """Downsample with Lanczos, keeping the aspect ratio (top-left, white padding)."""
+        """Lanczos to ``size``, keeping the aspect ratio (top-left, white padding); grey levels cut."""
         w, h = size
         W, H = img.size
         if (w, h) == (W, H):
             return img
         scale = min(w / W, h / H)
         sw, sh = max(1, round(W * scale)), max(1, round(H * scale))
+        small = img.resize((sw, sh), Image.Resampling.LANCZOS)
+        if _GREY_LEVELS:
+            small = small.point(_GREY_LUT)
         if (sw, sh) == (w, h):
-            return img.resize((w, h), Image.Resampling.LANCZOS)
+            return small
         out = Image.new("L", (w, h), 255)
-        out.paste(img.resize((sw, sh), Image.Resampling.LANCZOS), (0, 0))
+        out.paste(small, (0, 0))
         return out
 
     def render(

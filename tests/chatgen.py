@@ -8,12 +8,24 @@ from datetime import datetime, timedelta
 SUBJECTS = ["Maya", "the landlord", "my sister", "Dr. Okafor", "the team", "our neighbour Ravi"]
 VERBS = ["moved", "booked", "cancelled", "painted", "repaired", "ordered", "planted", "rescheduled"]
 OBJECTS = [
-    "the kitchen shelves", "flights to Lisbon", "the tomato seedlings", "a dentist visit",
-    "the blue bicycle", "three boxes of tiles", "the quarterly report", "a pottery class",
+    "the kitchen shelves",
+    "flights to Lisbon",
+    "the tomato seedlings",
+    "a dentist visit",
+    "the blue bicycle",
+    "three boxes of tiles",
+    "the quarterly report",
+    "a pottery class",
 ]
 TAILS = [
-    "on Tuesday", "for 42 euros", "before the 15th of June", "after the storm",
-    "with a 10% discount", "at 7:30 in the morning", "next to the old station", "twice this week",
+    "on Tuesday",
+    "for 42 euros",
+    "before the 15th of June",
+    "after the storm",
+    "with a 10% discount",
+    "at 7:30 in the morning",
+    "next to the old station",
+    "twice this week",
 ]
 
 

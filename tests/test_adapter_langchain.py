@@ -91,7 +91,7 @@ def script(n_turns: int, every_tool: int = 4) -> Iterator[AIMessage]:
 
 
 def memory_at(url: str) -> MemoryManager:
-    return MemoryManager(url, policy=AgingPolicy(keep_last_turns=4))
+    return MemoryManager(url, policy=AgingPolicy(keep_last_turns=4, min_fill=0))
 
 
 def assert_tool_pairs_intact(messages: list[BaseMessage]) -> None:

@@ -186,7 +186,7 @@ def server() -> Iterator[FakeServer]:
 
 
 def aged_memory(url: str, *, turns: int = 14, tools: bool = True) -> tuple[MemoryManager, datetime]:
-    mm = MemoryManager(url, policy=AgingPolicy(keep_last_turns=4))
+    mm = MemoryManager(url, policy=AgingPolicy(keep_last_turns=4, min_fill=0))
     t = datetime(2025, 2, 1, 8, 0, tzinfo=UTC)
     for k in range(turns):
         if tools and k == turns - 3:
@@ -366,7 +366,7 @@ def test_record_tool_calls_round_trip(sqlite_url: str) -> None:
 
 def test_conversation_through_the_openai_client(server: FakeServer, db_url: str) -> None:
     server.tool_call_on = {3, 9}
-    mm = MemoryManager(db_url, policy=AgingPolicy(keep_last_turns=4))
+    mm = MemoryManager(db_url, policy=AgingPolicy(keep_last_turns=4, min_fill=0))
     client = openai.OpenAI(
         base_url=server.base_url,
         api_key="test",

@@ -73,7 +73,7 @@ def latest_checkpoint_size(db: Path) -> int:
 @pytest.mark.slow
 def test_checkpoints_hold_text_not_page_images(tmp_path: Path) -> None:
     memory = MemoryManager(
-        f"sqlite:///{tmp_path / 'memory.db'}", policy=AgingPolicy(keep_last_turns=4)
+        f"sqlite:///{tmp_path / 'memory.db'}", policy=AgingPolicy(keep_last_turns=4, min_fill=0)
     )
     clock_t = [datetime(2025, 5, 1, 8, 0, tzinfo=UTC)]
     model = RecordingChatModel(messages=replies(), received=[])

@@ -50,7 +50,9 @@ def test_a_two_month_conversation_lands_in_the_expected_tiers(aged: MemoryManage
     assert report.text_tokens_replaced > 5 * report.tokens_after
 
 
-def test_pages_cover_the_old_turns_without_gaps_and_the_window_stays_text(aged: MemoryManager) -> None:
+def test_pages_cover_the_old_turns_without_gaps_and_the_window_stays_text(
+    aged: MemoryManager,
+) -> None:
     pages = aged.pages("two-months")
     assert pages[0].first_seq == 1
     for a, b in zip(pages, pages[1:], strict=False):
@@ -96,8 +98,14 @@ def test_png_bytes_are_deterministic_across_databases(aged: MemoryManager, tmp_p
         other.age(now=NOW)
         theirs = other.pages("two-months")[0]
         ours = aged.pages("two-months")[0]
-        assert (theirs.first_seq, theirs.last_seq, theirs.tier) == (ours.first_seq, ours.last_seq, ours.tier)
-        assert other.page_image("two-months", theirs.page_id) == aged.page_image("two-months", ours.page_id)
+        assert (theirs.first_seq, theirs.last_seq, theirs.tier) == (
+            ours.first_seq,
+            ours.last_seq,
+            ours.tier,
+        )
+        assert other.page_image("two-months", theirs.page_id) == aged.page_image(
+            "two-months", ours.page_id
+        )
 
 
 def test_a_page_only_fades_down(tmp_path) -> None:
@@ -110,7 +118,8 @@ def test_a_page_only_fades_down(tmp_path) -> None:
 
 
 def test_a_one_line_page_never_becomes_an_image_on_deepseek_ocr(tmp_path) -> None:
-    with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=1)) as mm:
+    policy = AgingPolicy(keep_last_turns=1, seal_after=timedelta(hours=1))
+    with MemoryManager(tmp_path / "m.db", policy=policy) as mm:
         mm.add_turns("s", [("user", "ok", START), ("assistant", "sure", START)])
         mm.age(now=START + timedelta(days=400))
         pages = mm.pages("s")
@@ -120,7 +129,8 @@ def test_a_one_line_page_never_becomes_an_image_on_deepseek_ocr(tmp_path) -> Non
 
 def test_a_page_becomes_an_image_only_at_a_tier_that_costs_less_than_its_text(tmp_path) -> None:
     turns = conversation(6, START, timedelta(minutes=1), sentences=(1, 2))  # ~150 text tokens
-    with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=0)) as mm:
+    policy = AgingPolicy(keep_last_turns=0, seal_after=timedelta(hours=1))
+    with MemoryManager(tmp_path / "m.db", policy=policy) as mm:
         mm.add_turns("s", turns)
         text_tokens = sum(t.tokens for t in mm.turns("s"))
         assert 111 < text_tokens < 273
@@ -130,13 +140,24 @@ def test_a_page_becomes_an_image_only_at_a_tier_that_costs_less_than_its_text(tm
         assert mm.pages("s")[0].tier == "small"
 
 
-def test_partial_pages_wait_until_old_enough_to_seal(tmp_path) -> None:
-    turns = conversation(20, START, timedelta(minutes=1))
+def test_a_small_partial_page_waits_for_more_turns_until_the_session_goes_quiet(tmp_path) -> None:
+    turns = conversation(8, START, timedelta(minutes=1))
+    with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=2)) as mm:
+        mm.add_turns("s", turns)
+        assert mm.age(now=turns[-1]["at"] + timedelta(days=6)).pages_created == 0
+        assert mm.age(now=turns[-1]["at"] + timedelta(days=7)).pages_created == 1
+        assert mm.pages("s")[0].last_seq == 6
+
+
+def test_a_partial_page_of_at_least_min_fill_seals_after_an_hour(tmp_path) -> None:
+    turns = conversation(120, START, timedelta(minutes=1))
     with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=4)) as mm:
         mm.add_turns("s", turns)
-        assert mm.age(now=turns[-1]["at"] + timedelta(minutes=5)).pages_created == 0
+        assert mm.age(now=turns[-1]["at"] + timedelta(minutes=30)).pages_created == 1  # a full one
+        full = mm.pages("s")[0]
         assert mm.age(now=turns[-1]["at"] + timedelta(hours=2)).pages_created == 1
-        assert mm.pages("s")[0].last_seq == 16
+        assert mm.pages("s")[-1].first_seq == full.last_seq + 1
+        assert mm.pages("s")[-1].last_seq == 116
 
 
 def test_the_text_window_can_be_counted_in_tokens(tmp_path) -> None:
@@ -144,7 +165,7 @@ def test_the_text_window_can_be_counted_in_tokens(tmp_path) -> None:
     policy = AgingPolicy(keep_last_turns=0, keep_last_tokens=500)
     with MemoryManager(tmp_path / "m.db", policy=policy) as mm:
         mm.add_turns("s", turns)
-        mm.age(now=START + timedelta(days=1))
+        mm.age(now=START + timedelta(days=8))
         last = mm.pages("s")[-1].last_seq
         kept = sum(t.tokens for t in mm.turns("s", since=last))
         assert kept <= 500 and kept + mm.turns("s")[last - 1].tokens > 500
@@ -155,10 +176,22 @@ def test_a_tool_call_is_never_split_from_its_results(tmp_path) -> None:
     for i in range(120):
         at = START + timedelta(minutes=i)
         turns.append({"role": "user", "content": f"question {i} " + "detail " * 40, "at": at})
-        turns.append({"role": "assistant", "content": "", "at": at,
-                      "metadata": {"tool_calls": [{"id": f"c{i}", "name": "lookup", "args": {}}]}})
-        turns.append({"role": "tool", "content": "result " * 30, "at": at,
-                      "metadata": {"tool_call_id": f"c{i}"}})
+        turns.append(
+            {
+                "role": "assistant",
+                "content": "",
+                "at": at,
+                "metadata": {"tool_calls": [{"id": f"c{i}", "name": "lookup", "args": {}}]},
+            }
+        )
+        turns.append(
+            {
+                "role": "tool",
+                "content": "result " * 30,
+                "at": at,
+                "metadata": {"tool_call_id": f"c{i}"},
+            }
+        )
     with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=2)) as mm:
         mm.add_turns("s", turns)
         mm.age(now=START + timedelta(days=3))

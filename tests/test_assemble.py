@@ -11,7 +11,6 @@ from optical_memory import (
     InvalidBudget,
     MemoryManager,
     PageSegment,
-    TextSegment,
     Tier,
     UnknownSession,
     UnknownTarget,
@@ -25,7 +24,9 @@ NOW = HISTORY[-1]["at"] + timedelta(minutes=30)
 
 @pytest.fixture(scope="module")
 def mm(tmp_path_factory) -> MemoryManager:
-    m = MemoryManager(tmp_path_factory.mktemp("asm") / "m.db", policy=AgingPolicy(keep_last_turns=10))
+    m = MemoryManager(
+        tmp_path_factory.mktemp("asm") / "m.db", policy=AgingPolicy(keep_last_turns=10)
+    )
     m.add_turns("s", HISTORY)
     m.add_turn("s", "user", "What did Maya book in the spring?", NOW)
     m.age(now=NOW)
@@ -124,7 +125,9 @@ def test_other_targets_price_the_same_pages_by_their_own_rules(mm: MemoryManager
 def test_a_tool_call_stays_with_its_results(tmp_path) -> None:
     with MemoryManager(tmp_path / "m.db") as mm:
         mm.add_turn("t", "user", "weather in Oslo?" + " please" * 50)
-        mm.add_turn("t", "assistant", "", metadata={"tool_calls": [{"id": "1", "name": "w", "args": {}}]})
+        mm.add_turn(
+            "t", "assistant", "", metadata={"tool_calls": [{"id": "1", "name": "w", "args": {}}]}
+        )
         mm.add_turn("t", "tool", "rain " * 100, metadata={"tool_call_id": "1"})
         mm.add_turn("t", "tool", "wind " * 100, metadata={"tool_call_id": "1"})
         mm.add_turn("t", "assistant", "It rains.")
@@ -133,18 +136,24 @@ def test_a_tool_call_stays_with_its_results(tmp_path) -> None:
             roles = [s.turn.role for s in mm.assemble("t", budget=budget).texts]
             if "tool" in roles:
                 i = roles.index("tool")
-                assert roles[i - 1] == "assistant" and roles[i:i + 2] == ["tool", "tool"]
+                assert roles[i - 1] == "assistant" and roles[i : i + 2] == ["tool", "tool"]
             assert roles[-1] == "user"
 
 
 def test_text_pages_show_as_their_turns_with_roles(tmp_path) -> None:
-    with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=2)) as mm:
-        mm.add_turns("s", [("user", "hi", START), ("assistant", "hello", START), ("user", "bye", START)])
+    policy = AgingPolicy(keep_last_turns=2, min_fill=0)
+    with MemoryManager(tmp_path / "m.db", policy=policy) as mm:
+        mm.add_turns(
+            "s", [("user", "hi", START), ("assistant", "hello", START), ("user", "bye", START)]
+        )
         mm.add_turn("s", "user", "again", START + timedelta(hours=5))
         mm.age(now=START + timedelta(hours=5))
         ctx = mm.assemble("s", budget=1000)
         assert [(s.turn.role, s.turn.content) for s in ctx.texts] == [
-            ("user", "hi"), ("assistant", "hello"), ("user", "bye"), ("user", "again")
+            ("user", "hi"),
+            ("assistant", "hello"),
+            ("user", "bye"),
+            ("user", "again"),
         ]
         assert ctx.texts[0].page_id is not None and ctx.texts[-1].page_id is None
         assert not ctx.pages and ctx.compression == 0

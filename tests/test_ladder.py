@@ -12,7 +12,10 @@ def test_deepseek_ocr_native_modes_with_newlines_and_separator() -> None:
     t = get_target("deepseek-ocr")
     assert [t.tier_cost(x) for x in ("large", "base", "small", "tiny")] == [421, 273, 111, 73]
     assert [t.spec(x).size for x in ("large", "base", "small", "tiny")] == [
-        (1280, 1280), (1024, 1024), (640, 640), (512, 512),
+        (1280, 1280),
+        (1024, 1024),
+        (640, 640),
+        (512, 512),
     ]
     assert t.image_cost(300, 200) == 73  # padded to the tiny mode
 
@@ -62,7 +65,8 @@ def test_every_builtin_target_gets_cheaper_down_the_ladder() -> None:
 
 def test_users_register_their_own_target() -> None:
     mine = Target(
-        "my-vlm-test", {Tier.LARGE: TierSpec(896, 896), Tier.TINY: TierSpec(224, 224)},
+        "my-vlm-test",
+        {Tier.LARGE: TierSpec(896, 896), Tier.TINY: TierSpec(224, 224)},
         lambda w, h, d: (w // 32) * (h // 32),
     )
     register_target(mine)

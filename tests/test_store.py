@@ -219,7 +219,13 @@ def test_migrated_schema_equals_the_models(db_url: str) -> None:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(ctx, Base.metadata) == []
         tables = set(inspect(engine).get_table_names())
-    assert {"om_sessions", "om_turns", "om_pages", "om_page_renditions", "om_visual_tokens"} <= tables
+    assert {
+        "om_sessions",
+        "om_turns",
+        "om_pages",
+        "om_page_renditions",
+        "om_visual_tokens",
+    } <= tables
 
 
 def test_migration_to_head_on_an_empty_database(db_url: str) -> None:

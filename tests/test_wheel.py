@@ -58,6 +58,8 @@ def test_wheel_installs_in_a_fresh_venv_and_migrates_a_database(tmp_path: Path) 
     assert "WHEEL-OK 0002" in out.stdout
     cli = subprocess.run(
         [str(env_dir / "bin" / "optical-memory"), "db", "upgrade", "--db", f"sqlite:///{db}"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert cli.returncode == 0, cli.stderr

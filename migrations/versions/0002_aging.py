@@ -20,9 +20,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("om_sessions") as batch:
-        batch.add_column(
-            sa.Column("paged_until", sa.Integer(), nullable=False, server_default="0")
-        )
+        batch.add_column(sa.Column("paged_until", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("aged_at", UTCDateTime(), nullable=True))
     with op.batch_alter_table("om_pages") as batch:
         batch.add_column(

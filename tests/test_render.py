@@ -1,0 +1,350 @@
+"""Page rendering: sizes, determinism, robustness, layout rules, capacity and footprint."""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+
+import pytest
+from PIL import Image
+
+from benchmarks.ocr import full_page, synthetic_chat
+from optical_memory.render import (
+    FALLBACK_FONTS_ENV,
+    PageRenderer,
+    RenderedImage,
+    RenderTurn,
+    _cmap_codepoints,
+)
+
+LAYOUT = (1280, 1280)
+TIERS = [(1280, 1280), (1024, 1024), (640, 640), (512, 512)]
+T0 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+
+
+def turn(text: str, speaker: str = "Caroline", minutes: int = 0) -> RenderTurn:
+    return RenderTurn(speaker, T0 + timedelta(minutes=minutes), text)
+
+
+@pytest.fixture(scope="module")
+def renderer() -> PageRenderer:
+    return PageRenderer()
+
+
+def decode(img: RenderedImage) -> Image.Image:
+    return Image.open(io.BytesIO(img.png))
+
+
+def line_fits(r: PageRenderer, lay, layout) -> bool:
+    m = r._m(lay.font_px)
+    right = layout[0] - lay.margin + 1.0  # the bold label may spill one pixel
+    return all(
+        run.x + m.width(run.style, run.text) <= right for line in lay.lines for run in line.runs
+    )
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+def test_each_image_has_the_requested_size(renderer):
+    turns = [turn("Hello there, how was the trip?"), turn("Great, thanks!", "Melanie", 3)]
+    images = renderer.render(turns, LAYOUT, TIERS)
+    assert len(images) == len(TIERS)
+    for img, size in zip(images, TIERS, strict=True):
+        pil = decode(img)
+        assert pil.size == size == (img.width, img.height)
+        assert pil.mode == "L"
+        assert img.font_px == images[0].font_px
+
+
+def test_odd_canvases_and_sizes(renderer):
+    turns = [turn("Some words to draw on a canvas that is not square.")]
+    images = renderer.render(turns, (800, 600), [(800, 600), (400, 300), (300, 300), (1000, 200)])
+    assert [decode(i).size for i in images] == [(800, 600), (400, 300), (300, 300), (1000, 200)]
+    with pytest.raises(ValueError):
+        renderer.render(turns, (0, 100), [(10, 10)])
+
+
+def test_layout_size_is_returned_as_drawn(renderer):
+    turns = list(full_page(renderer, LAYOUT, seed=3))[:20]
+    (img,) = renderer.render(turns, LAYOUT, [LAYOUT])
+    lay = renderer._fit(turns, LAYOUT)
+    assert img.png == renderer._png(renderer._draw(lay, LAYOUT))
+
+
+def test_png_is_deterministic():
+    turns = full_page(PageRenderer(), LAYOUT, seed=1)[:30] + [turn("中文 עברית العربية 😀 ❤️ é")]
+    sizes = [LAYOUT, (512, 512)]
+    a = PageRenderer().render(turns, LAYOUT, sizes)
+    b = PageRenderer().render(turns, LAYOUT, sizes)
+    r = PageRenderer()
+    c = r.render(turns, LAYOUT, sizes)
+    d = r.render(turns, LAYOUT, sizes)
+    for images in (b, c, d):
+        assert [i.png for i in images] == [i.png for i in a]
+
+
+def test_page_has_ink_and_white_background(renderer):
+    (img,) = renderer.render([turn("Ink on paper.")], (256, 256), [(256, 256)])
+    pil = decode(img)
+    lo, hi = pil.getextrema()
+    assert hi == 255 and lo < 64
+    assert pil.getpixel((255, 255)) == 255
+
+
+# -- robustness ---------------------------------------------------------------------------------
+
+NASTY = [
+    "",
+    "   ",
+    "\n\n\n",
+    "中文字符测试：你好，世界！これは日本語です。한국어 텍스트",
+    "שלום עולם, זה טקסט בעברית",
+    "مرحبا بالعالم، هذا نص عربي",
+    "emoji 😀🎉👍🏽 👨‍👩‍👧 ❤️ 🇫🇷",
+    "controls \x00\x01\x07\x08\x1b[31mred\x1b[0m \x7f \r\n crlf \r cr \x0b vt \x0c ff \x85 nel",
+    "format \u200b\u200c\u200d\u200e\u200f\u202e\ufeff\u00ad chars",
+    "lone surrogate \ud800 and private use \ue000 and unassigned \U000e0fff",
+    "combining e\u0301 a\u0308 and stacked a\u0301\u0302\u0303\u0304",
+    "tabs\tin\ttext\n\tindented\twith\ttabs",
+    "x" * 50_000,
+    "https://example.org/" + "very-long-path/" * 40 + "?q=1",
+    "\u2028line separator\u2029paragraph separator",
+]
+
+
+@pytest.mark.parametrize("text", NASTY, ids=range(len(NASTY)))
+def test_nasty_text_does_not_crash(renderer, text):
+    turns = [turn("before"), turn(text, "Zoë\x00\n🤖" * 3, 1), turn("after", minutes=2)]
+    images = renderer.render(turns, (512, 512), [(512, 512), (256, 256)])
+    assert [decode(i).size for i in images] == [(512, 512), (256, 256)]
+    lay = renderer._layout(turns, (512, 512), images[0].font_px, truncate=True)
+    assert line_fits(renderer, lay, (512, 512))
+    for line in lay.text_lines:
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in line)
+        assert "\u200d" not in line and "\ufeff" not in line and "\ud800" not in line
+
+
+def test_huge_word_is_broken_and_page_truncated(renderer):
+    t = turn("y" * 50_000)
+    (img,) = renderer.render([t], (512, 512), [(512, 512)])
+    assert img.font_px == renderer.floor_font_px
+    lay = renderer._fit([t], (512, 512))
+    assert lay.truncated
+    assert lay.text_lines[-1].endswith("…")
+    assert line_fits(renderer, lay, (512, 512))
+    assert len(lay.lines) > 10
+
+
+def test_long_url_is_broken_at_line_width(renderer):
+    url = "https://example.org/" + "a" * 300
+    lay = renderer._layout([turn(f"see {url} ok")], (400, 400), 12)
+    assert lay is not None and not lay.truncated
+    assert line_fits(renderer, lay, (400, 400))
+    assert "".join(lay.text_lines).replace(" ", "").count("a") >= 300
+
+
+def test_control_and_format_characters_are_dropped(renderer):
+    lay = renderer._layout([turn("a\x00b\x1bc\u200dd\ufeffe")], (512, 512), 12)
+    assert lay.text_lines == ["Caroline 8 May 2023 13:56: abcde"]
+
+
+def test_line_break_characters_break_lines(renderer):
+    lay = renderer._layout([turn("one\r\ntwo\rthree\u2028four")], (512, 512), 12)
+    assert lay.text_lines == ["Caroline 8 May 2023 13:56: one", "two", "three", "four"]
+
+
+# -- layout rules -------------------------------------------------------------------------------
+
+
+def test_running_text_with_labels_and_separators(renderer):
+    turns = [
+        turn("Hi!"),
+        turn("Hello.", "Melanie", 1),
+        turn("Next day.", "Caroline", 60 * 24),
+    ]
+    lay = renderer._layout(turns, LAYOUT, 12)
+    assert lay.text_lines == [
+        "Caroline 8 May 2023 13:56: Hi! | Melanie 13:57: Hello. | Caroline 9 May 2023 13:56: Next day."
+    ]
+
+
+def test_code_keeps_line_breaks_and_indentation(renderer):
+    code = "Try this:\n```python\ndef f(x):\n    if x:\n\treturn x * 2\n    return None\n```\nDone."
+    turns = [turn(code), turn("Thanks", "Melanie", 1)]
+    lay = renderer._layout(turns, LAYOUT, 12)
+    assert lay.text_lines == [
+        "Caroline 8 May 2023 13:56: Try this:",
+        "```python",
+        "def f(x):",
+        "    if x:",
+        "    return x * 2",
+        "    return None",
+        "```",
+        "Done. | Melanie 13:57: Thanks",
+    ]
+    # code lines are set in the mono font and indented on the canvas
+    styles = {run.style for line in lay.lines[1:7] for run in line.runs}
+    assert styles == {1}
+    indented = lay.lines[3].runs[0]
+    plain = lay.lines[2].runs[0]
+    assert indented.x > plain.x
+
+
+def test_indented_lines_outside_fences_are_mono(renderer):
+    lay = renderer._layout([turn("Output:\n  a = 1\n    b = 2\nend")], LAYOUT, 12)
+    assert lay.text_lines[1:] == ["  a = 1", "    b = 2", "end"]
+    assert lay.lines[1].runs[0].style == 1
+    assert lay.lines[3].runs[0].style == 0
+
+
+def test_blank_prose_lines_collapse(renderer):
+    lay = renderer._layout([turn("para one\n\n\npara two")], LAYOUT, 12)
+    assert lay.text_lines == ["Caroline 8 May 2023 13:56: para one", "para two"]
+
+
+def test_words_wrap_within_the_canvas(renderer):
+    turns = full_page(renderer, (640, 640), seed=5)
+    lay = renderer._fit(turns, (640, 640))
+    assert line_fits(renderer, lay, (640, 640))
+    assert len(lay.lines) > 20
+    words = " ".join(t.text for t in turns).split()
+    drawn = " ".join(lay.text_lines).split()
+    assert all(w in drawn for w in words[:50])
+
+
+# -- capacity, footprint, font choice -----------------------------------------------------------
+
+
+def test_capacity_grows_with_canvas_area(renderer):
+    caps = [renderer.capacity((s, s)) for s in (256, 512, 640, 1024, 1280)]
+    assert caps == sorted(caps) and len(set(caps)) == len(caps)
+    assert renderer.capacity((1280, 640)) < renderer.capacity(LAYOUT)
+    assert renderer.capacity((1, 1)) >= 1
+
+
+def test_footprint_grows_with_text(renderer):
+    sizes = [renderer.footprint(turn("word " * n), LAYOUT) for n in (0, 1, 10, 100, 1000)]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    plain = renderer.footprint(turn("a b c d e f"), LAYOUT)
+    broken = renderer.footprint(turn("a\nb\nc\nd\ne\nf"), LAYOUT)
+    assert broken > plain
+    assert renderer.footprint(turn("中文" * 10), LAYOUT) > renderer.footprint(
+        turn("ab" * 10), LAYOUT
+    )
+
+
+@pytest.mark.parametrize("layout", [LAYOUT, (1024, 1024), (640, 640), (512, 512), (1280, 720)])
+def test_a_page_filled_to_capacity_fits_at_min_font(renderer, layout):
+    for seed in range(3):
+        turns = full_page(renderer, layout, seed=seed)
+        total = sum(renderer.footprint(t, layout) for t in turns)
+        assert total <= renderer.capacity(layout)
+        lay = renderer._fit(turns, layout)
+        assert lay.font_px == renderer.min_font_px
+        assert not lay.truncated
+        # and the page is really full: most of its lines are used
+        assert len(lay.lines) >= 0.8 * renderer._max_lines(renderer._m(lay.font_px), layout)
+
+
+def test_short_page_gets_a_larger_font(renderer):
+    full = renderer.render(full_page(renderer, LAYOUT), LAYOUT, [(64, 64)])[0]
+    short = renderer.render([turn("Just a short note.")], LAYOUT, [(64, 64)])[0]
+    half = renderer.render(full_page(renderer, LAYOUT)[:30], LAYOUT, [(64, 64)])[0]
+    assert full.font_px == renderer.min_font_px
+    assert short.font_px == renderer.max_font_px
+    assert full.font_px < half.font_px < short.font_px
+
+
+def test_constructor_validates_sizes():
+    with pytest.raises(ValueError):
+        PageRenderer(min_font_px=20, max_font_px=10)
+    r = PageRenderer(min_font_px=6, max_font_px=6)
+    assert r.floor_font_px == 6
+
+
+# -- fonts ---------------------------------------------------------------------------------------
+
+
+def _bundled(name: str):
+    return resources.files("optical_memory.fonts").joinpath(name)
+
+
+def test_bundled_font_coverage():
+    sans = _cmap_codepoints(_bundled("DejaVuSans.ttf").read_bytes())
+    assert {ord("A"), ord("é"), 0x5D0, 0x627, ord("□"), ord("…")} <= sans
+    assert ord("中") not in sans
+
+
+def test_missing_glyphs_become_boxes_without_fallback(renderer):
+    m = renderer._m(12)
+    assert m.widths[0]["中"] == m.widths[0]["□"]
+    assert m.face_of[0]["中"] == -1
+    assert m.face_of[0]["A"] == 0
+
+
+def test_fallback_fonts_from_argument_and_environment(monkeypatch, tmp_path):
+    with pytest.raises(OSError):
+        PageRenderer(fallback_fonts=[tmp_path / "missing.ttf"])
+    with resources.as_file(_bundled("DejaVuSansMono.ttf")) as path:
+        monkeypatch.setenv(
+            FALLBACK_FONTS_ENV, os.pathsep.join([str(tmp_path / "nope.ttf"), str(path)])
+        )
+        with pytest.warns(UserWarning, match="nope.ttf"):
+            r = PageRenderer(fallback_fonts=[path])
+        assert len(r.fallback_fonts) == 2
+        r.render([turn("中 and 😀")], (128, 128), [(64, 64)])
+
+
+def _system_fallback():
+    """A font on this machine with a glyph the bundled fonts lack, and that code point."""
+    primary = _cmap_codepoints(_bundled("DejaVuSans.ttf").read_bytes()) | _cmap_codepoints(
+        _bundled("DejaVuSansMono.ttf").read_bytes()
+    )
+    patterns = ["/usr/share/fonts/**/*.ttf", "/usr/share/fonts/**/*.otf", "/Library/Fonts/*.ttf"]
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern, recursive=True))[:200]:
+            try:
+                with open(path, "rb") as fh:
+                    cover = _cmap_codepoints(fh.read())
+            except Exception:
+                continue
+            extra = sorted(cp for cp in cover - primary if chr(cp).isprintable() and cp > 0x20)
+            if extra:
+                return path, chr(extra[0])
+    return None
+
+
+def test_fallback_font_draws_what_the_primary_lacks():
+    found = _system_fallback()
+    if found is None:
+        pytest.skip("no system font with glyphs beyond DejaVu")
+    path, ch = found
+    r = PageRenderer(fallback_fonts=[path])
+    m = r._m(20)
+    m.widths[0][ch]
+    assert m.face_of[0][ch] == 2
+    with_fb = r.render([turn(ch * 5)], (200, 60), [(200, 60)])[0].png
+    without = PageRenderer().render([turn(ch * 5)], (200, 60), [(200, 60)])[0].png
+    assert with_fb != without
+
+
+def test_synthetic_chat_is_deterministic():
+    a = [t.text for _, t in zip(range(20), synthetic_chat(7), strict=False)]
+    b = [t.text for _, t in zip(range(20), synthetic_chat(7), strict=False)]
+    assert a == b and len(set(a)) > 10
+
+
+def test_no_turns_gives_blank_pages(renderer):
+    images = renderer.render([], (256, 256), [(256, 256), (128, 128)])
+    assert [decode(i).getextrema() for i in images] == [(255, 255), (255, 255)]
+
+
+def test_deep_indent_does_not_leave_blank_lines(renderer):
+    word = "w" * 35  # fits a line, but not behind the indent
+    lay = renderer._layout([turn("code:\n" + " " * 40 + word)], (400, 400), 12)
+    assert lay.text_lines == ["Caroline 8 May 2023 13:56: code:", word]
+    assert line_fits(renderer, lay, (400, 400))
