@@ -24,6 +24,7 @@ from .errors import (
     UnknownSession,
     UnknownTarget,
 )
+from .integrity import VerifyReport
 from .ladder import Target, Tier, TierSpec, get_target, register_target, target_names
 from .manager import MemoryManager
 from .records import PageInfo, SessionInfo, Turn
@@ -63,6 +64,7 @@ __all__ = [
     "Turn",
     "UnknownSession",
     "UnknownTarget",
+    "VerifyReport",
     "VisualEncoder",
     "approximate_tokens",
     "get_target",

@@ -97,6 +97,7 @@ class AgingReport:
     sessions_visited: int = 0
     pages_created: int = 0
     pages_moved: dict[str, int] = field(default_factory=dict)  # new tier -> pages
+    pages_prepared: int = 0  # still text, with images ready for a tight budget
     pages_skipped: int = 0  # claimed by another worker, or changed under us
     text_tokens_replaced: int = 0  # text tokens of the pages that moved
     tokens_before: int = 0  # cost of the moved pages before the pass
@@ -308,6 +309,10 @@ class Aging:
                     PageRow.text_tokens,
                     PageRow.imageable,
                     PageRow.target,
+                    select(RenditionRow.page_id)
+                    .where(RenditionRow.page_id == PageRow.id)
+                    .exists()
+                    .label("prepared"),
                 )
                 .where(PageRow.session_id == sid)
                 .order_by(PageRow.first_seq)
@@ -332,7 +337,8 @@ class Aging:
         plans = []
         for p, old, new in zip(pages, current, wanted, strict=True):
             retarget = p.target != self.target.name and old is not Tier.TEXT
-            if new > old or retarget:
+            unprepared = new is Tier.TEXT and p.imageable and not p.prepared
+            if new > old or retarget or unprepared:
                 plans.append(_PagePlan(p.id, p.version, old, new))
         return plans
 
@@ -378,6 +384,9 @@ class Aging:
             report.pages_skipped += 1
             return 0
         old_cost, new_cost, text_tokens = result
+        if plan.new_tier is Tier.TEXT:
+            report.pages_prepared += 1
+            return 0
         label = plan.new_tier.label
         report.pages_moved[label] = report.pages_moved.get(label, 0) + 1
         report.tokens_before += old_cost
@@ -401,6 +410,8 @@ class Aging:
             )
             .order_by(TurnRow.seq)
         ).all()
+        # A page still shown as text gets every image tier ready as renditions, so that
+        # assembly can show it as an image when a budget is tight (never rendering itself).
         tiers = [t for t in IMAGE_TIERS if t >= plan.new_tier]
         images = self.renderer.render(
             [_render_turn(t) for t in turns],
@@ -408,30 +419,35 @@ class Aging:
             [self.target.spec(t).size for t in tiers],
         )
         old_cost = page.token_cost
-        main = images[0]
+        if plan.new_tier is Tier.TEXT:
+            stored, fainter = None, list(zip(tiers, images, strict=True))
+        else:
+            stored, fainter = images[0], list(zip(tiers[1:], images[1:], strict=True))
         page.tier = plan.new_tier.label
-        page.png = main.png
-        page.width, page.height = main.width, main.height
-        page.token_cost = self.target.tier_cost(plan.new_tier)
+        page.png = stored.png if stored else None
+        page.width, page.height = (stored.width, stored.height) if stored else (None, None)
+        page.token_cost = self._cost(plan.new_tier, page.text_tokens)
         page.target = self.target.name
         page.version = plan.version + 1
         page.updated_at = now
         s.execute(delete(RenditionRow).where(RenditionRow.page_id == page.id))
-        fainter = [
-            {
-                "page_id": page.id,
-                "tier": t.label,
-                "png": im.png,
-                "width": im.width,
-                "height": im.height,
-            }
-            for t, im in zip(tiers[1:], images[1:], strict=True)
-        ]
         if fainter:
-            s.execute(insert(RenditionRow), fainter)
+            s.execute(
+                insert(RenditionRow),
+                [
+                    {
+                        "page_id": page.id,
+                        "tier": t.label,
+                        "png": im.png,
+                        "width": im.width,
+                        "height": im.height,
+                    }
+                    for t, im in fainter
+                ],
+            )
         s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id == page.id))
-        if self.encoder is not None:
-            enc = self.encoder.encode(main.png, plan.new_tier.label)
+        if self.encoder is not None and stored is not None:
+            enc = self.encoder.encode(stored.png, plan.new_tier.label)
             s.add(
                 VisualTokenRow(
                     page_id=page.id,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, and_, or_, select
 from sqlalchemy.orm import Session
 
 from .ladder import IMAGE_TIERS, Target, Tier
@@ -199,31 +199,43 @@ def assemble_context(
         candidates = _page_candidates(s, session.id, target, budget - spent)
 
     intro = approximate_tokens("system", MEMORY_INTRO)
-    captions: dict[int, str] = {}
     ref = session.aged_at or now
-    for c in candidates:
-        captions[c.row.id] = _caption(c.row, ref)
+    captions = {c.row.id: _caption(c.row, ref) for c in candidates}
+
+    caption_tokens = {pid: approximate_tokens("system", cap) for pid, cap in captions.items()}
 
     def page_cost(c: _Candidate) -> int:
         o = c.option
-        if o.tier is Tier.TEXT:
-            return o.cost
-        return o.cost + approximate_tokens("system", captions[c.row.id])
-
-    def total() -> int:
-        images = any(c.option.tier is not Tier.TEXT for c in candidates)
-        return spent + sum(page_cost(c) for c in candidates) + (intro if images else 0)
+        return o.cost if o.tier is Tier.TEXT else o.cost + caption_tokens[c.row.id]
 
     # 3. Over budget: fade the oldest first (this request only), then leave the oldest out.
+    #    Running totals keep this linear in the number of candidate pages.
     candidates.reverse()  # oldest first
-    while candidates and total() > budget:
-        for c in candidates:
-            if c.chosen + 1 < len(c.options):
-                c.chosen += 1
-                break
-        else:
-            candidates.pop(0)
+    pages_cost = sum(page_cost(c) for c in candidates)
+    images = sum(c.option.tier is not Tier.TEXT for c in candidates)
 
+    def total() -> int:
+        return spent + pages_cost + (intro if images else 0)
+
+    i = 0  # candidates before i cannot fade any further
+    while candidates and total() > budget:
+        if i < len(candidates):
+            c = candidates[i]
+            if c.chosen + 1 == len(c.options):
+                i += 1
+                continue
+            was_image = c.option.tier is not Tier.TEXT
+            pages_cost -= page_cost(c)
+            c.chosen += 1
+            pages_cost += page_cost(c)
+            images += (c.option.tier is not Tier.TEXT) - was_image
+        else:
+            c = candidates.pop(0)
+            pages_cost -= page_cost(c)
+            images -= c.option.tier is not Tier.TEXT
+            i -= 1
+
+    pngs = _images(s, [c for c in candidates if c.option.tier is not Tier.TEXT])
     segments: list[Segment] = []
     image_tokens = replaced = 0
     for c in candidates:
@@ -232,8 +244,8 @@ def assemble_context(
             for t in _page_turns(s, c.row):
                 segments.append(TextSegment(_turn(t, session.key), cost_of(t), page_id=c.row.id))
             continue
-        png = _image(s, c.row.id, o.tier, stored=o.tier.label == c.row.tier)
-        assert png is not None and o.width is not None and o.height is not None
+        png = pngs[c.row.id]
+        assert o.width is not None and o.height is not None
         cap = captions[c.row.id]
         segments.append(
             PageSegment(
@@ -314,11 +326,11 @@ def _options(
     """How a page can be shown, sharpest first; images only where they cost less than text."""
     stored = Tier.parse(row.tier)
     opts: list[_Option] = []
+    forms = sorted(((Tier.parse(t), w, h) for t, w, h in renditions), key=lambda f: f[0])
     if stored is Tier.TEXT:
-        return [_Option(Tier.TEXT, row.text_tokens)]
-    forms = [(stored, row.width, row.height)] + sorted(
-        ((Tier.parse(t), w, h) for t, w, h in renditions), key=lambda f: f[0]
-    )
+        opts.append(_Option(Tier.TEXT, row.text_tokens))
+    else:
+        forms.insert(0, (stored, row.width, row.height))
     for tier, w, h in forms:
         if tier not in IMAGE_TIERS or w is None or h is None:
             continue
@@ -326,20 +338,22 @@ def _options(
         cost = target.image_cost(w, h, detail)
         if cost < row.text_tokens and (not opts or cost < opts[-1].cost):
             opts.append(_Option(tier, cost, w, h, detail))
-    if not opts:
-        return [_Option(Tier.TEXT, row.text_tokens)]
-    return opts
+    return opts or [_Option(Tier.TEXT, row.text_tokens)]
 
 
-def _image(s: Session, page_id: int, tier: Tier, *, stored: bool) -> bytes | None:
-    """The page's stored image, or the rendition of a fainter tier, fetched only when shown."""
+def _images(s: Session, shown: list[_Candidate]) -> dict[int, bytes]:
+    """The PNG of every page shown as an image, in two queries: stored tiers, renditions."""
+    stored = [c.row.id for c in shown if c.option.tier.label == c.row.tier]
+    faded = [(c.row.id, c.option.tier.label) for c in shown if c.option.tier.label != c.row.tier]
+    out: dict[int, bytes] = {}
     if stored:
-        return s.scalar(select(PageRow.png).where(PageRow.id == page_id))
-    return s.scalar(
-        select(RenditionRow.png).where(
-            RenditionRow.page_id == page_id, RenditionRow.tier == tier.label
+        out.update(s.execute(select(PageRow.id, PageRow.png).where(PageRow.id.in_(stored))).all())
+    if faded:
+        q = select(RenditionRow.page_id, RenditionRow.png).where(
+            or_(*(and_(RenditionRow.page_id == pid, RenditionRow.tier == t) for pid, t in faded))
         )
-    )
+        out.update(s.execute(q).all())
+    return out
 
 
 def _page_turns(s: Session, row: Row[Any]) -> Sequence[TurnRow]:

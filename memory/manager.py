@@ -1,9 +1,9 @@
 """MemoryManager: the one public entry point.
 
-    mm = MemoryManager()                       # SQLite file in the user data dir
-    mm.add_turn("chat-1", "user", "hello")
-    mm.age()                                   # normally the scheduler does this
-    ctx = mm.assemble("chat-1", budget=4096, target="deepseek-ocr")
+mm = MemoryManager()                       # SQLite file in the user data dir
+mm.add_turn("chat-1", "user", "hello")
+mm.age()                                   # normally the scheduler does this
+ctx = mm.assemble("chat-1", budget=4096, target="deepseek-ocr")
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -24,8 +24,9 @@ from . import migrations
 from .aging import Aging, AgingPolicy, AgingReport
 from .assemble import AssembledContext, assemble_context
 from .database import Database, default_url, normalise_url
-from .encoder import VisualEncoder
-from .errors import InvalidBudget, MemoryClosed, SessionAccessDenied, UnknownSession
+from .encoder import EncodedPage, VisualEncoder
+from .errors import InvalidBudget, InvalidInput, MemoryClosed, SessionAccessDenied, UnknownSession
+from .integrity import VerifyReport, verify_pages
 from .ladder import Target, Tier, get_target
 from .records import PageInfo, SessionInfo, Turn
 from .render import PageRenderer
@@ -34,6 +35,7 @@ from .tokens import TokenCounter, make_counter
 from .validation import (
     check_content,
     check_metadata,
+    check_owner,
     check_role,
     check_session_id,
     check_timestamp,
@@ -79,7 +81,7 @@ class MemoryManager:
         self.max_content_bytes = max_content_bytes
         self.encoder = encoder
         self.renderer = renderer or PageRenderer()
-        self.owner = owner
+        self.owner = check_owner(owner)
         self._count = make_counter(token_counter)
         self._db = Database(self.url)
         self._closed = False
@@ -94,7 +96,7 @@ class MemoryManager:
         """The same memory seen by another owner (shares the connection pool)."""
         self._check_open()
         other = copy.copy(self)
-        other.owner = owner
+        other.owner = check_owner(owner)
         other._scheduler = None
         return other
 
@@ -146,10 +148,44 @@ class MemoryManager:
         """
         self._check_open()
         key = check_session_id(session_id)
+        if isinstance(turns, str | bytes | Mapping) or not isinstance(turns, Iterable):
+            from .errors import InvalidInput
+
+            raise InvalidInput(f"turns must be an iterable of turns, got {type(turns).__name__}")
         rows = [self._validate(i, item) for i, item in enumerate(turns)]
         if not rows:
             return []
         return self._db.write(lambda s: self._insert_turns(s, key, rows))
+
+    def add_sessions(
+        self, sessions: Mapping[str, Iterable[Mapping[str, Any] | Sequence[Any]]]
+    ) -> dict[str, list[Turn]]:
+        """Append turns to several sessions in one transaction: all are stored, or none.
+
+        ``sessions`` maps a session id to its turns, each as :meth:`add_turns` takes them.
+        Every turn is validated before anything is written.
+        """
+        self._check_open()
+        if not isinstance(sessions, Mapping):
+            raise InvalidInput(
+                f"sessions must map session ids to turns, got {type(sessions).__name__}"
+            )
+        prepared: list[tuple[str, list[dict[str, Any]]]] = []
+        for session_id, turns in sessions.items():
+            key = check_session_id(session_id)
+            if isinstance(turns, str | bytes | Mapping) or not isinstance(turns, Iterable):
+                raise InvalidInput(f"session {key!r}: turns must be an iterable of turns")
+            try:
+                rows = [self._validate(i, item) for i, item in enumerate(turns)]
+            except InvalidInput as exc:
+                raise type(exc)(f"session {key!r}: {exc}") from None
+            if rows:
+                prepared.append((key, rows))
+        if not prepared:
+            return {}
+        return self._db.write(
+            lambda s: {key: self._insert_turns(s, key, rows) for key, rows in prepared}
+        )
 
     def _validate(self, i: int, item: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
         if isinstance(item, Mapping):
@@ -173,34 +209,38 @@ class MemoryManager:
         }
 
     def _insert_turns(self, s: Session, key: str, rows: list[dict[str, Any]]) -> list[Turn]:
-        sid = self._session_for_write(s, key)
-        last = s.execute(
-            update(SessionRow)
-            .where(SessionRow.id == sid)
-            .values(next_seq=SessionRow.next_seq + len(rows))
-            .returning(SessionRow.next_seq)
-        ).scalar_one()
         now = datetime.now(UTC)
-        first = last - len(rows) + 1
-        values = []
-        for offset, r in enumerate(rows):
-            values.append({**r, "session_id": sid, "seq": first + offset, "at": r["at"] or now})
+        n = len(rows)
+        # One statement creates the session if needed and reserves n sequence numbers.
+        dialect_insert = pg_insert if self._db.dialect == "postgresql" else sqlite_insert
+        reserve = (
+            dialect_insert(SessionRow)
+            .values(key=key, owner=self.owner, created_at=now, meta={}, next_seq=n)
+            .on_conflict_do_update(
+                index_elements=["key"], set_={"next_seq": SessionRow.next_seq + n}
+            )
+            .returning(SessionRow.id, SessionRow.owner, SessionRow.next_seq)
+        )
+        sid, owner, last = s.execute(reserve).one()
+        self._check_owner(key, owner)  # raising rolls the reservation back
+        first = last - n + 1
+        values = [
+            {**r, "session_id": sid, "seq": first + i, "at": r["at"] or now}
+            for i, r in enumerate(rows)
+        ]
         s.execute(insert(TurnRow), values)
         return [
-            Turn(key, v["seq"], v["role"], v["content"], v["at"].astimezone(UTC), v["tokens"], v["meta"])
+            Turn(
+                key,
+                v["seq"],
+                v["role"],
+                v["content"],
+                v["at"].astimezone(UTC),
+                v["tokens"],
+                v["meta"],
+            )
             for v in values
         ]
-
-    def _session_for_write(self, s: Session, key: str) -> int:
-        dialect_insert = pg_insert if self._db.dialect == "postgresql" else sqlite_insert
-        s.execute(
-            dialect_insert(SessionRow)
-            .values(key=key, owner=self.owner, created_at=datetime.now(UTC), meta={}, next_seq=0)
-            .on_conflict_do_nothing(index_elements=["key"])
-        )
-        row = s.execute(select(SessionRow.id, SessionRow.owner).where(SessionRow.key == key)).one()
-        self._check_owner(key, row.owner)
-        return row.id
 
     def _check_owner(self, key: str, owner: str | None) -> None:
         if self.owner is not None and owner != self.owner:
@@ -219,9 +259,7 @@ class MemoryManager:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def turns(
-        self, session_id: str, *, since: int = 0, limit: int | None = None
-    ) -> list[Turn]:
+    def turns(self, session_id: str, *, since: int = 0, limit: int | None = None) -> list[Turn]:
         """The session's turns in order, exactly as added (``since``: after this seq)."""
         self._check_open()
         with self._db.read() as s:
@@ -261,8 +299,18 @@ class MemoryManager:
             ).all()
             return [
                 PageInfo(
-                    r.id, row.key, r.first_seq, r.last_seq, r.first_at, r.last_at, r.tier,
-                    r.text_tokens, r.token_cost, r.width, r.height, r.version,
+                    r.id,
+                    row.key,
+                    r.first_seq,
+                    r.last_seq,
+                    r.first_at,
+                    r.last_at,
+                    r.tier,
+                    r.text_tokens,
+                    r.token_cost,
+                    r.width,
+                    r.height,
+                    r.version,
                 )
                 for r in rows
             ]
@@ -290,9 +338,34 @@ class MemoryManager:
                 raise LookupError(f"page {page_id} has no {tier} rendition")
             return png
 
+    def visual_tokens(self, page_id: int, tier: str, encoder_key: str) -> EncodedPage | None:
+        """Visual tokens the aging pass cached for a page at a tier by an encoder, or None."""
+        self._check_open()
+        label = Tier.parse(tier).label
+        with self._db.read() as s:
+            q = (
+                select(VisualTokenRow.data, VisualTokenRow.dtype, VisualTokenRow.shape)
+                .join(PageRow, PageRow.id == VisualTokenRow.page_id)
+                .where(
+                    VisualTokenRow.page_id == page_id,
+                    VisualTokenRow.tier == label,
+                    VisualTokenRow.encoder_key == encoder_key,
+                )
+            )
+            if self.owner is not None:
+                q = q.join(SessionRow, SessionRow.id == PageRow.session_id).where(
+                    SessionRow.owner == self.owner
+                )
+            row = s.execute(q).first()
+        if row is None:
+            return None
+        return EncodedPage(bytes(row.data), row.dtype, tuple(int(d) for d in row.shape))
+
     # -- aging and assembly ----------------------------------------------------------------------
 
-    def age(self, now: datetime | None = None, *, sessions: Sequence[str] | None = None) -> AgingReport:
+    def age(
+        self, now: datetime | None = None, *, sessions: Sequence[str] | None = None
+    ) -> AgingReport:
         """One synchronous aging pass (normally the scheduler runs it)."""
         self._check_open()
         now = check_timestamp(now, "now")
@@ -301,6 +374,17 @@ class MemoryManager:
             mine = {i.session_id for i in self.sessions()}
             keys = [k for k in (sessions or mine) if k in mine]
         return self._aging.run(now, keys)
+
+    def verify(self, *, repair: bool = True, sessions: Sequence[str] | None = None) -> VerifyReport:
+        """Check every stored page image, rendition and cached visual-token entry (PNG
+        signature, checksums, full decode, canvas of its tier); with ``repair``, rebuild what
+        is broken from the archived turns. Turns themselves are never changed."""
+        self._check_open()
+        keys = sessions
+        if self.owner is not None:
+            mine = {i.session_id for i in self.sessions()}
+            keys = [k for k in (sessions or mine) if k in mine]
+        return verify_pages(self._aging, keys, repair=repair)
 
     def assemble(
         self,
@@ -374,19 +458,39 @@ class MemoryManager:
 
     # -- async twins -----------------------------------------------------------------------------
 
-    async def aadd_turn(self, session_id: str, role: str, content: str,
-                        at: datetime | None = None, *, metadata: Mapping[str, Any] | None = None) -> Turn:
-        return await asyncio.to_thread(self.add_turn, session_id, role, content, at, metadata=metadata)
+    async def aadd_turn(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        at: datetime | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Turn:
+        return await asyncio.to_thread(
+            self.add_turn, session_id, role, content, at, metadata=metadata
+        )
 
-    async def aadd_turns(self, session_id: str, turns: Iterable[Mapping[str, Any] | Sequence[Any]]) -> list[Turn]:
+    async def aadd_turns(
+        self, session_id: str, turns: Iterable[Mapping[str, Any] | Sequence[Any]]
+    ) -> list[Turn]:
         turns = list(turns)
         return await asyncio.to_thread(self.add_turns, session_id, turns)
 
-    async def aturns(self, session_id: str, *, since: int = 0, limit: int | None = None) -> list[Turn]:
+    async def aturns(
+        self, session_id: str, *, since: int = 0, limit: int | None = None
+    ) -> list[Turn]:
         return await asyncio.to_thread(self.turns, session_id, since=since, limit=limit)
 
-    async def aassemble(self, session_id: str, budget: int = 4096, target: Target | str | None = None,
-                        now: datetime | None = None, *, token_counter: Any = None) -> AssembledContext:
+    async def aassemble(
+        self,
+        session_id: str,
+        budget: int = 4096,
+        target: Target | str | None = None,
+        now: datetime | None = None,
+        *,
+        token_counter: Any = None,
+    ) -> AssembledContext:
         return await asyncio.to_thread(
             self.assemble, session_id, budget, target, now, token_counter=token_counter
         )
@@ -396,4 +500,3 @@ class MemoryManager:
 
     async def aforget(self, session_id: str) -> int:
         return await asyncio.to_thread(self.forget, session_id)
-

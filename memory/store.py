@@ -100,6 +100,7 @@ class SessionRow(Base):
     __table_args__ = (
         Index("ix_om_sessions_key", "key", unique=True),
         Index("ix_om_sessions_owner", "owner"),
+        {"sqlite_autoincrement": True},  # ids are never reused after forget
     )
 
 
@@ -117,7 +118,10 @@ class TurnRow(Base):
     tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, nullable=False, default=dict)
 
-    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_om_turns_session_seq"),)
+    __table_args__ = (
+        UniqueConstraint("session_id", "seq", name="uq_om_turns_session_seq"),
+        {"sqlite_autoincrement": True},
+    )
 
 
 class PageRow(Base):
@@ -150,6 +154,7 @@ class PageRow(Base):
     __table_args__ = (
         UniqueConstraint("session_id", "first_seq", name="uq_om_pages_session_first_seq"),
         Index("ix_om_pages_tier_last_at", "tier", "last_at"),
+        {"sqlite_autoincrement": True},  # caches keyed by page id never see a reused id
     )
 
 
@@ -186,4 +191,5 @@ class VisualTokenRow(Base):
 
     __table_args__ = (
         UniqueConstraint("page_id", "tier", "encoder_key", name="uq_om_visual_tokens_key"),
+        {"sqlite_autoincrement": True},
     )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import (
     ContentTooLarge,
     InvalidContent,
+    InvalidInput,
     InvalidRole,
     InvalidSessionId,
     InvalidTimestamp,
@@ -63,7 +64,27 @@ def check_timestamp(at: object, what: str = "at") -> datetime | None:
             f"{what}={at.isoformat()} is naive; pass a timezone-aware datetime, e.g. "
             "datetime.now(timezone.utc) or dt.replace(tzinfo=timezone.utc)"
         )
+    try:
+        at.astimezone(UTC)  # stored in UTC: an offset at the edge of the calendar overflows
+    except OverflowError:
+        raise InvalidTimestamp(f"{what}={at.isoformat()} is out of range in UTC") from None
     return at
+
+
+MAX_OWNER_CHARS = 256
+
+
+def check_owner(owner: object) -> str | None:
+    if owner is None:
+        return None
+    if not isinstance(owner, str) or not owner:
+        raise InvalidInput(f"owner must be None or a non-empty string, got {owner!r:.60}")
+    if len(owner) > MAX_OWNER_CHARS:
+        raise InvalidInput(f"owner is over {MAX_OWNER_CHARS} characters")
+    _check_encodable(owner, "owner", InvalidInput)
+    if "\x00" in owner:
+        raise InvalidInput("owner must not contain NUL characters")
+    return owner
 
 
 def check_metadata(metadata: object) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def test_a_page_only_fades_down(tmp_path) -> None:
 
 
 def test_a_one_line_page_never_becomes_an_image_on_deepseek_ocr(tmp_path) -> None:
-    policy = AgingPolicy(keep_last_turns=1, seal_after=timedelta(hours=1))
+    policy = AgingPolicy(keep_last_turns=1, min_fill=0)
     with MemoryManager(tmp_path / "m.db", policy=policy) as mm:
         mm.add_turns("s", [("user", "ok", START), ("assistant", "sure", START)])
         mm.age(now=START + timedelta(days=400))
@@ -129,7 +129,7 @@ def test_a_one_line_page_never_becomes_an_image_on_deepseek_ocr(tmp_path) -> Non
 
 def test_a_page_becomes_an_image_only_at_a_tier_that_costs_less_than_its_text(tmp_path) -> None:
     turns = conversation(6, START, timedelta(minutes=1), sentences=(1, 2))  # ~150 text tokens
-    policy = AgingPolicy(keep_last_turns=0, seal_after=timedelta(hours=1))
+    policy = AgingPolicy(keep_last_turns=0, min_fill=0)
     with MemoryManager(tmp_path / "m.db", policy=policy) as mm:
         mm.add_turns("s", turns)
         text_tokens = sum(t.tokens for t in mm.turns("s"))
@@ -150,14 +150,14 @@ def test_a_small_partial_page_waits_for_more_turns_until_the_session_goes_quiet(
 
 
 def test_a_partial_page_of_at_least_min_fill_seals_after_an_hour(tmp_path) -> None:
-    turns = conversation(120, START, timedelta(minutes=1))
+    turns = conversation(200, START, timedelta(minutes=1))
     with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=4)) as mm:
         mm.add_turns("s", turns)
         assert mm.age(now=turns[-1]["at"] + timedelta(minutes=30)).pages_created == 1  # a full one
         full = mm.pages("s")[0]
         assert mm.age(now=turns[-1]["at"] + timedelta(hours=2)).pages_created == 1
         assert mm.pages("s")[-1].first_seq == full.last_seq + 1
-        assert mm.pages("s")[-1].last_seq == 116
+        assert mm.pages("s")[-1].last_seq == 196
 
 
 def test_the_text_window_can_be_counted_in_tokens(tmp_path) -> None:

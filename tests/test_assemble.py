@@ -199,3 +199,24 @@ def test_assembly_cost_follows_the_budget_not_the_history(tmp_path) -> None:
         ctx = mm.assemble("long", budget=600)
         assert 3 <= len(ctx.texts) <= 40
         assert len(statements) <= 6
+
+
+def test_a_young_page_still_stored_as_text_is_shown_as_an_image_under_a_tight_budget(
+    tmp_path,
+) -> None:
+    turns = conversation(300, START, timedelta(seconds=5))  # full pages, sealed at once
+    with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=4)) as mm:
+        mm.add_turns("s", turns)
+        report = mm.age(now=turns[-1]["at"] + timedelta(minutes=10))  # not an hour old yet
+        pages = mm.pages("s")
+        assert pages and all(p.tier == "text" for p in pages)
+        assert report.pages_prepared == len(pages) and not report.pages_moved
+        roomy = mm.assemble("s", budget=100_000)
+        assert not roomy.pages  # with room, young pages are shown as their text
+        window = sum(t.tokens for t in mm.turns("s", since=pages[-1].last_seq))
+        budget = window + 1200  # the unpaged text, and room for the pages only as images
+        tight = mm.assemble("s", budget=budget)
+        assert tight.tokens <= budget
+        assert tight.pages and all(p.stored_tier == "text" for p in tight.pages)
+        assert tight.omitted_turns == 0  # the whole history still fits, as images
+        assert mm.age(now=turns[-1]["at"] + timedelta(minutes=10)).changed is False

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("metadata", sa.JSON(), nullable=False),
         sa.Column("next_seq", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_om_sessions"),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_om_sessions_key", "om_sessions", ["key"], unique=True)
     op.create_index("ix_om_sessions_owner", "om_sessions", ["owner"])
@@ -50,6 +51,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.UniqueConstraint("session_id", "seq", name="uq_om_turns_session_seq"),
+        sqlite_autoincrement=True,
     )
 
     op.create_table(
@@ -79,6 +81,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.UniqueConstraint("session_id", "first_seq", name="uq_om_pages_session_first_seq"),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_om_pages_tier_last_at", "om_pages", ["tier", "last_at"])
 
@@ -100,6 +103,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.UniqueConstraint("page_id", "tier", "encoder_key", name="uq_om_visual_tokens_key"),
+        sqlite_autoincrement=True,
     )
 
 

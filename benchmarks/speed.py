@@ -1,0 +1,1147 @@
+"""Speed, scale and storage of optical-memory against the store most users pick today.
+
+    python -m benchmarks.speed                      # SQLite; sizes 100, 10,000, 100,000 turns
+    python -m benchmarks.speed --pg-url postgresql://postgres@127.0.0.1:5432/test
+    python -m benchmarks.speed --quick              # smoke size, a few seconds
+
+Measures, on SQLite (a file, WAL) and on PostgreSQL when a URL is given (``--pg-url`` or
+``$OPTICAL_MEMORY_TEST_PG_URL``; each size gets a scratch database, dropped afterwards):
+
+* ``add_turn`` p50/p99 while one session grows to N turns: single calls are timed in groups at
+  five points of the growth; the turns in between are added with ``add_turns`` batches.
+* ``assemble(budget=4096, target="deepseek-ocr")`` p50/p99 on sessions of N turns that an aging
+  pass has packed and aged (one turn every 104 s: 100,000 turns span 120 days, so pages sit at
+  every tier; each session is the newest N turns of the largest), and the ratios between sizes:
+  assembly walks back from the newest turn and stops at the budget, so it must not grow with
+  the history.
+* the aging pass: pages/s and ms/page for moves to each tier (render + PNG + one transaction per
+  page), and drawing alone per tier.
+* database bytes per 10,000 turns (SQLite: file + WAL after a checkpoint; PostgreSQL:
+  ``pg_total_relation_size`` of the ``om_`` tables), before aging (text only) and after.
+* the baseline: langchain-community's ``SQLChatMessageHistory`` at the same sizes, as it comes
+  (``add_message``; ``.messages`` then ``trim_messages(strategy="last", max_tokens=4096,
+  token_counter=count_tokens_approximately)``), and the ratios optical-memory / baseline.
+
+How the big sessions are aged. Aging 100,000 turns for real draws about 1,100 pages at 0.1-0.3 s
+each, which would dominate the run and measures the renderer, not assembly. So the sessions used
+for the assemble and bytes measurements run the *real* aging pass (packing, the default time
+ladder, tier flips, renditions, one transaction per page; seal_after 1 h, see ``POLICY``) with a renderer that draws the first
+page of each tier set for real and stores those same PNG bytes for every later page: the database
+ends up with the same rows, tiers and image sizes a real pass would write. The drawing itself is
+measured in the aging table, on real pages. ``--real-render`` draws every page (slow).
+
+Numbers are printed as markdown tables (also written next to the CSV, as .md) and written as
+CSV (long format, one value a row). They
+are measurements of one machine at one time, never assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import itertools
+import math
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from optical_memory import AgingPolicy, MemoryManager, PageRenderer, get_target
+from optical_memory.ladder import IMAGE_TIERS, Tier
+from optical_memory.render import RenderTurn
+
+PG_ENV = "OPTICAL_MEMORY_TEST_PG_URL"
+DEFAULT_SIZES = (100, 10_000, 100_000)
+QUICK_SIZES = (40, 400)
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "speed.csv"
+BUDGET = 4096
+TARGET = "deepseek-ocr"
+SESSION = "bench"
+END = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)  # the newest turn of every aged session
+TURN_EVERY = timedelta(seconds=104)  # one turn every 104 s: 100,000 turns span 120 days
+SEAL_AFTER = timedelta(hours=1)  # see POLICY
+COME_BACK = timedelta(hours=2)  # aging and assembly run this long after the newest turn
+# The default policy but for seal_after (default 7 days): with it the newest, partly filled page
+# stays unpaged text (up to a page, ~4,300 tokens: more than the budget) until the session has
+# been quiet a week, so the context's shape would depend on where page boundaries fall. Sealing
+# it after an hour gives every size the same shape: 8 turns of text, then pages.
+POLICY = AgingPolicy(seal_after=SEAL_AFTER)
+GROWTH_POINTS = 5
+BULK_BATCH = 2_000
+
+OM = "optical-memory"
+LC = "langchain-sql"
+LC_WAL = "langchain-sql+wal"
+
+CSV_COLUMNS = (
+    "section",
+    "backend",
+    "system",
+    "turns",
+    "tier",
+    "metric",
+    "value",
+    "unit",
+    "samples",
+)
+
+
+@dataclass
+class Row:
+    """One measured value (the CSV is one row per value)."""
+
+    section: str
+    backend: str
+    system: str
+    turns: int | str
+    tier: str
+    metric: str
+    value: float
+    unit: str
+    samples: int | str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    sizes: tuple[int, ...]
+    pg_url: str | None
+    out: Path
+    add_samples: int  # single add_turn calls timed per size (at most)
+    assemble_samples: int  # assemble calls timed per size
+    baseline_read_seconds: float  # rough time allowed to .messages+trim per size
+    aging_turns: int  # session for the aging throughput measurement
+    real_render: bool
+    baseline: bool
+    quick: bool
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default); q in [0, 100]."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - t) * 1000, out
+
+
+def fmt_ms(v: float) -> str:
+    if v is None or math.isnan(v):
+        return "–"
+    if v >= 1000:
+        return f"{v / 1000:.2f} s"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def fmt_ratio(v: float) -> str:
+    if v is None or math.isnan(v) or math.isinf(v):
+        return "–"
+    return f"{v:.3f}×" if v < 0.1 else f"{v:.2f}×" if v < 10 else f"{v:.0f}×"
+
+
+def fmt_bytes(v: float) -> str:
+    if v is None or math.isnan(v):
+        return "–"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if v >= size:
+            return f"{v / size:.2f} {unit}"
+    return f"{v:.0f} B"
+
+
+def fmt_n(n: int | str) -> str:
+    return f"{n:,}" if isinstance(n, int) else str(n)
+
+
+def ratio(a: float, b: float) -> float:
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or b == 0:
+        return math.nan
+    return a / b
+
+
+def log(msg: str) -> None:
+    print(f"[speed] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic history
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    content: str
+    at: datetime
+
+
+def make_turns(
+    n: int, *, end: datetime = END, every: timedelta = TURN_EVERY, seed: int = 7
+) -> list[ChatTurn]:
+    """``n`` turns of synthetic two-person chat, one every ``every``, the newest at ``end``."""
+    from benchmarks.ocr import synthetic_chat
+
+    start = end - every * (n - 1)
+    return [
+        ChatTurn("user" if i % 2 == 0 else "assistant", t.text, start + every * i)
+        for i, t in enumerate(itertools.islice(synthetic_chat(seed), n))
+    ]
+
+
+class ReplayRenderer(PageRenderer):
+    """Draws the first page of each set of sizes for real, then returns those same images.
+
+    Packing (capacity, footprints) is the real renderer's; only the drawing is replayed. Used
+    to age 100,000-turn sessions in seconds: the rows, tiers and image sizes the aging pass
+    writes are those of a real pass.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: dict[tuple, list] = {}
+        self.drawn = 0
+        self.replayed = 0
+
+    def render(self, turns, layout, sizes):  # type: ignore[no-untyped-def, override]
+        key = (tuple(layout), tuple(tuple(s) for s in sizes))
+        if key not in self._cache:
+            self._cache[key] = super().render(turns, layout, sizes)
+            self.drawn += 1
+        else:
+            self.replayed += 1
+        return list(self._cache[key])
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends: where the databases live
+
+
+class Backend:
+    name: str
+
+    @contextmanager
+    def database(self, label: str) -> Iterator[str]:  # a SQLAlchemy URL, fresh
+        raise NotImplementedError
+        yield ""
+
+    def om_bytes(self, mm: MemoryManager) -> int:
+        raise NotImplementedError
+
+    def lc_bytes(self, url: str, table: str) -> int:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class SQLiteBackend(Backend):
+    name = "sqlite"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+
+    @contextmanager
+    def database(self, label: str) -> Iterator[str]:
+        path = self.workdir / f"{label}-{uuid.uuid4().hex[:8]}.db"
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    @staticmethod
+    def _files(url: str) -> int:
+        path = url.removeprefix("sqlite:///")
+        return sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p))
+
+    def om_bytes(self, mm: MemoryManager) -> int:
+        with mm.database.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return self._files(mm.url)
+
+    def lc_bytes(self, url: str, table: str) -> int:
+        return self._files(url)  # the stock history uses the default rollback journal
+
+    def describe(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version} (file in {self.workdir})"
+
+
+class PostgresBackend(Backend):
+    name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        from optical_memory.database import normalise_url
+
+        self.url = normalise_url(url)
+        self.admin = create_engine(self.url, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            self.version = conn.execute(text("SHOW server_version")).scalar_one()
+
+    @contextmanager
+    def database(self, label: str) -> Iterator[str]:
+        from sqlalchemy import make_url, text
+
+        name = f"om_bench_{uuid.uuid4().hex[:10]}_{label}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(self.url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with self.admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def om_bytes(self, mm: MemoryManager) -> int:
+        from sqlalchemy import text
+
+        query = text(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND c.relname LIKE :pattern AND n.nspname = current_schema()"
+        )
+        with mm.database.engine.connect() as conn:
+            return int(conn.execute(query, {"pattern": "om\\_%"}).scalar_one())
+
+    def lc_bytes(self, url: str, table: str) -> int:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                return int(
+                    conn.execute(
+                        text("SELECT pg_total_relation_size(:t)"), {"t": table}
+                    ).scalar_one()
+                )
+        finally:
+            engine.dispose()
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self.version}"
+
+    def close(self) -> None:
+        self.admin.dispose()
+
+
+# --------------------------------------------------------------------------------------------------
+# The two stores, behind one small interface
+
+
+class OmStore:
+    system = OM
+
+    def __init__(self, url: str, renderer: PageRenderer) -> None:
+        self.mm = MemoryManager(url, target=TARGET, renderer=renderer, policy=POLICY)
+
+    @staticmethod
+    def add_all(mm: MemoryManager, turns: Sequence[ChatTurn]) -> None:
+        mm.add_turns(SESSION, [{"role": t.role, "content": t.content, "at": t.at} for t in turns])
+
+    def bulk(self, turns: Sequence[ChatTurn]) -> None:
+        self.add_all(self.mm, turns)
+
+    def prepare(self, t: ChatTurn) -> ChatTurn:
+        return t
+
+    def single(self, t: ChatTurn) -> None:
+        self.mm.add_turn(SESSION, t.role, t.content, at=t.at)
+
+    def close(self) -> None:
+        self.mm.close()
+
+
+class LcStore:
+    """langchain-community's SQLChatMessageHistory, as users set it up (a URL string)."""
+
+    system = LC
+
+    def __init__(self, connection: Any, table: str = "message_store") -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # langchain-community's sunset notice
+                from langchain_community.chat_message_histories import SQLChatMessageHistory
+        except ImportError as exc:  # it imports sqlalchemy.ext.asyncio, which needs greenlet
+            raise SystemExit(
+                f"the baseline needs langchain-community and greenlet ({exc}); "
+                "pip install -e '.[dev]', or pass --no-baseline"
+            ) from exc
+        self.hist = SQLChatMessageHistory(SESSION, connection=connection, table_name=table)
+
+    @staticmethod
+    def message(t: ChatTurn):  # type: ignore[no-untyped-def]
+        from langchain_core.messages import AIMessage, HumanMessage
+
+        return HumanMessage(t.content) if t.role == "user" else AIMessage(t.content)
+
+    def bulk(self, turns: Sequence[ChatTurn]) -> None:
+        self.hist.add_messages([self.message(t) for t in turns])
+
+    def prepare(self, t: ChatTurn):  # type: ignore[no-untyped-def]
+        return self.message(t)  # built outside the timer, as optical-memory's arguments are
+
+    def single(self, msg: Any) -> None:
+        self.hist.add_message(msg)
+
+    def read_trimmed(self) -> list:
+        from langchain_core.messages import trim_messages
+        from langchain_core.messages.utils import count_tokens_approximately
+
+        return trim_messages(
+            self.hist.messages,
+            strategy="last",
+            token_counter=count_tokens_approximately,
+            max_tokens=BUDGET,
+        )
+
+    def close(self) -> None:
+        self.hist.session_maker.remove()
+        self.hist.engine.dispose()
+
+
+def wal_engine(url: str):  # type: ignore[no-untyped-def]
+    """An engine on the baseline's SQLite file with the pragmas optical-memory uses."""
+    from sqlalchemy import create_engine, event
+
+    engine = create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _wal(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    return engine
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurements
+
+
+@dataclass
+class Growth:
+    """Single add calls timed in groups while the session grows."""
+
+    samples_ms: list[float]
+    groups: list[tuple[int, list[float]]]  # (session length before the group, timings)
+    build_s: float
+
+
+def grow(store: OmStore | LcStore, turns: Sequence[ChatTurn], samples: int) -> Growth:
+    """Add all ``turns`` to the store: bulk batches, with ``samples`` single calls timed in
+    ``GROWTH_POINTS`` groups from the empty session to the full one."""
+    n = len(turns)
+    samples = max(GROWTH_POINTS, min(samples, n // 2))
+    per = samples // GROWTH_POINTS
+    bulk_total = n - per * GROWTH_POINTS
+    started = time.perf_counter()
+    pos = 0
+    groups: list[tuple[int, list[float]]] = []
+    for g in range(GROWTH_POINTS):
+        target = bulk_total * g // (GROWTH_POINTS - 1) + per * g
+        while pos < target:
+            chunk = turns[pos : min(target, pos + BULK_BATCH)]
+            store.bulk(chunk)
+            pos += len(chunk)
+        prepared = [store.prepare(t) for t in turns[pos : pos + per]]
+        times = []
+        for item in prepared:
+            ms, _ = timed(lambda item=item: store.single(item))
+            times.append(ms)
+        groups.append((pos, times))
+        pos += per
+    while pos < n:
+        chunk = turns[pos : min(n, pos + BULK_BATCH)]
+        store.bulk(chunk)
+        pos += len(chunk)
+    build = time.perf_counter() - started
+    return Growth([t for _, ts in groups for t in ts], groups, build)
+
+
+def sample_calls(fn: Callable[[], Any], n: int, warmup: int = 1) -> tuple[list[float], Any]:
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(n):
+        ms, out = timed(fn)
+        times.append(ms)
+    return times, out
+
+
+class Recorder:
+    """Appends rows that share a section, backend, system and session length."""
+
+    def __init__(self, rows: list[Row], section: str, backend: str, system: str, turns: Any):
+        self.rows, self.key = rows, (section, backend, system, turns)
+
+    def __call__(
+        self, metric: str, value: float, unit: str, samples: int | str = "", tier: str = ""
+    ) -> None:
+        section, backend, system, turns = self.key
+        self.rows.append(Row(section, backend, system, turns, tier, metric, value, unit, samples))
+
+    def latency(self, prefix: str, times: Sequence[float]) -> None:
+        self(f"{prefix}_p50", percentile(times, 50), "ms", len(times))
+        self(f"{prefix}_p99", percentile(times, 99), "ms", len(times))
+
+
+def add_growth_rows(rows: list[Row], backend: str, system: str, n: int, g: Growth) -> None:
+    Recorder(rows, "add", backend, system, n).latency("add", g.samples_ms)
+    Recorder(rows, "build", backend, system, n)("build_seconds", g.build_s, "s")
+    growth = Recorder(rows, "add_growth", backend, system, n)
+    for length, times in g.groups:
+        growth(f"add_p50_at_{length}", percentile(times, 50), "ms", len(times))
+
+
+def bench_optical(
+    cfg: Config, backend: Backend, n: int, turns: Sequence[ChatTurn], rows: list[Row]
+) -> None:
+    renderer = PageRenderer() if cfg.real_render else ReplayRenderer()
+    prep = Recorder(rows, "prep", backend.name, OM, n)
+    size = Recorder(rows, "bytes", backend.name, OM, n)
+    asm = Recorder(rows, "assemble", backend.name, OM, n)
+    with backend.database(f"om{n}") as url:
+        store = OmStore(url, renderer)
+        try:
+            log(f"{backend.name}: optical-memory, growing a session to {n:,} turns")
+            g = grow(store, turns, cfg.add_samples)
+            add_growth_rows(rows, backend.name, OM, n, g)
+            mm = store.mm
+            text_bytes = backend.om_bytes(mm)
+
+            log(f"{backend.name}: optical-memory, aging {n:,} turns")
+            now = turns[-1].at + COME_BACK
+            report = mm.age(now=now)
+            if report.errors:
+                raise RuntimeError(f"aging failed: {report.errors}")
+            pages = mm.pages(SESSION)
+            aged_bytes = backend.om_bytes(mm)
+            prep("aging_seconds", report.seconds, "s")
+            prep("pages", len(pages), "pages")
+            for tier in Tier:
+                prep(
+                    "pages_at_tier",
+                    sum(p.tier == tier.label for p in pages),
+                    "pages",
+                    tier=tier.label,
+                )
+            size("bytes_text_only", text_bytes, "B")
+            size("bytes_aged", aged_bytes, "B")
+            size("bytes_per_10k_text_only", text_bytes * 10_000 / n, "B")
+            size("bytes_per_10k_aged", aged_bytes * 10_000 / n, "B")
+
+            log(f"{backend.name}: optical-memory, timing assemble on {n:,} turns")
+            gc.collect()
+            times, ctx = sample_calls(
+                lambda: mm.assemble(SESSION, budget=BUDGET, target=TARGET, now=now),
+                cfg.assemble_samples,
+                warmup=2,
+            )
+            asm.latency("read", times)
+            asm("context_tokens", ctx.tokens, "tokens")
+            asm("turns_covered", n - ctx.omitted_turns, "turns")
+            asm("pages_shown", len(ctx.pages), "pages")
+            asm("text_turns_shown", len(ctx.texts), "turns")
+            asm("png_bytes_read", sum(len(p.png) for p in ctx.pages), "B")
+        finally:
+            store.close()
+
+
+def bench_baseline(
+    cfg: Config, backend: Backend, n: int, turns: Sequence[ChatTurn], rows: list[Row]
+) -> None:
+    from langchain_core.messages.utils import count_tokens_approximately
+
+    size = Recorder(rows, "bytes", backend.name, LC, n)
+    asm = Recorder(rows, "assemble", backend.name, LC, n)
+    with backend.database(f"lc{n}") as url:
+        store = LcStore(url)
+        try:
+            log(f"{backend.name}: SQLChatMessageHistory, growing a session to {n:,} messages")
+            g = grow(store, turns, cfg.add_samples)
+            add_growth_rows(rows, backend.name, LC, n, g)
+            stored = backend.lc_bytes(url, "message_store")
+            size("bytes", stored, "B")
+            size("bytes_per_10k", stored * 10_000 / n, "B")
+
+            # A few calls at most at 100k: .messages loads and parses the whole session.
+            ms_one, _ = timed(store.read_trimmed)  # warm-up (imports, first query), untimed
+            k = int(max(3, min(cfg.assemble_samples, cfg.baseline_read_seconds * 1000 / ms_one)))
+            log(f"{backend.name}: SQLChatMessageHistory, {k} x .messages + trim ({ms_one:.0f} ms)")
+            gc.collect()
+            times, trimmed = sample_calls(store.read_trimmed, k, warmup=0)
+            asm.latency("read", times)
+            asm("context_tokens", count_tokens_approximately(trimmed), "tokens")
+            asm("turns_covered", len(trimmed), "turns")
+        finally:
+            store.close()
+
+        if backend.name == "sqlite":
+            # The same history with optical-memory's pragmas: how much is the journal mode.
+            wal = LcStore(wal_engine(url))
+            try:
+                k = max(GROWTH_POINTS, min(cfg.add_samples // GROWTH_POINTS, n // 2))
+                later = turns[-1].at + timedelta(hours=1)
+                msgs = [
+                    wal.prepare(t) for t in make_turns(k, end=later, every=timedelta(seconds=1))
+                ]
+                times = [timed(lambda m=m: wal.single(m))[0] for m in msgs]
+                Recorder(rows, "add", backend.name, LC_WAL, n).latency("add", times)
+            finally:
+                wal.close()
+
+
+def bench_aging(cfg: Config, backend: Backend, rows: list[Row]) -> None:
+    """Real rendering: one session of fresh turns, moved down the ladder one tier a pass."""
+    n = cfg.aging_turns
+    every = min(timedelta(seconds=1), timedelta(minutes=50) / n)  # all within the hour
+    turns = make_turns(n, end=END, every=every, seed=11)
+    last = turns[-1].at
+    rec = Recorder(rows, "aging", backend.name, OM, n)
+    with backend.database("aging") as url:
+        mm = MemoryManager(url, target=TARGET)
+        try:
+            OmStore.add_all(mm, turns)
+            log(f"{backend.name}: aging {n:,} turns down the ladder (real rendering)")
+            packed = mm.age(now=last + timedelta(minutes=1))
+            rec("pages", packed.pages_created, "pages", tier="pack")
+            rec("seconds", packed.seconds, "s", tier="pack")
+            steps = (
+                (Tier.LARGE, timedelta(hours=2)),
+                (Tier.BASE, timedelta(days=2)),
+                (Tier.SMALL, timedelta(days=8)),
+                (Tier.TINY, timedelta(days=31)),
+            )
+            for tier, age in steps:
+                rep = mm.age(now=last + age)
+                if rep.errors:
+                    raise RuntimeError(f"aging failed: {rep.errors}")
+                moved = rep.pages_moved.get(tier.label, 0)
+                secs = rep.seconds
+                lab = tier.label
+                rec("pages", moved, "pages", tier=lab)
+                rec("images_per_page", sum(t >= tier for t in IMAGE_TIERS), "images", tier=lab)
+                rec("seconds", secs, "s", tier=lab)
+                rec("pages_per_s", moved / secs if secs else math.nan, "pages/s", tier=lab)
+                rec("ms_per_page", secs * 1000 / moved if moved else math.nan, "ms", moved, lab)
+            if backend.name == "sqlite":
+                bench_render(mm, rows)
+        finally:
+            mm.close()
+
+
+def bench_render(mm: MemoryManager, rows: list[Row], max_pages: int = 8) -> None:
+    """Drawing + PNG alone (no database), one image per call, on the aging session's pages."""
+    renderer = PageRenderer()
+    target = get_target(TARGET)
+    layout = target.layout
+    all_turns = mm.turns(SESSION)
+    groups = [
+        [RenderTurn(t.role, t.at, t.content) for t in all_turns[p.first_seq - 1 : p.last_seq]]
+        for p in mm.pages(SESSION)[:max_pages]
+    ]
+    if not groups:
+        return
+    renderer.render(groups[0], layout, [target.spec(Tier.TINY).size])  # warm the glyph caches
+    rec = Recorder(rows, "render", "-", OM, "")
+    for tier in IMAGE_TIERS:
+        size = target.spec(tier).size
+        times, png_bytes = [], []
+        for g in groups:
+            ms, images = timed(lambda g=g, size=size: renderer.render(g, layout, [size]))
+            times.append(ms)
+            png_bytes.append(len(images[0].png))
+        rec("render_ms", statistics.mean(times), "ms", len(times), tier.label)
+        rec("png_bytes", statistics.mean(png_bytes), "B", len(times), tier.label)
+        rec("canvas", size[0], "px", "", tier.label)
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+class Table:
+    def __init__(self, rows: Sequence[Row]) -> None:
+        self.index = {(r.section, r.backend, r.system, r.turns, r.tier, r.metric): r for r in rows}
+
+    def v(
+        self, section: str, backend: str, system: str, turns: Any, metric: str, tier: str = ""
+    ) -> float:
+        r = self.index.get((section, backend, system, turns, tier, metric))
+        return math.nan if r is None else float(r.value)
+
+    def n(self, section: str, backend: str, system: str, turns: Any, metric: str) -> str:
+        r = self.index.get((section, backend, system, turns, "", metric))
+        return "–" if r is None else str(r.samples)
+
+
+def md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def report(cfg: Config, rows: Sequence[Row], backends: Sequence[Backend], env: str) -> str:
+    t = Table(rows)
+    names = [b.name for b in backends]
+    sizes = cfg.sizes
+    has_lc = cfg.baseline
+    out = [
+        "# optical-memory speed benchmark",
+        "",
+        env,
+        "",
+        f"Budget {BUDGET} tokens, target {TARGET}, default AgingPolicy (8 turns of text, "
+        f"TimeLadder 1 h / 1 d / 7 d / 30 d) but seal_after={SEAL_AFTER.total_seconds() / 3600:g} h "
+        "(see the assemble section). Synthetic two-person chat, "
+        f"~{statistics.mean(len(x.content) for x in make_turns(200)):.0f} characters a turn, "
+        f"one turn every {TURN_EVERY.total_seconds():g} s (100,000 turns span "
+        f"{(TURN_EVERY * 100_000).days} days); each session is the newest N turns of the "
+        "largest, so the recent history that assembly reads is the same at every size and only "
+        "the older history grows. Baseline: langchain-community "
+        "`SQLChatMessageHistory` as it comes (one URL string; on SQLite the default rollback "
+        'journal), `.messages` + `trim_messages(strategy="last", max_tokens=4096, '
+        "token_counter=count_tokens_approximately)`. Ratios are optical-memory / baseline: "
+        "below 1× optical-memory is faster or smaller.",
+        "",
+    ]
+
+    # add_turn
+    body = []
+    for b in names:
+        for n in sizes:
+            om50, om99 = t.v("add", b, OM, n, "add_p50"), t.v("add", b, OM, n, "add_p99")
+            lc50, lc99 = t.v("add", b, LC, n, "add_p50"), t.v("add", b, LC, n, "add_p99")
+            row = [b, fmt_n(n), t.n("add", b, OM, n, "add_p50"), fmt_ms(om50), fmt_ms(om99)]
+            if has_lc:
+                row += [
+                    fmt_ms(lc50),
+                    fmt_ms(lc99),
+                    fmt_ratio(ratio(om50, lc50)),
+                    fmt_ratio(ratio(om99, lc99)),
+                    fmt_ms(t.v("add", b, LC_WAL, n, "add_p50")),
+                    fmt_ms(t.v("add", b, LC_WAL, n, "add_p99")),
+                ]
+            body.append(row)
+    header = ["backend", "session grows to", "calls timed", "add_turn p50 ms", "add_turn p99 ms"]
+    if has_lc:
+        header += [
+            "add_message p50 ms",
+            "add_message p99 ms",
+            "p50 ratio",
+            "p99 ratio",
+            "add_message +WAL p50",
+            "+WAL p99",
+        ]
+    out += [
+        "## add_turn latency while a session grows",
+        "",
+        f"Single calls timed in {GROWTH_POINTS} groups from the empty session to the full one; "
+        f"the rest added in batches of {BULK_BATCH:,}. The '+WAL' columns time the baseline on "
+        "the same file after switching it to optical-memory's pragmas (WAL, synchronous=NORMAL), "
+        "at the full length (SQLite only).",
+        "",
+        md_table(header, body),
+        "",
+    ]
+
+    big = max(sizes)
+    body = []
+    for b in names:
+        groups = sorted(
+            (
+                r
+                for r in rows
+                if r.section == "add_growth"
+                and r.backend == b
+                and r.turns == big
+                and r.system == OM
+            ),
+            key=lambda r: int(r.metric.rsplit("_", 1)[1]),
+        )
+        for r in groups:
+            length = int(r.metric.rsplit("_", 1)[1])
+            lc = [
+                x
+                for x in rows
+                if x.section == "add_growth"
+                and x.backend == b
+                and x.turns == big
+                and x.system == LC
+                and x.metric == r.metric
+            ]
+            lcv = lc[0].value if lc else math.nan
+            row = [b, fmt_n(length), fmt_ms(r.value)]
+            if has_lc:
+                row += [fmt_ms(lcv), fmt_ratio(ratio(r.value, lcv))]
+            body.append(row)
+    header = ["backend", "session length", "add_turn p50 ms"]
+    if has_lc:
+        header += ["add_message p50 ms", "ratio"]
+    out += [f"### p50 by session length (the {big:,}-turn session)", "", md_table(header, body), ""]
+
+    # assemble
+    body = []
+    for b in names:
+        for n in sizes:
+            tiers = "/".join(
+                str(int(t.v("prep", b, OM, n, "pages_at_tier", tier.label))) for tier in Tier
+            )
+            om50, om99 = (
+                t.v("assemble", b, OM, n, "read_p50"),
+                t.v("assemble", b, OM, n, "read_p99"),
+            )
+            row = [
+                b,
+                fmt_n(n),
+                tiers,
+                t.n("assemble", b, OM, n, "read_p50"),
+                fmt_ms(om50),
+                fmt_ms(om99),
+                f"{t.v('assemble', b, OM, n, 'context_tokens'):.0f}",
+                f"{t.v('assemble', b, OM, n, 'turns_covered'):,.0f}",
+                fmt_bytes(t.v("assemble", b, OM, n, "png_bytes_read")),
+            ]
+            if has_lc:
+                lc50 = t.v("assemble", b, LC, n, "read_p50")
+                lc99 = t.v("assemble", b, LC, n, "read_p99")
+                row += [
+                    t.n("assemble", b, LC, n, "read_p50"),
+                    fmt_ms(lc50),
+                    fmt_ms(lc99),
+                    f"{t.v('assemble', b, LC, n, 'context_tokens'):.0f}",
+                    f"{t.v('assemble', b, LC, n, 'turns_covered'):,.0f}",
+                    fmt_ratio(ratio(om50, lc50)),
+                    fmt_ratio(ratio(om99, lc99)),
+                ]
+            body.append(row)
+    header = [
+        "backend",
+        "turns",
+        "pages text/large/base/small/tiny",
+        "calls",
+        "assemble p50 ms",
+        "assemble p99 ms",
+        "context tokens",
+        "turns covered",
+        "image bytes read",
+    ]
+    if has_lc:
+        header += [
+            "calls",
+            "messages+trim p50 ms",
+            "messages+trim p99 ms",
+            "context tokens",
+            "turns covered",
+            "p50 ratio",
+            "p99 ratio",
+        ]
+    lo = min(sizes)
+    growth = []
+    for b in names:
+        om = ratio(t.v("assemble", b, OM, big, "read_p50"), t.v("assemble", b, OM, lo, "read_p50"))
+        om99 = ratio(
+            t.v("assemble", b, OM, big, "read_p99"), t.v("assemble", b, OM, lo, "read_p99")
+        )
+        line = f"- {b}: assemble p50 at {big:,} / {lo:,} turns = **{fmt_ratio(om)}** (p99 {fmt_ratio(om99)})"
+        if has_lc:
+            lc = ratio(
+                t.v("assemble", b, LC, big, "read_p50"), t.v("assemble", b, LC, lo, "read_p50")
+            )
+            line += f"; baseline messages+trim: {fmt_ratio(lc)}"
+        growth.append(line)
+        if len(sizes) > 2:
+            mid = sorted(sizes)[-2]
+            om = ratio(
+                t.v("assemble", b, OM, big, "read_p50"), t.v("assemble", b, OM, mid, "read_p50")
+            )
+            line = f"- {b}: assemble p50 at {big:,} / {mid:,} turns = **{fmt_ratio(om)}**"
+            if has_lc:
+                lc = ratio(
+                    t.v("assemble", b, LC, big, "read_p50"), t.v("assemble", b, LC, mid, "read_p50")
+                )
+                line += f"; baseline messages+trim: {fmt_ratio(lc)}"
+            growth.append(line)
+    render_note = (
+        "every page drawn for real (--real-render)"
+        if cfg.real_render
+        else "a renderer that draws the first page of each tier set and stores those same PNG "
+        "bytes for the later pages (same rows, tiers and image sizes; drawing is timed below)"
+    )
+    out += [
+        "## assemble vs history length",
+        "",
+        f"Each session aged by one real aging pass (pack, default time ladder, tier flips, "
+        f"renditions, a transaction per page) with {render_note}. Aging and assembly run "
+        f"{COME_BACK.total_seconds() / 3600:g} h after the newest turn (a user coming back) with "
+        f"seal_after={SEAL_AFTER.total_seconds() / 3600:g} h, so every page is sealed and has "
+        "left the text tier, and every size has the same shape: the last 8 turns as text, "
+        "pages behind them. (With the default seal_after of 7 days, the newest partly filled "
+        "page stays unpaged text, up to ~4,300 tokens, more than this budget, and how much of "
+        "it there is depends on where the page boundaries fall.) Turns covered: how many of the "
+        "most recent turns the context reaches back over (as text or on a page).",
+        "",
+        md_table(header, body),
+        "",
+        "Growth with history. Assembly stops at the budget, so once a session holds more than "
+        "a budget's worth of history its cost must stay flat; below that (the smallest size "
+        "here) the context itself is smaller, so the ratio to it is an upper bound:",
+        "",
+        *growth,
+        "",
+    ]
+
+    # aging
+    body = []
+    for b in names:
+        n = cfg.aging_turns
+        packed = t.v("aging", b, OM, n, "pages", "pack")
+        secs = t.v("aging", b, OM, n, "seconds", "pack")
+        body.append(
+            [
+                b,
+                "pack (text)",
+                f"{packed:.0f}",
+                "0",
+                f"{secs:.2f}",
+                f"{ratio(packed, secs):.1f}",
+                fmt_ms(ratio(secs * 1000, packed)),
+                "–",
+            ]
+        )
+        for tier in IMAGE_TIERS:
+            lab = tier.label
+            body.append(
+                [
+                    b,
+                    lab,
+                    f"{t.v('aging', b, OM, n, 'pages', lab):.0f}",
+                    f"{t.v('aging', b, OM, n, 'images_per_page', lab):.0f}",
+                    f"{t.v('aging', b, OM, n, 'seconds', lab):.2f}",
+                    f"{t.v('aging', b, OM, n, 'pages_per_s', lab):.1f}",
+                    fmt_ms(t.v("aging", b, OM, n, "ms_per_page", lab)),
+                    fmt_ms(t.v("render", "-", OM, "", "render_ms", lab)),
+                ]
+            )
+    out += [
+        "## aging throughput (real rendering)",
+        "",
+        f"One session of {cfg.aging_turns:,} fresh turns: a pass packs it into pages, then four "
+        "passes move every page one tier down (now = +2 h, +2 d, +8 d, +31 d). A move to a tier "
+        "draws the page once at the large canvas and stores it at that tier and every fainter one "
+        "(renditions), so 'images' per page falls from 4 to 1; a page of an old history moves "
+        "text → tiny directly, like the last row. 'draw only' is render + PNG of one image at "
+        "that tier without the database (mean over up to 8 pages).",
+        "",
+        md_table(
+            [
+                "backend",
+                "move to",
+                "pages",
+                "images",
+                "seconds",
+                "pages/s",
+                "ms/page",
+                "draw only ms (1 image)",
+            ],
+            body,
+        ),
+        "",
+    ]
+
+    # bytes
+    body = []
+    for b in names:
+        for n in sizes:
+            text = t.v("bytes", b, OM, n, "bytes_per_10k_text_only")
+            aged = t.v("bytes", b, OM, n, "bytes_per_10k_aged")
+            row = [b, fmt_n(n), fmt_bytes(text), fmt_bytes(aged)]
+            if has_lc:
+                lc = t.v("bytes", b, LC, n, "bytes_per_10k")
+                row += [fmt_bytes(lc), fmt_ratio(ratio(text, lc)), fmt_ratio(ratio(aged, lc))]
+            body.append(row)
+    header = ["backend", "turns", "optical-memory text only", "optical-memory aged (with pages)"]
+    if has_lc:
+        header += ["baseline", "text-only ratio", "aged ratio"]
+    out += [
+        "## database bytes per 10,000 turns",
+        "",
+        "SQLite: file + WAL after `wal_checkpoint(TRUNCATE)`; PostgreSQL: "
+        "`pg_total_relation_size` of the om_ tables (baseline: message_store), as on disk "
+        "(no VACUUM). Small sessions are dominated by the fixed size of the schema.",
+        "",
+        md_table(header, body),
+        "",
+    ]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.speed",
+        description="Latency, throughput and storage of optical-memory against langchain-"
+        "community's SQLChatMessageHistory, on SQLite and PostgreSQL. Prints markdown tables "
+        "and writes a CSV.",
+    )
+    p.add_argument(
+        "--sizes",
+        default=None,
+        help="session lengths in turns, comma-separated (default 100,10000,100000)",
+    )
+    p.add_argument(
+        "--pg-url",
+        default=None,
+        help=f"PostgreSQL server URL to benchmark too (default ${PG_ENV}); "
+        "a scratch database per size is created and dropped",
+    )
+    p.add_argument(
+        "--no-pg", action="store_true", help="SQLite only, even when $" + PG_ENV + " is set"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="CSV path; the tables go next to it as .md (default benchmarks/results/speed.csv)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few samples (smoke test)")
+    p.add_argument(
+        "--add-samples",
+        type=int,
+        default=None,
+        help="single add calls timed per size (default 1000; quick 20)",
+    )
+    p.add_argument(
+        "--assemble-samples",
+        type=int,
+        default=None,
+        help="assemble calls timed per size (default 100; quick 5)",
+    )
+    p.add_argument(
+        "--aging-turns",
+        type=int,
+        default=None,
+        help="turns in the aging throughput session (default 2000; quick 250)",
+    )
+    p.add_argument(
+        "--real-render",
+        action="store_true",
+        help="draw every page when aging the big sessions (slow: ~0.1 s a page)",
+    )
+    p.add_argument("--no-baseline", action="store_true", help="skip SQLChatMessageHistory")
+    a = p.parse_args(argv)
+    sizes = (
+        tuple(int(s.replace("_", "")) for s in a.sizes.split(",") if s.strip())
+        if a.sizes
+        else (QUICK_SIZES if a.quick else DEFAULT_SIZES)
+    )
+    if not sizes or min(sizes) < 10:
+        p.error("--sizes: each size must be at least 10 turns")
+    pg = None if a.no_pg else (a.pg_url or os.environ.get(PG_ENV) or None)
+    return Config(
+        sizes=tuple(sorted(set(sizes))),
+        pg_url=pg,
+        out=a.out,
+        add_samples=a.add_samples or (20 if a.quick else 1000),
+        assemble_samples=a.assemble_samples or (5 if a.quick else 100),
+        baseline_read_seconds=1.0 if a.quick else 20.0,
+        aging_turns=a.aging_turns or (250 if a.quick else 2000),
+        real_render=a.real_render,
+        baseline=not a.no_baseline,
+        quick=a.quick,
+    )
+
+
+def environment(backends: Sequence[Backend]) -> str:
+    import sqlalchemy
+
+    parts = [
+        f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}",
+        f"{os.cpu_count()} CPUs ({platform.machine()}, {platform.system()})",
+        *(b.describe() for b in backends),
+        f"run at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+    ]
+    return "Environment: " + "; ".join(parts) + "."
+
+
+def run(cfg: Config) -> tuple[list[Row], str]:
+    """Run every measurement; returns the rows (also written to ``cfg.out``) and the report."""
+    rows: list[Row] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="om-speed-") as tmp:
+        backends: list[Backend] = [SQLiteBackend(Path(tmp))]
+        if cfg.pg_url:
+            backends.append(PostgresBackend(cfg.pg_url))
+        try:
+            log(f"generating {max(cfg.sizes):,} turns")
+            longest = make_turns(max(cfg.sizes))  # each size: the newest n of these
+            for backend in backends:
+                for n in cfg.sizes:
+                    turns = longest[len(longest) - n :]
+                    bench_optical(cfg, backend, n, turns, rows)
+                    if cfg.baseline:
+                        bench_baseline(cfg, backend, n, turns, rows)
+                bench_aging(cfg, backend, rows)
+            text = report(cfg, rows, backends, environment(backends))
+        finally:
+            for b in backends:
+                if isinstance(b, PostgresBackend):
+                    b.close()
+    Recorder(rows, "run", "-", "-", "")("seconds", time.perf_counter() - started, "s")
+    write_csv(cfg.out, rows)
+    cfg.out.with_suffix(".md").write_text(text + "\n")
+    return rows, text
+
+
+def write_csv(path: Path, rows: Sequence[Row]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert tuple(f.name for f in fields(Row)) == CSV_COLUMNS
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            d = asdict(r)
+            if isinstance(d["value"], float):
+                d["value"] = f"{d['value']:.6g}"
+            w.writerow(d)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    rows, text = run(cfg)
+    print(text)
+    total = next(r.value for r in rows if r.section == "run")
+    print(
+        f"\nCSV: {cfg.out} ({len(rows)} rows), tables: {cfg.out.with_suffix('.md')}; "
+        f"run took {total:.0f} s."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

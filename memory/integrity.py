@@ -1,0 +1,322 @@
+"""Checking what the aging pass stored, and rebuilding what is broken from the archive.
+
+Turns are the archive; page images, renditions and cached visual tokens are derived from them.
+A derived blob that is damaged (a bad write, a disk error, someone editing the database) is
+found here and rebuilt from the turns, through the same transactional code path as a tier change.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from PIL import Image
+from sqlalchemy import LargeBinary, Text, cast, delete, select, update
+
+from .errors import UnknownTarget
+from .ladder import IMAGE_TIERS, Target, Tier, get_target
+from .store import PageRow, RenditionRow, SessionRow, VisualTokenRow
+
+if TYPE_CHECKING:
+    from .aging import Aging
+
+log = logging.getLogger("optical_memory.integrity")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Bytes per element of the safetensors dtypes.
+_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+    "F32": 4, "I32": 4, "U32": 4,
+    "F64": 8, "I64": 8, "U64": 8,
+}  # fmt: skip
+
+
+@dataclass
+class VerifyReport:
+    """What one check found and, with ``repair``, what it rebuilt."""
+
+    pages_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    pages_repaired: int = 0
+    visual_tokens_dropped: int = 0
+    visual_tokens_rebuilt: int = 0
+    pages_skipped: int = 0  # changed by a concurrent aging pass while we looked (fresh anyway)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def png_problem(data: bytes | None, size: tuple[int, int] | None) -> str | None:
+    """Why ``data`` is not a sound PNG of ``size`` (None: it is)."""
+    if data is None:
+        return "missing image"
+    if bytes(data[:8]) != PNG_SIGNATURE:
+        return "not a PNG (bad signature)"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()  # chunk structure and CRCs
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # the compressed pixel stream decodes in full
+            if size is not None and im.size != tuple(size):
+                return f"image is {im.size[0]}x{im.size[1]}, its tier wants {size[0]}x{size[1]}"
+    except Exception as exc:  # Pillow raises many types on broken data
+        return f"undecodable PNG ({type(exc).__name__}: {exc})"
+    return None
+
+
+def tokens_problem(data: bytes | None, dtype: str, shape: Sequence[int] | None) -> str | None:
+    """Why cached visual tokens are unusable (None: they are usable).
+
+    The cache holds safetensors bytes (the :class:`VisualEncoder` convention): a little-endian
+    header length, a JSON header, and tensors that tile the data buffer exactly; one of them
+    must have the declared ``shape``.
+    """
+    if not data:
+        return "empty visual-token cache entry"
+    if shape is None:
+        return "unreadable shape"
+    data = bytes(data)
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 2 <= n <= len(data) - 8:
+        return "not safetensors (bad header length)"
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (ValueError, UnicodeDecodeError):
+        return "not safetensors (unreadable header)"
+    if not isinstance(header, dict):
+        return "not safetensors (header is not an object)"
+    spans: list[tuple[int, int]] = []
+    found = False
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = (int(x) for x in t["data_offsets"])
+            t_shape = [int(d) for d in t["shape"]]
+            size = _ITEMSIZE[str(t["dtype"]).upper()]
+        except (KeyError, TypeError, ValueError):
+            return f"malformed safetensors entry {name!r}"
+        if end - begin != math.prod(t_shape) * size:
+            return f"tensor {name!r} has the wrong byte length"
+        spans.append((begin, end))
+        found = found or t_shape == list(shape)
+    pos = 0
+    for begin, end in sorted(spans):
+        if begin != pos:
+            return "tensors do not tile the data buffer"
+        pos = end
+    if pos != len(data) - 8 - n:
+        return "data buffer length does not match the tensors"
+    return None if found else f"no tensor of shape {list(shape)}"
+
+
+def _shape(text: str | None) -> list[int] | None:
+    try:
+        shape = json.loads(text or "")
+        return [int(d) for d in shape]
+    except (ValueError, TypeError):
+        return None
+
+
+def _target_for(page_target: str, fallback: Target) -> Target:
+    try:
+        return get_target(page_target)
+    except UnknownTarget:
+        return fallback
+
+
+def verify_pages(
+    aging: Aging,
+    session_keys: Sequence[str] | None = None,
+    *,
+    repair: bool = True,
+    now: datetime | None = None,
+) -> VerifyReport:
+    """Check every page of the given sessions (all when None); with ``repair``, rebuild
+    broken images and renditions from the turns and drop or re-encode broken caches."""
+    from .aging import _PagePlan
+
+    now = now or datetime.now(UTC)
+    report = VerifyReport()
+    db = aging.db
+    with db.read() as s:
+        q = select(PageRow.id).join(SessionRow, SessionRow.id == PageRow.session_id)
+        if session_keys is not None:
+            q = q.where(SessionRow.key.in_(list(session_keys)))
+        page_ids = list(s.scalars(q.order_by(PageRow.id)))
+
+    for page_id in page_ids:
+        with db.read() as s:
+            # Blobs are read through a cast: garbage may not even be a blob any more
+            # (SQLite keeps whatever type was written, and fails to decode bad text).
+            page = s.execute(
+                select(
+                    PageRow.tier,
+                    PageRow.version,
+                    PageRow.width,
+                    PageRow.height,
+                    PageRow.target,
+                    cast(PageRow.png, LargeBinary).label("png"),
+                ).where(PageRow.id == page_id)
+            ).first()
+            if page is None:  # forgotten meanwhile
+                continue
+            renditions = s.execute(
+                select(
+                    RenditionRow.tier,
+                    cast(RenditionRow.png, LargeBinary).label("png"),
+                    RenditionRow.width,
+                    RenditionRow.height,
+                ).where(RenditionRow.page_id == page_id)
+            ).all()
+            tokens = s.execute(
+                select(
+                    VisualTokenRow.id,
+                    VisualTokenRow.tier,
+                    VisualTokenRow.dtype,
+                    cast(VisualTokenRow.shape, Text).label("shape"),
+                    cast(VisualTokenRow.data, LargeBinary).label("data"),
+                ).where(VisualTokenRow.page_id == page_id)
+            ).all()
+            version, png = page.version, page.png
+            dims = (page.width, page.height)
+            target = _target_for(page.target, aging.target)
+        report.pages_checked += 1
+        try:
+            tier = Tier.parse(page.tier)
+        except ValueError:
+            report.problems.append(f"page {page_id}: unknown tier {page.tier!r}; not repaired")
+            continue
+
+        problems: list[str] = []
+        if tier is Tier.TEXT:
+            if png is not None or renditions:
+                problems.append("a text-tier page holds images")
+        else:
+            want = target.spec(tier).size
+            if (p := png_problem(png, want)) is not None:
+                problems.append(f"{tier.label} image: {p}")
+            elif dims != want:
+                problems.append(f"stored size {dims} does not match the image {want}")
+            expected = {t.label: target.spec(t).size for t in IMAGE_TIERS if t > tier}
+            seen = set()
+            for r in renditions:
+                seen.add(r.tier)
+                if r.tier not in expected:
+                    problems.append(f"unexpected {r.tier} rendition")
+                elif (p := png_problem(r.png, expected[r.tier])) is not None:
+                    problems.append(f"{r.tier} rendition: {p}")
+                elif (r.width, r.height) != expected[r.tier]:
+                    problems.append(f"{r.tier} rendition: stored size does not match the image")
+            for missing in sorted(set(expected) - seen):
+                problems.append(f"{missing} rendition is missing")
+        # Tokens may be cached for the stored tier and for its fainter renditions.
+        shown = set() if tier is Tier.TEXT else {t.label for t in IMAGE_TIERS if t >= tier}
+        bad_tokens = [
+            t.id
+            for t in tokens
+            if t.tier not in shown or tokens_problem(t.data, t.dtype, _shape(t.shape)) is not None
+        ]
+        for tid in bad_tokens:
+            problems.append(f"visual-token cache entry {tid} is broken or stale")
+        report.problems.extend(f"page {page_id}: {p}" for p in problems)
+        if not problems or not repair:
+            continue
+
+        image_broken = len(problems) > len(bad_tokens)
+        if tier is Tier.TEXT:
+
+            def clear(s, page_id=page_id, version=version):  # type: ignore[no-untyped-def]
+                done = s.execute(
+                    update(PageRow)
+                    .where(PageRow.id == page_id, PageRow.version == version)
+                    .values(png=None, width=None, height=None, version=version + 1, updated_at=now)
+                ).rowcount
+                if done:
+                    s.execute(delete(RenditionRow).where(RenditionRow.page_id == page_id))
+                    s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id == page_id))
+                return bool(done)
+
+            if db.write(clear):
+                report.pages_repaired += 1
+                report.visual_tokens_dropped += len(tokens)
+            else:
+                report.pages_skipped += 1
+        elif image_broken:
+            # Re-render from the archived turns at the same tier, as one transaction (the
+            # same path as a tier change: images, renditions, visual tokens, version bump).
+            plan = _PagePlan(page_id, version, tier, tier)
+
+            def rebuild(s, plan=plan):  # type: ignore[no-untyped-def]
+                # Drop the broken blob first: the ORM load below must not have to decode it.
+                s.execute(
+                    update(PageRow)
+                    .where(PageRow.id == plan.page_id, PageRow.version == plan.version)
+                    .values(png=None)
+                )
+                return aging._apply_in(s, plan, now)
+
+            if db.write(rebuild) is None:
+                report.pages_skipped += 1
+            else:
+                report.pages_repaired += 1
+                report.visual_tokens_dropped += len(tokens)
+                report.visual_tokens_rebuilt += int(aging.encoder is not None)
+        else:
+            report.visual_tokens_dropped += len(bad_tokens)
+            db.write(
+                lambda s, ids=bad_tokens: s.execute(
+                    delete(VisualTokenRow).where(VisualTokenRow.id.in_(ids))
+                )
+            )
+            if aging.encoder is not None and png is not None:
+                report.visual_tokens_rebuilt += _reencode(aging, page_id, version, tier, png, now)
+        log.warning(
+            "page %s was damaged (%s); rebuilt from its turns", page_id, "; ".join(problems)
+        )
+    return report
+
+
+def _reencode(
+    aging: Aging, page_id: int, version: int, tier: Tier, png: bytes, now: datetime
+) -> int:
+    encoder = aging.encoder
+    assert encoder is not None
+    enc = encoder.encode(png, tier.label)
+
+    def work(s) -> int:  # type: ignore[no-untyped-def]
+        current = s.scalar(select(PageRow.version).where(PageRow.id == page_id))
+        if current != version:
+            return 0  # re-rendered meanwhile; that pass encoded it
+        exists = s.scalar(
+            select(VisualTokenRow.id).where(
+                VisualTokenRow.page_id == page_id,
+                VisualTokenRow.tier == tier.label,
+                VisualTokenRow.encoder_key == encoder.key,
+            )
+        )
+        if exists is not None:
+            return 0
+        s.add(
+            VisualTokenRow(
+                page_id=page_id,
+                tier=tier.label,
+                encoder_key=encoder.key,
+                dtype=enc.dtype,
+                shape=list(enc.shape),
+                data=enc.data,
+                created_at=now,
+            )
+        )
+        return 1
+
+    return int(aging.db.write(work))

@@ -1,0 +1,229 @@
+"""Deletion: forget removes a session's text, pages, images, renditions and cached visual
+tokens, leaving no trace in the SQLite file or in any table."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import make_url, text
+from workers.hardening import ThumbnailEncoder, row_counts
+
+from optical_memory import MemoryManager, UnknownSession
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+LATER = T0 + timedelta(hours=5)  # pages at the large tier: every fainter rendition exists
+
+
+def _fill(mm: MemoryManager, sid: str, marker: str, n: int = 90) -> None:
+    mm.add_turns(
+        sid,
+        [
+            {
+                "role": "user" if i % 2 == 0 else "assistant",
+                "content": f"turn {i} holds {marker} " + "the quick brown fox " * 25,
+                "at": T0 + timedelta(minutes=i),
+                "metadata": {"note": f"{marker}-{i}"} if marker else {},
+            }
+            for i in range(n)
+        ],
+    )
+
+
+def _derived_blobs(mm: MemoryManager, sid: str) -> list[bytes]:
+    """Every image, rendition and visual-token blob of one session."""
+    with mm.database.engine.connect() as conn:
+        q = conn.execute
+        sess = q(text("SELECT id FROM om_sessions WHERE key = :k"), {"k": sid}).scalar_one()
+        pids = [r[0] for r in q(text("SELECT id FROM om_pages WHERE session_id = :s"), {"s": sess})]
+        blobs = [
+            bytes(r[0])
+            for r in q(
+                text("SELECT png FROM om_pages WHERE session_id = :s AND png IS NOT NULL"),
+                {"s": sess},
+            )
+        ]
+        for pid in pids:
+            blobs += [
+                bytes(r[0])
+                for r in q(
+                    text("SELECT png FROM om_page_renditions WHERE page_id = :p"), {"p": pid}
+                )
+            ]
+            blobs += [
+                bytes(r[0])
+                for r in q(text("SELECT data FROM om_visual_tokens WHERE page_id = :p"), {"p": pid})
+            ]
+    return blobs
+
+
+def _windows(blobs: list[bytes], width: int = 48, every: int = 997) -> list[bytes]:
+    """Distinctive slices of each blob (skipping the PNG/safetensors headers everyone shares)."""
+    out = []
+    for b in blobs:
+        for start in range(64, max(65, len(b) - width), every):
+            w = b[start : start + width]
+            if len(w) == width and len(set(w)) > 8:
+                out.append(w)
+    return out
+
+
+def _raw_bytes(db_path: Path) -> bytes:
+    data = db_path.read_bytes()
+    for suffix in ("-wal", "-journal"):
+        extra = db_path.with_name(db_path.name + suffix)
+        if extra.exists():
+            data += extra.read_bytes()
+    return data
+
+
+@pytest.mark.slow
+def test_forget_leaves_no_trace_in_the_sqlite_file(sqlite_url: str) -> None:
+    marker = f"OMSECRET{uuid.uuid4().hex}"
+    secret = f"chat-{marker}"
+    path = Path(make_url(sqlite_url).database)
+    encoder = ThumbnailEncoder(marker)  # the marker lands in the secret's visual tokens
+    with MemoryManager(sqlite_url, encoder=encoder) as mm:
+        _fill(mm, "kept", "")
+        _fill(mm, secret, marker)
+        _fill(mm, "kept", "", n=20)  # interleave, so the secret's rows sit between others
+        report = mm.age(now=LATER, sessions=[secret])
+        assert not report.errors and report.pages_moved.get("large", 0) >= 2
+        encoder.marker = ""
+        assert mm.age(now=LATER).pages_moved.get("large", 0) >= 2
+        blobs = _derived_blobs(mm, secret)
+        kinds = {b[:4] for b in blobs}
+        # per page: the large image, 3 renditions and the visual tokens
+        assert b"\x89PNG" in kinds and len(blobs) >= 2 * 5 and len(blobs) % 5 == 0
+        windows = _windows(blobs)
+        assert len(windows) > 50
+
+        raw = _raw_bytes(path)
+        assert marker.encode() in raw  # the scan sees the data while it is there
+        seen = sum(w in raw for w in windows)
+        assert seen >= 0.9 * len(windows), f"scan found only {seen}/{len(windows)} windows"
+
+        kept_turns = mm.turns("kept")
+        kept_pages = mm.pages("kept")
+        assert mm.forget(secret) == 90
+        with pytest.raises(UnknownSession):
+            mm.turns(secret)
+        assert mm.turns("kept") == kept_turns and mm.pages("kept") == kept_pages
+
+        raw = _raw_bytes(path)  # the manager is still open: forget itself leaves no trace
+        assert marker.encode() not in raw
+        assert marker.encode("utf-16-le") not in raw
+        left = [w for w in windows if w in raw]
+        assert not left, f"{len(left)} slices of the session's images or tokens remain"
+        assert len(mm.verify(repair=False).problems) == 0
+
+    raw = _raw_bytes(path)
+    assert marker.encode() not in raw and not [w for w in windows if w in raw]
+
+
+def test_forget_leaves_no_rows_on_postgresql(pg_url: str) -> None:
+    marker = f"OMSECRET{uuid.uuid4().hex}"
+    secret = f"chat-{marker}"
+    encoder = ThumbnailEncoder(marker)
+    with MemoryManager(pg_url, encoder=encoder) as mm:
+        _fill(mm, "kept", "", n=60)
+        _fill(mm, secret, marker, n=60)
+        assert not mm.age(now=LATER, sessions=[secret]).errors
+        encoder.marker = ""
+        assert not mm.age(now=LATER).errors
+        with mm.database.engine.connect() as conn:
+            sid = conn.execute(
+                text("SELECT id FROM om_sessions WHERE key = :k"), {"k": secret}
+            ).scalar_one()
+            pids = [
+                r[0]
+                for r in conn.execute(
+                    text("SELECT id FROM om_pages WHERE session_id = :s"), {"s": sid}
+                )
+            ]
+        assert pids
+        counts = row_counts(mm)
+        assert counts["om_page_renditions"] and counts["om_visual_tokens"]
+        tables = _om_tables(mm)
+        assert set(counts) <= set(tables)
+        assert _rows_mentioning(mm, tables, marker) > 0  # the scan sees the data while it is there
+
+        assert mm.forget(secret) == 60
+        with mm.database.engine.connect() as conn:
+            q = conn.execute
+            assert (
+                q(
+                    text("SELECT COUNT(*) FROM om_sessions WHERE key = :k OR id = :s"),
+                    {"k": secret, "s": sid},
+                ).scalar_one()
+                == 0
+            )
+            for table in ("om_turns", "om_pages"):
+                assert (
+                    q(
+                        text(f"SELECT COUNT(*) FROM {table} WHERE session_id = :s"), {"s": sid}
+                    ).scalar_one()
+                    == 0
+                )
+            for table in ("om_page_renditions", "om_visual_tokens"):
+                n = q(
+                    text(f"SELECT COUNT(*) FROM {table} WHERE page_id = ANY(:p)"), {"p": pids}
+                ).scalar_one()
+                assert n == 0, f"{table} keeps rows of forgotten pages"
+        assert _rows_mentioning(mm, tables, marker) == 0
+        assert mm.turns("kept") and mm.pages("kept")
+
+
+def _om_tables(mm: MemoryManager) -> list[str]:
+    with mm.database.engine.connect() as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                text(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema() AND table_name LIKE 'om\\_%'"
+                )
+            )
+        ]
+
+
+def _rows_mentioning(mm: MemoryManager, tables: list[str], marker: str) -> int:
+    """Rows of any om_ table whose text form holds the marker (as text, or hex inside bytea)."""
+    hexed = marker.encode().hex()
+    total = 0
+    with mm.database.engine.connect() as conn:
+        for t in tables:
+            total += conn.execute(
+                text(
+                    f"SELECT COUNT(*) FROM {t} AS r WHERE strpos(r::text, :m) > 0 OR strpos(r::text, :h) > 0"
+                ),
+                {"m": marker, "h": hexed},
+            ).scalar_one()
+    return total
+
+
+def test_forget_waits_for_a_reader_then_leaves_no_trace(sqlite_url: str) -> None:
+    """A reader holding an old snapshot keeps forgotten pages alive in the WAL; forget's
+    checkpoint waits for it (up to the busy timeout) rather than leaving them behind."""
+    import sqlite3
+    import threading
+    import time
+
+    marker = f"OMSECRET{uuid.uuid4().hex}"
+    path = Path(make_url(sqlite_url).database)
+    with MemoryManager(sqlite_url) as mm:
+        mm.add_turns("kept", [("user", "nothing to see " * 20)] * 30)
+        mm.add_turns("secret", [("user", f"{marker} " * 20)] * 30)
+        reader = sqlite3.connect(path, check_same_thread=False)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM om_turns").fetchone() == (60,)
+        threading.Timer(0.5, lambda: reader.execute("COMMIT")).start()
+        started = time.monotonic()
+        assert mm.forget("secret") == 30
+        waited = time.monotonic() - started
+        reader.close()
+        assert waited >= 0.3, "forget returned while an old snapshot still pinned the data"
+        assert marker.encode() not in _raw_bytes(path)
+        assert len(mm.turns("kept")) == 30

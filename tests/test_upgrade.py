@@ -1,0 +1,282 @@
+"""Upgrades: a store written at the first migration (0001) upgrades to head with nothing lost,
+and the aging pass carries on from the pages it already had."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from PIL import Image
+from sqlalchemy import text
+
+from optical_memory import MemoryManager, approximate_tokens, migrations
+from optical_memory.database import create_store_engine, normalise_url
+from optical_memory.store import BigId, LosslessText, UTCDateTime
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+# The tables as revision 0001 created them (no paged_until, aged_at, imageable, renditions).
+META_0001 = sa.MetaData()
+SESSIONS_0001 = sa.Table(
+    "om_sessions",
+    META_0001,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("key", LosslessText()),
+    sa.Column("owner", sa.String(256)),
+    sa.Column("created_at", UTCDateTime()),
+    sa.Column("metadata", sa.JSON()),
+    sa.Column("next_seq", sa.Integer()),
+)
+TURNS_0001 = sa.Table(
+    "om_turns",
+    META_0001,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("session_id", BigId),
+    sa.Column("seq", sa.Integer()),
+    sa.Column("role", sa.String(16)),
+    sa.Column("content", LosslessText()),
+    sa.Column("at", UTCDateTime()),
+    sa.Column("tokens", sa.Integer()),
+    sa.Column("metadata", sa.JSON()),
+)
+PAGES_0001 = sa.Table(
+    "om_pages",
+    META_0001,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("session_id", BigId),
+    sa.Column("first_seq", sa.Integer()),
+    sa.Column("last_seq", sa.Integer()),
+    sa.Column("first_at", UTCDateTime()),
+    sa.Column("last_at", UTCDateTime()),
+    sa.Column("text_tokens", sa.Integer()),
+    sa.Column("target", sa.String(64)),
+    sa.Column("tier", sa.String(8)),
+    sa.Column("png", sa.LargeBinary()),
+    sa.Column("width", sa.Integer()),
+    sa.Column("height", sa.Integer()),
+    sa.Column("token_cost", sa.Integer()),
+    sa.Column("sealed", sa.Boolean()),
+    sa.Column("version", sa.Integer()),
+    sa.Column("created_at", UTCDateTime()),
+    sa.Column("updated_at", UTCDateTime()),
+)
+TOKENS_0001 = sa.Table(
+    "om_visual_tokens",
+    META_0001,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("page_id", BigId),
+    sa.Column("tier", sa.String(8)),
+    sa.Column("encoder_key", sa.String(512)),
+    sa.Column("dtype", sa.String(32)),
+    sa.Column("shape", sa.JSON()),
+    sa.Column("data", sa.LargeBinary()),
+    sa.Column("created_at", UTCDateTime()),
+)
+
+
+def _png(size: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (size, size), 255).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _turns(sid: int, n: int, tag: str) -> list[dict]:  # type: ignore[type-arg]
+    rows = []
+    for i in range(1, n + 1):
+        role = ("user", "assistant", "tool", "system")[i % 4]
+        body = (
+            f"{tag} turn {i}: naïve ✓ 😀 \u202eRTL\u202c "
+            + ("x\x00y " if i % 7 == 0 else "")
+            + "words " * 40
+        )
+        rows.append(
+            {
+                "session_id": sid,
+                "seq": i,
+                "role": role,
+                "content": body,
+                "at": T0 + timedelta(minutes=i),
+                "tokens": approximate_tokens(role, body),
+                "metadata": {"i": i, "name": f"agent-{i % 3}"} if i % 2 else {},
+            }
+        )
+    return rows
+
+
+def _write_at_0001(url: str) -> dict:  # type: ignore[type-arg]
+    engine = create_store_engine(normalise_url(url))
+    try:
+        migrations.upgrade(engine, "0001")
+        assert migrations.current_revision(engine) == "0001"
+        old_page = _png(1280)
+        with engine.begin() as conn:
+            # Ids come from the database, as 0001-era code let them.
+            ids = {}
+            for key, owner, meta, next_seq in (
+                ("alpha ' \" ; --", None, {"k": "v"}, 60),
+                ("beta/../x", "bob", {}, 12),
+                ("gamma", None, {}, 0),
+            ):
+                ids[key] = conn.execute(
+                    SESSIONS_0001.insert().returning(SESSIONS_0001.c.id),
+                    {
+                        "key": key,
+                        "owner": owner,
+                        "created_at": T0,
+                        "metadata": meta,
+                        "next_seq": next_seq,
+                    },
+                ).scalar_one()
+            alpha = _turns(ids["alpha ' \" ; --"], 60, "alpha")
+            beta = _turns(ids["beta/../x"], 12, "beta")
+            conn.execute(TURNS_0001.insert(), alpha + beta)
+            page_ids = []
+            for first, last in [(1, 14), (15, 30)]:
+                span = alpha[first - 1 : last]
+                page_ids.append(
+                    conn.execute(
+                        PAGES_0001.insert().returning(PAGES_0001.c.id),
+                        {
+                            "session_id": ids["alpha ' \" ; --"],
+                            "first_seq": first,
+                            "last_seq": last,
+                            "first_at": span[0]["at"],
+                            "last_at": span[-1]["at"],
+                            "text_tokens": sum(t["tokens"] for t in span),
+                            "target": "deepseek-ocr",
+                            "tier": "large",
+                            "png": old_page,
+                            "width": 1280,
+                            "height": 1280,
+                            "token_cost": 421,
+                            "sealed": True,
+                            "version": 2,
+                            "created_at": T0 + timedelta(hours=1),
+                            "updated_at": T0 + timedelta(hours=2),
+                        },
+                    ).scalar_one()
+                )
+            conn.execute(
+                TOKENS_0001.insert(),
+                [
+                    {
+                        "page_id": page_ids[0],
+                        "tier": "large",
+                        "encoder_key": "old-encoder",
+                        "dtype": "float32",
+                        "shape": [1, 4],
+                        "data": b"\x00" * 16,
+                        "created_at": T0,
+                    }
+                ],
+            )
+        return {"alpha": alpha, "beta": beta, "png": old_page}
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_0001_keeps_everything(db_url: str) -> None:
+    old = _write_at_0001(db_url)
+    with MemoryManager(db_url) as mm:  # migrates to head on open
+        assert migrations.current_revision(mm.database.engine) == migrations.head_revision()
+        for key, rows in (("alpha ' \" ; --", old["alpha"]), ("beta/../x", old["beta"])):
+            got = mm.turns(key)
+            assert [(t.seq, t.role, t.content, t.at, t.tokens, t.metadata) for t in got] == [
+                (r["seq"], r["role"], r["content"], r["at"], r["tokens"], r["metadata"])
+                for r in rows
+            ]
+        assert mm.turns("gamma") == []
+        assert {s.session_id: s.owner for s in mm.sessions()} == {
+            "alpha ' \" ; --": None,
+            "beta/../x": "bob",
+            "gamma": None,
+        }
+        assert [s.session_id for s in mm.scoped("bob").sessions()] == ["beta/../x"]
+        pages = mm.pages("alpha ' \" ; --")
+        assert [(p.first_seq, p.last_seq, p.tier, p.version, p.token_cost) for p in pages] == [
+            (1, 14, "large", 2, 421),
+            (15, 30, "large", 2, 421),
+        ]
+        assert mm.page_image("alpha ' \" ; --", pages[0].page_id) == old["png"]
+        with mm.database.engine.connect() as conn:
+            marks = dict(conn.execute(text("SELECT key, paged_until FROM om_sessions")).all())
+            assert marks == {"alpha ' \" ; --": 30, "beta/../x": 0, "gamma": 0}  # backfilled
+            assert (
+                conn.execute(text("SELECT COUNT(*) FROM om_pages WHERE imageable")).scalar_one()
+                == 2
+            )
+            assert conn.execute(text("SELECT COUNT(*) FROM om_page_renditions")).scalar_one() == 0
+            assert conn.execute(text("SELECT COUNT(*) FROM om_visual_tokens")).scalar_one() == 1
+            assert (
+                conn.execute(text("SELECT aged_at FROM om_sessions")).scalars().all() == [None] * 3
+            )
+
+        # The next pass carries on where the old pages end: no turn is paged twice.
+        report = mm.age(now=T0 + timedelta(days=40))
+        assert not report.errors
+        assert report.pages_moved.get("tiny", 0) >= 3
+        pages = mm.pages("alpha ' \" ; --")
+        assert pages[0].first_seq == 1 and pages[0].last_seq == 14
+        assert [p.first_seq for p in pages] == [1] + [p.last_seq + 1 for p in pages[:-1]]
+        assert pages[-1].last_seq == 60 - mm.policy.keep_last_turns
+        assert all(p.tier == "tiny" for p in pages)
+        assert mm.verify(repair=False).ok
+        assert mm.turns("alpha ' \" ; --")[-1].content == old["alpha"][-1]["content"]
+        mm.add_turn("gamma", "user", "still writable")
+        assert mm.sessions()[-1].turns == 1
+
+
+def test_opening_twice_is_a_no_op(db_url: str) -> None:
+    _write_at_0001(db_url)
+    with MemoryManager(db_url) as mm:
+        before = mm.turns("beta/../x")
+    with MemoryManager(db_url) as mm:
+        assert mm.turns("beta/../x") == before
+        assert migrations.current_revision(mm.database.engine) == migrations.head_revision()
+
+
+def test_stepping_up_from_0001_equals_creating_at_head(db_url: str) -> None:
+    """Stepping 0001 -> head gives the same tables and columns as the models declare."""
+    engine = create_store_engine(normalise_url(db_url))
+    try:
+        migrations.upgrade(engine, "0001")
+        migrations.upgrade(engine)
+        insp = sa.inspect(engine)
+        stepped = {
+            t: sorted(c["name"] for c in insp.get_columns(t)) for t in insp.get_table_names()
+        }
+    finally:
+        engine.dispose()
+    from optical_memory.store import Base
+
+    made = {t.name: sorted(c.name for c in t.columns) for t in Base.metadata.sorted_tables}
+    assert {k: v for k, v in stepped.items() if k != "alembic_version"} == made
+
+
+def test_down_to_0001_and_back_keeps_turns_pages_and_caches(db_url: str) -> None:
+    """Batch migrations copy and drop tables on SQLite; nothing may cascade away meanwhile."""
+    from workers.hardening import ThumbnailEncoder, row_counts
+
+    with MemoryManager(db_url, encoder=ThumbnailEncoder()) as mm:
+        mm.add_turns(
+            "s", [("user", f"{i} " + "words " * 60, T0 + timedelta(minutes=i)) for i in range(60)]
+        )
+        mm.age(now=T0 + timedelta(days=3))
+        turns, pages = mm.turns("s"), mm.pages("s")
+        before = row_counts(mm)
+        assert before["om_visual_tokens"] == len(pages) >= 1
+        migrations.downgrade(mm.database.engine, "0001")
+        with mm.database.engine.connect() as conn:
+            for table in ("om_turns", "om_pages", "om_visual_tokens"):
+                n = conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+                assert n == before[table], f"downgrade lost rows of {table}"
+        migrations.upgrade(mm.database.engine)
+        assert mm.turns("s") == turns
+        assert [p.page_id for p in mm.pages("s")] == [p.page_id for p in pages]
+        after = row_counts(mm)
+        assert after["om_visual_tokens"] == before["om_visual_tokens"]
+        assert after["om_page_renditions"] == 0  # dropped with its table on the way down
+        report = mm.verify()  # ... and rebuilt from the turns
+        assert report.pages_repaired == len([p for p in pages if p.tier not in ("text", "tiny")])
+        assert mm.verify(repair=False).ok

@@ -1,0 +1,1 @@
+"""Helpers and subprocess entry points of the hardening tests (issue 8)."""
