@@ -21,6 +21,7 @@ from .errors import (
     OpticalMemoryError,
     SessionAccessDenied,
     StoreBusy,
+    UnknownPage,
     UnknownSession,
     UnknownTarget,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "TierSpec",
     "TimeLadder",
     "Turn",
+    "UnknownPage",
     "UnknownSession",
     "UnknownTarget",
     "VerifyReport",

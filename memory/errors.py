@@ -47,6 +47,10 @@ class UnknownSession(OpticalMemoryError, LookupError):
     """No session of that id exists (in this owner's scope)."""
 
 
+class UnknownPage(OpticalMemoryError, LookupError):
+    """No page of that id in the session, or no image of it at that tier."""
+
+
 class SessionAccessDenied(OpticalMemoryError, PermissionError):
     """The session belongs to another owner."""
 

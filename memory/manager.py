@@ -25,7 +25,14 @@ from .aging import Aging, AgingPolicy, AgingReport
 from .assemble import AssembledContext, assemble_context
 from .database import Database, default_url, normalise_url
 from .encoder import EncodedPage, VisualEncoder
-from .errors import InvalidBudget, InvalidInput, MemoryClosed, SessionAccessDenied, UnknownSession
+from .errors import (
+    InvalidBudget,
+    InvalidInput,
+    MemoryClosed,
+    SessionAccessDenied,
+    UnknownPage,
+    UnknownSession,
+)
 from .integrity import VerifyReport, verify_pages
 from .ladder import Target, Tier, get_target
 from .records import PageInfo, SessionInfo, Turn
@@ -148,14 +155,7 @@ class MemoryManager:
         """
         self._check_open()
         key = check_session_id(session_id)
-        if isinstance(turns, str | bytes | Mapping) or not isinstance(turns, Iterable):
-            from .errors import InvalidInput
-
-            raise InvalidInput(f"turns must be an iterable of turns, got {type(turns).__name__}")
-        rows = [self._validate(i, item) for i, item in enumerate(turns)]
-        if not rows:
-            return []
-        return self._db.write(lambda s: self._insert_turns(s, key, rows))
+        return self.add_sessions({key: turns}).get(key, [])
 
     def add_sessions(
         self, sessions: Mapping[str, Iterable[Mapping[str, Any] | Sequence[Any]]]
@@ -174,11 +174,11 @@ class MemoryManager:
         for session_id, turns in sessions.items():
             key = check_session_id(session_id)
             if isinstance(turns, str | bytes | Mapping) or not isinstance(turns, Iterable):
-                raise InvalidInput(f"session {key!r}: turns must be an iterable of turns")
-            try:
-                rows = [self._validate(i, item) for i, item in enumerate(turns)]
-            except InvalidInput as exc:
-                raise type(exc)(f"session {key!r}: {exc}") from None
+                raise InvalidInput(
+                    f"session {key!r}: turns must be an iterable of turns, "
+                    f"got {type(turns).__name__}"
+                )
+            rows = [self._validate(i, item) for i, item in enumerate(turns)]
             if rows:
                 prepared.append((key, rows))
         if not prepared:
@@ -195,8 +195,6 @@ class MemoryManager:
             role, content = item[0], item[1]
             at, meta = (item[2] if len(item) == 3 else None), None
         else:
-            from .errors import InvalidInput
-
             raise InvalidInput(f"turn {i}: pass a mapping with role and content, or a tuple")
         role = check_role(role)
         content = check_content(content, self.max_content_bytes)
@@ -262,6 +260,9 @@ class MemoryManager:
     def turns(self, session_id: str, *, since: int = 0, limit: int | None = None) -> list[Turn]:
         """The session's turns in order, exactly as added (``since``: after this seq)."""
         self._check_open()
+        for name, value in (("since", since), ("limit", limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidInput(f"{name} must be an int, got {type(value).__name__}")
         with self._db.read() as s:
             row = self._session(s, session_id)
             q = (
@@ -318,16 +319,21 @@ class MemoryManager:
     def page_image(self, session_id: str, page_id: int, tier: str | None = None) -> bytes:
         """PNG bytes of a page at its stored tier, or at a fainter tier's rendition."""
         self._check_open()
+        if isinstance(page_id, bool) or not isinstance(page_id, int) or not 0 < page_id < 2**63:
+            raise UnknownPage(f"page ids are positive ints, got {page_id!r:.40}")
         with self._db.read() as s:
             row = self._session(s, session_id)
             page = s.scalars(
                 select(PageRow).where(PageRow.id == page_id, PageRow.session_id == row.id)
             ).first()
             if page is None:
-                raise LookupError(f"session {session_id!r} has no page {page_id}")
+                raise UnknownPage(f"session {session_id!r} has no page {page_id}")
             if tier is None or Tier.parse(tier).label == page.tier:
                 if page.png is None:
-                    raise LookupError(f"page {page_id} is shown as text; it has no image")
+                    raise UnknownPage(
+                        f"page {page_id} is stored as text; ask for a tier (large, base, small, "
+                        "tiny) to get a prepared rendition"
+                    )
                 return page.png
             png = s.scalar(
                 select(RenditionRow.png).where(
@@ -335,7 +341,7 @@ class MemoryManager:
                 )
             )
             if png is None:
-                raise LookupError(f"page {page_id} has no {tier} rendition")
+                raise UnknownPage(f"page {page_id} has no {tier} rendition")
             return png
 
     def visual_tokens(self, page_id: int, tier: str, encoder_key: str) -> EncodedPage | None:

@@ -245,3 +245,19 @@ def test_timestamps_default_to_now_in_utc(mm: MemoryManager) -> None:
     turn = mm.add_turn("s", "user", "x")
     assert before - timedelta(seconds=1) <= turn.at <= datetime.now(UTC) + timedelta(seconds=1)
     assert mm.turns("s")[0].at == turn.at
+
+
+def test_bad_page_ids_and_cursor_arguments_are_typed_errors(mm: MemoryManager) -> None:
+    from optical_memory import InvalidInput, UnknownPage
+
+    mm.add_turn("s", "user", "x")
+    for bad in (0, -1, 2**70, "1", None):
+        with pytest.raises(UnknownPage):
+            mm.page_image("s", bad)
+    with pytest.raises(UnknownPage):
+        mm.page_image("s", 12345)
+    for bad in ("x", 1.5, True):
+        with pytest.raises(InvalidInput):
+            mm.turns("s", since=bad)
+        with pytest.raises(InvalidInput):
+            mm.turns("s", limit=bad)
