@@ -13,6 +13,9 @@ a request reads those features, expands each image placeholder to as many tokens
 has feature rows and scatters the features into the embeddings (:class:`LocalAssembler`); the
 KV cache of the system-prompt-plus-pages prefix is reused until a page or tier changes
 (:class:`PrefixCache`).
+
+Qwen2.5-VL's stock processor also builds a video processor, which needs torchvision; without
+it, load the processor another way and pass ``processor=`` to ``from_pretrained``.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ input embeddings and placeholder mask put the features in place, and models with
 positions (Qwen2.5-VL) get them from their own ``get_rope_index``.
 
 Assembly reads the visual-token cache the aging pass filled; a page it did not cache (shown
-fainter than stored under a tight budget, or encoded by another model) is encoded on the spot
-and kept in a small in-process cache.
+fainter than stored under a tight budget, or encoded by another model) is encoded on the spot.
+Pages and, per prefix key, the prefix's embeddings and rope positions are also kept in process,
+so a request whose memory did not change embeds only its new tokens.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
+import json
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -71,15 +73,20 @@ class LocalInputs:
     position_ids: torch.Tensor | None  # (3, 1, L) for 3-D rope models, else None
     prefix_length: int
     prefix_key: str | None
-    prompt: str  # the template's text, one image placeholder per page
     pages: tuple[PageSegment, ...] = ()
     page_rows: tuple[int, ...] = ()
-    encoded_on_request: int = 0  # pages that were not in the cache
+    encoded_on_request: int = 0  # pages that were neither in the store nor in process
     context: AssembledContext | None = field(default=None, repr=False)
+    render: Callable[[], str] | None = field(default=None, repr=False)
 
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[1])
+
+    @property
+    def prompt(self) -> str:
+        """The template's text with one image placeholder per page (for logs and checks)."""
+        return self.render() if self.render is not None else ""
 
     def model_kwargs(self, start: int = 0, stop: int | None = None) -> dict[str, Any]:
         """Keyword arguments for ``model(...)`` over tokens ``start:stop``; the attention
@@ -105,6 +112,15 @@ class LocalInputs:
         return kwargs
 
 
+@dataclass(frozen=True)
+class _PrefixMemo:
+    """What a prefix became last time: page rows, embeddings and rope positions."""
+
+    rows: tuple[int, ...]
+    embeds: torch.Tensor
+    positions: torch.Tensor | None
+
+
 class LocalAssembler:
     """Builds :class:`LocalInputs` for a session from its memory and a new user message.
 
@@ -115,7 +131,8 @@ class LocalAssembler:
         chat_template: overrides the processor's / tokenizer's template.
         sanitize: encode control tokens found in turns as plain text (so stored text cannot
             open a new message or fake an image placeholder); needs a fast tokenizer.
-        request_cache_size: pages encoded on the spot that are kept in process.
+        feature_cache_size: decoded (or encoded on the spot) pages kept in process, so that
+            consecutive requests neither read nor decode them again.
     """
 
     def __init__(
@@ -126,7 +143,7 @@ class LocalAssembler:
         system_prompt: str | None = None,
         chat_template: str | None = None,
         sanitize: bool = True,
-        request_cache_size: int = 64,
+        feature_cache_size: int = 16,
     ) -> None:
         self.memory = memory
         self.encoder = encoder
@@ -135,11 +152,8 @@ class LocalAssembler:
         proc = encoder.processor
         self.tokenizer = proc.tokenizer
         cfg = encoder.model.config
-        self.image_token_id = int(
-            getattr(proc, "image_token_id", None)
-            if getattr(proc, "image_token_id", None) is not None
-            else cfg.image_token_id
-        )
+        token_id = getattr(proc, "image_token_id", None)
+        self.image_token_id = int(token_id if token_id is not None else cfg.image_token_id)
         self.image_token = str(
             getattr(proc, "image_token", None)
             or self.tokenizer.convert_ids_to_tokens(self.image_token_id)
@@ -150,8 +164,12 @@ class LocalAssembler:
             or getattr(self.tokenizer, "chat_template", None)
             or plain_template(self.image_token)
         )
-        self._requested: OrderedDict[tuple[int, str, str], PageFeatures] = OrderedDict()
-        self._request_cache_size = request_cache_size
+        self._features: OrderedDict[tuple[int, str, str, bytes], PageFeatures] = OrderedDict()
+        self._feature_cache_size = feature_cache_size
+        self._prefix_ids: OrderedDict[str, list[int]] = OrderedDict()
+        self._prefix_memo: OrderedDict[str, _PrefixMemo] = OrderedDict()
+        self._prefix_memo_size = 2
+        self.prefix_hits = 0  # requests whose prefix embeddings were reused
         base = getattr(encoder.model, "model", encoder.model)
         self._base = base
         self._rope_index = getattr(base, "get_rope_index", None)
@@ -164,23 +182,25 @@ class LocalAssembler:
     def page_features(
         self, page: PageSegment, *, use_cache: bool = True
     ) -> tuple[PageFeatures, bool]:
-        """A page's features and whether they had to be encoded now."""
-        key = self.encoder.key
-        if use_cache:
-            cached = self.memory.visual_tokens(page.page_id, page.tier, key)
-            if cached is not None:
-                return self.encoder.decode(cached), False
-            hit = self._requested.get((page.page_id, page.tier, key))
-            if hit is not None:
-                self._requested.move_to_end((page.page_id, page.tier, key))
-                return hit, False
+        """A page's features and whether they had to be encoded now: from process memory,
+        else from the store's cache, else encoded (and kept in process)."""
+        if not use_cache:
+            return self._encode(page), True
+        key = (page.page_id, page.tier, self.encoder.key, hashlib.sha256(page.png).digest())
+        hit = self._features.get(key)
+        if hit is not None:
+            self._features.move_to_end(key)
+            return hit, False
+        cached = self.memory.visual_tokens(page.page_id, page.tier, self.encoder.key)
+        feats = self.encoder.decode(cached) if cached is not None else self._encode(page)
+        self._features[key] = feats
+        while len(self._features) > self._feature_cache_size:
+            self._features.popitem(last=False)
+        return feats, cached is None
+
+    def _encode(self, page: PageSegment) -> PageFeatures:
         with Image.open(io.BytesIO(page.png)) as im:
-            feats = self.encoder.features(im)
-        if use_cache:
-            self._requested[(page.page_id, page.tier, key)] = feats
-            while len(self._requested) > self._request_cache_size:
-                self._requested.popitem(last=False)
-        return feats, True
+            return self.encoder.features(im)
 
     # -- messages ------------------------------------------------------------------------------------
 
@@ -279,10 +299,7 @@ class LocalAssembler:
         ids = self._ids(msgs, generation_prompt=True)
         prefix_ids: list[int] | None = None
         if n_prefix and len(msgs) > n_prefix:
-            try:
-                prefix_ids = self._ids(msgs[:n_prefix], generation_prompt=False)
-            except Exception as exc:  # a template that needs a user turn: no reusable prefix
-                log.debug("no reusable prefix: %s", exc)
+            prefix_ids = self._prefix_token_ids(msgs[:n_prefix])
             if prefix_ids is not None and ids[: len(prefix_ids)] != prefix_ids:
                 prefix_ids = None
 
@@ -291,13 +308,26 @@ class LocalAssembler:
             raise ValueError(
                 f"the chat template wrote {len(slots)} image placeholders for {len(pages)} pages"
             )
+        in_prefix = 0
+        prefix_key = None
+        if prefix_ids is not None:
+            in_prefix = sum(1 for s in slots if s < len(prefix_ids))
+            prefix_key = self._prefix_key(pages[:in_prefix], prefix_ids)
+        memo = None
+        if use_cache and prefix_key is not None and in_prefix == len(pages):
+            memo = self._prefix_memo.get(prefix_key)
+            if memo is not None:
+                self._prefix_memo.move_to_end(prefix_key)
+                self.prefix_hits += 1
+
         feats: list[PageFeatures] = []
         fresh = 0
-        for page in pages:
-            f, new = self.page_features(page, use_cache=use_cache)
-            feats.append(f)
-            fresh += int(new)
-        rows = [f.rows for f in feats]
+        if memo is None:
+            for page in pages:
+                f, new = self.page_features(page, use_cache=use_cache)
+                feats.append(f)
+                fresh += int(new)
+        rows = list(memo.rows) if memo is not None else [f.rows for f in feats]
 
         expanded: list[int] = []
         last = 0
@@ -307,24 +337,27 @@ class LocalAssembler:
             last = slot + 1
         expanded.extend(ids[last:])
         prefix_len = 0
-        prefix_key = None
         if prefix_ids is not None:
-            in_prefix = sum(1 for s in slots if s < len(prefix_ids))
             prefix_len = len(prefix_ids) + sum(r - 1 for r in rows[:in_prefix])
-            prefix_key = self._prefix_key(pages[:in_prefix], expanded[:prefix_len])
 
         device = self.encoder.device
         input_ids = torch.tensor([expanded], dtype=torch.long, device=device)
         attention_mask = torch.ones_like(input_ids)
         embed = self.encoder.model.get_input_embeddings()
-        inputs_embeds = embed(input_ids)
-        if feats:
-            image_features = torch.cat([f.features for f in feats], dim=0).to(
-                inputs_embeds.device, inputs_embeds.dtype
-            )
-            mask = self._placeholder_mask(input_ids, inputs_embeds, image_features)
-            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
-        position_ids = self._positions(input_ids, attention_mask, feats)
+        if memo is not None:  # the prefix as last time; only the new tokens are embedded
+            inputs_embeds = torch.cat([memo.embeds, embed(input_ids[:, prefix_len:])], dim=1)
+            position_ids = self._suffix_positions(memo.positions, prefix_len, len(expanded))
+        else:
+            inputs_embeds = embed(input_ids)
+            if feats:
+                image_features = torch.cat([f.features for f in feats], dim=0).to(
+                    inputs_embeds.device, inputs_embeds.dtype
+                )
+                mask = self._placeholder_mask(input_ids, inputs_embeds, image_features)
+                inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
+            position_ids = self._positions(input_ids, attention_mask, feats, [expanded])
+            if use_cache and prefix_key is not None and in_prefix == len(pages):
+                self._remember_prefix(prefix_key, rows, inputs_embeds, position_ids, prefix_len)
         return LocalInputs(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
@@ -332,19 +365,72 @@ class LocalAssembler:
             position_ids=position_ids,
             prefix_length=prefix_len,
             prefix_key=prefix_key,
-            prompt=self.render(msgs),
             pages=pages,
             page_rows=tuple(rows),
             encoded_on_request=fresh,
             context=ctx,
+            render=lambda: self.render(msgs),
         )
 
+    def clear(self) -> None:
+        """Drop what is kept in process (page features, prefix token ids and embeddings)."""
+        self._features.clear()
+        self._prefix_ids.clear()
+        self._prefix_memo.clear()
+
+    def _remember_prefix(
+        self,
+        key: str,
+        rows: list[int],
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        prefix_len: int,
+    ) -> None:
+        positions = None
+        if position_ids is not None:
+            positions = position_ids[..., :prefix_len].clone()
+        self._prefix_memo[key] = _PrefixMemo(
+            tuple(rows), inputs_embeds[:, :prefix_len].clone(), positions
+        )
+        while len(self._prefix_memo) > self._prefix_memo_size:
+            self._prefix_memo.popitem(last=False)
+
+    def _suffix_positions(
+        self, prefix: torch.Tensor | None, prefix_len: int, length: int
+    ) -> torch.Tensor | None:
+        """Positions after a remembered prefix: text continues from the prefix's largest
+        position, the way the model's own generation step continues (``rope_deltas``)."""
+        if prefix is None:
+            return None
+        start = int(prefix.max()) + 1 if prefix_len else 0
+        text = torch.arange(start, start + length - prefix_len, device=prefix.device)
+        text = text.view(1, 1, -1).expand(prefix.shape[0], prefix.shape[1], -1)
+        return torch.cat([prefix, text.to(prefix.dtype)], dim=-1)
+
+    def _prefix_token_ids(self, messages: list[dict[str, Any]]) -> list[int] | None:
+        """Token ids of the prefix messages alone (memoised: they repeat every turn)."""
+        memo = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+        ids = self._prefix_ids.get(memo)
+        if ids is None:
+            try:
+                ids = self._ids(messages, generation_prompt=False)
+            except Exception as exc:  # a template that needs a user turn: no reusable prefix
+                log.debug("no reusable prefix: %s", exc)
+                return None
+            self._prefix_ids[memo] = ids
+            while len(self._prefix_ids) > 8:
+                self._prefix_ids.popitem(last=False)
+        else:
+            self._prefix_ids.move_to_end(memo)
+        return ids
+
     def _prefix_key(self, pages: Sequence[PageSegment], prefix: list[int]) -> str:
-        """Page ids, tiers and the encoder, plus the prefix tokens themselves (captions,
-        system prompt, template): any change gives another key."""
+        """Page ids, tiers (and image digests) and the encoder, plus the prefix tokens
+        themselves (captions, system prompt, template): any change gives another key."""
         h = hashlib.sha256(self.encoder.key.encode())
         for p in pages:
-            h.update(f"|{p.page_id}:{p.tier}".encode())
+            h.update(f"|{p.page_id}:{p.tier}:".encode())
+            h.update(hashlib.sha256(p.png).digest())
         h.update(b"|" + torch.tensor(prefix, dtype=torch.int64).numpy().tobytes())
         return h.hexdigest()
 
@@ -360,7 +446,11 @@ class LocalAssembler:
         return mask[0] if isinstance(mask, tuple) else mask
 
     def _positions(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, feats: list[PageFeatures]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        feats: list[PageFeatures],
+        ids: list[list[int]],
     ) -> torch.Tensor | None:
         """3-D rope positions from the model's own ``get_rope_index`` (None where 1-D)."""
         if self._rope_index is None:
@@ -372,7 +462,7 @@ class LocalAssembler:
                 raise ValueError("cached features lack the image grid this model's rope needs")
             kwargs["image_grid_thw"] = torch.cat(grids, dim=0).to(input_ids.device)
         if "mm_token_type_ids" in self._rope_args:
-            types = self.encoder.processor.create_mm_token_type_ids(input_ids.tolist())
+            types = self.encoder.processor.create_mm_token_type_ids(ids)
             kwargs["mm_token_type_ids"] = torch.tensor(types, device=input_ids.device)
         kwargs = {k: v for k, v in kwargs.items() if k in self._rope_args}
         position_ids, _ = self._rope_index(input_ids, **kwargs)
