@@ -71,13 +71,12 @@ TARGET = "deepseek-ocr"
 SESSION = "bench"
 END = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)  # the newest turn of every aged session
 TURN_EVERY = timedelta(seconds=104)  # one turn every 104 s: 100,000 turns span 120 days
-SEAL_AFTER = timedelta(hours=1)  # see POLICY
 COME_BACK = timedelta(hours=2)  # aging and assembly run this long after the newest turn
-# The default policy but for seal_after (default 7 days): with it the newest, partly filled page
-# stays unpaged text (up to a page, ~4,300 tokens: more than the budget) until the session has
-# been quiet a week, so the context's shape would depend on where page boundaries fall. Sealing
-# it after an hour gives every size the same shape: 8 turns of text, then pages.
-POLICY = AgingPolicy(seal_after=SEAL_AFTER)
+# The default policy but for min_fill (default 0.25): with it a newest page under a quarter full
+# stays unpaged text until more turns come or the session is quiet for a week, so the context's
+# shape would depend on where page boundaries fall. min_fill=0 seals it after the default hour,
+# giving every size the same shape: 8 turns of text, then pages.
+POLICY = AgingPolicy(min_fill=0)
 GROWTH_POINTS = 5
 BULK_BATCH = 2_000
 
@@ -714,7 +713,7 @@ def report(cfg: Config, rows: Sequence[Row], backends: Sequence[Backend], env: s
         env,
         "",
         f"Budget {BUDGET} tokens, target {TARGET}, default AgingPolicy (8 turns of text, "
-        f"TimeLadder 1 h / 1 d / 7 d / 30 d) but seal_after={SEAL_AFTER.total_seconds() / 3600:g} h "
+        "TimeLadder 1 h / 1 d / 7 d / 30 d) but min_fill=0 "
         "(see the assemble section). Synthetic two-person chat, "
         f"~{statistics.mean(len(x.content) for x in make_turns(200)):.0f} characters a turn, "
         f"one turn every {TURN_EVERY.total_seconds():g} s (100,000 turns span "
@@ -896,11 +895,10 @@ def report(cfg: Config, rows: Sequence[Row], backends: Sequence[Backend], env: s
         f"Each session aged by one real aging pass (pack, default time ladder, tier flips, "
         f"renditions, a transaction per page) with {render_note}. Aging and assembly run "
         f"{COME_BACK.total_seconds() / 3600:g} h after the newest turn (a user coming back) with "
-        f"seal_after={SEAL_AFTER.total_seconds() / 3600:g} h, so every page is sealed and has "
-        "left the text tier, and every size has the same shape: the last 8 turns as text, "
-        "pages behind them. (With the default seal_after of 7 days, the newest partly filled "
-        "page stays unpaged text, up to ~4,300 tokens, more than this budget, and how much of "
-        "it there is depends on where the page boundaries fall.) Turns covered: how many of the "
+        "min_fill=0, so every page is sealed after the default hour and has left the text "
+        "tier, and every size has the same shape: the last 8 turns as text, pages behind them. "
+        "(With the default min_fill of 0.25, a newest page under a quarter full stays unpaged "
+        "text, up to ~1,300 tokens.) Turns covered: how many of the "
         "most recent turns the context reaches back over (as text or on a page).",
         "",
         md_table(header, body),
