@@ -1,0 +1,130 @@
+"""Smoke test of benchmarks/retention.py: one tiny run on a synthetic conversation in the LoCoMo
+shape (written here, no third-party text); checks the output's shape, never its values."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks import retention
+
+TARGETS = ("deepseek-ocr", "openai")
+BUDGETS = (200, 600)
+
+LINES = [
+    "Hi! I finally signed up for the pottery class on Thursday evenings.",
+    "That's great news. Which studio did you pick in the end?",
+    "The little one near the harbour, Clay Corner. The teacher is called Ines.",
+    "I have heard good things about it. Did you buy your own tools yet?",
+    "Not yet, they lend us tools for the first month, which is handy.",
+    "Sounds perfect. Send me a photo of your first bowl, please!",
+]
+
+
+def locomo_like(path: Path) -> Path:
+    """Three sessions, weeks apart, and two questions with evidence (one malformed id)."""
+    conv: dict[str, object] = {"speaker_a": "Ana", "speaker_b": "Ben"}
+    dates = ["10:00 am on 3 March, 2024", "6:30 pm on 20 March, 2024", "9:15 am on 14 April, 2024"]
+    for n, date in enumerate(dates, 1):
+        conv[f"session_{n}_date_time"] = date
+        conv[f"session_{n}"] = [
+            {
+                "speaker": "Ana" if i % 2 == 0 else "Ben",
+                "dia_id": f"D{n}:{i + 1}",
+                "text": f"{text} (session {n})",
+            }
+            for i, text in enumerate(LINES)
+        ]
+    qa = [
+        {
+            "question": "Who teaches the class?",
+            "answer": "Ines",
+            "evidence": ["D1:3"],
+            "category": 4,
+        },
+        {
+            "question": "What did they lend?",
+            "answer": "tools",
+            "evidence": ["D2:5", "D3:4"],
+            "category": 1,
+        },
+        {"question": "Broken evidence", "answer": "x", "evidence": ["D"], "category": 5},
+    ]
+    path.write_text(json.dumps([{"sample_id": "conv-test", "conversation": conv, "qa": qa}]))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="needs the tesseract binary")
+def test_retention_smoke(tmp_path: Path) -> None:
+    data = locomo_like(tmp_path / "locomo.json")
+    out = tmp_path / "results" / "retention.csv"
+    details = tmp_path / "results" / "details.csv"
+    cfg = retention.parse_args(
+        [
+            "--locomo",
+            str(data),
+            "--longmemeval",
+            "none",
+            "--budgets",
+            ",".join(map(str, BUDGETS)),
+            "--targets",
+            ",".join(TARGETS),
+            "--readers",
+            "tesseract",
+            "--keep-last-turns",
+            "4",
+            "--out",
+            str(out),
+            "--details",
+            str(details),
+            "--quiet",
+        ]
+    )
+    rows, text = retention.run(cfg)
+
+    arms = len(BUDGETS) * (len(TARGETS) * len(retention.POLICIES) + 1)  # + the window
+    assert len(rows) == arms
+    with out.open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == retention.CSV_COLUMNS
+        written = list(reader)
+    assert len(written) == arms
+    assert {(r["target"], r["policy"]) for r in written} == {
+        *((t, p) for t in TARGETS for p in retention.POLICIES),
+        (retention.WINDOW_TARGET, retention.WINDOW),
+    }
+    for r in written:
+        assert r["dataset"] == "LoCoMo"
+        assert int(r["qa_items"]) == 2  # the question with no usable evidence is left out
+        assert int(r["evidence"]) == 3
+        counts = int(r["as_text"]) + int(r["absent"])
+        counts += sum(int(r[f"in_{t}"]) for t in retention.IMAGE_TIER_LABELS)
+        assert counts == 3
+        assert 0.0 <= float(r["legible_pct"]) <= float(r["present_pct"]) <= 100.0
+        assert r["legible_pct_rapidocr"] == ""  # not run here
+
+    with details.open(newline="") as f:
+        detail = list(csv.DictReader(f))
+    assert len(detail) == arms * 3
+    assert out.with_suffix(".md").read_text().startswith("# Retention")
+    assert "## Targets" in text and "LoCoMo" in text
+
+
+def test_window_accuracy_finds_the_turn_inside_page_text() -> None:
+    page = "Ben 10:00: Hello there | Ana 10:01: The teacher is ca1led Ines. | Ben 10:02: ok"
+    assert retention.window_accuracy("The teacher is called Ines.", page) > 0.9
+    assert retention.window_accuracy("Something else entirely", page) < 0.6
+    assert retention.search_distance("abc", "xxabcxx") == 0
+    assert retention.search_distance("abc", "") == 3
+
+
+def test_missing_data_is_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = retention.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.csv")])
+    assert code == 0
+    assert "skipped" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
