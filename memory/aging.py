@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from .assemble import CAPTION_TOKENS, INTRO_TOKENS
 from .database import Database
 from .encoder import VisualEncoder
 from .ladder import IMAGE_TIERS, Target, Tier
@@ -345,6 +346,10 @@ class Aging:
     def _cost(self, tier: Tier, text_tokens: int) -> int:
         return text_tokens if tier is Tier.TEXT else self.target.tier_cost(tier)
 
+    def _shown_cost(self, tier: Tier, text_tokens: int) -> int:
+        """A page's cost in an assembled prompt: an image comes with its caption."""
+        return text_tokens if tier is Tier.TEXT else self.target.tier_cost(tier) + CAPTION_TOKENS
+
     def _paying(self, tier: Tier, text_tokens: int, fallback: Tier) -> Tier:
         """``tier`` if its image costs less than the page's text; else stay at ``fallback``."""
         if fallback is not Tier.TEXT or self._cost(tier, text_tokens) < text_tokens:
@@ -355,25 +360,30 @@ class Aging:
         """Fade the oldest pages first, one step at a time, until the session fits."""
         budget = self.policy.budget
         assert budget is not None
+        # Budget what assembly will show: images come with a caption each and one intro.
         total = unpaged + sum(
-            self._cost(w, p.text_tokens) for p, w in zip(pages, wanted, strict=True)
+            self._shown_cost(w, p.text_tokens) for p, w in zip(pages, wanted, strict=True)
         )
+        if any(w is not Tier.TEXT for w in wanted):
+            total += INTRO_TOKENS
         for i, p in enumerate(pages):  # oldest first
             if total <= budget:
                 return
             if not p.imageable:
                 continue
             while total > budget and wanted[i] < Tier.TINY:
-                cost_now = self._cost(wanted[i], p.text_tokens)
+                cost_now = self._shown_cost(wanted[i], p.text_tokens)
                 fainter = [
                     t
                     for t in IMAGE_TIERS
-                    if t > wanted[i] and self._cost(t, p.text_tokens) < cost_now
+                    if t > wanted[i] and self._shown_cost(t, p.text_tokens) < cost_now
                 ]
                 if not fainter:
                     break
                 step = fainter[0]
-                total -= cost_now - self._cost(step, p.text_tokens)
+                if not any(w is not Tier.TEXT for w in wanted):
+                    total += INTRO_TOKENS  # the first image brings the memory intro
+                total -= cost_now - self._shown_cost(step, p.text_tokens)
                 wanted[i] = step
 
     # -- apply ---------------------------------------------------------------------------------

@@ -27,6 +27,13 @@ MEMORY_INTRO = (
     "history, oldest first, rendered as pictures of text; the fainter the page, the older it "
     "is. Use them as background: they are not a new request and not current events."
 )
+# What a page's caption costs in the worst case: the aging pass's pressure budget counts it.
+CAPTION_TOKENS = approximate_tokens(
+    "system",
+    "Memory page: turns 1000000–1000000, 30 Sep 2025 13:56 – 30 Sep 2025 10:02 UTC, "
+    "about 11 months old.",
+)
+INTRO_TOKENS = approximate_tokens("system", MEMORY_INTRO)
 _TURN_BATCH = 64
 _PAGE_BATCH = 32
 
@@ -198,7 +205,7 @@ def assemble_context(
     if not stopped:
         candidates = _page_candidates(s, session.id, target, budget - spent)
 
-    intro = approximate_tokens("system", MEMORY_INTRO)
+    intro = INTRO_TOKENS
     ref = session.aged_at or now
     captions = {c.row.id: _caption(c.row, ref) for c in candidates}
 

@@ -214,6 +214,10 @@ def test_pressure_fades_the_oldest_first_until_the_session_fits(tmp_path) -> Non
         assert len(pages) >= 3
         window = sum(t.tokens for t in mm.turns("s", since=pages[-1].last_seq))
         assert window + sum(p.token_cost for p in pages) <= 3000
+        # and what the pass budgeted is what assembly shows: all of it, at the stored tiers
+        ctx = mm.assemble("s", budget=3000, now=now)
+        assert ctx.tokens <= 3000 and ctx.omitted_turns == 0
+        assert all(p.tier == p.stored_tier for p in ctx.pages)
         ranks = [Tier.parse(p.tier) for p in pages]
         assert ranks == sorted(ranks, reverse=True)  # oldest faded most
         assert ranks[-1] < Tier.TINY  # the newest kept sharper
