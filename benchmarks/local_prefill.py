@@ -31,6 +31,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.chatgen import sentence  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 QWEN25_VL_CHAT_TEMPLATE = (
@@ -51,36 +56,6 @@ QWEN25_VL_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 """The chat template Qwen2.5-VL checkpoints ship (chat_template.json)."""
-
-SUBJECTS = ["Maya", "the landlord", "my sister", "Dr. Okafor", "the team", "our neighbour Ravi"]
-VERBS = ["moved", "booked", "cancelled", "painted", "repaired", "ordered", "planted"]
-OBJECTS = [
-    "the kitchen shelves",
-    "flights to Lisbon",
-    "the tomato seedlings",
-    "a dentist visit",
-    "the blue bicycle",
-    "three boxes of tiles",
-    "the quarterly report",
-    "a pottery class",
-]
-TAILS = [
-    "on Tuesday",
-    "for 42 euros",
-    "before the 15th of June",
-    "after the storm",
-    "with a 10% discount",
-    "at 7:30 in the morning",
-    "next to the old station",
-]
-
-
-def sentence(rng: random.Random) -> str:
-    return (
-        f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
-        f"{rng.choice(TAILS)}."
-    )
-
 
 # -- tiny models ----------------------------------------------------------------------------------
 

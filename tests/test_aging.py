@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from benchmarks.chatgen import conversation
 from optical_memory import AgingPolicy, MemoryManager, Tier, TimeLadder, get_target
 from optical_memory.encoder import EncodedPage
 from optical_memory.store import PageRow, RenditionRow, VisualTokenRow
-from tests.chatgen import conversation
 
 START = datetime(2023, 3, 1, 9, 0, tzinfo=UTC)
 TWO_MONTHS = conversation(600, START, timedelta(hours=2, minutes=24))  # 60 days

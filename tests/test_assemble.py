@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from benchmarks.chatgen import conversation
 from optical_memory import (
     AgingPolicy,
     InvalidBudget,
@@ -15,7 +16,6 @@ from optical_memory import (
     UnknownSession,
     UnknownTarget,
 )
-from tests.chatgen import conversation
 
 START = datetime(2023, 1, 2, 8, 0, tzinfo=UTC)
 HISTORY = conversation(500, START, timedelta(hours=3))
