@@ -456,19 +456,24 @@ class Aging:
                 ],
             )
         s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id == page.id))
-        if self.encoder is not None and stored is not None:
-            enc = self.encoder.encode(stored.png, plan.new_tier.label)
-            s.add(
-                VisualTokenRow(
-                    page_id=page.id,
-                    tier=plan.new_tier.label,
-                    encoder_key=self.encoder.key,
-                    dtype=enc.dtype,
-                    shape=list(enc.shape),
-                    data=enc.data,
-                    created_at=now,
+        if self.encoder is not None:
+            # Every form the page may be shown in gets its visual tokens now, so a local
+            # model never runs its vision encoder on the request path, even under a tight
+            # budget that shows the page fainter than stored.
+            forms = ([(plan.new_tier, stored)] if stored is not None else []) + fainter
+            for tier, image in forms:
+                enc = self.encoder.encode(image.png, tier.label)
+                s.add(
+                    VisualTokenRow(
+                        page_id=page.id,
+                        tier=tier.label,
+                        encoder_key=self.encoder.key,
+                        dtype=enc.dtype,
+                        shape=list(enc.shape),
+                        data=enc.data,
+                        created_at=now,
+                    )
                 )
-            )
         return old_cost, page.token_cost, page.text_tokens
 
 

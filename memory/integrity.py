@@ -199,8 +199,10 @@ def verify_pages(
 
         problems: list[str] = []
         if tier is Tier.TEXT:
-            if png is not None or renditions:
-                problems.append("a text-tier page holds images")
+            if png is not None:
+                problems.append("a text-tier page holds a stored image")
+            # A sealed text page may have every image tier prepared as renditions.
+            expected = {t.label: target.spec(t).size for t in IMAGE_TIERS} if renditions else {}
         else:
             want = target.spec(tier).size
             if (p := png_problem(png, want)) is not None:
@@ -208,24 +210,25 @@ def verify_pages(
             elif dims != want:
                 problems.append(f"stored size {dims} does not match the image {want}")
             expected = {t.label: target.spec(t).size for t in IMAGE_TIERS if t > tier}
-            seen = set()
-            for r in renditions:
-                seen.add(r.tier)
-                if r.tier not in expected:
-                    problems.append(f"unexpected {r.tier} rendition")
-                elif (p := png_problem(r.png, expected[r.tier])) is not None:
-                    problems.append(f"{r.tier} rendition: {p}")
-                elif (r.width, r.height) != expected[r.tier]:
-                    problems.append(f"{r.tier} rendition: stored size does not match the image")
-            for missing in sorted(set(expected) - seen):
-                problems.append(f"{missing} rendition is missing")
-        # Tokens may be cached for the stored tier and for its fainter renditions.
-        shown = set() if tier is Tier.TEXT else {t.label for t in IMAGE_TIERS if t >= tier}
-        bad_tokens = [
-            t.id
+        seen = set()
+        for r in renditions:
+            seen.add(r.tier)
+            if r.tier not in expected:
+                problems.append(f"unexpected {r.tier} rendition")
+            elif (p := png_problem(r.png, expected[r.tier])) is not None:
+                problems.append(f"{r.tier} rendition: {p}")
+            elif (r.width, r.height) != expected[r.tier]:
+                problems.append(f"{r.tier} rendition: stored size does not match the image")
+        for missing in sorted(set(expected) - seen):
+            problems.append(f"{missing} rendition is missing")
+        # Tokens may be cached for the stored tier and for each rendition.
+        shown = set(expected) | ({tier.label} if tier is not Tier.TEXT else set())
+        bad = [
+            t
             for t in tokens
             if t.tier not in shown or tokens_problem(t.data, t.dtype, _shape(t.shape)) is not None
         ]
+        bad_tokens = [t.id for t in bad]
         for tid in bad_tokens:
             problems.append(f"visual-token cache entry {tid} is broken or stale")
         report.problems.extend(f"page {page_id}: {p}" for p in problems)
@@ -233,7 +236,7 @@ def verify_pages(
             continue
 
         image_broken = len(problems) > len(bad_tokens)
-        if tier is Tier.TEXT:
+        if tier is Tier.TEXT and png is not None:
 
             def clear(s, page_id=page_id, version=version):  # type: ignore[no-untyped-def]
                 done = s.execute(
@@ -270,7 +273,8 @@ def verify_pages(
             else:
                 report.pages_repaired += 1
                 report.visual_tokens_dropped += len(tokens)
-                report.visual_tokens_rebuilt += int(aging.encoder is not None)
+                if aging.encoder is not None:  # the stored tier and every rendition
+                    report.visual_tokens_rebuilt += sum(t >= tier for t in IMAGE_TIERS)
         else:
             report.visual_tokens_dropped += len(bad_tokens)
             db.write(
@@ -278,8 +282,15 @@ def verify_pages(
                     delete(VisualTokenRow).where(VisualTokenRow.id.in_(ids))
                 )
             )
-            if aging.encoder is not None and png is not None:
-                report.visual_tokens_rebuilt += _reencode(aging, page_id, version, tier, png, now)
+            if aging.encoder is not None:
+                images = {r.tier: r.png for r in renditions}
+                if png is not None:
+                    images[tier.label] = png
+                for t in bad:
+                    if t.tier in shown and t.tier in images:
+                        report.visual_tokens_rebuilt += _reencode(
+                            aging, page_id, version, Tier.parse(t.tier), images[t.tier], now
+                        )
         log.warning(
             "page %s was damaged (%s); rebuilt from its turns", page_id, "; ".join(problems)
         )

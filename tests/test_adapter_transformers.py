@@ -32,7 +32,7 @@ from benchmarks.local_prefill import (  # noqa: E402
     save_tiny,
     tiny_tokenizer,
 )
-from optical_memory import AgingPolicy, MemoryManager, get_target  # noqa: E402
+from optical_memory import AgingPolicy, MemoryManager, Tier, get_target  # noqa: E402
 from optical_memory.adapters.transformers import (  # noqa: E402
     LocalVLM,
     PageFeatures,
@@ -198,9 +198,15 @@ def test_aging_pass_caches_features_for_each_image_page(env: Env) -> None:
         # exactly what the encoder makes of the stored image now
         fresh = env.encoder.features(_image(env.memory.page_image("chat", p.page_id)))
         assert torch.equal(fresh.features, feats.features)
-        for other in ("large", "base", "small", "tiny"):
-            if other != p.tier:
-                assert env.memory.visual_tokens(p.page_id, other, env.encoder.key) is None
+        for other in ("large", "base", "small", "tiny"):  # fainter renditions: cached too
+            rendition = env.memory.visual_tokens(p.page_id, other, env.encoder.key)
+            if Tier.parse(other) < Tier.parse(p.tier):
+                assert rendition is None
+            else:
+                assert rendition is not None
+                png = env.memory.page_image("chat", p.page_id, other)
+                fresh = env.encoder.features(_image(png))
+                assert torch.equal(fresh.features, env.encoder.decode(rendition).features)
         assert env.memory.visual_tokens(p.page_id, p.tier, "another-model") is None
         assert env.memory.scoped("another-owner").visual_tokens(p.page_id, p.tier, key) is None
 

@@ -246,21 +246,40 @@ class CountingEncoder:
         return EncodedPage(data=data, dtype="float32", shape=(16,))
 
 
-def test_the_encoder_hook_caches_visual_tokens_per_tier(tmp_path) -> None:
+def _cached(mm: MemoryManager) -> dict[int, set[str]]:
+    with mm.database.read() as s:
+        out: dict[int, set[str]] = {}
+        for r in s.scalars(select(VisualTokenRow)):
+            out.setdefault(r.page_id, set()).add(r.tier)
+        return out
+
+
+def test_the_encoder_hook_caches_visual_tokens_for_every_form_a_page_can_be_shown_in(
+    tmp_path,
+) -> None:
     enc = CountingEncoder()
     with MemoryManager(tmp_path / "m.db", encoder=enc) as mm:
         mm.add_turns("s", TWO_MONTHS[:200])
         mm.age(now=TWO_MONTHS[199]["at"] + timedelta(hours=3))
-        first = [p for p in mm.pages("s") if p.tier != "text"]
-        assert first and sorted(enc.calls) == sorted(p.tier for p in first)
+        fainter = {t.label for t in (Tier.LARGE, Tier.BASE, Tier.SMALL, Tier.TINY)}
+        for p in mm.pages("s"):  # the stored tier and each fainter rendition, none sharper
+            want = {t for t in fainter if Tier.parse(t) >= Tier.parse(p.tier)}
+            assert _cached(mm).get(p.page_id, set()) == want, p
+        assert len(enc.calls) == sum(len(v) for v in _cached(mm).values())
+        with mm.database.read() as s:
+            assert all(
+                r.encoder_key == enc.key and r.shape == [16]
+                for r in s.scalars(select(VisualTokenRow))
+            )
         mm.age(now=TWO_MONTHS[199]["at"] + timedelta(days=40))  # -> tiny
-        with mm.database.read() as s:
-            rows = s.scalars(select(VisualTokenRow)).all()
-            assert {r.tier for r in rows} == {"tiny"}  # the old tier's entries are gone
-            assert all(r.encoder_key == enc.key and r.shape == [16] for r in rows)
+        # the old tiers' entries went with the tier change
+        assert _cached(mm) and all(v == {"tiny"} for v in _cached(mm).values())
+        # assembly under a tight budget only shows forms that are cached
+        ctx = mm.assemble("s", budget=600, now=TWO_MONTHS[199]["at"] + timedelta(days=40))
+        cached = _cached(mm)
+        assert all(p.tier in cached[p.page_id] for p in ctx.pages)
         mm.forget("s")
-        with mm.database.read() as s:
-            assert s.scalars(select(VisualTokenRow)).all() == []
+        assert _cached(mm) == {}
 
 
 def test_the_scheduler_ages_in_the_background_and_survives_a_failing_pass(tmp_path, caplog) -> None:

@@ -211,6 +211,7 @@ def test_a_young_page_still_stored_as_text_is_shown_as_an_image_under_a_tight_bu
         pages = mm.pages("s")
         assert pages and all(p.tier == "text" for p in pages)
         assert report.pages_prepared == len(pages) and not report.pages_moved
+        assert mm.verify(repair=False).ok  # prepared renditions of a text page are sound
         roomy = mm.assemble("s", budget=100_000)
         assert not roomy.pages  # with room, young pages are shown as their text
         window = sum(t.tokens for t in mm.turns("s", since=pages[-1].last_seq))

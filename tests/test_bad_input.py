@@ -467,9 +467,10 @@ def test_damaged_images_and_caches_are_found_and_rebuilt(db_url: str) -> None:
 
         calls = enc.calls
         fixed = mm.verify(repair=True)
-        # Five pages re-rendered (and re-encoded), one cache entry re-encoded on its own.
-        assert fixed.pages_repaired == 5 and fixed.visual_tokens_rebuilt == 6
-        assert enc.calls == calls + 6
+        # Five large pages re-rendered and re-encoded in all four forms (large and its three
+        # renditions); the sixth page's four garbled cache entries re-encoded on their own.
+        assert fixed.pages_repaired == 5 and fixed.visual_tokens_rebuilt == 5 * 4 + 4
+        assert enc.calls == calls + 24
         assert mm.verify(repair=False).ok
         # Rebuilt from the archived turns: the same pixels and the same tokens as before.
         assert _blobs(mm) == good

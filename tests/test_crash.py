@@ -145,16 +145,23 @@ def _check_consistent(path: Path, before: dict) -> dict[str, int]:  # type: igno
             tiers: dict[str, int] = {}
             for r in conn.execute(text("SELECT tier FROM om_pages")):
                 tiers[r.tier] = tiers.get(r.tier, 0) + 1
-            # Visual tokens: exactly one entry per image page, at its tier, decodable.
+            # Visual tokens: exactly one entry per form the page can be shown in (its stored
+            # image and each rendition), decodable.
             for p in conn.execute(text("SELECT id, tier FROM om_pages")):
                 toks = conn.execute(
                     text("SELECT tier, data FROM om_visual_tokens WHERE page_id = :i"), {"i": p.id}
                 ).all()
-                if p.tier == "text":
-                    assert toks == []
-                else:
-                    assert [t.tier for t in toks] == [p.tier]
-                    assert load(bytes(toks[0].data))["tokens"].shape == (1, 64)
+                forms = [
+                    r.tier
+                    for r in conn.execute(
+                        text("SELECT tier FROM om_page_renditions WHERE page_id = :i"), {"i": p.id}
+                    )
+                ]
+                if p.tier != "text":
+                    forms.append(p.tier)
+                assert sorted(t.tier for t in toks) == sorted(forms)
+                for t in toks:
+                    assert load(bytes(t.data))["tokens"].shape == (1, 64)
     finally:
         engine.dispose()
     now = _snapshot(path)
