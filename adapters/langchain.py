@@ -35,6 +35,7 @@ from langchain_core.messages import (
     HumanMessage,
     SystemMessage,
     ToolMessage,
+    messages_to_dict,
 )
 from langchain_core.messages.utils import convert_to_messages, count_tokens_approximately
 
@@ -136,6 +137,11 @@ def to_langchain_messages(
 ) -> list[BaseMessage]:
     """The assembled context as LangChain messages: the memory message, then recent turns."""
     return [_to_message(m) for m in frame(ctx, memory_role=memory_role)]
+
+
+def to_langchain_dicts(ctx: AssembledContext) -> list[dict[str, Any]]:
+    """The assembled context as LangChain's serialised messages (``messages_to_dict``)."""
+    return messages_to_dict(to_langchain_messages(ctx))
 
 
 def _to_message(m: FramedMessage) -> BaseMessage:

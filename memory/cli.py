@@ -436,45 +436,16 @@ def _base64_image(i: int, seg: PageSegment) -> dict[str, Any]:
 
 
 def _openai_messages(ctx: AssembledContext) -> list[dict[str, Any]]:
-    try:
-        from optical_memory.adapters.openai import to_openai_messages
-    except ImportError:
-        return _fallback_messages(ctx)
+    from optical_memory.adapters.openai import to_openai_messages
+
     return to_openai_messages(ctx)
 
 
 def _langchain_messages(ctx: AssembledContext) -> list[dict[str, Any]]:
-    try:
-        from langchain_core.messages import messages_to_dict
+    """LangChain's own serialised form (``messages_to_dict``), built by the adapter."""
+    from optical_memory.adapters.langchain import to_langchain_dicts
 
-        from optical_memory.adapters.langchain import to_langchain_messages
-    except ImportError:
-        kinds = {"user": "human", "assistant": "ai", "system": "system", "tool": "tool"}
-        return [
-            {"type": kinds[m["role"]], "data": {"content": m["content"], "type": kinds[m["role"]]}}
-            for m in _fallback_messages(ctx)
-        ]
-    return messages_to_dict(to_langchain_messages(ctx))
-
-
-def _fallback_messages(ctx: AssembledContext) -> list[dict[str, Any]]:
-    """Chat-completions messages without the adapters: one memory message, then the turns."""
-    out: list[dict[str, Any]] = []
-    parts: list[dict[str, Any]] = []
-    for seg in ctx.segments:
-        if isinstance(seg, PageSegment):
-            if not parts:
-                parts.append({"type": "text", "text": MEMORY_INTRO})
-            parts.append({"type": "text", "text": seg.caption})
-            parts.append({"type": "image_url", "image_url": {"url": seg.data_url}})
-        else:
-            if parts:
-                out.append({"role": "user", "content": parts})
-                parts = []
-            out.append({"role": seg.turn.role, "content": seg.turn.content})
-    if parts:
-        out.append({"role": "user", "content": parts})
-    return out
+    return to_langchain_dicts(ctx)
 
 
 # -- commands ----------------------------------------------------------------------------------
