@@ -480,28 +480,15 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         try:
             ctx = self.memory.assemble(
-                self.session_id,
-                self.budget,
-                self.target,
-                self._now(),
+                self.session_id, self.budget, self.target, self._now(),
                 token_counter=self.token_counter,
-            )
+            )  # fmt: skip
         except UnknownSession:
             return []
         return to_langchain_messages(ctx, memory_role=self.memory_role)
 
     async def aget_messages(self) -> list[BaseMessage]:
-        try:
-            ctx = await self.memory.aassemble(
-                self.session_id,
-                self.budget,
-                self.target,
-                self._now(),
-                token_counter=self.token_counter,
-            )
-        except UnknownSession:
-            return []
-        return to_langchain_messages(ctx, memory_role=self.memory_role)
+        return await asyncio.to_thread(lambda: self.messages)
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Store all of them in one transaction (the memory message is skipped)."""
