@@ -558,6 +558,29 @@ def age(
 
 @app.command()
 @_errors
+def verify(
+    repair: Annotated[
+        bool, typer.Option("--repair/--check", help="Rebuild what is damaged, or only report.")
+    ] = True,
+    db: DbOption = None,
+) -> None:
+    """Check every page image, rendition and cached visual-token entry; rebuild the damaged
+    ones from the archived turns. Exit status 1 when problems remain."""
+    with _memory(db) as mm:
+        report = mm.verify(repair=repair)
+        remaining = mm.verify(repair=False).problems if repair and report.problems else []
+    for problem in report.problems:
+        typer.echo(problem, err=True)
+    _console().print(
+        f"verified {report.pages_checked} pages: {len(report.problems)} problems, "
+        f"{report.pages_repaired} pages rebuilt, {len(remaining)} left"
+    )
+    if remaining or (report.problems and not repair):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_errors
 def assemble(
     session: Annotated[str, typer.Argument(help="Session id.")],
     budget: BudgetOption = 4096,

@@ -544,3 +544,28 @@ def test_installed_demo_script(tmp_path: Path) -> None:
     assert sum(1 for t in ("large", "base", "small", "tiny") if table[t][0]) >= 3  # faded by age
     check_demo_outputs(out, url, "maya-spring-2025")
     assert "contact sheet:" in proc.stdout and "done in" in proc.stdout
+
+
+def test_verify_finds_and_rebuilds_a_damaged_page(aged: str, tmp_path: Path) -> None:
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "copy.db"
+    shutil.copy(aged.removeprefix("sqlite:///"), copy)
+    url = f"sqlite:///{copy}"
+    assert cli("verify", "--check", "--db", url).exit_code == 0
+    with sqlite3.connect(copy) as conn:
+        page_id, good = conn.execute(
+            "SELECT id, png FROM om_pages WHERE png IS NOT NULL ORDER BY id LIMIT 1"
+        ).fetchone()
+        conn.execute("UPDATE om_pages SET png = ? WHERE id = ?", (b"not a png", page_id))
+    checked = cli("verify", "--check", "--db", url)
+    assert checked.exit_code == 1 and f"page {page_id}" in checked.stderr
+    repaired = cli("verify", "--db", url)
+    assert repaired.exit_code == 0, repaired.stderr
+    assert "1 pages rebuilt, 0 left" in repaired.output
+    with sqlite3.connect(copy) as conn:
+        assert (
+            conn.execute("SELECT png FROM om_pages WHERE id = ?", (page_id,)).fetchone()[0] == good
+        )
+    assert cli("verify", "--check", "--db", url).exit_code == 0
