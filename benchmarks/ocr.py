@@ -32,20 +32,19 @@ __all__ = [
 # Accuracy
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (unit costs), bit-parallel (Myers/Hyyrö): fast on page-sized texts."""
-    if len(a) < len(b):
-        a, b = b, a
-    m = len(b)
-    if m == 0:
-        return len(a)
+def _myers(pattern: str, text: str, *, anywhere: bool) -> int:
+    """Myers/Hyyro bit-parallel edit distance of ``pattern`` (non-empty) against ``text``:
+    against all of it, or (``anywhere``) against its best-matching substring."""
+    m = len(pattern)
     peq: dict[str, int] = {}
-    for i, ch in enumerate(b):
+    for i, ch in enumerate(pattern):
         peq[ch] = peq.get(ch, 0) | (1 << i)
     mask = (1 << m) - 1
     high = 1 << (m - 1)
+    carry = 0 if anywhere else 1  # no carry in: a match may start at any text position
     pv, mv, score = mask, 0, m
-    for ch in a:
+    best = m
+    for ch in text:
         eq = peq.get(ch, 0)
         xv = eq | mv
         xh = (((eq & pv) + pv) ^ pv) | eq
@@ -55,11 +54,24 @@ def edit_distance(a: str, b: str) -> int:
             score += 1
         elif mh & high:
             score -= 1
-        ph = ((ph << 1) | 1) & mask
+        ph = ((ph << 1) | carry) & mask
         mh = (mh << 1) & mask
         pv = mh | (~(xv | ph) & mask)
         mv = ph & xv
-    return score
+        best = min(best, score)
+    return best if anywhere else score
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (unit costs), bit-parallel: fast on page-sized texts."""
+    if len(a) < len(b):
+        a, b = b, a
+    return _myers(b, a, anywhere=False) if b else len(a)
+
+
+def search_distance(pattern: str, text: str) -> int:
+    """Fewest edits turning ``pattern`` into some substring of ``text``."""
+    return _myers(pattern, text, anywhere=True) if pattern else 0
 
 
 def _normalise(text: str, ignore_spaces: bool) -> str:

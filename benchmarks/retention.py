@@ -70,6 +70,10 @@ from typing import Any
 
 from PIL import Image
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.ocr import search_distance  # noqa: E402
 from optical_memory import AgingPolicy, MemoryManager, PageRenderer, PageSegment, get_target
 from optical_memory.aging import _render_turn
 from optical_memory.ladder import IMAGE_TIERS
@@ -306,38 +310,6 @@ def page_geometry(
 
 # --------------------------------------------------------------------------------------------------
 # Legibility
-
-
-def search_distance(pattern: str, text: str) -> int:
-    """Fewest edits turning ``pattern`` into some substring of ``text`` (Myers' bit-parallel
-    approximate search: the alignment may start and end anywhere in ``text``)."""
-    m = len(pattern)
-    if m == 0:
-        return 0
-    peq: dict[str, int] = {}
-    for i, ch in enumerate(pattern):
-        peq[ch] = peq.get(ch, 0) | (1 << i)
-    mask = (1 << m) - 1
-    high = 1 << (m - 1)
-    pv, mv, score = mask, 0, m
-    best = m
-    for ch in text:
-        eq = peq.get(ch, 0)
-        xv = eq | mv
-        xh = (((eq & pv) + pv) ^ pv) | eq
-        ph = mv | (~(xh | pv) & mask)
-        mh = pv & xh
-        if ph & high:
-            score += 1
-        elif mh & high:
-            score -= 1
-        ph = (ph << 1) & mask  # no carry in: a match may start at any text position
-        mh = (mh << 1) & mask
-        pv = mh | (~(xv | ph) & mask)
-        mv = ph & xv
-        if score < best:
-            best = score
-    return best
 
 
 def window_accuracy(expected: str, ocr: str) -> float:

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fakes import RecordingChatModel
 from langchain.agents import create_agent
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -27,7 +27,6 @@ from langchain_core.messages import (
     trim_messages,
 )
 from langchain_core.messages.utils import count_tokens_approximately
-from langchain_core.outputs import ChatResult
 from langchain_core.runnables.history import RunnableWithMessageHistory
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
@@ -44,19 +43,6 @@ from optical_memory.adapters.langchain import (
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILLER = "We compared the lighthouse logs with the harbour tide tables once more. " * 5
-
-
-class RecordingChatModel(GenericFakeChatModel):
-    """langchain-core's fake chat model that also keeps every message list it was sent."""
-
-    received: list[list[BaseMessage]] = []
-
-    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
-        self.received.append(list(messages))
-        return super()._generate(messages, *args, **kwargs)
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> RecordingChatModel:
-        return self
 
 
 class Clock:

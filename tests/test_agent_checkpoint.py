@@ -12,13 +12,11 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
+from fakes import RecordingChatModel
 from langchain.agents import create_agent
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatResult
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -29,17 +27,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 PNG_B64 = base64.b64encode(PNG)[:10]  # b"iVBORw0KGg"
 TURNS = 30
 TEXT = "The ferry timetable changed again; the 7:40 now leaves from pier four. " * 4
-
-
-class RecordingChatModel(GenericFakeChatModel):
-    received: list[list[BaseMessage]] = []
-
-    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
-        self.received.append(list(messages))
-        return super()._generate(messages, *args, **kwargs)
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> RecordingChatModel:
-        return self
 
 
 @tool
