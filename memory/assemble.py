@@ -153,11 +153,12 @@ def assemble_context(
     counter: TokenCounter | None = None,
 ) -> AssembledContext:
     """Build the budgeted view of one session (inside a read transaction)."""
-    count = counter or (lambda role, content: 0)
-    recount = counter is not None and counter is not approximate_tokens
 
     def cost_of(t: TurnRow) -> int:
-        return int(count(t.role, t.content)) if recount else t.tokens
+        """Stored counts come from the manager's counter; another counter recounts."""
+        if counter is None or counter is approximate_tokens:
+            return t.tokens
+        return int(counter(t.role, t.content))
 
     # 1. Recent text, newest first, as whole units (a tool call stays with its results).
     texts: list[TurnRow] = []

@@ -240,6 +240,16 @@ class MemoryManager:
             for v in values
         ]
 
+    def _scope(self, sessions: Sequence[str] | None) -> Sequence[str] | None:
+        """The session ids a pass may touch: all (None), or those given, within the owner."""
+        if self.owner is None:
+            return sessions
+        mine = [i.session_id for i in self.sessions()]
+        if sessions is None:
+            return mine
+        own = set(mine)
+        return [k for k in sessions if k in own]
+
     def _check_owner(self, key: str, owner: str | None) -> None:
         if self.owner is not None and owner != self.owner:
             raise SessionAccessDenied(
@@ -375,22 +385,14 @@ class MemoryManager:
         """One synchronous aging pass (normally the scheduler runs it)."""
         self._check_open()
         now = check_timestamp(now, "now")
-        keys = sessions
-        if self.owner is not None:
-            mine = {i.session_id for i in self.sessions()}
-            keys = [k for k in (sessions or mine) if k in mine]
-        return self._aging.run(now, keys)
+        return self._aging.run(now, self._scope(sessions))
 
     def verify(self, *, repair: bool = True, sessions: Sequence[str] | None = None) -> VerifyReport:
         """Check every stored page image, rendition and cached visual-token entry (PNG
         signature, checksums, full decode, canvas of its tier); with ``repair``, rebuild what
         is broken from the archived turns. Turns themselves are never changed."""
         self._check_open()
-        keys = sessions
-        if self.owner is not None:
-            mine = {i.session_id for i in self.sessions()}
-            keys = [k for k in (sessions or mine) if k in mine]
-        return verify_pages(self._aging, keys, repair=repair)
+        return verify_pages(self._aging, self._scope(sessions), repair=repair)
 
     def assemble(
         self,
