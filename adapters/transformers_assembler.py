@@ -73,6 +73,7 @@ class LocalInputs:
     position_ids: torch.Tensor | None  # (3, 1, L) for 3-D rope models, else None
     prefix_length: int
     prefix_key: str | None
+    memory_key: str = ""  # the pages shown (ids, tiers, images) and the encoder
     pages: tuple[PageSegment, ...] = ()
     page_rows: tuple[int, ...] = ()
     encoded_on_request: int = 0  # pages that were neither in the store nor in process
@@ -365,6 +366,7 @@ class LocalAssembler:
             position_ids=position_ids,
             prefix_length=prefix_len,
             prefix_key=prefix_key,
+            memory_key=self._pages_key(pages).hexdigest(),
             pages=pages,
             page_rows=tuple(rows),
             encoded_on_request=fresh,
@@ -424,13 +426,18 @@ class LocalAssembler:
             self._prefix_ids.move_to_end(memo)
         return ids
 
-    def _prefix_key(self, pages: Sequence[PageSegment], prefix: list[int]) -> str:
-        """Page ids, tiers (and image digests) and the encoder, plus the prefix tokens
-        themselves (captions, system prompt, template): any change gives another key."""
+    def _pages_key(self, pages: Sequence[PageSegment]) -> Any:
+        """A hash of the encoder and the pages: ids, tiers and image digests."""
         h = hashlib.sha256(self.encoder.key.encode())
         for p in pages:
             h.update(f"|{p.page_id}:{p.tier}:".encode())
             h.update(hashlib.sha256(p.png).digest())
+        return h
+
+    def _prefix_key(self, pages: Sequence[PageSegment], prefix: list[int]) -> str:
+        """The pages and the encoder, plus the prefix tokens themselves (captions, system
+        prompt, template): any change gives another key."""
+        h = self._pages_key(pages)
         h.update(b"|" + torch.tensor(prefix, dtype=torch.int64).numpy().tobytes())
         return h.hexdigest()
 

@@ -4,7 +4,9 @@ Measures, on CPU and with models built from transformers' own config classes (no
 
 * assembling a request from the visual-token cache versus re-encoding every page per request
   (from the database's cache with nothing kept in process, and again with the same prefix);
-* second-turn prefill with the reused system-prompt-plus-pages KV prefix versus a full prefill.
+* second-turn prefill versus a full prefill, reusing either the system-prompt-plus-pages KV
+  prefix, or the session's whole first turn (prompt and reply, cut back to what the second
+  prompt repeats), which is what ``LocalVLM.generate`` does.
 
     python benchmarks/local_prefill.py                  # both models, 3 and 7 pages
     python benchmarks/local_prefill.py --model qwen2.5-vl --memory long --repeat 5
@@ -20,6 +22,7 @@ The tiny-model builders here are shared with ``tests/test_adapter_transformers.p
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import random
 import sys
@@ -382,6 +385,7 @@ def run(
     import torch
 
     from optical_memory.adapters.transformers import LocalVLM, TransformersEncoder
+    from optical_memory.adapters.transformers_prefix import common_prefix_length
 
     workdir = workdir / f"{name}-{lm_hidden}-{memory}"
     path = save_tiny(name, workdir / "model", lm_hidden=lm_hidden)
@@ -407,8 +411,12 @@ def run(
     chat.inputs("chat", message, now=now)
     warm, _ = _race(lambda: chat.inputs("chat", message, now=now), lambda: None, repeat)
 
-    # Turn 1 fills the prefix cache; turn 2 is measured with and without reusing it.
+    # Turn 1 fills the prefix cache and the session's conversation cache; turn 2 is measured
+    # three ways: from the conversation cache (what generate() does), from the memory prefix
+    # only, and from nothing.
     chat.generate("chat", message, now=now, max_new_tokens=4)
+    turn1 = chat.conversations.get("chat")
+    assert turn1 is not None
     second = chat.inputs("chat", "And who repaired the blue bicycle?", now=now)
     chat.forward(second)  # warm up both paths
     chat.forward(second, reuse_prefix=False)
@@ -417,6 +425,22 @@ def run(
         lambda: chat.forward(second, reuse_prefix=False, logits_to_keep=1),
         repeat,
     )
+    # each timed run starts from a fresh copy of turn 1's cache, copied before the clock starts
+    copies = [copy.deepcopy(turn1) for _ in range(repeat + 1)]
+
+    def from_conversation() -> None:
+        chat.forward(second, session_id="chat", logits_to_keep=1)
+
+    chat.conversations.put("chat", copies.pop())
+    from_conversation()  # warm up
+    conv_times = []
+    for state in copies:
+        chat.conversations.put("chat", state)
+        t0 = time.perf_counter()
+        from_conversation()
+        conv_times.append(time.perf_counter() - t0)
+    with_conversation = min(conv_times)
+    shared = common_prefix_length(turn1.ids, second.input_ids[0])
     mm.close()
     return {
         "model": name,
@@ -436,6 +460,9 @@ def run(
         "prefill_full_ms": round(without * 1e3, 2),
         "prefill_reused_ms": round(with_prefix * 1e3, 2),
         "reused_share": round(with_prefix / without, 3),
+        "conversation_tokens": shared,
+        "prefill_conversation_ms": round(with_conversation * 1e3, 2),
+        "conversation_share": round(with_conversation / without, 3),
     }
 
 
@@ -457,6 +484,9 @@ COLUMNS = [
     ("prefill_full_ms", "2nd-turn prefill, full (ms)"),
     ("prefill_reused_ms", "reused prefix (ms)"),
     ("reused_share", "reused / full"),
+    ("conversation_tokens", "turn 1 tokens reused"),
+    ("prefill_conversation_ms", "reused turn 1 (ms)"),
+    ("conversation_share", "reused turn 1 / full"),
 ]
 
 

@@ -12,7 +12,12 @@ The font size is the largest one (at most ``max_font_px``) at which the page fit
 the packer fills pages up to :meth:`PageRenderer.capacity`, so a full page is set at
 ``min_font_px``. Lower tiers are made by downsampling that one bitmap with a Lanczos filter
 (measured to read as well as or better than redrawing the text small; see DESIGN.md and
-``benchmarks/legibility_tiers.py``).
+``benchmarks/legibility_tiers.py``), as long as the text stays at least ``min_effective_px``
+tall on the smaller image. Below that, neural readers see nothing at all (RapidOCR reads 0% of a
+full page at 4.4 px, 94% at 6 px), so such a tier is *abridged* instead: the page is laid out
+again on a canvas from which downsampling lands at ``min_effective_px``, with the longest turns
+cut short (``…``) until it fits. Short turns stay whole, long ones keep their opening: the gist
+survives and the faint tier stays readable; the full text is always in the store.
 
 Glyphs: the bundled DejaVu Sans / DejaVu Sans Mono are the primary fonts. For a character the
 primary font lacks (CJK, most emoji, ...), the renderer uses the first *fallback font* that has it:
@@ -52,10 +57,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["FALLBACK_FONTS_ENV", "PageRenderer", "RenderTurn", "RenderedImage"]
+__all__ = ["FALLBACK_FONTS_ENV", "PagePlan", "PageRenderer", "RenderTurn", "RenderedImage"]
 
 FALLBACK_FONTS_ENV = "OPTICAL_MEMORY_FALLBACK_FONTS"
 
+# The smallest text a faint tier shows, in px of the image: RapidOCR (a neural reader, closer to
+# what a VLM sees) reads 94% of a full page at 6 px, 73% at 5 px and nothing at 4.4 px.
+DEFAULT_MIN_EFFECTIVE_PX = 6.0
 # Below min_font_px, a page that does not fit shrinks down to this size, then it is truncated.
 _HARD_FLOOR_PX = 8
 _LINE_SPACING = 1.2  # line pitch / font size
@@ -107,7 +115,8 @@ class RenderedImage:
     png: bytes  # greyscale ("L") PNG
     width: int
     height: int
-    font_px: int  # font size used on the layout canvas
+    font_px: int  # font size used on the canvas drawn on (the layout canvas unless abridged)
+    abridged: bool = False  # drawn from an abridged layout: long turns were cut short
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,6 +358,21 @@ class _Overflow(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class PagePlan:
+    """How a page is drawn for one image size: on which canvas, which turns (abridged or
+    not) and the layout; the image is this drawing downsampled to the size."""
+
+    canvas: tuple[int, int]
+    turns: tuple[RenderTurn, ...]
+    layout: _Layout
+    abridged: bool
+
+    @property
+    def text_lines(self) -> list[str]:
+        return self.layout.text_lines
+
+
 class _Metrics:
     """Per font size: character widths (with fallback resolution) for each style."""
 
@@ -588,12 +612,18 @@ class PageRenderer:
         *,
         min_font_px: int = 11,
         max_font_px: int = 28,
+        min_effective_px: float | None = None,
         fallback_fonts: Sequence[str | Path] = (),
     ) -> None:
         if min_font_px < 1 or max_font_px < min_font_px:
             raise ValueError("need 1 <= min_font_px <= max_font_px")
+        if min_effective_px is None:
+            min_effective_px = min(DEFAULT_MIN_EFFECTIVE_PX, float(min_font_px))
+        if not 0 <= min_effective_px <= min_font_px:
+            raise ValueError("need 0 <= min_effective_px <= min_font_px (0: never abridge)")
         self.min_font_px = int(min_font_px)
         self.max_font_px = int(max_font_px)
+        self.min_effective_px = float(min_effective_px)
         self.floor_font_px = min(_HARD_FLOOR_PX, self.min_font_px)
         faces = [_bundled_face("DejaVuSans.ttf"), _bundled_face("DejaVuSansMono.ttf")]
         for path in fallback_fonts:
@@ -854,24 +884,109 @@ class PageRenderer:
         out.paste(small, (0, 0))
         return out
 
+    def _legible_downsampled(
+        self, font_px: int, layout: tuple[int, int], size: tuple[int, int]
+    ) -> bool:
+        scale = min(size[0] / layout[0], size[1] / layout[1])
+        return scale >= 1 or font_px * scale >= self.min_effective_px - _EPS
+
+    def _abridged(self, turns: Sequence[RenderTurn], size: tuple[int, int]) -> PagePlan:
+        """The turns laid out on the canvas from which ``size`` shows ``min_font_px`` text at
+        ``min_effective_px``: whole if they fit, else every turn cut to the longest length
+        (in characters) at which they all do."""
+        k = self.min_font_px / self.min_effective_px
+        canvas = (max(size[0], math.floor(size[0] * k)), max(size[1], math.floor(size[1] * k)))
+        lay = self._fit(turns, canvas)
+        if lay.font_px >= self.min_font_px and not lay.truncated:
+            return PagePlan(canvas, tuple(turns), lay, False)
+        m = self.min_font_px
+
+        def attempt(cap: int) -> tuple[tuple[RenderTurn, ...], _Layout | None]:
+            cut = tuple(_cut_turn(t, cap) for t in turns)
+            items = self._prepare(cut)
+            if self._too_big(items, canvas, m):
+                return cut, None
+            return cut, self._layout_items(items, canvas, m)
+
+        lo, hi = 0, max((len(t.text) for t in turns), default=0)
+        best = attempt(0)
+        if best[1] is None:  # not even the labels fit: cut the page itself
+            cut = best[0]
+            return PagePlan(
+                canvas, cut, self._layout_items(self._prepare(cut), canvas, m, truncate=True), True
+            )
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            found = attempt(mid)
+            if found[1] is None:
+                hi = mid - 1
+            else:
+                best, lo = found, mid
+        cut, found_lay = best
+        assert found_lay is not None
+        return PagePlan(canvas, cut, found_lay, True)
+
+    def plan(
+        self, turns: Sequence[RenderTurn], layout: tuple[int, int], size: tuple[int, int]
+    ) -> PagePlan:
+        """How :meth:`render` draws the turns for an image of ``size`` (for tests, OCR checks
+        and benchmarks that need to know what text each image shows, and where)."""
+        layout, size = (int(layout[0]), int(layout[1])), (int(size[0]), int(size[1]))
+        with self._lock:
+            lay = self._fit(turns, layout)
+            if self._legible_downsampled(lay.font_px, layout, size) or not self.min_effective_px:
+                return PagePlan(layout, tuple(turns), lay, False)
+            return self._abridged(turns, size)
+
     def render(
         self,
         turns: Sequence[RenderTurn],
         layout: tuple[int, int],
         sizes: Sequence[tuple[int, int]],
     ) -> list[RenderedImage]:
-        """Lay the turns out ONCE on the `layout` canvas with the largest font (<= max_font_px) at which they fit, then produce one image per requested size by downsampling that bitmap with a good filter (LANCZOS / reduce) — sizes equal to layout are returned as drawn."""
+        """Lay the turns out ONCE on the `layout` canvas with the largest font (<= max_font_px) at
+        which they fit, then produce one image per requested size by downsampling that bitmap with
+        a good filter (LANCZOS / reduce); sizes equal to layout are returned as drawn. A size at
+        which the text would fall below ``min_effective_px`` gets an abridged drawing instead."""
         layout = (int(layout[0]), int(layout[1]))
         if layout[0] < 1 or layout[1] < 1:
             raise ValueError(f"bad layout canvas {layout}")
+        wanted = [(int(w), int(h)) for w, h in sizes]
+        for size in wanted:
+            if size[0] < 1 or size[1] < 1:
+                raise ValueError(f"bad image size {size}")
         with self._lock:
             lay = self._fit(turns, layout)
             img = self._draw(lay, layout)
+            drawn: dict[tuple[int, int], tuple[Image.Image, int, bool]] = {}
+            for size in wanted:
+                if (
+                    self.min_effective_px
+                    and not self._legible_downsampled(lay.font_px, layout, size)
+                    and size not in drawn
+                ):
+                    plan = self._abridged(turns, size)
+                    drawn[size] = (
+                        self._draw(plan.layout, plan.canvas),
+                        plan.layout.font_px,
+                        plan.abridged,
+                    )
         out = []
-        for size in sizes:
-            size = (int(size[0]), int(size[1]))
-            if size[0] < 1 or size[1] < 1:
-                raise ValueError(f"bad image size {size}")
-            small = self._resize(img, size)
-            out.append(RenderedImage(self._png(small), size[0], size[1], lay.font_px))
+        for size in wanted:
+            src, font_px, abridged = drawn.get(size, (img, lay.font_px, False))
+            small = self._resize(src, size)
+            out.append(RenderedImage(self._png(small), size[0], size[1], font_px, abridged))
         return out
+
+
+def _cut_turn(turn: RenderTurn, cap: int) -> RenderTurn:
+    """The turn with its text cut to at most ``cap`` characters (at a space where one is near),
+    and an ellipsis; unchanged if it is no longer."""
+    text = turn.text
+    if len(text) <= cap:
+        return turn
+    cut = text[:cap]
+    space = cut.rfind(" ")
+    if space >= cap // 2:
+        cut = cut[:space]
+    return RenderTurn(turn.speaker, turn.at, cut.rstrip() + _ELLIPSIS)

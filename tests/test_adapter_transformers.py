@@ -34,6 +34,8 @@ from benchmarks.local_prefill import (  # noqa: E402
 )
 from optical_memory import AgingPolicy, MemoryManager, Tier, get_target  # noqa: E402
 from optical_memory.adapters.transformers import (  # noqa: E402
+    ConversationCache,
+    ConversationState,
     LocalVLM,
     PageFeatures,
     PrefixCache,
@@ -126,6 +128,42 @@ def test_prefix_cache_hands_out_copies_and_evicts() -> None:
     assert (cache.hits, cache.misses) == (1, 1)
     with pytest.raises(ValueError):
         PrefixCache(max_entries=0)
+
+
+def test_conversation_cache_cuts_back_to_the_shared_tokens() -> None:
+    from transformers import DynamicCache
+
+    def state(key: str, ids: list[int]) -> ConversationState:
+        past = DynamicCache()
+        kv = torch.arange(len(ids), dtype=torch.float32).view(1, 1, -1, 1)
+        past.update(kv, kv.clone(), 0)
+        return ConversationState(key, torch.tensor(ids), past)
+
+    cache = ConversationCache(max_sessions=2)
+    cache.put("s", state("pages", [5, 6, 7, 8, 9]))
+    taken = cache.take("s", "pages", torch.tensor([5, 6, 7, 1, 2, 3]))
+    assert taken is not None
+    past, n = taken
+    assert n == 3 and past.get_seq_length() == 3
+    assert past.layers[0].keys.flatten().tolist() == [0.0, 1.0, 2.0]
+    assert "s" not in cache  # taken: the caller owns it now
+    # the same prompt again leaves its last token to compute
+    cache.put("s", state("pages", [5, 6, 7]))
+    assert cache.take("s", "pages", torch.tensor([5, 6, 7]))[1] == 2
+    # other pages, or too little shared, give nothing and drop the entry
+    cache.put("s", state("pages", [5, 6, 7]))
+    assert cache.take("s", "other pages", torch.tensor([5, 6, 7, 8])) is None
+    assert "s" not in cache
+    cache.put("s", state("pages", [5, 6, 7]))
+    assert cache.take("s", "pages", torch.tensor([5, 6, 0, 0]), min_length=3) is None
+    assert (cache.hits, cache.misses) == (2, 2)
+    for sid in ("a", "b", "c"):
+        cache.put(sid, state("pages", [1, 2]))
+    assert "a" not in cache and len(cache) == 2
+    with pytest.raises(ValueError, match="positions"):
+        cache.put("d", ConversationState("pages", torch.tensor([1]), state("p", [1, 2]).past))
+    with pytest.raises(ValueError):
+        ConversationCache(max_sessions=0)
 
 
 def test_page_features_round_trip_through_safetensors() -> None:
@@ -380,6 +418,60 @@ def test_generate_answers_and_records_both_turns(env: Env, tmp_path: Path) -> No
             ("assistant", reply),
         ]
         assert chat.prefix_cache.misses == 1
+    finally:
+        mm.close()
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_next_turn_prefills_only_what_the_last_one_did_not_cover(
+    env: Env, tmp_path: Path
+) -> None:
+    """After a reply, the next prompt repeats the last prompt and the reply: the session's
+    KV cache is cut back to the shared tokens and only the rest is computed, with the logits
+    of a full forward pass; a new page drops it."""
+    mm = env.copy_memory(tmp_path)
+    try:
+        chat = LocalVLM(mm, env.encoder, system_prompt=SYSTEM, budget=8192)
+        chat.generate("chat", QUESTION, now=NOW, max_new_tokens=5)
+        kept = chat.conversations.get("chat")
+        assert kept is not None and kept.past.get_seq_length() == kept.length
+        nxt = chat.inputs("chat", "And who repaired the blue bicycle?", now=NOW)
+        assert nxt.memory_key == kept.memory_key
+        past, start = chat.past(nxt, "chat")
+        assert chat.conversations.hits == 1
+        assert nxt.prefix_length < start < nxt.length
+        assert torch.equal(nxt.input_ids[0, :start], kept.ids[:start])
+        assert nxt.length - start < 40  # the message, its frame and the reply's tail
+        full = env.encoder.model(**nxt.model_kwargs()).logits
+        reused = env.encoder.model(
+            **nxt.model_kwargs(start), past_key_values=past, use_cache=True
+        ).logits
+        assert (reused - full[:, start:]).abs().max().item() <= TOL
+        # forward() keeps what it computed: the same prompt again reuses all but one token
+        chat.forward(nxt, session_id="chat")
+        again = chat.forward(nxt, session_id="chat", logits_to_keep=1).logits
+        assert (again[0, -1] - full[0, -1]).abs().max().item() <= TOL
+        assert chat.conversations.get("chat").length == nxt.length
+        # a new page changes the memory: the conversation cache is not used
+        later = NOW + timedelta(days=2)
+        mm.add_turns(
+            "chat",
+            [
+                {"role": "user" if i % 2 == 0 else "assistant", "content": "x " * 400, "at": NOW}
+                for i in range(12)
+            ],
+        )
+        mm.age(now=later)
+        changed = chat.inputs("chat", QUESTION, now=later)
+        assert changed.memory_key != nxt.memory_key
+        _, start = chat.past(changed, "chat")
+        assert start == changed.prefix_length
+        assert "chat" not in chat.conversations
+        # forget() deletes the session and what the process kept of it
+        chat.forward(changed, session_id="chat")
+        assert chat.forget("chat") > 0
+        assert "chat" not in chat.conversations and len(chat.prefix_cache) == 0
     finally:
         mm.close()
 

@@ -251,9 +251,9 @@ def test_a_page_filled_to_capacity_fits_at_min_font(renderer, layout):
 
 
 def test_short_page_gets_a_larger_font(renderer):
-    full = renderer.render(full_page(renderer, LAYOUT), LAYOUT, [(64, 64)])[0]
-    short = renderer.render([turn("Just a short note.")], LAYOUT, [(64, 64)])[0]
-    half = renderer.render(full_page(renderer, LAYOUT)[:30], LAYOUT, [(64, 64)])[0]
+    full = renderer.render(full_page(renderer, LAYOUT), LAYOUT, [LAYOUT])[0]
+    short = renderer.render([turn("Just a short note.")], LAYOUT, [LAYOUT])[0]
+    half = renderer.render(full_page(renderer, LAYOUT)[:30], LAYOUT, [LAYOUT])[0]
     assert full.font_px == renderer.min_font_px
     assert short.font_px == renderer.max_font_px
     assert full.font_px < half.font_px < short.font_px
@@ -264,6 +264,9 @@ def test_constructor_validates_sizes():
         PageRenderer(min_font_px=20, max_font_px=10)
     r = PageRenderer(min_font_px=6, max_font_px=6)
     assert r.floor_font_px == 6
+    assert PageRenderer(min_font_px=5).min_effective_px == 5  # the default never exceeds it
+    with pytest.raises(ValueError, match="min_effective_px"):
+        PageRenderer(min_effective_px=12)
 
 
 # -- fonts ---------------------------------------------------------------------------------------
@@ -348,3 +351,59 @@ def test_deep_indent_does_not_leave_blank_lines(renderer):
     lay = renderer._layout([turn("code:\n" + " " * 40 + word)], (400, 400), 12)
     assert lay.text_lines == ["Caroline 8 May 2023 13:56: code:", word]
     assert line_fits(renderer, lay, (400, 400))
+
+
+# -- faint tiers: abridged, never below min_effective_px -------------------------------------------
+
+
+def test_a_faint_tier_is_abridged_rather_than_shrunk_below_legibility(renderer):
+    turns = full_page(renderer, LAYOUT)
+    large, tiny = renderer.render(turns, LAYOUT, [LAYOUT, (512, 512)])
+    assert not large.abridged and tiny.abridged
+    plan = renderer.plan(turns, LAYOUT, (512, 512))
+    assert plan.abridged and plan.layout.font_px == renderer.min_font_px
+    # downsampling that canvas to 512 px keeps the text at min_effective_px
+    assert plan.layout.font_px * 512 / plan.canvas[0] >= renderer.min_effective_px - 0.01
+    assert tiny.png == renderer._png(
+        renderer._resize(renderer._draw(plan.layout, plan.canvas), (512, 512))
+    )
+    # every turn is still there: short ones whole, long ones cut to their opening
+    assert len(plan.turns) == len(turns)
+    cut = [p for p, t in zip(plan.turns, turns, strict=True) if p.text != t.text]
+    assert cut and len(cut) < len(turns)
+    for shown, full in zip(plan.turns, turns, strict=True):
+        assert (shown.speaker, shown.at) == (full.speaker, full.at)
+        if shown.text != full.text:
+            assert shown.text.endswith("…") and full.text.startswith(shown.text[:-1].rstrip())
+    longest_whole = max(len(p.text) for p in plan.turns if p in turns)
+    assert all(len(t.text) > longest_whole for t, p in zip(turns, plan.turns) if p is not t)
+    shown_chars = sum(map(len, plan.text_lines))
+    assert 0.3 * 20_000 < shown_chars < sum(map(len, renderer.plan(turns, LAYOUT, LAYOUT).text_lines))
+
+
+def test_a_short_page_at_a_faint_tier_is_reflowed_not_cut(renderer):
+    turns = full_page(renderer, LAYOUT)[:12]
+    plan = renderer.plan(turns, LAYOUT, (512, 512))
+    assert not plan.abridged and plan.turns == tuple(turns)
+    (tiny,) = renderer.render(turns, LAYOUT, [(512, 512)])
+    assert not tiny.abridged
+
+
+def test_sharp_tiers_are_plain_downsamples(renderer):
+    turns = full_page(renderer, LAYOUT)
+    plan = renderer.plan(turns, LAYOUT, (1024, 1024))
+    assert plan.canvas == LAYOUT and not plan.abridged and plan.turns == tuple(turns)
+
+
+def test_min_effective_px_zero_always_downsamples():
+    r = PageRenderer(min_effective_px=0)
+    turns = full_page(r, LAYOUT)
+    (tiny,) = r.render(turns, LAYOUT, [(512, 512)])
+    assert not tiny.abridged and r.plan(turns, LAYOUT, (512, 512)).canvas == LAYOUT
+
+
+def test_abridged_rendering_is_deterministic(renderer):
+    turns = full_page(renderer, LAYOUT, seed=3)
+    a = renderer.render(turns, LAYOUT, [(512, 512), (640, 640)])
+    b = PageRenderer().render(turns, LAYOUT, [(512, 512), (640, 640)])
+    assert [i.png for i in a] == [i.png for i in b]
