@@ -424,9 +424,7 @@ def test_generate_answers_and_records_both_turns(env: Env, tmp_path: Path) -> No
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_next_turn_prefills_only_what_the_last_one_did_not_cover(
-    env: Env, tmp_path: Path
-) -> None:
+def test_next_turn_prefills_only_what_the_last_one_did_not_cover(env: Env, tmp_path: Path) -> None:
     """After a reply, the next prompt repeats the last prompt and the reply: the session's
     KV cache is cut back to the shared tokens and only the rest is computed, with the logits
     of a full forward pass; a new page drops it."""

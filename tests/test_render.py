@@ -376,9 +376,13 @@ def test_a_faint_tier_is_abridged_rather_than_shrunk_below_legibility(renderer):
         if shown.text != full.text:
             assert shown.text.endswith("…") and full.text.startswith(shown.text[:-1].rstrip())
     longest_whole = max(len(p.text) for p in plan.turns if p in turns)
-    assert all(len(t.text) > longest_whole for t, p in zip(turns, plan.turns) if p is not t)
+    assert all(
+        len(t.text) > longest_whole for t, p in zip(turns, plan.turns, strict=True) if p is not t
+    )
     shown_chars = sum(map(len, plan.text_lines))
-    assert 0.3 * 20_000 < shown_chars < sum(map(len, renderer.plan(turns, LAYOUT, LAYOUT).text_lines))
+    assert (
+        0.3 * 20_000 < shown_chars < sum(map(len, renderer.plan(turns, LAYOUT, LAYOUT).text_lines))
+    )
 
 
 def test_a_short_page_at_a_faint_tier_is_reflowed_not_cut(renderer):
