@@ -7,7 +7,9 @@ at the tier's canvas and read back:
 * ``optical-memory``: what the library does. Turns are packed up to the renderer's capacity on the
   target's layout canvas (its large tier), laid out as running text with inline speaker labels,
   drawn once (DejaVu Sans at ``min_font_px`` 11 for a full page) and downsampled (Lanczos, 32
-  grey levels) to the tier's canvas (``PageRenderer.render``).
+  grey levels) to the tier's canvas (``PageRenderer.render``). Where that would put the text
+  below ``min_effective_px`` (6 px), the tier is abridged: laid out again on the canvas that
+  downsamples to 6 px, long turns cut short, so it shows fewer characters, all readable.
 * ``naive (downsampled)``: Pillow's default font, ``ImageFont.load_default(size=11)`` (Aileron
   Regular, a FreeType font, in Pillow >= 10.1; the same nominal size as the project's minimum, so
   the comparison is about the renderer, not a size choice), one turn per line as ``speaker: text``,
@@ -198,43 +200,46 @@ def _split_words(text: str, x: float, width_of: Callable[[str], float], style: i
 def project_pages(
     renderer: PageRenderer, layout: Size, canvases: Sequence[Size], seed: int
 ) -> dict[Size, Page]:
-    """The project's page for ``layout`` (packed to capacity), at each canvas, via ``render()``."""
+    """The project's page for ``layout`` (packed to capacity), at each canvas, via ``render()``;
+    what each image shows, and where, from the renderer's own plan for that size (a faint tier
+    whose text would fall below ``min_effective_px`` is drawn abridged on a smaller canvas)."""
     turns = full_page(renderer, layout, seed=seed)
     rendered = renderer.render(turns, layout, list(canvases))
-    lay = renderer._fit(turns, layout)
-    m = renderer._m(lay.font_px)
-    words: list[list[Word]] = []
-    spans = []
-    for i, line in enumerate(lay.lines):
-        top = lay.margin + i * lay.line_height
-        spans.append((float(top), float(top + m.glyph_height)))
-        row: list[Word] = []
-        for run in line.runs:
-            widths = m.widths[run.style]
-
-            def width_of(s: str, widths=widths) -> float:
-                return sum(map(widths.__getitem__, s))
-
-            bold = 1 if run.style == _LABEL else 0  # the label is drawn twice, 1 px apart
-            row += [
-                (t, a, b + bold, st)
-                for t, a, b, st in _split_words(run.text, run.x, width_of, run.style)
-            ]
-        words.append(row)
-
-    def draw_words(chosen: list[list[Word]]) -> Image.Image:
-        lines = tuple(
-            _Line(tuple(_Run(w[1], w[3], w[0]) for w in row), " ".join(w[0] for w in row))
-            for row in chosen
-        )
-        sub = _Layout(lay.font_px, lay.line_height, lay.margin, lines, False)
-        with renderer._lock:
-            return renderer._draw(sub, layout)
-
     out = {}
     for size, img in zip(canvases, rendered, strict=True):
+        plan = renderer.plan(turns, layout, size)
+        lay, drawn_on = plan.layout, plan.canvas
+        m = renderer._m(lay.font_px)
+        words: list[list[Word]] = []
+        spans = []
+        for i, line in enumerate(lay.lines):
+            top = lay.margin + i * lay.line_height
+            spans.append((float(top), float(top + m.glyph_height)))
+            row: list[Word] = []
+            for run in line.runs:
+                widths = m.widths[run.style]
+
+                def width_of(s: str, widths=widths) -> float:
+                    return sum(map(widths.__getitem__, s))
+
+                bold = 1 if run.style == _LABEL else 0  # the label is drawn twice, 1 px apart
+                row += [
+                    (t, a, b + bold, st)
+                    for t, a, b, st in _split_words(run.text, run.x, width_of, run.style)
+                ]
+            words.append(row)
+
+        def draw_words(chosen: list[list[Word]], lay=lay, drawn_on=drawn_on) -> Image.Image:
+            lines = tuple(
+                _Line(tuple(_Run(w[1], w[3], w[0]) for w in row), " ".join(w[0] for w in row))
+                for row in chosen
+            )
+            sub = _Layout(lay.font_px, lay.line_height, lay.margin, lines, False)
+            with renderer._lock:
+                return renderer._draw(sub, drawn_on)
+
         out[size] = Page(
-            layout=layout,
+            layout=drawn_on,
             canvas=size,
             font_px=lay.font_px,
             lines=lay.text_lines,

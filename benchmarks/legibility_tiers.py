@@ -1,13 +1,19 @@
-"""Legibility and cost of each tier: downsampling the large page vs redrawing it small.
+"""Legibility and cost of each tier: downsampling the large page, abridging it, redrawing it small.
 
 One page of synthetic English chat is filled to capacity on the layout canvas (default 1280x1280)
-and turned into each tier's canvas in two ways:
+and turned into each tier's canvas in up to three ways:
 
-* ``downsample``: what the library does. The page is drawn once at the layout canvas and the
-  bitmap is shrunk with Lanczos (``PageRenderer.render``).
+* what the library does (``PageRenderer.render``): ``downsample`` where the text stays at least
+  ``min_effective_px`` (6 px) tall, the page being drawn once at the layout canvas and the bitmap
+  shrunk with Lanczos; ``abridged`` below that, the page laid out again on the canvas that
+  shrinks to 6 px text, with the longest turns cut short until it fits.
+* ``downsample only`` (at abridged tiers): the plain shrink the library no longer does there
+  (``PageRenderer(min_effective_px=0)``).
 * ``direct``: the same turns laid out and drawn directly on the smaller canvas with a
   proportionally smaller font (``min_font_px * canvas / layout``, fractional; lowered in 0.1 px
   steps only if the text would not fit).
+
+*Legible characters per visual token* = characters shown x accuracy / DeepSeek-OCR tokens.
 
 Each image is read back with Tesseract (2x Lanczos upscale; optionally RapidOCR too) and scored
 with character accuracy (1 - edit distance / length) against the text as laid out. Timings are
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     kwargs = {} if args.min_font_px is None else {"min_font_px": args.min_font_px}
     renderer = PageRenderer(**kwargs)
+    shrink_only = PageRenderer(**kwargs, min_effective_px=0)
     layout = (args.layout, args.layout)
     tiers = [int(t) for t in args.tiers.split(",") if t.strip()]
     turns = full_page(renderer, layout, seed=args.seed)
@@ -117,23 +124,32 @@ def main(argv: list[str] | None = None) -> int:
     images = renderer.render(turns, layout, [(t, t) for t in tiers])
     for tier, rendered in zip(tiers, images, strict=True):
         size = (tier, tier)
-        ms = _median_ms(lambda size=size: renderer.render(turns, layout, [size]), args.repeat)
-        tess, rapid = read(Image.open(io.BytesIO(rendered.png)), expected)
-        rows.append(
-            dict(
-                layout=args.layout,
-                tier=tier,
-                name=TIER_NAMES.get(tier, ""),
-                method="downsample",
-                font_px=base_px,
-                effective_px=round(base_px * tier / args.layout, 2),
-                chars=n_chars,
-                tesseract=tess,
-                rapidocr=rapid,
-                ms=round(ms, 1),
-                png_bytes=len(rendered.png),
+        plan = renderer.plan(turns, layout, size)
+        variants = [(renderer, rendered, plan, "abridged" if plan.abridged else "downsample")]
+        if plan.abridged:
+            (plain,) = shrink_only.render(turns, layout, [size])
+            variants.append(
+                (shrink_only, plain, shrink_only.plan(turns, layout, size), "downsample only")
             )
-        )
+        for r, img, pl, method in variants:
+            ms = _median_ms(lambda r=r, size=size: r.render(turns, layout, [size]), args.repeat)
+            shown = "\n".join(pl.text_lines)
+            tess, rapid = read(Image.open(io.BytesIO(img.png)), shown)
+            rows.append(
+                dict(
+                    layout=args.layout,
+                    tier=tier,
+                    name=TIER_NAMES.get(tier, ""),
+                    method=method,
+                    font_px=pl.layout.font_px,
+                    effective_px=round(pl.layout.font_px * tier / pl.canvas[0], 2),
+                    chars=len(shown),
+                    tesseract=tess,
+                    rapidocr=rapid,
+                    ms=round(ms, 1),
+                    png_bytes=len(img.png),
+                )
+            )
         if tier == args.layout:
             continue
         canvas = (tier, tier)
@@ -167,10 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
+    def legible(r: dict, reader: str) -> str:
+        vt = DEEPSEEK_TOKENS.get(r["tier"])
+        return "-" if not vt or r[reader] is None else f"{r['chars'] * r[reader] / vt:.1f}"
+
     # table 1: every measurement
     cols = ["tier", "method", "font px", "eff. px", "chars", "chars/vt", "Tesseract"]
+    cols.append("legible/vt (Tesseract)")
     if args.rapidocr:
-        cols.append("RapidOCR")
+        cols += ["RapidOCR", "legible/vt (RapidOCR)"]
     cols += ["ms", "PNG KiB"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
@@ -184,28 +205,30 @@ def main(argv: list[str] | None = None) -> int:
             str(r["chars"]),
             f"{r['chars'] / vt:.1f}" if vt else "-",
             pct(r["tesseract"]),
+            legible(r, "tesseract"),
         ]
         if args.rapidocr:
-            cells.append(pct(r["rapidocr"]))
+            cells += [pct(r["rapidocr"]), legible(r, "rapidocr")]
         cells += [f"{r['ms']:.1f}", f"{r['png_bytes'] / 1024:.0f}"]
         print("| " + " | ".join(cells) + " |")
 
-    # table 2: downsample vs direct, side by side
-    by = {(r["tier"], r["method"].split()[0]): r for r in rows}
+    # table 2: what the library does vs the alternatives, side by side
+    by = {(r["tier"], r["method"]): r for r in rows}
     print(
-        "\n| tier | Tesseract down | Tesseract direct | ratio down/direct | ms down | ms direct | ratio |"
+        "\n| tier | library | Tesseract | downsample only | direct | legible/vt: library | "
+        "downsample only | direct |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for tier in tiers:
-        d, x = by.get((tier, "downsample")), by.get((tier, "direct"))
-        if not d or not x:
+        lib = by.get((tier, "abridged")) or by.get((tier, "downsample"))
+        plain = by.get((tier, "downsample only")) or lib
+        direct = next((r for (t, m), r in by.items() if t == tier and m.startswith("direct")), None)
+        if not lib or not direct:
             continue
-        acc_ratio = (
-            f"{d['tesseract'] / x['tesseract']:.2f}" if d["tesseract"] and x["tesseract"] else "-"
-        )
         print(
-            f"| {tier}² | {pct(d['tesseract'])} | {pct(x['tesseract'])} | {acc_ratio} | "
-            f"{d['ms']:.1f} | {x['ms']:.1f} | {d['ms'] / x['ms']:.2f} |"
+            f"| {tier}² | {lib['method']} | {pct(lib['tesseract'])} | {pct(plain['tesseract'])} | "
+            f"{pct(direct['tesseract'])} | {legible(lib, 'tesseract')} | "
+            f"{legible(plain, 'tesseract')} | {legible(direct, 'tesseract')} |"
         )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -286,26 +286,31 @@ class PageGeometry:
 
 
 def page_geometry(
-    renderer: PageRenderer, turns: Sequence[Any], layout: tuple[int, int], seqs: Iterable[int]
+    renderer: PageRenderer,
+    turns: Sequence[Any],
+    layout: tuple[int, int],
+    seqs: Iterable[int],
+    size: tuple[int, int],
 ) -> PageGeometry:
-    """Lay the page out the way the renderer did and find the lines of the turns in ``seqs``.
+    """Lay the page out the way the renderer did for an image of ``size`` and find the lines
+    of the turns in ``seqs`` (a faint tier may be drawn abridged, on a smaller canvas).
 
     Text flows greedily, so the layout of the first k turns is the first lines of the page's
     layout: turn k starts on the last line of the first k-1 turns and ends on the last line of
     the first k.
     """
-    rts = [render_turn(t) for t in turns]
-    full = renderer._fit(rts, layout)
+    plan = renderer.plan([render_turn(t) for t in turns], layout, size)
+    full, rts, canvas = plan.layout, plan.turns, plan.canvas
     spans = {}
     for seq in seqs:
         k = next(i for i, t in enumerate(turns) if t.seq == seq)
-        before = renderer._layout(rts[:k], layout, full.font_px, truncate=True) if k else None
-        upto = renderer._layout(rts[: k + 1], layout, full.font_px, truncate=True)
+        before = renderer._layout(rts[:k], canvas, full.font_px, truncate=True) if k else None
+        upto = renderer._layout(rts[: k + 1], canvas, full.font_px, truncate=True)
         assert upto is not None
         first = max(0, len(before.lines) - 1) if before is not None else 0
         spans[seq] = (first, max(first, len(upto.lines) - 1))
     ink = renderer._m(full.font_px).glyph_height
-    return PageGeometry(layout, full.margin, full.line_height, ink, len(full.lines), spans)
+    return PageGeometry(canvas, full.margin, full.line_height, ink, len(full.lines), spans)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,7 +495,7 @@ def measure(
             )
             for b in cfg.budgets
         ]
-        geometry: dict[tuple[int, int], PageGeometry] = {}
+        geometry: dict[tuple[int, ...], PageGeometry] = {}
         for v, (policy_name, policy, budgets) in enumerate(variants):
             path = workdir / f"{target}-{v}.db"
             copy_sqlite(base, path)
@@ -541,7 +546,7 @@ def place(
     layout: tuple[int, int],
     renderer: PageRenderer,
     cfg: Config,
-    geometry: dict[tuple[int, int], PageGeometry],
+    geometry: dict[tuple[int, ...], PageGeometry],
     crops: dict[str, Image.Image],
     read_as: dict[str, str],
 ) -> dict[int, Placement]:
@@ -571,10 +576,12 @@ def place(
                 crops.setdefault(key, img)
             else:
                 span = (seg.first_seq, seg.last_seq)
-                geo = geometry.get(span)
+                geo = geometry.get((*span, *img.size))
                 if geo is None:
                     turns = [stored[q] for q in range(span[0], span[1] + 1)]
-                    geo = geometry[span] = page_geometry(renderer, turns, layout, inside)
+                    geo = geometry[(*span, *img.size)] = page_geometry(
+                        renderer, turns, layout, inside, img.size
+                    )
                 bands = merge_bands(b for s in inside if (b := geo.band(s, img.size)))
                 key = f"{sha}:" + ",".join(f"{a}-{b}" for a, b in bands)
                 if key not in crops:

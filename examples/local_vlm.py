@@ -5,8 +5,9 @@
 
 Every turn is stored; between turns an aging pass packs old turns into pages, renders them
 at the tier their age calls for and caches the model's visual tokens for them. Each answer is
-generated from the system prompt, the memory pages (their KV cache is reused while they stay
-the same), the recent turns as text and your message. Type /age to run an aging pass now,
+generated from the system prompt, the memory pages, the recent turns as text and your
+message; the KV cache of the last prompt and reply is kept, so each turn prefills only what it
+adds (until an aging pass changes the pages). Type /age to run an aging pass now,
 /pages to list the pages, /quit to leave. Nothing is downloaded: the model directory must
 hold the weights, the config and the processor files.
 """
