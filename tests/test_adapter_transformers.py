@@ -521,3 +521,17 @@ def test_deepseek_layouts_count_placeholders_from_features(deepseek: Env) -> Non
     assert int((counted["input_ids"] == proc.image_token_id).sum()) == 257  # the mismatch
     with pytest.raises(ValueError, match="do not match"):
         model(**counted)
+
+
+@pytest.mark.slow
+def test_local_prefill_benchmark_runs_on_a_tiny_input(tmp_path: Path) -> None:
+    """A smoke run of ``benchmarks/local_prefill.py`` (one model, one repeat): the row has
+    every column, and the reused first turn covers nearly the whole second prompt."""
+    from benchmarks.local_prefill import COLUMNS, markdown, run
+
+    row = run("deepseek-ocr-2", 1, tmp_path, memory="short")
+    assert [k for k, _ in COLUMNS if k not in row] == []
+    assert row["pages"] == 3
+    assert row["prefix_tokens"] < row["conversation_tokens"] < row["prompt_tokens"]
+    assert row["prefill_full_ms"] > 0 and row["prefill_conversation_ms"] > 0
+    assert markdown([row]).count("\n") == 2
