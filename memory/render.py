@@ -605,7 +605,16 @@ class _Flow:
 
 
 class PageRenderer:
-    """Lays chat turns out as running text on a canvas and renders it at several sizes."""
+    """Lays chat turns out as running text on a canvas and renders it at several sizes.
+
+    Args:
+        min_font_px: the font size of a full page (the packer fills pages to it).
+        max_font_px: the largest font a short page is set in.
+        min_effective_px: the smallest text an image may show after downsampling; a size
+            below it gets an abridged drawing (default 6, or ``min_font_px`` if smaller;
+            0 downsamples at every size).
+        fallback_fonts: font files for characters DejaVu lacks (CJK, emoji, ...).
+    """
 
     def __init__(
         self,
