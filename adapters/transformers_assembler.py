@@ -311,9 +311,13 @@ class LocalAssembler:
             )
         in_prefix = 0
         prefix_key = None
+        pages_hash = self._pages_hash(pages)
         if prefix_ids is not None:
             in_prefix = sum(1 for s in slots if s < len(prefix_ids))
-            prefix_key = self._prefix_key(pages[:in_prefix], prefix_ids)
+            prefix_hash = (
+                pages_hash if in_prefix == len(pages) else self._pages_hash(pages[:in_prefix])
+            )
+            prefix_key = self._prefix_key(prefix_hash, prefix_ids)
         memo = None
         if use_cache and prefix_key is not None and in_prefix == len(pages):
             memo = self._prefix_memo.get(prefix_key)
@@ -366,7 +370,7 @@ class LocalAssembler:
             position_ids=position_ids,
             prefix_length=prefix_len,
             prefix_key=prefix_key,
-            memory_key=self._pages_key(pages).hexdigest(),
+            memory_key=pages_hash.hexdigest(),
             pages=pages,
             page_rows=tuple(rows),
             encoded_on_request=fresh,
@@ -426,7 +430,7 @@ class LocalAssembler:
             self._prefix_ids.move_to_end(memo)
         return ids
 
-    def _pages_key(self, pages: Sequence[PageSegment]) -> Any:
+    def _pages_hash(self, pages: Sequence[PageSegment]) -> Any:
         """A hash of the encoder and the pages: ids, tiers and image digests."""
         h = hashlib.sha256(self.encoder.key.encode())
         for p in pages:
@@ -434,10 +438,10 @@ class LocalAssembler:
             h.update(hashlib.sha256(p.png).digest())
         return h
 
-    def _prefix_key(self, pages: Sequence[PageSegment], prefix: list[int]) -> str:
-        """The pages and the encoder, plus the prefix tokens themselves (captions, system
-        prompt, template): any change gives another key."""
-        h = self._pages_key(pages)
+    def _prefix_key(self, pages_hash: Any, prefix: list[int]) -> str:
+        """The pages and the encoder (their :meth:`_pages_hash`), plus the prefix tokens
+        themselves (captions, system prompt, template): any change gives another key."""
+        h = pages_hash.copy()
         h.update(b"|" + torch.tensor(prefix, dtype=torch.int64).numpy().tobytes())
         return h.hexdigest()
 

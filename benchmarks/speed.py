@@ -859,29 +859,18 @@ def report(cfg: Config, rows: Sequence[Row], backends: Sequence[Backend], env: s
         ]
     lo = min(sizes)
     growth = []
+
+    def grew(b: str, who: str, small: int, metric: str = "read_p50") -> float:
+        return ratio(t.v("assemble", b, who, big, metric), t.v("assemble", b, who, small, metric))
+
     for b in names:
-        om = ratio(t.v("assemble", b, OM, big, "read_p50"), t.v("assemble", b, OM, lo, "read_p50"))
-        om99 = ratio(
-            t.v("assemble", b, OM, big, "read_p99"), t.v("assemble", b, OM, lo, "read_p99")
-        )
-        line = f"- {b}: assemble p50 at {big:,} / {lo:,} turns = **{fmt_ratio(om)}** (p99 {fmt_ratio(om99)})"
-        if has_lc:
-            lc = ratio(
-                t.v("assemble", b, LC, big, "read_p50"), t.v("assemble", b, LC, lo, "read_p50")
-            )
-            line += f"; baseline messages+trim: {fmt_ratio(lc)}"
-        growth.append(line)
-        if len(sizes) > 2:
-            mid = sorted(sizes)[-2]
-            om = ratio(
-                t.v("assemble", b, OM, big, "read_p50"), t.v("assemble", b, OM, mid, "read_p50")
-            )
-            line = f"- {b}: assemble p50 at {big:,} / {mid:,} turns = **{fmt_ratio(om)}**"
+        against = [lo] + ([sorted(sizes)[-2]] if len(sizes) > 2 else [])
+        for small in against:
+            line = f"- {b}: assemble p50 at {big:,} / {small:,} turns = **{fmt_ratio(grew(b, OM, small))}**"
+            if small == lo:
+                line += f" (p99 {fmt_ratio(grew(b, OM, small, 'read_p99'))})"
             if has_lc:
-                lc = ratio(
-                    t.v("assemble", b, LC, big, "read_p50"), t.v("assemble", b, LC, mid, "read_p50")
-                )
-                line += f"; baseline messages+trim: {fmt_ratio(lc)}"
+                line += f"; baseline messages+trim: {fmt_ratio(grew(b, LC, small))}"
             growth.append(line)
     render_note = (
         "every page drawn for real (--real-render)"

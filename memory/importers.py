@@ -365,10 +365,7 @@ def _locomo(
     path: str | os.PathLike[str], image_captions: bool
 ) -> Iterator[tuple[str, list[dict[str, Any]], Mapping[str, Any]]]:
     p = Path(path)
-    data = _load_json(p)
-    samples = [data] if isinstance(data, Mapping) else data
-    if not isinstance(samples, list):
-        raise ImportFormatError(f"{p}: expected a list of LoCoMo samples, got {_kind(data)}")
+    samples = _load_json_list(p, "LoCoMo samples")
     for n, sample in enumerate(samples):
         where = f"{p}, sample {n}"
         if not isinstance(sample, Mapping) or not isinstance(sample.get("conversation"), Mapping):
@@ -500,10 +497,7 @@ def _longmemeval(
     path: str | os.PathLike[str],
 ) -> Iterator[tuple[str, list[dict[str, Any]], Mapping[str, Any]]]:
     p = Path(path)
-    data = _load_json(p)
-    items = [data] if isinstance(data, Mapping) else data
-    if not isinstance(items, list):
-        raise ImportFormatError(f"{p}: expected a list of LongMemEval questions, got {_kind(data)}")
+    items = _load_json_list(p, "LongMemEval questions")
     for n, item in enumerate(items):
         if not isinstance(item, Mapping) or not isinstance(item.get("haystack_sessions"), list):
             raise ImportFormatError(
@@ -573,6 +567,15 @@ def _load_json(p: Path) -> Any:
         return json.loads(_read_text(p))
     except json.JSONDecodeError as exc:
         raise _json_error(p, exc) from None
+
+
+def _load_json_list(p: Path, what: str) -> list[Any]:
+    """A JSON list of items (a single object counts as a list of one)."""
+    data = _load_json(p)
+    items = [data] if isinstance(data, Mapping) else data
+    if not isinstance(items, list):
+        raise ImportFormatError(f"{p}: expected a list of {what}, got {_kind(data)}")
+    return items
 
 
 def _json_error(p: Path, exc: json.JSONDecodeError) -> ImportFormatError:

@@ -893,11 +893,19 @@ class PageRenderer:
         out.paste(small, (0, 0))
         return out
 
-    def _legible_downsampled(
-        self, font_px: int, layout: tuple[int, int], size: tuple[int, int]
-    ) -> bool:
+    def _plan(
+        self,
+        turns: Sequence[RenderTurn],
+        layout: tuple[int, int],
+        lay: _Layout,
+        size: tuple[int, int],
+    ) -> PagePlan:
+        """The page as laid out on ``layout`` (``lay``) if downsampling it to ``size`` keeps the
+        text at least ``min_effective_px`` tall, else as :meth:`_abridged` draws it."""
         scale = min(size[0] / layout[0], size[1] / layout[1])
-        return scale >= 1 or font_px * scale >= self.min_effective_px - _EPS
+        if not self.min_effective_px or lay.font_px * scale >= self.min_effective_px - _EPS:
+            return PagePlan(layout, tuple(turns), lay, False)
+        return self._abridged(turns, size)
 
     def _abridged(self, turns: Sequence[RenderTurn], size: tuple[int, int]) -> PagePlan:
         """The turns laid out on the canvas from which ``size`` shows ``min_font_px`` text at
@@ -908,32 +916,23 @@ class PageRenderer:
         lay = self._fit(turns, canvas)
         if lay.font_px >= self.min_font_px and not lay.truncated:
             return PagePlan(canvas, tuple(turns), lay, False)
-        m = self.min_font_px
 
-        def attempt(cap: int) -> tuple[tuple[RenderTurn, ...], _Layout | None]:
-            cut = tuple(_cut_turn(t, cap) for t in turns)
-            items = self._prepare(cut)
-            if self._too_big(items, canvas, m):
-                return cut, None
-            return cut, self._layout_items(items, canvas, m)
+        def layout_at(cap: int, truncate: bool = False) -> _Layout | None:
+            items = self._prepare([_cut_turn(t, cap) for t in turns])
+            if not truncate and self._too_big(items, canvas, self.min_font_px):
+                return None
+            return self._layout_items(items, canvas, self.min_font_px, truncate=truncate)
 
         lo, hi = 0, max((len(t.text) for t in turns), default=0)
-        best = attempt(0)
-        if best[1] is None:  # not even the labels fit: cut the page itself
-            cut = best[0]
-            return PagePlan(
-                canvas, cut, self._layout_items(self._prepare(cut), canvas, m, truncate=True), True
-            )
-        while lo < hi:
+        while lo < hi:  # the longest cut that fits (0 if none does)
             mid = (lo + hi + 1) // 2
-            found = attempt(mid)
-            if found[1] is None:
+            if layout_at(mid) is None:
                 hi = mid - 1
             else:
-                best, lo = found, mid
-        cut, found_lay = best
-        assert found_lay is not None
-        return PagePlan(canvas, cut, found_lay, True)
+                lo = mid
+        best = layout_at(lo) or layout_at(0, truncate=True)  # not even the labels: cut the page
+        assert best is not None
+        return PagePlan(canvas, tuple(_cut_turn(t, lo) for t in turns), best, True)
 
     def plan(
         self, turns: Sequence[RenderTurn], layout: tuple[int, int], size: tuple[int, int]
@@ -942,10 +941,7 @@ class PageRenderer:
         and benchmarks that need to know what text each image shows, and where)."""
         layout, size = (int(layout[0]), int(layout[1])), (int(size[0]), int(size[1]))
         with self._lock:
-            lay = self._fit(turns, layout)
-            if self._legible_downsampled(lay.font_px, layout, size) or not self.min_effective_px:
-                return PagePlan(layout, tuple(turns), lay, False)
-            return self._abridged(turns, size)
+            return self._plan(turns, layout, self._fit(turns, layout), size)
 
     def render(
         self,
@@ -967,25 +963,21 @@ class PageRenderer:
         with self._lock:
             lay = self._fit(turns, layout)
             img = self._draw(lay, layout)
-            drawn: dict[tuple[int, int], tuple[Image.Image, int, bool]] = {}
-            for size in wanted:
-                if (
-                    self.min_effective_px
-                    and not self._legible_downsampled(lay.font_px, layout, size)
-                    and size not in drawn
-                ):
-                    plan = self._abridged(turns, size)
-                    drawn[size] = (
-                        self._draw(plan.layout, plan.canvas),
-                        plan.layout.font_px,
-                        plan.abridged,
-                    )
-        out = []
-        for size in wanted:
-            src, font_px, abridged = drawn.get(size, (img, lay.font_px, False))
-            small = self._resize(src, size)
-            out.append(RenderedImage(self._png(small), size[0], size[1], font_px, abridged))
-        return out
+            plans = {size: self._plan(turns, layout, lay, size) for size in wanted}
+            drawn = {
+                size: img if plan.layout is lay else self._draw(plan.layout, plan.canvas)
+                for size, plan in plans.items()
+            }
+        return [
+            RenderedImage(
+                self._png(self._resize(drawn[size], size)),
+                size[0],
+                size[1],
+                plans[size].layout.font_px,
+                plans[size].abridged,
+            )
+            for size in wanted
+        ]
 
 
 def _cut_turn(turn: RenderTurn, cap: int) -> RenderTurn:
