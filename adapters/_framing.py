@@ -8,6 +8,9 @@ with their tool calls and results restored, and a tool call is never shown witho
 
 :class:`TurnLog` answers, cheaply and per session, which incoming messages are already in the
 store, so that adapters fed the whole conversation on every request store each message once.
+
+The agent tools (``recall_memory``, ``read_memory``) are described and answered here too, so
+that every adapter offers the same two tools with the same words and the same answers.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,10 +27,12 @@ from optical_memory import (
     MEMORY_INTRO,
     AssembledContext,
     MemoryManager,
+    OpticalMemoryError,
     PageSegment,
     TextSegment,
     Turn,
     UnknownSession,
+    approximate_tokens,
 )
 
 MemoryRole = Literal["user", "system"]
@@ -120,31 +125,43 @@ class FramedMessage:
         return str(mid) if mid else None
 
 
-def frame(ctx: AssembledContext, *, memory_role: MemoryRole = "user") -> list[FramedMessage]:
+def frame(
+    ctx: AssembledContext, *, memory_role: MemoryRole = "user", hint: str | None = None
+) -> list[FramedMessage]:
     """The assembled context as ordered messages: the memory message, then recent turns.
 
     Everything up to the newest page image goes into the memory message, in order: pages as
     caption + image, and turns between them (pages too short to pay as images) as a plain
-    transcript. The turns after the newest image follow as ordinary messages.
+    transcript. The turns after the newest image follow as ordinary messages. ``hint`` (e.g.
+    :data:`TOOLS_HINT`) is one more text part right after the intro; the caller budgets it.
     """
     if memory_role not in ("user", "system"):
         raise ValueError(f"memory_role must be 'user' or 'system', got {memory_role!r}")
     segments = list(ctx.segments)
     last_page = max((i for i, s in enumerate(segments) if isinstance(s, PageSegment)), default=-1)
+    recalled = ctx.recalled
     out: list[FramedMessage] = []
+    parts: list[MemoryPart] = []
     if last_page >= 0:
-        parts = [MemoryPart(text=MEMORY_INTRO)]
+        parts.append(MemoryPart(text=MEMORY_INTRO))
         run: list[Turn] = []
         for seg in segments[: last_page + 1]:
             if isinstance(seg, TextSegment):
                 run.append(seg.turn)
+                continue
+            if not isinstance(seg, PageSegment):
                 continue
             if run:
                 parts.append(MemoryPart(text=transcript(run)))
                 run = []
             parts.append(MemoryPart(text=seg.caption))
             parts.append(MemoryPart(page=seg))
-        out.append(FramedMessage(memory_role, MEMORY_INTRO, parts=tuple(parts)))
+    if recalled is not None:  # after the pages, so their prefix stays byte-stable
+        parts.append(MemoryPart(text=recalled.text))
+    if parts and hint:
+        parts.insert(1 if last_page >= 0 else 0, MemoryPart(text=hint))
+    if parts:
+        out.append(FramedMessage(memory_role, parts[0].text or "", parts=tuple(parts)))
     turns = [s.turn for s in segments[last_page + 1 :] if isinstance(s, TextSegment)]
     out.extend(_turn_messages(turns))
     return out
@@ -305,3 +322,248 @@ def _same(a: Turn, b: Turn) -> bool:
         b.content,
         b.metadata.get("message_id"),
     )
+
+
+# -- the agent tools: recall_memory and read_memory ----------------------------------------------
+
+RECALL_TOOL = "recall_memory"
+READ_TOOL = "read_memory"
+MEMORY_TOOL_NAMES: tuple[str, ...] = (RECALL_TOOL, READ_TOOL)
+RECALL_LIMIT = 8
+"""How many turns one ``recall_memory`` call answers with, at most."""
+MAX_READ_TURNS = 40
+"""The longest span one ``read_memory`` call reads; a longer one is refused, asking to narrow it."""
+MAX_ANSWER_CHARS = 20_000
+"""The most characters one tool answer holds; the turns past it are named, not shown."""
+ToolScope = Literal["session", "owner"]
+Counter = Callable[[str, str], int]
+
+TOOLS_HINT = (
+    "To read a page's turns exactly, call read_memory(first_turn, last_turn) with the numbers "
+    "in its caption; recall_memory(query) searches the whole conversation."
+)
+"""The text part the memory message gets after the intro when the agent has the tools."""
+_TOOLS_HINT_OWNER = (
+    "To read a page's turns exactly, call read_memory(first_turn, last_turn) with the numbers "
+    "in its caption; recall_memory(query) searches all of this user's conversations."
+)
+QUERY_DESCRIPTION = "Words to look for: names, places, numbers, identifiers, topics."
+FIRST_TURN_DESCRIPTION = "Number of the first turn to read (turns are numbered from 1)."
+LAST_TURN_DESCRIPTION = "Number of the last turn to read (inclusive)."
+READ_DESCRIPTION = (
+    "Read turns first_turn..last_turn (inclusive) of this conversation exactly as they were "
+    "written, one line each as [turn N, speaker, date] text: e.g. the turns a memory page's "
+    f"caption names when the page is too faint to read. At most {MAX_READ_TURNS} turns a call."
+)
+# Answers start with these, so a later search can tell the tools' own answers from the talk.
+RECALL_ANSWER_HEAD = "Memory search for "
+READ_ANSWER_HEAD = "Memory turns "
+ERROR_HEAD = "Error: "
+
+
+def tools_hint(scope: ToolScope = "session") -> str:
+    """:data:`TOOLS_HINT`, worded for the scope ``recall_memory`` searches."""
+    return _TOOLS_HINT_OWNER if scope == "owner" else TOOLS_HINT
+
+
+def recall_description(scope: ToolScope = "session") -> str:
+    where = "all of this user's conversations" if scope == "owner" else "this conversation"
+    return (
+        f"Search the archive of {where} for earlier turns that use the query's words and get "
+        "their exact text, best match first, one line each as [turn N, speaker, date] text. "
+        "Use it when a fact from earlier is missing or its memory page is too faint to read."
+    )
+
+
+def tool_specs(scope: ToolScope = "session") -> list[dict[str, Any]]:
+    """The two tools as ``{"name", "description", "parameters"}`` (a JSON schema object)."""
+    return [
+        {
+            "name": RECALL_TOOL,
+            "description": recall_description(scope),
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": QUERY_DESCRIPTION}},
+                "required": ["query"],
+                "additionalProperties": False,
+            },
+        },
+        {
+            "name": READ_TOOL,
+            "description": READ_DESCRIPTION,
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "first_turn": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": FIRST_TURN_DESCRIPTION,
+                    },
+                    "last_turn": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": LAST_TURN_DESCRIPTION,
+                    },
+                },
+                "required": ["first_turn", "last_turn"],
+                "additionalProperties": False,
+            },
+        },
+    ]
+
+
+def check_tool_scope(scope: object) -> ToolScope:
+    if scope not in ("session", "owner"):
+        raise ValueError(f"the tools' scope must be 'session' or 'owner', got {scope!r:.40}")
+    return scope  # type: ignore[return-value]
+
+
+def turn_line(t: Turn, *, with_session: bool = False) -> str:
+    """One archived turn as the tools answer it: ``[turn N, speaker, date] text``."""
+    speaker = _str_or_none(t.metadata.get("name")) or t.role
+    where = f"session {t.session_id}, " if with_session else ""
+    text = t.content
+    calls = tool_calls_of(t)
+    if calls:
+        listed = ", ".join(f"{c.name}({c.arguments_json()})" for c in calls)
+        text = f"{text} [calls {listed}]" if text else f"[calls {listed}]"
+    head = f"[{where}turn {t.seq}, {speaker}, {t.at:%Y-%m-%d %H:%M}]"
+    return f"{head} {text}" if text else head
+
+
+def is_tool_answer(t: Turn) -> bool:
+    """Whether a turn is an answer of the memory tools themselves (not shown by a search)."""
+    if t.role != "tool":
+        return False
+    return t.metadata.get("name") in MEMORY_TOOL_NAMES or t.content.startswith(
+        (RECALL_ANSWER_HEAD, READ_ANSWER_HEAD)
+    )
+
+
+def answer_recall(
+    memory: MemoryManager,
+    session_id: str,
+    query: object,
+    *,
+    limit: int = RECALL_LIMIT,
+    scope: ToolScope = "session",
+    max_chars: int = MAX_ANSWER_CHARS,
+    max_tokens: int | None = None,
+    count: Counter | None = None,
+) -> str:
+    """``recall_memory(query)`` answered: the matching turns, best first, or why there are none.
+
+    Never raises for what a model can get wrong (the query, an unknown session): the error is
+    the answer. Earlier answers of these tools are left out (they quote the turns they found).
+    The answer holds at most ``max_chars`` characters and, when given, ``max_tokens`` tokens by
+    ``count(role, text)`` (default: the approximate counter): an answer that cannot fit the
+    prompt it goes back into is of no use to the model.
+    """
+    if not isinstance(query, str) or not query.strip():
+        return f"{ERROR_HEAD}{RECALL_TOOL} needs a query: the words to look for."
+    said = _quoted(query)
+    try:
+        found = memory.recall(session_id, query, limit=limit, scope=scope)
+    except OpticalMemoryError as exc:
+        return _error(exc)
+    hits = [r for r in found if not is_tool_answer(r.turn)]
+    if not hits:
+        where = "this conversation" if scope == "session" else "this user's conversations"
+        return (
+            f"{RECALL_ANSWER_HEAD}{said}: nothing found. No archived turn of {where} uses "
+            "those words; try others (a name, a place, a number)."
+        )
+    lines = [turn_line(r.turn, with_session=r.turn.session_id != session_id) for r in hits]
+    n = len(hits)
+    head = f"{RECALL_ANSWER_HEAD}{said}: {n} archived turn{'s' if n > 1 else ''}, best first:"
+    text, shown = _fit(head, lines, _limit(max_chars, max_tokens, count))
+    if shown < n:
+        text += f"\n[{n - shown} more matching turns left out: ask for fewer words or read them.]"
+    return text
+
+
+def answer_read(
+    memory: MemoryManager,
+    session_id: str,
+    first_turn: object,
+    last_turn: object,
+    *,
+    max_turns: int = MAX_READ_TURNS,
+    max_chars: int = MAX_ANSWER_CHARS,
+    max_tokens: int | None = None,
+    count: Counter | None = None,
+) -> str:
+    """``read_memory(first_turn, last_turn)`` answered: the span exactly, or why not (sized as
+    :func:`answer_recall`; the turns that do not fit are named, to read with another call)."""
+    for name, value in (("first_turn", first_turn), ("last_turn", last_turn)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{ERROR_HEAD}{name} must be a turn number (an integer), got {value!r:.40}."
+    assert isinstance(first_turn, int) and isinstance(last_turn, int)
+    n = last_turn - first_turn + 1
+    if first_turn >= 1 and n > max_turns:
+        return (
+            f"{ERROR_HEAD}turns {first_turn}–{last_turn} are {n} turns; {READ_TOOL} reads at "
+            f"most {max_turns} at a time. Narrow the span, e.g. "
+            f"{READ_TOOL}({first_turn}, {first_turn + max_turns - 1})."
+        )
+    try:
+        turns = memory.read(session_id, first_turn, last_turn)
+    except OpticalMemoryError as exc:
+        return _error(exc)
+    head = f"{READ_ANSWER_HEAD}{first_turn}–{last_turn}, exactly as archived:"
+    fits = _limit(max_chars, max_tokens, count)
+    text, shown = _fit(head, [turn_line(t) for t in turns], fits)
+    if shown < len(turns):
+        rest = turns[shown].seq
+        text += (
+            f"\n[turns {rest}–{last_turn} left out (answer too long): read them with "
+            f"{READ_TOOL}({rest}, {last_turn}).]"
+        )
+    return text
+
+
+_NOTE_ROOM = 160  # characters kept free for the note on what was left out
+
+
+def _limit(max_chars: int, max_tokens: int | None, count: Counter | None) -> Callable[[str], bool]:
+    """Whether an answer's text fits: characters, then tokens (room kept for the note)."""
+    counter = count or approximate_tokens
+    room = max(0, max_chars - _NOTE_ROOM)
+    spare = counter("tool", "x" * _NOTE_ROOM) if max_tokens is not None else 0
+
+    def fits(text: str) -> bool:
+        if len(text) > room:
+            return False
+        return max_tokens is None or counter("tool", text) + spare <= max_tokens
+
+    return fits
+
+
+def _fit(head: str, lines: list[str], fits: Callable[[str], bool]) -> tuple[str, int]:
+    """The head and as many whole lines as fit (a first line too long to fit alone is cut
+    where it stops fitting, and said so); returns the text and how many lines it shows."""
+    text = head
+    for i, line in enumerate(lines):
+        if fits(f"{text}\n{line}"):
+            text = f"{text}\n{line}"
+            continue
+        if i == 0:
+            lo, hi = 0, len(line)  # the longest start of the line that fits
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if fits(f"{text}\n{line[:mid]}") else (lo, mid - 1)
+            cut = f" [… cut here: {len(line) - lo} more characters]"
+            return f"{text}\n{line[:lo]}{cut}", 1
+        return text, i
+    return text, len(lines)
+
+
+def _quoted(query: str, limit: int = 80) -> str:
+    q = " ".join(query.split())
+    return json.dumps(q if len(q) <= limit else q[: limit - 1] + "…", ensure_ascii=False)
+
+
+def _error(exc: OpticalMemoryError) -> str:
+    if isinstance(exc, UnknownSession):
+        return f"{ERROR_HEAD}nothing is archived for this conversation yet."
+    return f"{ERROR_HEAD}{exc}"

@@ -4,7 +4,9 @@
   model call it stores the conversation's new messages once, then hands the model the
   assembled view instead of the full history: one labelled memory message with the page
   images, then the recent turns as ordinary messages. The images exist only in the request
-  passed to the model; graph state and checkpoints keep plain text.
+  passed to the model; graph state and checkpoints keep plain text. It also gives the agent
+  two tools, ``recall_memory(query)`` and ``read_memory(first_turn, last_turn)``, that answer
+  from the lossless archive of the run's own session (the thread id) inside the memory's owner.
 * :class:`OpticalChatMessageHistory` is the same memory for ``RunnableWithMessageHistory``.
 * :func:`count_tokens_with_images` counts a message list the way the target model charges
   images (langchain-core's approximate counter charges every image a flat 85 tokens).
@@ -25,19 +27,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any
-
-from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
-from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-    messages_to_dict,
-)
-from langchain_core.messages.utils import convert_to_messages, count_tokens_approximately
+from typing import Annotated, Any
 
 from optical_memory import (
     AssembledContext,
@@ -49,8 +39,45 @@ from optical_memory import (
     UnknownSession,
     get_target,
 )
+from optical_memory.errors import MissingExtra
+from optical_memory.tokens import make_counter
 
-from ._framing import MEMORY_MESSAGE_ID, FramedMessage, MemoryRole, TurnLog, frame
+try:
+    from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+    from langchain.tools import ToolRuntime
+    from langchain_core.chat_history import BaseChatMessageHistory
+    from langchain_core.messages import (
+        AIMessage,
+        BaseMessage,
+        HumanMessage,
+        SystemMessage,
+        ToolMessage,
+        messages_to_dict,
+    )
+    from langchain_core.messages.utils import convert_to_messages, count_tokens_approximately
+    from langchain_core.tools import BaseTool, StructuredTool
+    from pydantic import Field
+except ImportError as exc:
+    raise MissingExtra("optical_memory.adapters.langchain", "langchain", exc.name) from exc
+
+from ._framing import (
+    FIRST_TURN_DESCRIPTION,
+    LAST_TURN_DESCRIPTION,
+    MEMORY_MESSAGE_ID,
+    QUERY_DESCRIPTION,
+    READ_TOOL,
+    RECALL_TOOL,
+    FramedMessage,
+    MemoryRole,
+    ToolScope,
+    TurnLog,
+    answer_read,
+    answer_recall,
+    check_tool_scope,
+    frame,
+    tool_specs,
+    tools_hint,
+)
 
 __all__ = [
     "OpticalChatMessageHistory",
@@ -58,6 +85,7 @@ __all__ = [
     "count_tokens_with_images",
     "image_token_counter",
     "message_to_turn",
+    "newest_user_text",
     "to_langchain_messages",
 ]
 
@@ -133,10 +161,14 @@ def _is_memory_message(message: BaseMessage) -> bool:
 
 
 def to_langchain_messages(
-    ctx: AssembledContext, *, memory_role: MemoryRole = "user"
+    ctx: AssembledContext, *, memory_role: MemoryRole = "user", hint: str | None = None
 ) -> list[BaseMessage]:
-    """The assembled context as LangChain messages: the memory message, then recent turns."""
-    return [_to_message(m) for m in frame(ctx, memory_role=memory_role)]
+    """The assembled context as LangChain messages: the memory message, then recent turns.
+
+    ``hint``: one more text part after the memory intro (the middleware's note on its tools);
+    its tokens are not in ``ctx.tokens``, so budget them when assembling.
+    """
+    return [_to_message(m) for m in frame(ctx, memory_role=memory_role, hint=hint)]
 
 
 def to_langchain_dicts(ctx: AssembledContext) -> list[dict[str, Any]]:
@@ -297,6 +329,18 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             only with providers that accept images in system messages.
         now: clock for turn timestamps and page captions (default: the wall clock).
         token_counter: text token counter for assembly (default: the memory's stored counts).
+        cue: pass the newest user message to ``assemble`` as the cue, so the turns it recalls
+            from the archive come back as exact text (default True).
+        tools: give the agent ``recall_memory(query)`` and ``read_memory(first_turn,
+            last_turn)`` (default True), through the middleware's ``tools``, and tell the model
+            in the memory message that it can read a page's turns by number (that note's tokens
+            come out of ``budget``). Both answer from the archive of the run's session (the same
+            ``session_key`` or thread id, read from the tool's runtime), inside the memory's
+            owner; a bad span or query is answered with its error, never raised. An answer
+            holds at most half of ``budget`` (it goes back into the next prompt); turns past
+            that are named, to read with another call.
+        recall_scope: what ``recall_memory`` searches: ``"session"`` (the thread's own
+            conversation, default) or ``"owner"`` (all of the owner's sessions).
 
     It records the messages of each model request (so put it last in ``middleware=`` if
     another middleware edits messages) and the model's reply, by message id.
@@ -312,6 +356,9 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         memory_role: MemoryRole = "user",
         now: Clock | None = None,
         token_counter: Any = None,
+        cue: bool = True,
+        tools: bool = True,
+        recall_scope: ToolScope = "session",
     ) -> None:
         super().__init__()
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
@@ -325,7 +372,15 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         self.memory_role: MemoryRole = memory_role
         self.now = now
         self.token_counter = token_counter
+        self.cue = cue
+        self.recall_scope: ToolScope = check_tool_scope(recall_scope)
         self._log = TurnLog(memory)
+        # What create_agent registers (it reads ``middleware.tools``), and the note about them.
+        self.tools: list[BaseTool] = self._memory_tools() if tools else []
+        self._hint = tools_hint(self.recall_scope) if tools else None
+        count = make_counter(token_counter) if token_counter is not None else memory.count_tokens
+        self._count = count
+        self._hint_tokens = int(count("system", self._hint)) if self._hint else 0
 
     # -- the hooks ----------------------------------------------------------------------------
 
@@ -367,6 +422,9 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             return str(self.session_key(runtime))
         info = getattr(runtime, "execution_info", None)
         tid = getattr(info, "thread_id", None)
+        config = getattr(runtime, "config", None)  # a tool's ToolRuntime carries its config
+        if tid is None and isinstance(config, dict):
+            tid = (config.get("configurable") or {}).get("thread_id")
         if tid is None:
             try:
                 from langgraph.config import get_config
@@ -409,20 +467,102 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             TurnLog.note(log, stored)
             return stored
 
-    def view(self, session_id: str) -> list[BaseMessage]:
-        """What the model is shown for this session now."""
+    def view(self, session_id: str, cue: str | None = None) -> list[BaseMessage]:
+        """What the model is shown for this session now (``cue``: what to recall for)."""
+        budget, hint = self.budget, None
+        if self._hint and self._hint_tokens < self.budget:  # the tools' note, paid from budget
+            budget, hint = self.budget - self._hint_tokens, self._hint
         ctx = self.memory.assemble(
             session_id,
-            self.budget,
+            budget,
             self.target,
             self.now() if self.now is not None else None,
             token_counter=self.token_counter,
+            cue=cue,
         )
-        return to_langchain_messages(ctx, memory_role=self.memory_role)
+        return to_langchain_messages(ctx, memory_role=self.memory_role, hint=hint)
 
     def _prepare(self, session_id: str, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
         self.record(session_id, messages)
-        return self.view(session_id)
+        return self.view(session_id, newest_user_text(messages) if self.cue else None)
+
+    # -- the tools ----------------------------------------------------------------------------
+
+    def recall_answer(self, runtime: Any, query: str) -> str:
+        """What ``recall_memory(query)`` answers in the run of ``runtime``."""
+        try:
+            sid = self.session_id(runtime)
+        except ValueError as exc:
+            return f"Error: {exc}"
+        return answer_recall(
+            self.memory,
+            sid,
+            query,
+            scope=self.recall_scope,
+            max_tokens=self.budget // 2,
+            count=self._count,
+        )
+
+    def read_answer(self, runtime: Any, first_turn: int, last_turn: int) -> str:
+        """What ``read_memory(first_turn, last_turn)`` answers in the run of ``runtime``."""
+        try:
+            sid = self.session_id(runtime)
+        except ValueError as exc:
+            return f"Error: {exc}"
+        return answer_read(
+            self.memory, sid, first_turn, last_turn, max_tokens=self.budget // 2, count=self._count
+        )
+
+    def _memory_tools(self) -> list[BaseTool]:
+        """``recall_memory`` and ``read_memory``; LangGraph's ToolNode injects ``runtime`` (a
+        ``ToolRuntime``: the run's config, thread id and context), which the model never sees."""
+        mw = self
+
+        def recall_memory(
+            query: Annotated[str, Field(description=QUERY_DESCRIPTION)], runtime: ToolRuntime
+        ) -> str:
+            return mw.recall_answer(runtime, query)
+
+        async def arecall_memory(
+            query: Annotated[str, Field(description=QUERY_DESCRIPTION)], runtime: ToolRuntime
+        ) -> str:
+            return await asyncio.to_thread(mw.recall_answer, runtime, query)
+
+        def read_memory(
+            first_turn: Annotated[int, Field(description=FIRST_TURN_DESCRIPTION)],
+            last_turn: Annotated[int, Field(description=LAST_TURN_DESCRIPTION)],
+            runtime: ToolRuntime,
+        ) -> str:
+            return mw.read_answer(runtime, first_turn, last_turn)
+
+        async def aread_memory(
+            first_turn: Annotated[int, Field(description=FIRST_TURN_DESCRIPTION)],
+            last_turn: Annotated[int, Field(description=LAST_TURN_DESCRIPTION)],
+            runtime: ToolRuntime,
+        ) -> str:
+            return await asyncio.to_thread(mw.read_answer, runtime, first_turn, last_turn)
+
+        desc = {spec["name"]: spec["description"] for spec in tool_specs(self.recall_scope)}
+        return [
+            StructuredTool.from_function(
+                recall_memory,
+                coroutine=arecall_memory,
+                name=RECALL_TOOL,
+                description=desc[RECALL_TOOL],
+            ),
+            StructuredTool.from_function(
+                read_memory, coroutine=aread_memory, name=READ_TOOL, description=desc[READ_TOOL]
+            ),
+        ]
+
+
+def newest_user_text(messages: Sequence[BaseMessage]) -> str | None:
+    """The text of the newest human message (the cue for recall), or None."""
+    for m in reversed(messages):
+        if isinstance(m, HumanMessage) and m.id != MEMORY_MESSAGE_ID:
+            text = m.text if isinstance(m.text, str) else str(m.text)
+            return text or None
+    return None
 
 
 def _response_messages(response: Any) -> list[BaseMessage]:

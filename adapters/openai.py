@@ -8,22 +8,59 @@ and results keep the chat-completions shape. Nothing here imports the ``openai``
     messages = to_openai_messages(ctx, system_prompt="You are helpful.")
     reply = client.chat.completions.create(model=..., messages=messages)
     record_openai_messages(memory, session_id, [reply.choices[0].message])
+
+The agent tools come as function-tool schemas, with a handler that answers a call::
+
+    reply = client.chat.completions.create(model=..., messages=messages, tools=memory_tools())
+    messages.append(reply.choices[0].message)
+    for call in reply.choices[0].message.tool_calls or []:
+        messages.append(handle_memory_tool_call(memory, session_id, call))
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from optical_memory import AssembledContext, MemoryManager, Turn
 
-from ._framing import FramedMessage, MemoryRole, ToolCall, TurnLog, frame, tool_calls_of
+from ._framing import (
+    ERROR_HEAD,
+    MEMORY_TOOL_NAMES,
+    READ_TOOL,
+    RECALL_LIMIT,
+    RECALL_TOOL,
+    TOOLS_HINT,
+    FramedMessage,
+    MemoryRole,
+    ToolCall,
+    ToolScope,
+    TurnLog,
+    answer_read,
+    answer_recall,
+    check_tool_scope,
+    frame,
+    tool_calls_of,
+    tool_specs,
+)
 
-__all__ = ["openai_message_to_turn", "record_openai_messages", "to_openai_messages"]
+__all__ = [
+    "MEMORY_TOOL_NAMES",
+    "TOOLS_HINT",
+    "ahandle_memory_tool_call",
+    "handle_memory_tool_call",
+    "memory_tools",
+    "newest_user_text",
+    "openai_message_to_turn",
+    "record_openai_messages",
+    "to_openai_messages",
+]
 
 Detail = Literal["auto", "low", "high", "original"]
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
@@ -35,6 +72,7 @@ def to_openai_messages(
     detail: Detail | None = None,
     memory_role: MemoryRole = "user",
     system_prompt: str | None = None,
+    tools_hint: str | None = None,
 ) -> list[dict[str, Any]]:
     """Chat-completions messages: system prompt, the memory message with the pages, recent turns.
 
@@ -42,11 +80,14 @@ def to_openai_messages(
     the target defines one (the ``openai`` target shows faint pages at ``low``), else none.
     Chat completions accepts images only in user messages, so ``memory_role="system"`` sends
     the memory as text-only system framing followed by a user message with the images.
+    ``tools_hint`` (e.g. :data:`TOOLS_HINT`, when the request offers :func:`memory_tools`): a
+    text part after the memory intro; it is not in ``ctx.tokens``, so take
+    ``memory.count_tokens("system", TOOLS_HINT)`` off the budget passed to ``assemble``.
     """
     out: list[dict[str, Any]] = []
     if system_prompt:
         out.append({"role": "system", "content": system_prompt})
-    for m in frame(ctx, memory_role=memory_role):
+    for m in frame(ctx, memory_role=memory_role, hint=tools_hint):
         if m.is_memory:
             out.extend(_memory_messages(m, detail))
         else:
@@ -55,6 +96,8 @@ def to_openai_messages(
 
 
 def _memory_messages(m: FramedMessage, detail: Detail | None) -> list[dict[str, Any]]:
+    if all(part.page is None for part in m.parts):  # recalled text only: one plain message
+        return [{"role": m.role, "content": "\n\n".join(part.text or "" for part in m.parts)}]
     parts: list[dict[str, Any]] = []
     for part in m.parts:
         if part.page is None:
@@ -99,6 +142,17 @@ def _turn_message(m: FramedMessage) -> dict[str, Any]:
 
 
 # -- incoming messages -> store ------------------------------------------------------------------
+
+
+def newest_user_text(messages: Sequence[Mapping[str, Any] | Any]) -> str | None:
+    """The text of the newest user message of a chat-completions request: the cue to pass
+    to ``assemble`` so that what it recalls from the archive comes back as exact text."""
+    for msg in reversed(list(messages)):
+        m = _as_dict(msg)
+        if m.get("role") == "user":
+            text, _ = _text_of(m.get("content"))
+            return text or None
+    return None
 
 
 def openai_message_to_turn(
@@ -237,3 +291,112 @@ def _text_of(content: Any) -> tuple[str, list[str]]:
         else:
             omitted.append(str(p.get("type", "?")))
     return "\n".join(texts), omitted
+
+
+# -- the agent tools -----------------------------------------------------------------------------
+
+
+def memory_tools(*, scope: ToolScope = "session") -> list[dict[str, Any]]:
+    """``recall_memory(query)`` and ``read_memory(first_turn, last_turn)`` as chat-completions
+    function tools, for ``tools=`` of a request; answer their calls with
+    :func:`handle_memory_tool_call`. ``scope``: what ``recall_memory`` searches, the session
+    (default) or all of the memory's owner's sessions (pass the same to the handler)."""
+    return [{"type": "function", "function": spec} for spec in tool_specs(check_tool_scope(scope))]
+
+
+def handle_memory_tool_call(
+    memory: MemoryManager,
+    session_id: str,
+    tool_call: Mapping[str, Any] | Any,
+    *,
+    scope: ToolScope = "session",
+    limit: int = RECALL_LIMIT,
+    max_tokens: int | None = None,
+) -> dict[str, Any]:
+    """Answer one memory tool call with its ``{"role": "tool", "tool_call_id", "content"}``
+    message, ready to append to the conversation.
+
+    ``tool_call``: the ``openai`` client's tool call object or a dict with ``id``,
+    ``function.name`` and ``function.arguments`` (a JSON string). Everything a model can get
+    wrong (an unknown tool, arguments that are not JSON, a bad span, an unknown session) is
+    answered as error text, never raised. Check ``name in MEMORY_TOOL_NAMES`` to route calls.
+    ``max_tokens``: the most tokens an answer may take (by ``memory.count_tokens``), e.g. half
+    the budget you assemble with, so the answer fits the next prompt; turns past it are named.
+    """
+    check_tool_scope(scope)
+    call_id = ""
+    try:
+        call = _as_dict(tool_call)
+        call_id = str(call.get("id") or call.get("call_id") or "")
+        fn = call.get("function")
+        fn = _as_dict(fn) if fn is not None else call
+        content = _answer(
+            memory, session_id, fn.get("name"), fn.get("arguments"), scope, limit, max_tokens
+        )
+    except TypeError as exc:
+        content = f"{ERROR_HEAD}not a tool call: {exc}"
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+async def ahandle_memory_tool_call(
+    memory: MemoryManager,
+    session_id: str,
+    tool_call: Mapping[str, Any] | Any,
+    *,
+    scope: ToolScope = "session",
+    limit: int = RECALL_LIMIT,
+    max_tokens: int | None = None,
+) -> dict[str, Any]:
+    """:func:`handle_memory_tool_call` off the event loop."""
+    return await asyncio.to_thread(
+        handle_memory_tool_call,
+        memory,
+        session_id,
+        tool_call,
+        scope=scope,
+        limit=limit,
+        max_tokens=max_tokens,
+    )
+
+
+def _answer(
+    memory: MemoryManager,
+    session_id: str,
+    name: object,
+    arguments: object,
+    scope: ToolScope,
+    limit: int,
+    max_tokens: int | None,
+) -> str:
+    if name not in MEMORY_TOOL_NAMES:
+        return (
+            f"{ERROR_HEAD}unknown tool {name!r:.60}; the memory tools are "
+            f"{RECALL_TOOL}(query) and {READ_TOOL}(first_turn, last_turn)."
+        )
+    if isinstance(arguments, Mapping):
+        args: object = dict(arguments)
+    elif arguments is None or (isinstance(arguments, str) and not arguments.strip()):
+        args = {}
+    else:
+        try:
+            args = json.loads(str(arguments))
+        except ValueError:
+            args = None
+    if not isinstance(args, dict):
+        return f"{ERROR_HEAD}the arguments of {name} must be a JSON object, got {arguments!r:.80}."
+    size: dict[str, Any] = {"max_tokens": max_tokens, "count": memory.count_tokens}
+    if name == RECALL_TOOL:
+        query = args.get("query")
+        return answer_recall(memory, session_id, query, limit=limit, scope=scope, **size)
+    first, last = _turn_number(args.get("first_turn")), _turn_number(args.get("last_turn"))
+    return answer_read(memory, session_id, first, last, **size)
+
+
+def _turn_number(value: object) -> object:
+    """A turn number as a model may write it (``12``, ``12.0``, ``"12"``) as an int; anything
+    else unchanged, for the answer to name."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())
+    return value

@@ -26,9 +26,13 @@ import os
 from datetime import datetime
 from typing import Any
 
-import torch
-
 from optical_memory import MemoryManager
+from optical_memory.errors import MissingExtra
+
+try:
+    import torch
+except ImportError as exc:
+    raise MissingExtra("optical_memory.adapters.transformers", "hf", exc.name) from exc
 
 from .transformers_assembler import PLAIN_TEMPLATE, LocalAssembler, LocalInputs, plain_template
 from .transformers_encoder import PageFeatures, TransformersEncoder

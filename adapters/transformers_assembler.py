@@ -26,10 +26,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import torch
 from PIL import Image
 
 from optical_memory import AssembledContext, MemoryManager, PageSegment, UnknownSession
+from optical_memory.errors import MissingExtra
+
+try:
+    import torch
+except ImportError as exc:
+    raise MissingExtra("optical_memory.adapters.transformers_assembler", "hf", exc.name) from exc
 
 from ._framing import FramedMessage, frame
 from .transformers_encoder import PageFeatures, TransformersEncoder

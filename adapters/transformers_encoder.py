@@ -18,12 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from optical_memory import EncodedPage
+from optical_memory.errors import MissingExtra
+
+try:
+    import torch
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+except ImportError as exc:
+    raise MissingExtra("optical_memory.adapters.transformers_encoder", "hf", exc.name) from exc
 
 LAYOUT_VERSION = "v1"
 """Part of every key: bump when the per-tier processor settings below change."""

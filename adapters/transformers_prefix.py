@@ -21,7 +21,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from optical_memory.errors import MissingExtra
+
+try:
+    import torch
+except ImportError as exc:
+    raise MissingExtra("optical_memory.adapters.transformers_prefix", "hf", exc.name) from exc
 
 
 class PrefixCache:

@@ -82,7 +82,8 @@ from benchmarks.ocr import (  # noqa: E402
     tesseract_read,
 )
 from optical_memory.ladder import IMAGE_TIERS, Target, Tier, get_target  # noqa: E402
-from optical_memory.render import _LABEL, PageRenderer, _Layout, _Line, _Run  # noqa: E402
+from optical_memory.layout import Layout, Line, Run, Style, margin  # noqa: E402
+from optical_memory.render import PageRenderer  # noqa: E402
 
 __all__ = ["CSV_COLUMNS", "NaiveRenderer", "RENDERERS", "main", "run"]
 
@@ -172,7 +173,7 @@ class Page:
             chosen.append(keep)
             if keep:
                 expected.append(" ".join(w[0] for w in keep))
-        img = PageRenderer._resize(self.draw_words(chosen), self.canvas)
+        img = PageRenderer.downsample(self.draw_words(chosen), self.canvas)
         s = self.canvas[0] / W
         pad = max(4, math.ceil(self.pitch * s))
         box = (
@@ -209,7 +210,7 @@ def project_pages(
     for size, img in zip(canvases, rendered, strict=True):
         plan = renderer.plan(turns, layout, size)
         lay, drawn_on = plan.layout, plan.canvas
-        m = renderer._m(lay.font_px)
+        m = renderer.metrics(lay.font_px)
         words: list[list[Word]] = []
         spans = []
         for i, line in enumerate(lay.lines):
@@ -222,7 +223,7 @@ def project_pages(
                 def width_of(s: str, widths=widths) -> float:
                     return sum(map(widths.__getitem__, s))
 
-                bold = 1 if run.style == _LABEL else 0  # the label is drawn twice, 1 px apart
+                bold = 1 if run.style == Style.LABEL else 0  # the label is drawn twice, 1 px apart
                 row += [
                     (t, a, b + bold, st)
                     for t, a, b, st in _split_words(run.text, run.x, width_of, run.style)
@@ -231,12 +232,11 @@ def project_pages(
 
         def draw_words(chosen: list[list[Word]], lay=lay, drawn_on=drawn_on) -> Image.Image:
             lines = tuple(
-                _Line(tuple(_Run(w[1], w[3], w[0]) for w in row), " ".join(w[0] for w in row))
+                Line(tuple(Run(w[1], Style(w[3]), w[0]) for w in row), " ".join(w[0] for w in row))
                 for row in chosen
             )
-            sub = _Layout(lay.font_px, lay.line_height, lay.margin, lines, False)
-            with renderer._lock:
-                return renderer._draw(sub, drawn_on)
+            sub = Layout(lay.font_px, lay.line_height, lay.margin, lines, False)
+            return renderer.draw(sub, drawn_on)
 
         out[size] = Page(
             layout=drawn_on,
@@ -289,11 +289,11 @@ class NaiveRenderer:
         return lines
 
     def layout(self, canvas: Size, seed: int) -> list[str]:
-        margin = PageRenderer._margin(canvas)
-        max_lines = max(1, 1 + (canvas[1] - 2 * margin - self.glyph_h) // self.pitch)
+        left = margin(canvas)
+        max_lines = max(1, 1 + (canvas[1] - 2 * left - self.glyph_h) // self.pitch)
         lines: list[str] = []
         for turn in synthetic_chat(seed):
-            for line in self._wrap(f"{turn.speaker}: {turn.text}", canvas[0] - 2 * margin):
+            for line in self._wrap(f"{turn.speaker}: {turn.text}", canvas[0] - 2 * left):
                 if len(lines) >= max_lines:
                     return lines
                 lines.append(line)
@@ -302,20 +302,20 @@ class NaiveRenderer:
     def _draw(self, canvas: Size, rows: list[list[tuple[float, str]]]) -> Image.Image:
         img = Image.new("L", canvas, 255)
         draw = ImageDraw.Draw(img)
-        margin = PageRenderer._margin(canvas)
+        top = margin(canvas)
         for i, row in enumerate(rows):
             for x, text in row:
-                draw.text((x, margin + i * self.pitch), text, fill=0, font=self.font)
+                draw.text((x, top + i * self.pitch), text, fill=0, font=self.font)
         return img
 
     def pages(self, layout: Size, canvases: Sequence[Size], seed: int) -> dict[Size, Page]:
         """The naive page drawn on ``layout`` and shrunk to each canvas like the project's."""
         lines = self.layout(layout, seed)
-        margin = PageRenderer._margin(layout)
-        big = self._draw(layout, [[(margin, line)] for line in lines])
-        words = [_split_words(line, margin, self.font.getlength, 0) for line in lines]
+        left = margin(layout)
+        big = self._draw(layout, [[(left, line)] for line in lines])
+        words = [_split_words(line, left, self.font.getlength, 0) for line in lines]
         spans = [
-            (float(margin + i * self.pitch), float(margin + i * self.pitch + self.glyph_h))
+            (float(left + i * self.pitch), float(left + i * self.pitch + self.glyph_h))
             for i in range(len(lines))
         ]
 
@@ -328,7 +328,7 @@ class NaiveRenderer:
                 canvas=size,
                 font_px=self.font_px,
                 lines=lines,
-                image=PageRenderer._resize(big, size),
+                image=PageRenderer.downsample(big, size),
                 words=words,
                 spans=spans,
                 pitch=self.pitch,

@@ -59,14 +59,13 @@ def _median_ms(fn, repeat: int) -> float:
 
 def _direct(renderer: PageRenderer, turns, canvas: tuple[int, int], px: float):
     """Lay out and draw at ``canvas`` with font ``px`` (lowered by 0.1 until it fits)."""
-    items = renderer._prepare(turns)
     while True:
-        lay = renderer._layout_items(items, canvas, px)
+        lay = renderer.layout(turns, canvas, px)
         if lay is not None or px <= 1:
             break
         px = round(px - 0.1, 1)
     if lay is None:
-        lay = renderer._layout_items(items, canvas, px, truncate=True)
+        lay = renderer.layout(turns, canvas, px, truncate=True)
     return lay, px
 
 
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     layout = (args.layout, args.layout)
     tiers = [int(t) for t in args.tiers.split(",") if t.strip()]
     turns = full_page(renderer, layout, seed=args.seed)
-    lay = renderer._fit(turns, layout)
+    lay = renderer.fit(turns, layout)
     expected = "\n".join(lay.text_lines)
     n_chars = len(expected)
     base_px = lay.font_px
@@ -156,9 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         dlay, px = _direct(renderer, turns, canvas, round(base_px * tier / args.layout, 1))
 
         def direct_once(dlay=dlay, canvas=canvas, px=px):
-            items = renderer._prepare(turns)
-            renderer._layout_items(items, canvas, px, truncate=True)
-            return renderer._png(renderer._draw(dlay, canvas))
+            renderer.layout(turns, canvas, px, truncate=True)
+            return renderer.to_png(renderer.draw(dlay, canvas))
 
         ms = _median_ms(direct_once, args.repeat)
         png = direct_once()

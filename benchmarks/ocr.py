@@ -250,13 +250,13 @@ def synthetic_chat(seed: int = 0, *, start: datetime | None = None):
             at += timedelta(days=1)
 
 
-def full_page(renderer, layout: tuple[int, int], seed: int = 0) -> list:
-    """Turns of synthetic chat filling ``layout`` up to the renderer's capacity (as the packer would)."""
-    cap = renderer.capacity(layout)
+def full_page(renderer, canvas: tuple[int, int], seed: int = 0) -> list:
+    """Turns of synthetic chat filling ``canvas`` up to the renderer's capacity (as the packer would)."""
+    cap = renderer.capacity(canvas)
     used = 0
     turns = []
     for turn in synthetic_chat(seed):
-        fp = renderer.footprint(turn, layout)
+        fp = renderer.footprint(turn, canvas)
         if used + fp > cap:
             break
         turns.append(turn)

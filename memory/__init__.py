@@ -7,10 +7,22 @@ smaller page images. Start with :class:`MemoryManager`.
 from __future__ import annotations
 
 from .aging import AgingPolicy, AgingReport, TimeLadder
-from .assemble import MEMORY_INTRO, AssembledContext, PageSegment, Segment, TextSegment
+from .assemble import (
+    AssembledContext,
+    AssemblyShares,
+    PageSegment,
+    RecalledSegment,
+    Segment,
+    TextSegment,
+)
+from .captions import MEMORY_INTRO
 from .encoder import EncodedPage, VisualEncoder
 from .errors import (
     ContentTooLarge,
+    DatabaseCorrupt,
+    DatabaseTooNew,
+    DatabaseUnavailable,
+    ForgetIncomplete,
     InvalidBudget,
     InvalidContent,
     InvalidInput,
@@ -18,15 +30,28 @@ from .errors import (
     InvalidSessionId,
     InvalidTimestamp,
     MemoryClosed,
+    MetadataTooLarge,
+    MissingExtra,
     OpticalMemoryError,
     SessionAccessDenied,
     StoreBusy,
+    StoreFull,
+    StoreReadOnly,
     UnknownPage,
     UnknownSession,
     UnknownTarget,
+    UnsupportedDatabase,
 )
 from .integrity import VerifyReport
-from .ladder import Target, Tier, TierSpec, get_target, register_target, target_names
+from .ladder import (
+    Target,
+    Tier,
+    TierSpec,
+    get_target,
+    register_target,
+    target_names,
+    unregister_target,
+)
 from .manager import MemoryManager
 from .records import PageInfo, SessionInfo, Turn
 from .render import PageRenderer
@@ -39,7 +64,12 @@ __all__ = [
     "AgingPolicy",
     "AgingReport",
     "AssembledContext",
+    "AssemblyShares",
     "ContentTooLarge",
+    "DatabaseCorrupt",
+    "DatabaseTooNew",
+    "DatabaseUnavailable",
+    "ForgetIncomplete",
     "EncodedPage",
     "InvalidBudget",
     "InvalidContent",
@@ -48,15 +78,20 @@ __all__ = [
     "InvalidSessionId",
     "InvalidTimestamp",
     "MemoryClosed",
+    "MetadataTooLarge",
+    "MissingExtra",
     "MemoryManager",
     "OpticalMemoryError",
     "PageInfo",
     "PageRenderer",
     "PageSegment",
+    "RecalledSegment",
     "Segment",
     "SessionAccessDenied",
     "SessionInfo",
     "StoreBusy",
+    "StoreFull",
+    "StoreReadOnly",
     "Target",
     "TextSegment",
     "Tier",
@@ -66,11 +101,13 @@ __all__ = [
     "UnknownPage",
     "UnknownSession",
     "UnknownTarget",
+    "UnsupportedDatabase",
     "VerifyReport",
     "VisualEncoder",
     "approximate_tokens",
     "get_target",
     "register_target",
     "target_names",
+    "unregister_target",
     "__version__",
 ]

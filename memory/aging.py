@@ -1,28 +1,54 @@
-"""The forgetting engine: pack old turns into sealed pages, then move pages down the ladder.
+"""The forgetting engine: pack old turns into pages, move pages down the ladder, merge faded ones.
 
-One pass has three steps per session: *pack* (turns that left the text window become sealed
-pages, still shown as text), *plan* (each page's tier under the time and pressure policies) and
-*apply* (re-render from the archived turns and commit each page's tier change on its own).
+One pass has three steps per session:
+
+- *pack*: turns that left the text window are cut into pages, still shown as text. Full pages
+  are sealed; what does not fill a page yet is the session's one *open* page (its newest),
+  rendered and prepared like any text page so that assembly can show it as an image under a
+  tight budget. Each pass re-cuts from the open page's first turn: when new turns joined it, it
+  is replaced in one transaction; when nothing changed it is left alone (same bytes). It is
+  sealed once full or when the sitting ends (the session quiet for ``sitting_gap``). Only the
+  newest page ever changes in packing: the sealed prefix stays byte-stable.
+- *plan*: each sealed page's tier under the time and pressure policies, and *consolidation*:
+  adjacent sparse pages reaching the same faint tier (small, tiny) in this pass are re-packed
+  into dense ones, as a person's separate days become "last month".
+- *apply*: re-render from the archived turns and commit each page's tier change, and each
+  merge, on its own, with a version check.
+
 Nothing here runs on the request path; ``assemble`` only reads what a pass stored.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from .assemble import CAPTION_TOKENS, INTRO_TOKENS
+from .captions import CAPTION_TOKENS, INTRO_TOKENS
 from .database import Database
 from .encoder import VisualEncoder
+from .errors import InvalidConfiguration
 from .ladder import IMAGE_TIERS, Target, Tier
 from .render import PageRenderer, RenderTurn
-from .store import PageRow, RenditionRow, SessionRow, TurnRow, VisualTokenRow
+from .salience import SalienceFn, check_salience, keeps_whole
+from .store import (
+    PageRow,
+    RenditionRow,
+    SessionRow,
+    TurnMarkRow,
+    TurnRow,
+    VisualTokenRow,
+    add_visual_tokens,
+    page_turns,
+)
 
 log = logging.getLogger("optical_memory.aging")
 
@@ -38,7 +64,9 @@ class TimeLadder:
 
     def __post_init__(self) -> None:
         if not (timedelta(0) <= self.large <= self.base <= self.small <= self.tiny):
-            raise ValueError("TimeLadder thresholds must be non-negative and non-decreasing")
+            raise InvalidConfiguration(
+                "TimeLadder thresholds must be non-negative and non-decreasing"
+            )
 
     def tier_for(self, age: timedelta) -> Tier:
         for tier, threshold in (
@@ -59,11 +87,19 @@ class AgingPolicy:
     keep_last_turns / keep_last_tokens: the text window (both apply when both are set).
     by_time: fade by age (None turns it off). budget: fade by pressure, oldest first, only
     while the session's total cost is over this many tokens (None turns it off).
-    seal_after / min_fill: a page that is not full yet is sealed once its newest turn is
-        ``seal_after`` old and it holds at least ``min_fill`` of a page; a smaller one waits
-        for more turns (pages stay few and cheap rather than one small page per sitting)
-        until the session has been quiet for ``seal_quiet_after``.
+    sitting_gap: the end of a sitting. Turns that left the text window but do not fill a page
+        yet wait on the session's open page (shown as text, prepared as images); it is sealed
+        once a quiet spell of ``sitting_gap`` follows its newest turn: the session has been
+        quiet that long, or a later turn came that much later (default 1 hour, the ladder's
+        first step: a sitting's page is sealed as it starts to fade).
+    seal_after / min_fill: an open page is also sealed, mid-sitting, once its newest turn is
+        ``seal_after`` old and it holds at least ``min_fill`` of a page (a slow chat without
+        a quiet hour still gets sealed pages); a full page is sealed at once.
+    seal_quiet_after: deprecated, the sitting gap's old name (it was a week's wait); when set
+        it is used as ``sitting_gap``, with a DeprecationWarning.
     page_fill: fraction of a legible page's capacity to fill (1.0 = full).
+    consolidate: merge adjacent sparse pages as they reach the same faint tier (small, tiny)
+        in the same pass, while their turns fit one page; False keeps one page per cut.
     """
 
     keep_last_turns: int = 8
@@ -72,22 +108,36 @@ class AgingPolicy:
     budget: int | None = None
     seal_after: timedelta = timedelta(hours=1)
     min_fill: float = 0.25
-    seal_quiet_after: timedelta = timedelta(days=7)
+    seal_quiet_after: timedelta | None = None
     page_fill: float = 1.0
+    sitting_gap: timedelta = timedelta(hours=1)
+    consolidate: bool = True
 
     def __post_init__(self) -> None:
         if self.keep_last_turns < 0:
-            raise ValueError("keep_last_turns must be >= 0")
+            raise InvalidConfiguration("keep_last_turns must be >= 0")
         if self.keep_last_tokens is not None and self.keep_last_tokens < 0:
-            raise ValueError("keep_last_tokens must be >= 0 or None")
+            raise InvalidConfiguration("keep_last_tokens must be >= 0 or None")
         if self.budget is not None and self.budget <= 0:
-            raise ValueError("budget must be a positive number of tokens or None")
+            raise InvalidConfiguration("budget must be a positive number of tokens or None")
         if not 0.0 <= self.min_fill <= 1.0:
-            raise ValueError("min_fill must be between 0.0 and 1.0")
-        if self.seal_after < timedelta(0) or self.seal_quiet_after < timedelta(0):
-            raise ValueError("seal_after and seal_quiet_after must not be negative")
+            raise InvalidConfiguration("min_fill must be between 0.0 and 1.0")
+        if self.seal_quiet_after is not None:
+            warnings.warn(
+                "AgingPolicy(seal_quiet_after=...) is deprecated: use sitting_gap (a page is "
+                "sealed when the sitting ends); its value is used as the sitting gap",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "sitting_gap", self.seal_quiet_after)
+        for name in ("seal_after", "sitting_gap"):
+            value = getattr(self, name)
+            if not isinstance(value, timedelta) or value < timedelta(0):
+                raise InvalidConfiguration(f"{name} must be a non-negative timedelta")
         if not 0.1 <= self.page_fill <= 1.0:
-            raise ValueError("page_fill must be between 0.1 and 1.0")
+            raise InvalidConfiguration("page_fill must be between 0.1 and 1.0")
+        if not isinstance(self.consolidate, bool):
+            raise InvalidConfiguration("consolidate must be True or False")
 
 
 @dataclass
@@ -96,7 +146,10 @@ class AgingReport:
 
     now: datetime
     sessions_visited: int = 0
-    pages_created: int = 0
+    pages_created: int = 0  # pages sealed by packing (new, or the open page sealed)
+    pages_opened: int = 0  # open pages written (a new tail, or the tail re-cut with new turns)
+    merges: int = 0  # merged pages written by consolidation (each also counts as moved)
+    pages_merged: int = 0  # pages those merges replaced
     pages_moved: dict[str, int] = field(default_factory=dict)  # new tier -> pages
     pages_prepared: int = 0  # still text, with images ready for a tight budget
     pages_skipped: int = 0  # claimed by another worker, or changed under us
@@ -108,19 +161,53 @@ class AgingReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.pages_created or self.pages_moved)
+        return bool(self.pages_created or self.pages_opened or self.pages_moved or self.merges)
 
 
 @dataclass(frozen=True)
-class _PagePlan:
+class PagePlan:
+    """One page's change in a pass: from ``old_tier`` to ``new_tier``, if still at ``version``."""
+
     page_id: int
     version: int
     old_tier: Tier
     new_tier: Tier
 
 
+@dataclass(frozen=True)
+class MergePlan:
+    """Adjacent pages of one session to re-pack into one at ``tier``, if all are unchanged:
+    ``pages`` is ``(page id, version)`` each, oldest first, covering ``first_seq..last_seq``."""
+
+    session_row_id: int
+    pages: tuple[tuple[int, int], ...]
+    first_seq: int
+    last_seq: int
+    tier: Tier
+
+
+@dataclass
+class _Packed:
+    """What packing one session did."""
+
+    sealed: int = 0
+    opened: int = 0
+    prepared: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.sealed or self.opened)
+
+
+FAINT_TIERS = (Tier.SMALL, Tier.TINY)  # where sparse pages consolidate
+
+
 class Aging:
-    """One configured aging engine: a database, a target, a renderer, a policy."""
+    """One configured aging engine: a database, a target, a renderer, a policy.
+
+    ``salience`` (``f(role, content) -> float``, default :func:`.salience.salience`) decides,
+    with pins and recalls, which turns an abridged faint page keeps whole.
+    """
 
     def __init__(
         self,
@@ -129,12 +216,14 @@ class Aging:
         renderer: PageRenderer,
         policy: AgingPolicy,
         encoder: VisualEncoder | None = None,
+        salience: SalienceFn | None = None,
     ) -> None:
         self.db = db
         self.target = target
         self.renderer = renderer
         self.policy = policy
         self.encoder = encoder
+        self.salience = check_salience(salience)
         self.capacity = int(renderer.capacity(target.layout) * policy.page_fill)
 
     # -- the pass ------------------------------------------------------------------------------
@@ -147,12 +236,17 @@ class Aging:
         started = time.perf_counter()
         for sid in self._sessions(session_keys):
             try:
-                created = self._pack(sid, now)
-                report.pages_created += created
+                packed = self._pack(sid, now)
+                report.pages_created += packed.sealed
+                report.pages_opened += packed.opened
+                report.pages_prepared += packed.prepared
                 moved = 0
                 for plan in self._plan(sid, now):
-                    moved += self._apply(plan, now, report)
-                if created or moved:
+                    if isinstance(plan, MergePlan):
+                        moved += self._merge(plan, now, report)
+                    else:
+                        moved += self._apply(plan, now, report)
+                if packed.changed or moved:
                     self.db.write(
                         lambda s, sid=sid: s.execute(
                             update(SessionRow).where(SessionRow.id == sid).values(aged_at=now)
@@ -166,60 +260,134 @@ class Aging:
         return report
 
     def _sessions(self, keys: Sequence[str] | None) -> list[int]:
-        """Sessions with work: turns beyond the text window, or pages that can still fade."""
+        """Sessions with work: turns beyond the text window, an open page (to seal), or pages
+        that can still fade."""
         fading = (
             select(PageRow.id)
             .where(
-                PageRow.session_id == SessionRow.id,
+                PageRow.session_row_id == SessionRow.id,
                 PageRow.tier != Tier.TINY.label,
                 PageRow.imageable,
             )
             .exists()
         )
         unpaged = SessionRow.next_seq - self.policy.keep_last_turns > SessionRow.paged_until
+        tail = select(PageRow.id).where(PageRow.session_row_id == SessionRow.id, PageRow.open)
         with self.db.read() as s:
-            q = select(SessionRow.id).where(unpaged | fading).order_by(SessionRow.id)
+            q = (
+                select(SessionRow.id)
+                .where(unpaged | fading | tail.exists())
+                .order_by(SessionRow.id)
+            )
             if keys is not None:
                 q = q.where(SessionRow.key.in_(list(keys)))
             return list(s.scalars(q))
 
     # -- pack ----------------------------------------------------------------------------------
 
-    def _pack(self, sid: int, now: datetime) -> int:
+    def _pack(self, sid: int, now: datetime) -> _Packed:
         return self.db.write(lambda s: self._pack_in(s, sid, now))
 
-    def _pack_in(self, s: Session, sid: int, now: datetime) -> int:
+    def _pack_in(self, s: Session, sid: int, now: datetime) -> _Packed:
+        """Cut the turns that left the text window, from the open page's first turn on, into
+        sealed pages and at most one open page; replace the open page only when its cut changed
+        (one transaction: the new open page is rendered and prepared before it commits)."""
         q = select(SessionRow).where(SessionRow.id == sid)
         if self.db.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)  # another worker is packing it
         row = s.scalars(q).first()
         if row is None:
-            return 0
+            return _Packed()
+        tail = self._open_page(s, sid)
+        if tail is False:
+            return _Packed()  # another worker holds the open page: next pass
         window_end = self._window_end(s, row)
-        if window_end <= row.paged_until:
-            return 0
+        start = tail.first_seq if tail is not None else row.paged_until + 1
+        end = max(window_end, row.paged_until)
+        if end < start:
+            return _Packed()
         turns = list(
             s.scalars(
                 select(TurnRow)
                 .where(
-                    TurnRow.session_id == sid,
-                    TurnRow.seq > row.paged_until,
-                    TurnRow.seq <= window_end + 1,  # one more, to see a tool group's end
+                    TurnRow.session_row_id == sid,
+                    TurnRow.seq >= start,
+                    TurnRow.seq <= end + 1,  # one more, to see a tool group's end
                 )
                 .order_by(TurnRow.seq)
             )
         )
-        following = turns[-1] if turns and turns[-1].seq > window_end else None
-        turns = [t for t in turns if t.seq <= window_end]
-        turns = _trim_open_tool_group(turns, following)
-        pages = self._cut(turns)
-        if pages and not self._is_sealable(pages[-1], now):
-            pages.pop()  # the newest page is neither full nor old: it waits
-        for group, _full in pages:
-            s.add(self._new_page(sid, group, now))
-        if pages:
-            row.paged_until = pages[-1][0][-1].seq
-        return len(pages)
+        following = turns[-1] if turns and turns[-1].seq > end else None
+        turns = [t for t in turns if t.seq <= end]
+        trimmed = _trim_open_tool_group(turns, following)
+        if tail is not None and (not trimmed or trimmed[-1].seq < tail.last_seq):
+            trimmed = [t for t in turns if t.seq <= tail.last_seq]  # never shrink the open page
+        if not trimmed:
+            return _Packed()
+        groups = self._cut(trimmed)
+        last_group, _ = groups[-1]
+        later = list(
+            s.scalars(
+                select(TurnRow.at)
+                .where(TurnRow.session_row_id == sid, TurnRow.seq > last_group[-1].seq)
+                .order_by(TurnRow.seq)
+            )
+        )
+        seal_last = self._is_sealable(groups[-1], now, later)
+        sealed = [True] * (len(groups) - 1) + [seal_last]
+        packed = _Packed()
+        if tail is not None and (groups[0][0][0].seq, groups[0][0][-1].seq) == (
+            tail.first_seq,
+            tail.last_seq,
+        ):
+            # The open page's cut is unchanged: keep its row and bytes; seal it if due.
+            if sealed[0]:
+                tail.open = False
+                packed.sealed += 1
+            groups, sealed = groups[1:], sealed[1:]
+        elif tail is not None:
+            # New turns joined the open page: it is replaced, in this transaction.
+            s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id == tail.id))
+            s.execute(delete(RenditionRow).where(RenditionRow.page_id == tail.id))
+            s.delete(tail)
+            s.flush()  # before a new page takes its first_seq
+        new_open: PageRow | None = None
+        for (group, _full), seal in zip(groups, sealed, strict=True):
+            page = self._new_page(sid, group, now)
+            page.open = not seal
+            s.add(page)
+            if seal:
+                packed.sealed += 1
+            else:
+                new_open = page
+        if new_open is not None:
+            s.flush()
+            packed.opened += 1
+            if new_open.imageable:
+                # Every image tier ready as renditions, as for any text page (the same path).
+                plan = PagePlan(new_open.id, new_open.version, Tier.TEXT, Tier.TEXT)
+                if self._apply_in(s, plan, now) is None:  # pragma: no cover - our own row
+                    raise RuntimeError(f"the new open page {new_open.id} vanished")
+                packed.prepared += 1
+        row.paged_until = max(row.paged_until, trimmed[-1].seq)
+        return packed
+
+    def _open_page(self, s: Session, sid: int) -> PageRow | None | bool:
+        """The session's open page (always its newest page), None when there is none, False
+        when another worker holds it (PostgreSQL)."""
+        newest = s.execute(
+            select(PageRow.id, PageRow.open)
+            .where(PageRow.session_row_id == sid)
+            .order_by(PageRow.first_seq.desc())
+            .limit(1)
+        ).first()
+        if newest is None or not newest.open:
+            return None
+        q = select(PageRow).where(PageRow.id == newest.id)
+        if self.db.dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        page = s.scalars(q).first()
+        return page if page is not None and page.open else False
 
     def _window_end(self, s: Session, row: SessionRow) -> int:
         """Highest seq that may leave the text window."""
@@ -228,7 +396,7 @@ class Aging:
         if limit is not None and end > row.paged_until:
             recent = s.execute(
                 select(TurnRow.seq, TurnRow.tokens)
-                .where(TurnRow.session_id == row.id, TurnRow.seq > row.paged_until)
+                .where(TurnRow.session_row_id == row.id, TurnRow.seq > row.paged_until)
                 .order_by(TurnRow.seq.desc())
             )
             kept = 0
@@ -248,37 +416,53 @@ class Aging:
         current: list[TurnRow] = []
         fill = 0
         for t in turns:
-            fp = self.renderer.footprint(_render_turn(t), self.target.layout)
+            fp = self._footprint(t)
             if current and fill + fp > self.capacity:
                 keep, carry = (
                     _split_before_tool_group(current) if t.role == "tool" else (current, [])
                 )
                 pages.append((keep, True))
                 current = carry
-                fill = sum(
-                    self.renderer.footprint(_render_turn(c), self.target.layout) for c in carry
-                )
+                fill = sum(self._footprint(c) for c in carry)
             current.append(t)
             fill += fp
         if current:
             pages.append((current, False))
         return pages
 
-    def _is_sealable(self, page: tuple[list[TurnRow], bool], now: datetime) -> bool:
+    def _footprint(self, t: TurnRow) -> int:
+        return self.renderer.footprint(render_turn(t), self.target.layout)
+
+    def _is_sealable(
+        self, page: tuple[list[TurnRow], bool], now: datetime, later: Sequence[datetime] = ()
+    ) -> bool:
+        """Whether a cut page is sealed now: full; or its sitting ended (a quiet spell of
+        ``sitting_gap`` after its newest turn: before a ``later`` turn, or until ``now``); or
+        its newest turn is ``seal_after`` old and it holds ``min_fill`` of a page."""
         group, full = page
         if full:
             return True
-        quiet = now - max(t.at for t in group)
-        if quiet >= self.policy.seal_quiet_after:
+        newest = max(t.at for t in group)
+        if self._sitting_ended(newest, later, now):
             return True
-        fill = sum(self.renderer.footprint(_render_turn(t), self.target.layout) for t in group)
+        fill = sum(self._footprint(t) for t in group)
+        quiet = now - newest
         return quiet >= self.policy.seal_after and fill >= self.policy.min_fill * self.capacity
+
+    def _sitting_ended(self, newest: datetime, later: Sequence[datetime], now: datetime) -> bool:
+        gap = self.policy.sitting_gap
+        last = newest
+        for at in later:
+            if at - last >= gap:
+                return True
+            last = max(last, at)
+        return now - last >= gap
 
     def _new_page(self, sid: int, group: list[TurnRow], now: datetime) -> PageRow:
         text_tokens = sum(t.tokens for t in group)
-        footprint = sum(self.renderer.footprint(_render_turn(t), self.target.layout) for t in group)
+        footprint = sum(self._footprint(t) for t in group)
         return PageRow(
-            session_id=sid,
+            session_row_id=sid,
             first_seq=group[0].seq,
             last_seq=group[-1].seq,
             first_at=min(t.at for t in group),
@@ -290,8 +474,8 @@ class Aging:
             width=None,
             height=None,
             token_cost=text_tokens,
-            sealed=True,
             imageable=footprint <= self.capacity,
+            open=False,
             version=1,
             created_at=now,
             updated_at=now,
@@ -299,23 +483,28 @@ class Aging:
 
     # -- plan ----------------------------------------------------------------------------------
 
-    def _plan(self, sid: int, now: datetime) -> list[_PagePlan]:
+    def _plan(self, sid: int, now: datetime) -> list[PagePlan | MergePlan]:
+        """Each sealed page's tier change, and the merges of consolidation, oldest first. The
+        open page keeps the text tier (it is only prepared) until it is sealed."""
         with self.db.read() as s:
             pages = s.execute(
                 select(
                     PageRow.id,
                     PageRow.version,
                     PageRow.tier,
+                    PageRow.first_seq,
+                    PageRow.last_seq,
                     PageRow.last_at,
                     PageRow.text_tokens,
                     PageRow.imageable,
                     PageRow.target,
+                    PageRow.open,
                     select(RenditionRow.page_id)
                     .where(RenditionRow.page_id == PageRow.id)
                     .exists()
                     .label("prepared"),
                 )
-                .where(PageRow.session_id == sid)
+                .where(PageRow.session_row_id == sid)
                 .order_by(PageRow.first_seq)
             ).all()
             unpaged = 0
@@ -323,25 +512,128 @@ class Aging:
                 paged_until = s.scalar(select(SessionRow.paged_until).where(SessionRow.id == sid))
                 unpaged = s.scalar(
                     select(func.coalesce(func.sum(TurnRow.tokens), 0)).where(
-                        TurnRow.session_id == sid, TurnRow.seq > paged_until
+                        TurnRow.session_row_id == sid, TurnRow.seq > paged_until
                     )
                 )
         current = [Tier.parse(p.tier) for p in pages]
         wanted = list(current)
+        due = list(current)  # the time ladder's tier, whether or not an image pays
         if self.policy.by_time is not None:
             for i, p in enumerate(pages):
                 t = self.policy.by_time.tier_for(now - p.last_at)
-                if t > wanted[i] and p.imageable:
+                if t > wanted[i] and p.imageable and not p.open:
+                    due[i] = t
                     wanted[i] = self._paying(t, p.text_tokens, wanted[i])
         if self.policy.budget is not None:
             self._apply_pressure(pages, wanted, int(unpaged or 0))
-        plans = []
+        merges = (
+            self._consolidate(sid, pages, current, wanted, due) if self.policy.consolidate else []
+        )
+        merged = {pid for m in merges for pid, _ in m.pages}
+        plans: list[tuple[int, PagePlan | MergePlan]] = [(m.first_seq, m) for m in merges]
         for p, old, new in zip(pages, current, wanted, strict=True):
+            if p.id in merged:
+                continue
             retarget = p.target != self.target.name and old is not Tier.TEXT
             unprepared = new is Tier.TEXT and p.imageable and not p.prepared
             if new > old or retarget or unprepared:
-                plans.append(_PagePlan(p.id, p.version, old, new))
-        return plans
+                plans.append((p.first_seq, PagePlan(p.id, p.version, old, new)))
+        plans.sort(key=lambda x: x[0])
+        return [plan for _, plan in plans]
+
+    def _consolidate(
+        self,
+        sid: int,
+        pages: Sequence,
+        current: list[Tier],
+        wanted: list[Tier],
+        due: list[Tier],
+    ) -> list[MergePlan]:
+        """Merges of adjacent sparse pages at a faint tier, planned only at tier moves.
+
+        A page takes part at tier T (small or tiny) when it moves to T in this pass, or is at T
+        next to one that does; a page still text because an image of it alone would not pay is
+        due at T by the time ladder and may join a merge that pays. Consecutive pages at the same
+        T are packed greedily, oldest first, while their turns' footprints fit one page; a group
+        of two or more with a moving page becomes a merge. Whole pages are merged, so a tool call
+        stays with its results, and between passes without a tier move nothing merges.
+        """
+        n = len(pages)
+        at: list[Tier | None] = [None] * n
+        for i, p in enumerate(pages):
+            if p.open or not p.imageable:
+                continue
+            if wanted[i] in FAINT_TIERS:
+                at[i] = wanted[i]
+            elif wanted[i] is Tier.TEXT and due[i] in FAINT_TIERS:
+                at[i] = due[i]  # alone it does not pay; in a merge it may
+        moving = [
+            at[i] is not None and (current[i] is not at[i] or pages[i].target != self.target.name)
+            for i in range(n)
+        ]
+
+        def joins(i: int) -> bool:
+            if at[i] is None:
+                return False
+            return (
+                moving[i]
+                or (i > 0 and moving[i - 1] and at[i - 1] is at[i])
+                or (i + 1 < n and moving[i + 1] and at[i + 1] is at[i])
+            )
+
+        runs: list[list[int]] = []
+        for i in range(n):
+            if not joins(i):
+                continue
+            if runs and runs[-1][-1] == i - 1 and at[i - 1] is at[i]:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        runs = [r for r in runs if len(r) > 1]
+        if not runs:
+            return []
+        fills = self._page_fills(
+            sid, [(pages[r[0]].first_seq, pages[r[-1]].last_seq) for r in runs]
+        )
+        merges: list[MergePlan] = []
+        for run in runs:
+            tier = at[run[0]]
+            assert tier is not None
+            groups: list[list[int]] = [[]]
+            fill = 0
+            for i in run:
+                fp = sum(fills.get(q, 0) for q in range(pages[i].first_seq, pages[i].last_seq + 1))
+                if groups[-1] and fill + fp > self.capacity:
+                    groups.append([])
+                    fill = 0
+                groups[-1].append(i)
+                fill += fp
+            for g in groups:
+                text_tokens = sum(pages[i].text_tokens for i in g)
+                if (
+                    len(g) > 1
+                    and any(moving[i] for i in g)
+                    and self._cost(tier, text_tokens) < text_tokens
+                ):
+                    merges.append(
+                        MergePlan(
+                            sid,
+                            tuple((pages[i].id, pages[i].version) for i in g),
+                            pages[g[0]].first_seq,
+                            pages[g[-1]].last_seq,
+                            tier,
+                        )
+                    )
+        return merges
+
+    def _page_fills(self, sid: int, spans: Sequence[tuple[int, int]]) -> dict[int, int]:
+        """Footprint of each turn in the given seq spans: seq -> footprint."""
+        out: dict[int, int] = {}
+        with self.db.read() as s:
+            for first, last in spans:
+                for t in page_turns(s, sid, first, last):
+                    out[t.seq] = self._footprint(t)
+        return out
 
     def _cost(self, tier: Tier, text_tokens: int) -> int:
         return text_tokens if tier is Tier.TEXT else self.target.tier_cost(tier)
@@ -369,8 +661,8 @@ class Aging:
         for i, p in enumerate(pages):  # oldest first
             if total <= budget:
                 return
-            if not p.imageable:
-                continue
+            if not p.imageable or p.open:
+                continue  # the open page stays text until sealed (assembly may fade it)
             while total > budget and wanted[i] < Tier.TINY:
                 cost_now = self._shown_cost(wanted[i], p.text_tokens)
                 fainter = [
@@ -388,7 +680,7 @@ class Aging:
 
     # -- apply ---------------------------------------------------------------------------------
 
-    def _apply(self, plan: _PagePlan, now: datetime, report: AgingReport) -> int:
+    def _apply(self, plan: PagePlan, now: datetime, report: AgingReport) -> int:
         result = self.db.write(lambda s: self._apply_in(s, plan, now))
         if result is None:
             report.pages_skipped += 1
@@ -404,27 +696,125 @@ class Aging:
         report.text_tokens_replaced += text_tokens
         return 1
 
-    def _apply_in(self, s: Session, plan: _PagePlan, now: datetime) -> tuple[int, int, int] | None:
+    def _merge(self, plan: MergePlan, now: datetime, report: AgingReport) -> int:
+        result = self.db.write(lambda s: self._merge_in(s, plan, now))
+        if result is None:
+            report.pages_skipped += 1
+            return 0
+        old_cost, new_cost, text_tokens = result
+        label = plan.tier.label
+        report.merges += 1
+        report.pages_merged += len(plan.pages)
+        report.pages_moved[label] = report.pages_moved.get(label, 0) + 1
+        report.tokens_before += old_cost
+        report.tokens_after += new_cost
+        report.text_tokens_replaced += text_tokens
+        return 1
+
+    def _merge_in(self, s: Session, plan: MergePlan, now: datetime) -> tuple[int, int, int] | None:
+        """One merge, one transaction: the pages (claimed, each still at its planned version)
+        go, with their renditions and visual tokens; one page naming their whole turn span
+        takes their place, drawn at the merge's tier (renditions and visual tokens with it).
+        None when a page changed or is claimed by another worker: the next pass redoes it."""
+        versions = dict(plan.pages)
+        q = (
+            select(PageRow)
+            .where(PageRow.id.in_(list(versions)), PageRow.session_row_id == plan.session_row_id)
+            .order_by(PageRow.first_seq)
+        )
+        if self.db.dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True)  # claimed by another worker: skip it
+        rows = list(s.scalars(q))
+        if (
+            len(rows) != len(versions)
+            or any(r.version != versions[r.id] or r.open for r in rows)
+            or (rows[0].first_seq, rows[-1].last_seq) != (plan.first_seq, plan.last_seq)
+            or any(b.first_seq != a.last_seq + 1 for a, b in pairwise(rows))
+        ):
+            return None
+        old_cost = sum(r.token_cost for r in rows)
+        merged = PageRow(
+            session_row_id=plan.session_row_id,
+            first_seq=plan.first_seq,
+            last_seq=plan.last_seq,
+            first_at=min(r.first_at for r in rows),
+            last_at=max(r.last_at for r in rows),
+            text_tokens=sum(r.text_tokens for r in rows),
+            target=self.target.name,
+            tier=Tier.TEXT.label,
+            png=None,
+            width=None,
+            height=None,
+            token_cost=sum(r.text_tokens for r in rows),
+            imageable=True,
+            open=False,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        ids = [r.id for r in rows]
+        s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id.in_(ids)))
+        s.execute(delete(RenditionRow).where(RenditionRow.page_id.in_(ids)))
+        for r in rows:
+            s.delete(r)
+        s.flush()  # before the merged page takes the first one's first_seq
+        s.add(merged)
+        s.flush()
+        result = self._apply_in(s, PagePlan(merged.id, 1, Tier.TEXT, plan.tier), now)
+        if result is None:  # pragma: no cover - our own row
+            raise RuntimeError(f"the merged page {merged.id} vanished")
+        return old_cost, result[1], result[2]
+
+    def rebuild(self, page_id: int, version: int, tier: Tier, now: datetime) -> bool:
+        """Re-render a page at its stored ``tier`` from the archived turns, in one transaction
+        (images, renditions, visual tokens, version bump: the same path as a tier change).
+        False when the page changed meanwhile (a concurrent pass made it fresh anyway)."""
+        plan = PagePlan(page_id, version, tier, tier)
+
+        def work(s: Session) -> bool:
+            # Drop the broken blob first: the ORM load below must not have to decode it.
+            s.execute(
+                update(PageRow)
+                .where(PageRow.id == page_id, PageRow.version == version)
+                .values(png=None)
+            )
+            return self._apply_in(s, plan, now) is not None
+
+        return bool(self.db.write(work))
+
+    def keeps_whole(self, t: TurnRow, mark: tuple[bool, int] | None = None) -> bool:
+        """Whether an abridged page keeps this turn whole: pinned, or salient once its recalls
+        are counted (``mark`` is its ``(pinned, recalls)``, None when it has no marks).
+
+        Raises:
+            InvalidConfiguration: the salience function returned something other than a number.
+        """
+        pinned, recalls = mark or (False, 0)
+        if pinned:
+            return True
+        score = self.salience(t.role, t.content)
+        if isinstance(score, bool):
+            score = float(score)
+        if not isinstance(score, numbers.Real):
+            raise InvalidConfiguration(
+                f"the salience function returned {type(score).__name__}, not a number"
+            )
+        return keeps_whole(float(score), recalls=recalls)
+
+    def _apply_in(self, s: Session, plan: PagePlan, now: datetime) -> tuple[int, int, int] | None:
         q = select(PageRow).where(PageRow.id == plan.page_id, PageRow.version == plan.version)
         if self.db.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)  # claimed by another worker: skip it
         page = s.scalars(q).first()
         if page is None:
             return None
-        turns = s.scalars(
-            select(TurnRow)
-            .where(
-                TurnRow.session_id == page.session_id,
-                TurnRow.seq >= page.first_seq,
-                TurnRow.seq <= page.last_seq,
-            )
-            .order_by(TurnRow.seq)
-        ).all()
+        turns = page_turns(s, page.session_row_id, page.first_seq, page.last_seq)
+        marks = page_marks(s, page.session_row_id, page.first_seq, page.last_seq)
         # A page still shown as text gets every image tier ready as renditions, so that
         # assembly can show it as an image when a budget is tight (never rendering itself).
         tiers = [t for t in IMAGE_TIERS if t >= plan.new_tier]
         images = self.renderer.render(
-            [_render_turn(t) for t in turns],
+            [render_turn(t, keep_whole=self.keeps_whole(t, marks.get(t.seq))) for t in turns],
             self.target.layout,
             [self.target.spec(t).size for t in tiers],
         )
@@ -463,23 +853,32 @@ class Aging:
             forms = ([(plan.new_tier, stored)] if stored is not None else []) + fainter
             for tier, image in forms:
                 enc = self.encoder.encode(image.png, tier.label)
-                s.add(
-                    VisualTokenRow(
-                        page_id=page.id,
-                        tier=tier.label,
-                        encoder_key=self.encoder.key,
-                        dtype=enc.dtype,
-                        shape=list(enc.shape),
-                        data=enc.data,
-                        created_at=now,
-                    )
-                )
+                add_visual_tokens(s, page.id, tier.label, self.encoder.key, enc, now)
         return old_cost, page.token_cost, page.text_tokens
 
 
-def _render_turn(t: TurnRow) -> RenderTurn:
+def render_turn(t: TurnRow, *, keep_whole: bool = False) -> RenderTurn:
+    """How an archived turn is drawn on a page: its speaker (a name, else the role) and text;
+    ``keep_whole``: an abridged page cuts it last (see :meth:`Aging.keeps_whole`)."""
     speaker = t.meta.get("name") if isinstance(t.meta, dict) else None
-    return RenderTurn(speaker=str(speaker or t.role), at=t.at, text=t.content)
+    return RenderTurn(
+        speaker=str(speaker or t.role), at=t.at, text=t.content, keep_whole=keep_whole
+    )
+
+
+def page_marks(s: Session, sid: int, first_seq: int, last_seq: int) -> dict[int, tuple[bool, int]]:
+    """Pins and recall counts of a page's marked turns: seq -> (pinned, recalls)."""
+    rows = s.execute(
+        select(TurnRow.seq, TurnMarkRow.pinned, TurnMarkRow.recalls)
+        .join(TurnMarkRow, TurnMarkRow.turn_id == TurnRow.id)
+        .where(
+            TurnMarkRow.session_row_id == sid,
+            TurnRow.session_row_id == sid,
+            TurnRow.seq >= first_seq,
+            TurnRow.seq <= last_seq,
+        )
+    )
+    return {int(seq): (bool(pinned), int(recalls or 0)) for seq, pinned, recalls in rows}
 
 
 def _has_tool_calls(t: TurnRow) -> bool:

@@ -9,31 +9,30 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Row, and_, or_, select
 from sqlalchemy.orm import Session
 
+from .captions import INTRO_TOKENS, page_caption
+from .errors import InvalidConfiguration
 from .ladder import IMAGE_TIERS, Target, Tier
+from .recall import pinned_seqs, search
 from .records import Turn
-from .store import PageRow, RenditionRow, SessionRow, TurnRow
+from .store import (
+    PAGE_COLUMNS_WITHOUT_PNG,
+    PageRow,
+    RenditionRow,
+    SessionRow,
+    TurnRow,
+    page_turns,
+    to_turn,
+)
 from .tokens import TokenCounter, approximate_tokens
 
-MEMORY_INTRO = (
-    "Memory of earlier conversation. The images below are pages of this conversation's own "
-    "history, oldest first, rendered as pictures of text; the fainter the page, the older it "
-    "is. Use them as background: they are not a new request and not current events."
-)
-# What a page's caption costs in the worst case: the aging pass's pressure budget counts it.
-CAPTION_TOKENS = approximate_tokens(
-    "system",
-    "Memory page: turns 1000000–1000000, 30 Sep 2025 13:56 – 30 Sep 2025 10:02 UTC, "
-    "about 11 months old.",
-)
-INTRO_TOKENS = approximate_tokens("system", MEMORY_INTRO)
 _TURN_BATCH = 64
 _PAGE_BATCH = 32
 
@@ -79,7 +78,20 @@ class PageSegment:
         return f"data:{self.mime_type};base64,{self.base64}"
 
 
-Segment = TextSegment | PageSegment
+@dataclass(frozen=True)
+class RecalledSegment:
+    """Exact text of archived turns the prompt would otherwise show faded or not at all:
+    pinned turns, and turns the cue recalled. Placed after the pages, before the recent text,
+    so the pages' prefix stays byte-stable; adapters send ``text`` as one message."""
+
+    turns: tuple[Turn, ...]
+    pinned: tuple[int, ...]  # seqs of the turns that are there because they are pinned
+    text: str
+    tokens: int
+    kind: Literal["recalled"] = "recalled"
+
+
+Segment = TextSegment | PageSegment | RecalledSegment
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,11 @@ class AssembledContext:
         return [s for s in self.segments if isinstance(s, TextSegment)]
 
     @property
+    def recalled(self) -> RecalledSegment | None:
+        """The block of pinned and recalled turns, if any."""
+        return next((s for s in self.segments if isinstance(s, RecalledSegment)), None)
+
+    @property
     def compression(self) -> float:
         """Text tokens the images stand for, per image token (0 when there are no images)."""
         return self.text_tokens_replaced / self.image_tokens if self.image_tokens else 0.0
@@ -117,6 +134,8 @@ class AssembledContext:
             if isinstance(seg, PageSegment):
                 h.update(b"P%d:%s:%s\0" % (seg.page_id, seg.tier.encode(), seg.caption.encode()))
                 h.update(hashlib.sha256(seg.png).digest())
+            elif isinstance(seg, RecalledSegment):
+                h.update(b"R%s\0" % seg.text.encode("utf-8"))
             else:
                 t = seg.turn
                 h.update(b"T%d:%s\0%s\0" % (t.seq, t.role.encode(), t.content.encode("utf-8")))
@@ -137,10 +156,48 @@ class _Candidate:
     row: Row[Any]  # a page row without its image bytes
     options: list[_Option]
     chosen: int = 0
+    caption: str = ""
+    caption_tokens: int = 0
 
     @property
     def option(self) -> _Option:
         return self.options[self.chosen]
+
+    @property
+    def is_image(self) -> bool:
+        return self.option.tier is not Tier.TEXT
+
+    @property
+    def cost(self) -> int:
+        """What the page costs in the prompt as now chosen: an image comes with its caption."""
+        o = self.option
+        return o.cost + self.caption_tokens if self.is_image else o.cost
+
+
+DEFAULT_MEMORY_SHARE = 0.5
+"""When the history does not fit, the share of the budget kept for the past (pages, pins,
+recall) even when recent text could fill it all."""
+DEFAULT_RECALL_SHARE = 0.2
+"""With a cue, the share of the budget reserved for turns the cue recalls (part of the past's)."""
+RECALL_CANDIDATES = 12  # hits a cue is searched for; the reserve decides how many are shown
+FAINT_TIERS = frozenset({Tier.SMALL.label, Tier.TINY.label})  # abridged or barely legible
+
+
+@dataclass(frozen=True)
+class AssemblyShares:
+    """How a tight budget is split: ``memory`` for the past when the history does not fit,
+    ``recall`` of the budget reserved (out of the memory share) for what a cue recalls."""
+
+    memory: float = DEFAULT_MEMORY_SHARE
+    recall: float = DEFAULT_RECALL_SHARE
+
+    def __post_init__(self) -> None:
+        for name in ("memory", "recall"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidConfiguration(f"{name} share must be a number, got {value!r:.40}")
+            if not 0.0 <= value <= 0.9:
+                raise InvalidConfiguration(f"{name} share must be between 0 and 0.9, got {value}")
 
 
 def assemble_context(
@@ -151,8 +208,20 @@ def assemble_context(
     target: Target,
     now: datetime,
     counter: TokenCounter | None = None,
+    cue: str | None = None,
+    shares: AssemblyShares = AssemblyShares(),
 ) -> AssembledContext:
-    """Build the budgeted view of one session (inside a read transaction)."""
+    """Build the budgeted view of one session (inside one read transaction), in phases:
+    recent text, pins, page candidates, the split between text and the past, fade to fit,
+    recall, segments.
+
+    Everything fits: all of it is shown, text first. Otherwise the past (pages, pins, recall)
+    keeps up to ``shares.memory`` of the budget. With a cue, ``shares.recall`` of the budget is
+    reserved whether or not the cue finds anything, so the pages chosen (the prompt's prefix)
+    do not depend on the cue; what the recall block leaves unused goes to more recent text,
+    which comes after it.
+    """
+    count = counter or approximate_tokens
 
     def cost_of(t: TurnRow) -> int:
         """Stored counts come from the manager's counter; another counter recounts."""
@@ -160,19 +229,123 @@ def assemble_context(
             return t.tokens
         return int(counter(t.role, t.content))
 
-    # 1. Recent text, newest first, as whole units (a tool call stays with its results).
-    texts: list[TurnRow] = []
-    spent = 0
-    over = False
-    stopped = False
-    mandatory_done = False
+    recent = _recent_units(s, session, budget, cost_of)
+    mandatory = recent.spent(recent.mandatory)
+    pins = _pinned(s, session, recent, cost_of, budget - mandatory)
+    pin_cost = _block_cost(count, pins, []) if pins else 0
+    reserve = int(budget * shares.recall) if cue is not None else 0
+
+    candidates = _page_candidates(s, session.id, target, budget - mandatory - pin_cost)
+    candidates.reverse()  # oldest first
+    ref = session.aged_at or now
+    for c in candidates:
+        c.caption = page_caption(c.row.first_seq, c.row.last_seq, c.row.last_at, ref)
+        c.caption_tokens = approximate_tokens("system", c.caption)
+    demand = sum(c.cost for c in candidates)
+    demand += INTRO_TOKENS if any(c.is_image for c in candidates) else 0
+
+    everything = recent.complete and recent.spent() + pin_cost + demand + reserve <= budget
+    if everything or not candidates:
+        text_cap = budget - pin_cost - reserve
+    else:
+        past = min(int(budget * shares.memory), demand + reserve + pin_cost)
+        text_cap = budget - max(past, pin_cost + reserve)
+    shown_units = recent.fit(text_cap)
+    spent = recent.spent(shown_units)
+    candidates = _fade_to_fit(candidates, budget - spent - pin_cost - reserve)
+
+    recalled: list[TurnRow] = []
+    if cue is not None and reserve > 0:
+        shown = {t.seq for u in recent.units[:shown_units] for t in u[0]} | {t.seq for t in pins}
+        shown |= _legible_seqs(candidates)
+        recalled = _recall_block(s, session, cue, shown, reserve, count)
+        # What the block leaves of the reserve goes to more recent text (after the pages).
+        pages_cost = sum(c.cost for c in candidates)
+        pages_cost += INTRO_TOKENS if any(c.is_image for c in candidates) else 0
+        block_cost = _block_cost(count, pins, recalled) if pins or recalled else 0
+        more = recent.fit(budget - pages_cost - block_cost, start=shown_units)
+        if more > shown_units:
+            shown_units = more
+            spent = recent.spent(shown_units)
+            in_text = {t.seq for u in recent.units[:shown_units] for t in u[0]}
+            recalled = [t for t in recalled if t.seq not in in_text]
+    block = (
+        RecalledSegment(
+            turns=tuple(to_turn(t, session.key) for t in pins + recalled),
+            pinned=tuple(t.seq for t in pins),
+            text=_block_text(pins, recalled),
+            tokens=_block_cost(count, pins, recalled),
+        )
+        if pins or recalled
+        else None
+    )
+    texts = [t for u in reversed(recent.units[:shown_units]) for t in u[0]]
+    segments, image_tokens, replaced = _build_segments(
+        s, session, candidates, block, texts, cost_of
+    )
+
+    first_shown = min(
+        (
+            seg.first_seq if isinstance(seg, PageSegment) else seg.turn.seq
+            for seg in segments
+            if not isinstance(seg, RecalledSegment)
+        ),
+        default=session.next_seq + 1,
+    )
+    intro = INTRO_TOKENS if image_tokens > 0 else 0
+    return AssembledContext(
+        session_id=session.key,
+        target=target.name,
+        budget=budget,
+        segments=tuple(segments),
+        tokens=sum(seg.tokens for seg in segments) + intro,
+        text_tokens_replaced=replaced,
+        image_tokens=image_tokens,
+        intro_tokens=intro,
+        omitted_turns=max(0, first_shown - 1),
+        over_budget=mandatory > budget,
+    )
+
+
+Unit = tuple[list[TurnRow], int]  # turns shown together (a tool call and its results), cost
+
+
+@dataclass
+class _Recent:
+    """Phase 1's result: the newest unpaged turns as whole units, newest first."""
+
+    units: list[Unit]
+    mandatory: int  # the first units up to the newest user turn: always shown
+    complete: bool  # every unpaged turn was gathered (nothing older is left out)
+
+    def spent(self, n: int | None = None) -> int:
+        return sum(cost for _, cost in self.units[: len(self.units) if n is None else n])
+
+    def fit(self, cap: int, start: int = 0) -> int:
+        """How many units (at least the mandatory ones, and at least ``start``) fit in ``cap``."""
+        n = max(self.mandatory, start)
+        total = self.spent(n)
+        while n < len(self.units) and total + self.units[n][1] <= cap:
+            total += self.units[n][1]
+            n += 1
+        return n
+
+
+def _recent_units(
+    s: Session, session: SessionRow, budget: int, cost_of: Callable[[TurnRow], int]
+) -> _Recent:
+    """Unpaged turns, newest first, as whole units (a tool call stays with its results),
+    gathered until they fill ``budget``; reading stops there, so the cost follows the budget."""
+    units: list[Unit] = []
+    total = 0
+    mandatory = 0
     upper = session.next_seq
     pending: list[TurnRow] = []  # a unit being gathered backwards
-    while not stopped and upper > session.paged_until:
+    while upper > session.paged_until:
         batch = s.scalars(
             select(TurnRow)
             .where(
-                TurnRow.session_id == session.id,
+                TurnRow.session_row_id == session.id,
                 TurnRow.seq <= upper,
                 TurnRow.seq > session.paged_until,
             )
@@ -186,115 +359,198 @@ def assemble_context(
             pending.insert(0, t)
             if t.role == "tool":
                 continue  # walking back, a tool result needs the call before it: keep gathering
-            unit_cost = sum(cost_of(u) for u in pending)
-            if not mandatory_done:
-                spent += unit_cost
-                texts[:0] = pending
-                mandatory_done = any(u.role == "user" for u in pending)
-                over = spent > budget
-            elif spent + unit_cost <= budget:
-                spent += unit_cost
-                texts[:0] = pending
-            else:
-                stopped = True
-                break
+            cost = sum(cost_of(u) for u in pending)
+            units.append((pending, cost))
+            total += cost
             pending = []
-    stopped = stopped or bool(pending)
+            if not mandatory and any(u.role == "user" for u in units[-1][0]):
+                mandatory = len(units)
+            if total > budget and mandatory:
+                return _Recent(units, mandatory, False)
+    if pending:  # tool results whose call is on a page: shown only with it
+        return _Recent(units, mandatory or len(units), False)
+    return _Recent(units, mandatory or len(units), True)
 
-    # 2. Pages, newest first, at their stored tier, while their faintest form could still fit.
-    candidates: list[_Candidate] = []
-    if not stopped:
-        candidates = _page_candidates(s, session.id, target, budget - spent)
 
-    intro = INTRO_TOKENS
-    ref = session.aged_at or now
-    captions = {c.row.id: _caption(c.row, ref) for c in candidates}
+def _pinned(
+    s: Session,
+    session: SessionRow,
+    recent: _Recent,
+    cost_of: Callable[[TurnRow], int],
+    room: int,
+) -> list[TurnRow]:
+    """Pinned turns not already in the recent text, newest first while they fit; in order."""
+    seqs = set(pinned_seqs(s, session))
+    if not seqs:
+        return []
+    seqs -= {t.seq for u in recent.units for t in u[0]}
+    rows = s.scalars(
+        select(TurnRow)
+        .where(TurnRow.session_row_id == session.id, TurnRow.seq.in_(sorted(seqs)))
+        .order_by(TurnRow.seq.desc())
+    ).all()
+    kept, spent = [], _BLOCK_OVERHEAD
+    for t in rows:
+        if spent + cost_of(t) <= room:
+            kept.append(t)
+            spent += cost_of(t)
+    return sorted(kept, key=lambda t: t.seq)
 
-    caption_tokens = {pid: approximate_tokens("system", cap) for pid, cap in captions.items()}
 
-    def page_cost(c: _Candidate) -> int:
-        o = c.option
-        return o.cost if o.tier is Tier.TEXT else o.cost + caption_tokens[c.row.id]
+def _legible_seqs(candidates: list[_Candidate]) -> set[int]:
+    """Turns the chosen pages show legibly: as text, or on an image that is not faint."""
+    out: set[int] = set()
+    for c in candidates:
+        if c.option.tier.label not in FAINT_TIERS:
+            out.update(range(c.row.first_seq, c.row.last_seq + 1))
+    return out
 
-    # 3. Over budget: fade the oldest first (this request only), then leave the oldest out.
-    #    Running totals keep this linear in the number of candidate pages.
-    candidates.reverse()  # oldest first
-    pages_cost = sum(page_cost(c) for c in candidates)
-    images = sum(c.option.tier is not Tier.TEXT for c in candidates)
+
+def _recall_block(
+    s: Session,
+    session: SessionRow,
+    cue: str,
+    shown: set[int],
+    reserve: int,
+    count: TokenCounter,
+) -> list[TurnRow]:
+    """Turns the cue recalls that the prompt would not show legibly, each with the turn next
+    to it for context, best first while the block fits ``reserve``; in order."""
+    hits = [
+        h.recollection.turn.seq
+        for h in search(s, session, cue, limit=RECALL_CANDIDATES)
+        if h.recollection.turn.seq not in shown
+    ]
+    if not hits:
+        return []
+    wanted = set(hits)
+    wanted |= {_partner(seq, session.next_seq) for seq in hits}
+    rows = {
+        t.seq: t
+        for t in s.scalars(
+            select(TurnRow).where(
+                TurnRow.session_row_id == session.id, TurnRow.seq.in_(sorted(wanted))
+            )
+        )
+    }
+    chosen: dict[int, TurnRow] = {}
+    for seq in hits:
+        unit = [rows[q] for q in sorted({seq, _partner(seq, session.next_seq)}) if q in rows]
+        unit = [t for t in unit if t.seq not in chosen and (t.seq == seq or t.seq not in shown)]
+        trial = sorted([*chosen.values(), *unit], key=lambda t: t.seq)
+        if _block_cost(count, [], trial) <= reserve:
+            chosen.update((t.seq, t) for t in unit)
+    return sorted(chosen.values(), key=lambda t: t.seq)
+
+
+def _partner(seq: int, last: int) -> int:
+    """The adjacent turn that gives a recalled turn its context: the reply to it, or for the
+    newest turn the one before it."""
+    return seq + 1 if seq < last else seq - 1
+
+
+_PINNED_HEADER = "Pinned turns (exact text):"
+_RECALLED_HEADER = (
+    "Recalled from memory for the current message (exact text of earlier turns; "
+    "the page images may show them faded or not at all):"
+)
+_BLOCK_OVERHEAD = approximate_tokens("user", _RECALLED_HEADER)
+
+
+def _block_text(pins: Sequence[TurnRow], recalled: Sequence[TurnRow]) -> str:
+    """The recalled block as the model reads it: headers, then one line per turn."""
+    parts = []
+    if pins:
+        parts.append("\n".join([_PINNED_HEADER, *(_line(t) for t in pins)]))
+    if recalled:
+        parts.append("\n".join([_RECALLED_HEADER, *(_line(t) for t in recalled)]))
+    return "\n\n".join(parts)
+
+
+def _line(t: TurnRow) -> str:
+    speaker = t.meta.get("name") if isinstance(t.meta, dict) else None
+    return f"[turn {t.seq}, {speaker or t.role}, {t.at:%Y-%m-%d %H:%M}] {t.content}"
+
+
+def _block_cost(count: TokenCounter, pins: Sequence[TurnRow], recalled: Sequence[TurnRow]) -> int:
+    return int(count("user", _block_text(pins, recalled)))
+
+
+def _fade_to_fit(candidates: list[_Candidate], room: int) -> list[_Candidate]:
+    """Over budget, fade the oldest first (this request only), then leave the oldest out.
+    Running totals keep this linear in the number of candidate pages."""
+    candidates = list(candidates)
+    pages_cost = sum(c.cost for c in candidates)
+    images = sum(c.is_image for c in candidates)
 
     def total() -> int:
-        return spent + pages_cost + (intro if images else 0)
+        return pages_cost + (INTRO_TOKENS if images else 0)
 
     i = 0  # candidates before i cannot fade any further
-    while candidates and total() > budget:
+    while candidates and total() > room:
         if i < len(candidates):
             c = candidates[i]
             if c.chosen + 1 == len(c.options):
                 i += 1
                 continue
-            was_image = c.option.tier is not Tier.TEXT
-            pages_cost -= page_cost(c)
+            was_image = c.is_image
+            pages_cost -= c.cost
             c.chosen += 1
-            pages_cost += page_cost(c)
-            images += (c.option.tier is not Tier.TEXT) - was_image
+            pages_cost += c.cost
+            images += c.is_image - was_image
         else:
             c = candidates.pop(0)
-            pages_cost -= page_cost(c)
-            images -= c.option.tier is not Tier.TEXT
+            pages_cost -= c.cost
+            images -= c.is_image
             i -= 1
+    return candidates
 
-    pngs = _images(s, [c for c in candidates if c.option.tier is not Tier.TEXT])
+
+def _build_segments(
+    s: Session,
+    session: SessionRow,
+    candidates: list[_Candidate],
+    block: RecalledSegment | None,
+    texts: list[TurnRow],
+    cost_of: Callable[[TurnRow], int],
+) -> tuple[list[Segment], int, int]:
+    """Pages oldest first (text pages as their turns), the recalled block, then the recent
+    text; with the image tokens and the text tokens the images stand for."""
+    pngs = _images(s, [c for c in candidates if c.is_image])
     segments: list[Segment] = []
     image_tokens = replaced = 0
     for c in candidates:
         o = c.option
-        if o.tier is Tier.TEXT:
-            for t in _page_turns(s, c.row):
-                segments.append(TextSegment(_turn(t, session.key), cost_of(t), page_id=c.row.id))
+        if not c.is_image:
+            for t in page_turns(s, c.row.session_row_id, c.row.first_seq, c.row.last_seq):
+                segments.append(TextSegment(to_turn(t, session.key), cost_of(t), page_id=c.row.id))
             continue
-        png = pngs[c.row.id]
         assert o.width is not None and o.height is not None
-        cap = captions[c.row.id]
         segments.append(
             PageSegment(
                 page_id=c.row.id,
                 tier=o.tier.label,
                 stored_tier=c.row.tier,
-                png=png,
+                png=pngs[c.row.id],
                 width=o.width,
                 height=o.height,
                 detail=o.detail,
-                tokens=page_cost(c),
+                tokens=c.cost,
                 image_tokens=o.cost,
                 text_tokens=c.row.text_tokens,
                 first_seq=c.row.first_seq,
                 last_seq=c.row.last_seq,
                 first_at=c.row.first_at,
                 last_at=c.row.last_at,
-                caption=cap,
+                caption=c.caption,
             )
         )
         image_tokens += o.cost
         replaced += c.row.text_tokens
-    segments.extend(TextSegment(_turn(t, session.key), cost_of(t)) for t in texts)
-
-    first_shown = min(
-        (seg.first_seq if isinstance(seg, PageSegment) else seg.turn.seq for seg in segments),
-        default=session.next_seq + 1,
-    )
-    has_images = image_tokens > 0
-    return AssembledContext(
-        session_id=session.key,
-        target=target.name,
-        budget=budget,
-        segments=tuple(segments),
-        tokens=sum(seg.tokens for seg in segments) + (intro if has_images else 0),
-        text_tokens_replaced=replaced,
-        image_tokens=image_tokens,
-        intro_tokens=intro if has_images else 0,
-        omitted_turns=max(0, first_shown - 1),
-        over_budget=over,
-    )
+    if block is not None:
+        segments.append(block)
+    segments.extend(TextSegment(to_turn(t, session.key), cost_of(t)) for t in texts)
+    return segments, image_tokens, replaced
 
 
 def _page_candidates(s: Session, sid: int, target: Target, remaining: int) -> list[_Candidate]:
@@ -302,9 +558,12 @@ def _page_candidates(s: Session, sid: int, target: Target, remaining: int) -> li
     out: list[_Candidate] = []
     floor = 0
     before: int | None = None
-    cols = [c for c in PageRow.__table__.columns if c.key != "png"]
     while floor <= remaining:
-        q = select(*cols).where(PageRow.session_id == sid).order_by(PageRow.first_seq.desc())
+        q = (
+            select(*PAGE_COLUMNS_WITHOUT_PNG)
+            .where(PageRow.session_row_id == sid)
+            .order_by(PageRow.first_seq.desc())
+        )
         if before is not None:
             q = q.where(PageRow.first_seq < before)
         rows = s.execute(q.limit(_PAGE_BATCH)).all()
@@ -362,49 +621,3 @@ def _images(s: Session, shown: list[_Candidate]) -> dict[int, bytes]:
         )
         out.update(s.execute(q).all())
     return out
-
-
-def _page_turns(s: Session, row: Row[Any]) -> Sequence[TurnRow]:
-    return s.scalars(
-        select(TurnRow)
-        .where(
-            TurnRow.session_id == row.session_id,
-            TurnRow.seq >= row.first_seq,
-            TurnRow.seq <= row.last_seq,
-        )
-        .order_by(TurnRow.seq)
-    ).all()
-
-
-def _turn(t: TurnRow, key: str) -> Turn:
-    return Turn(key, t.seq, t.role, t.content, t.at, t.tokens, dict(t.meta or {}))
-
-
-def _caption(row: Row[Any], ref: datetime) -> str:
-    span = f"{_fmt(row.first_at)} – {_fmt(row.last_at)}"
-    if row.first_at.date() == row.last_at.date():
-        span = f"{_fmt(row.first_at)} – {row.last_at:%H:%M}"
-    return (
-        f"Memory page: turns {row.first_seq}–{row.last_seq}, {span} UTC, "
-        f"{humanize_age(ref - row.last_at)}."
-    )
-
-
-def _fmt(dt: datetime) -> str:
-    return f"{dt.day} {dt:%b %Y %H:%M}"
-
-
-def humanize_age(age: timedelta) -> str:
-    """Coarse on purpose: the caption must not change between two aging passes."""
-    seconds = max(0, int(age.total_seconds()))
-    for unit, size in (
-        ("year", 365 * 86400),
-        ("month", 30 * 86400),
-        ("week", 7 * 86400),
-        ("day", 86400),
-        ("hour", 3600),
-    ):
-        if seconds >= size:
-            n = seconds // size
-            return f"about {n} {unit}{'s' if n > 1 else ''} old"
-    return "less than an hour old"

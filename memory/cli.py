@@ -1,29 +1,25 @@
-"""The ``optical-memory`` command line: a thin layer over :class:`MemoryManager`.
+"""The ``optical-memory`` command line: parse the arguments, call the library, print the result.
 
+The work is done by :class:`MemoryManager`, :mod:`.export` (prompts and page images out) and
+:mod:`.replay` (the demo's simulated clock); this module only adds options, tables and progress.
 Every command takes ``--db URL`` (default ``$OPTICAL_MEMORY_URL``, else a SQLite file in the user
-data directory). Errors print one line on stderr and exit with status 2; nothing is half-written.
-Files are only ever written inside the output directory given; session ids are sanitised before
-they become part of a file name.
+data directory). Errors, a missing extra among them, print one line on stderr and exit with
+status 2, without a traceback; nothing is half-written.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
-import re
-import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -31,26 +27,31 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from .assemble import MEMORY_INTRO, AssembledContext, PageSegment, TextSegment
-from .contact_sheet import Tile, contact_sheet
-from .database import URL_ENV, default_url
+from .assemble import AssembledContext, PageSegment
+from .database import URL_ENV, default_url, normalise_url, sqlite_file
 from .errors import OpticalMemoryError
-from .importers import FORMATS, Conversations, load_conversations
-from .ladder import IMAGE_TIERS, Tier, get_target, target_names
+from .export import EXPORT_FORMATS, formatter, write_context, write_page_images, write_prompt
+from .importers import FORMATS, load_conversations
+from .ladder import get_target, target_names
 from .manager import MemoryManager
-from .records import PageInfo
+from .records import PageInfo, TierRow
+from .replay import (
+    MAX_PASSES,
+    fill_times,
+    fresh_sqlite_url,
+    replay,
+    replay_step,
+    sample_conversation,
+    time_span,
+)
 
-__all__ = ["app", "main", "safe_name"]
+__all__ = ["app", "main"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-SAMPLE_PACKAGE = "optical_memory.sample"
-SAMPLE_FILE = "conversation.jsonl"
 DEMO_DB = "optical-memory-demo.db"
-MAX_PASSES = 2000  # the demo stretches its step so that a long history stays quick
-OUTPUT_FORMATS = ("json", "openai", "langchain")
-TIER_ORDER = ("text", *(t.label for t in IMAGE_TIERS))
+MAX_STEP_HOURS = 100_000  # about 11 years between two passes
 
 app = typer.Typer(
     name="optical-memory",
@@ -118,33 +119,25 @@ def _one_line(text: str) -> str:
 
 
 @contextmanager
-def _memory(db: str | None, target: str = "deepseek-ocr") -> Iterator[MemoryManager]:
+def _memory(
+    db: str | None, target: str = "deepseek-ocr", *, existing: bool = False
+) -> Iterator[MemoryManager]:
+    """The memory at ``db``; ``existing``: a command that only reads refuses to create one."""
     get_target(target)  # fail fast on an unknown target, before opening anything
-    with MemoryManager(db if db else default_url(), target=target) as mm:
+    url = db if db else default_url()
+    if existing:
+        path = sqlite_file(normalise_url(url))
+        if path is not None and not path.is_file():
+            _fail(
+                f"no database at {path}; check --db (or ${URL_ENV}), or import a conversation "
+                "to create one"
+            )
+    with MemoryManager(url, target=target) as mm:
         yield mm
 
 
 def _console() -> Console:
     return Console(highlight=False, soft_wrap=False)
-
-
-def safe_name(session_id: str) -> str:
-    """A file-name-safe, collision-free stand-in for an opaque session id.
-
-    Letters, digits, ``_`` and ``-`` are kept (at most 48), everything else becomes ``_``, and a
-    short hash of the full id is appended; the result never holds a dot or a slash.
-    """
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", session_id).strip("_-")[:48] or "session"
-    digest = hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{stem}-{digest}"
-
-
-def _inside(root: Path, name: str) -> Path:
-    """``root / name``, refusing anything that would land outside ``root``."""
-    path = (root / name).resolve()
-    if root.resolve() not in path.parents:
-        _fail(f"refusing to write {name!r} outside {root}")
-    return path
 
 
 def _parse_time(text: str, what: str) -> datetime:
@@ -168,44 +161,6 @@ def _when(dt: datetime) -> str:
 def _preview(text: str, width: int = 60) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
-# -- tier summary (shared by demo and show) ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TierRow:
-    """One line of the tier table."""
-
-    tier: str  # "recent" for turns not packed into pages yet
-    pages: int
-    turns: int
-    text_tokens: int
-    image_tokens: int
-
-    @property
-    def compression(self) -> float | None:
-        return self.text_tokens / self.image_tokens if self.image_tokens else None
-
-
-def tier_rows(mm: MemoryManager, session_id: str) -> list[TierRow]:
-    """Pages, turns, text tokens and image tokens of a session, per stored tier."""
-    pages = mm.pages(session_id)
-    paged_until = max((p.last_seq for p in pages), default=0)
-    recent = mm.turns(session_id, since=paged_until)
-    rows = [TierRow("recent", 0, len(recent), sum(t.tokens for t in recent), 0)]
-    for tier in TIER_ORDER:
-        group = [p for p in pages if p.tier == tier]
-        rows.append(
-            TierRow(
-                tier,
-                len(group),
-                sum(p.last_seq - p.first_seq + 1 for p in group),
-                sum(p.text_tokens for p in group),
-                0 if tier == "text" else sum(p.token_cost for p in group),
-            )
-        )
-    return rows
 
 
 def _tier_table(session_id: str, rows: Sequence[TierRow], target: str) -> Table:
@@ -303,151 +258,6 @@ def _segments_table(ctx: AssembledContext) -> Table:
     return table
 
 
-# -- writing files -----------------------------------------------------------------------------
-
-
-def write_page_images(
-    mm: MemoryManager, session_id: str, out: Path, *, scale: float = 0.2
-) -> tuple[list[Path], Path]:
-    """Each page's stored image and its fainter renditions as PNGs, plus a contact sheet."""
-    pages = mm.pages(session_id)  # an unknown session fails before anything is created
-    out.mkdir(parents=True, exist_ok=True)
-    prefix = safe_name(session_id)
-    written: list[Path] = []
-    stored: dict[str, list[Tile]] = {t.label: [] for t in IMAGE_TIERS}
-    renditions: dict[str, list[Tile]] = {t.label: [] for t in IMAGE_TIERS}
-    for p in pages:
-        if p.tier == Tier.TEXT.label:
-            continue
-        span = f"#{p.page_id} t{p.first_seq}-{p.last_seq}"
-        png = mm.page_image(session_id, p.page_id)
-        path = _inside(out, f"{prefix}-page-{p.page_id:05d}-{p.tier}.png")
-        path.write_bytes(png)
-        written.append(path)
-        stored[p.tier].append(Tile(png, span))
-        for tier in IMAGE_TIERS:
-            if tier <= Tier.parse(p.tier):
-                continue
-            try:
-                faint = mm.page_image(session_id, p.page_id, tier=tier.label)
-            except LookupError:
-                continue
-            path = _inside(out, f"{prefix}-page-{p.page_id:05d}-{tier.label}.png")
-            path.write_bytes(faint)
-            written.append(path)
-            renditions[tier.label].append(Tile(faint, span))
-    rows = [
-        (f"stored at {label}: {len(tiles)} pages ({_sizes(tiles)})", tiles)
-        for label, tiles in stored.items()
-    ] + [
-        (f"{label} renditions of younger pages, for tight budgets", tiles)
-        for label, tiles in renditions.items()
-    ]
-    sheet = _inside(out, f"{prefix}-contact-sheet.png")
-    sheet.write_bytes(contact_sheet(rows, scale=scale, title=f"{session_id}: pages by tier"))
-    return written, sheet
-
-
-def _sizes(tiles: Sequence[Tile]) -> str:
-    sizes = {
-        (int.from_bytes(t.png[16:20], "big"), int.from_bytes(t.png[20:24], "big")) for t in tiles
-    }
-    return f"{'x'.join(map(str, sizes.pop()))} px each" if len(sizes) == 1 else "mixed sizes"
-
-
-def context_dict(
-    ctx: AssembledContext, image: Callable[[int, PageSegment], dict[str, Any]]
-) -> dict[str, Any]:
-    """An assembled context as plain JSON; ``image`` says how each page's PNG is given."""
-    segments: list[dict[str, Any]] = []
-    for i, seg in enumerate(ctx.segments):
-        if isinstance(seg, PageSegment):
-            segments.append(
-                {
-                    "kind": "page",
-                    "page_id": seg.page_id,
-                    "tier": seg.tier,
-                    "stored_tier": seg.stored_tier,
-                    **image(i, seg),
-                    "mime_type": seg.mime_type,
-                    "width": seg.width,
-                    "height": seg.height,
-                    "detail": seg.detail,
-                    "tokens": seg.tokens,
-                    "image_tokens": seg.image_tokens,
-                    "text_tokens": seg.text_tokens,
-                    "first_seq": seg.first_seq,
-                    "last_seq": seg.last_seq,
-                    "first_at": seg.first_at.isoformat(),
-                    "last_at": seg.last_at.isoformat(),
-                    "caption": seg.caption,
-                }
-            )
-        else:
-            assert isinstance(seg, TextSegment)
-            t = seg.turn
-            segments.append(
-                {
-                    "kind": "text",
-                    "seq": t.seq,
-                    "role": t.role,
-                    "content": t.content,
-                    "at": t.at.isoformat(),
-                    "tokens": seg.tokens,
-                    "metadata": t.metadata,
-                }
-            )
-    return {
-        "session_id": ctx.session_id,
-        "target": ctx.target,
-        "budget": ctx.budget,
-        "tokens": ctx.tokens,
-        "image_tokens": ctx.image_tokens,
-        "text_tokens_replaced": ctx.text_tokens_replaced,
-        "compression": round(ctx.compression, 3),
-        "omitted_turns": ctx.omitted_turns,
-        "over_budget": ctx.over_budget,
-        "intro": MEMORY_INTRO if ctx.intro_tokens else None,
-        "fingerprint": ctx.fingerprint(),
-        "segments": segments,
-    }
-
-
-def write_prompt(ctx: AssembledContext, out: Path, name: str = "prompt") -> Path:
-    """``name.json`` with the page PNGs beside it in ``name/``, referenced by relative path."""
-    out.mkdir(parents=True, exist_ok=True)
-    images = _inside(out, name)
-    if images.exists():
-        shutil.rmtree(images)
-    images.mkdir()
-
-    def image(i: int, seg: PageSegment) -> dict[str, Any]:
-        file = f"{i + 1:03d}-page-{seg.page_id:05d}-{seg.tier}.png"
-        _inside(images, file).write_bytes(seg.png)
-        return {"image": f"{name}/{file}"}
-
-    path = _inside(out, f"{name}.json")
-    path.write_text(json.dumps(context_dict(ctx, image), indent=2, ensure_ascii=False) + "\n")
-    return path
-
-
-def _base64_image(i: int, seg: PageSegment) -> dict[str, Any]:
-    return {"image_base64": seg.base64}
-
-
-def _openai_messages(ctx: AssembledContext) -> list[dict[str, Any]]:
-    from optical_memory.adapters.openai import to_openai_messages
-
-    return to_openai_messages(ctx)
-
-
-def _langchain_messages(ctx: AssembledContext) -> list[dict[str, Any]]:
-    """LangChain's own serialised form (``messages_to_dict``), built by the adapter."""
-    from optical_memory.adapters.langchain import to_langchain_dicts
-
-    return to_langchain_dicts(ctx)
-
-
 # -- commands ----------------------------------------------------------------------------------
 
 
@@ -485,7 +295,7 @@ def import_(
 @_errors
 def sessions(db: DbOption = None) -> None:
     """List the sessions."""
-    with _memory(db) as mm:
+    with _memory(db, existing=True) as mm:
         infos = mm.sessions()
         table = Table(title="sessions", title_justify="left")
         for name in ("session", "turns", "pages", "created", "owner"):
@@ -508,8 +318,8 @@ def show(
     db: DbOption = None,
 ) -> None:
     """A session's tiers, tokens and pages."""
-    with _memory(db) as mm:
-        rows = tier_rows(mm, session)
+    with _memory(db, existing=True) as mm:
+        rows = mm.tier_summary(session)
         pages = mm.pages(session)
         target = mm.target.name
     console = _console()
@@ -526,7 +336,7 @@ def render(
     db: DbOption = None,
 ) -> None:
     """Write a session's page images (stored tier and renditions) and a contact sheet."""
-    with _memory(db) as mm:
+    with _memory(db, existing=True) as mm:
         written, sheet = write_page_images(mm, session, out)
     _console().print(f"{len(written)} page images and a contact sheet written to {out}")
     _console().print(f"contact sheet: {sheet}")
@@ -566,7 +376,7 @@ def verify(
 ) -> None:
     """Check every page image, rendition and cached visual-token entry; rebuild the damaged
     ones from the archived turns. Exit status 1 when problems remain."""
-    with _memory(db) as mm:
+    with _memory(db, existing=True) as mm:
         report = mm.verify(repair=repair)
         remaining = mm.verify(repair=False).problems if repair and report.problems else []
     for problem in report.problems:
@@ -596,29 +406,16 @@ def assemble(
     db: DbOption = None,
 ) -> None:
     """Assemble a session's prompt under a token budget and print it as JSON."""
-    _check_choice(format, OUTPUT_FORMATS, "format")
+    _check_choice(format, EXPORT_FORMATS, "format")
     get_target(target)
     when = _parse_time(now, "--now") if now else None
-    with _memory(db) as mm:
+    to_data = formatter(format)  # a missing extra fails here, before any work
+    with _memory(db, existing=True) as mm:
         ctx = mm.assemble(session, budget=budget, target=target, now=when)
-    if format == "json":
-        if out is not None:
-            path = write_prompt(ctx, out)
-            typer.echo(f"wrote {path}")
-            return
-        data: Any = context_dict(ctx, _base64_image)
-    elif format == "openai":
-        data = _openai_messages(ctx)
-    else:
-        data = _langchain_messages(ctx)
-    text = json.dumps(data, indent=2, ensure_ascii=False)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        path = _inside(out, f"prompt-{format}.json")
-        path.write_text(text + "\n")
-        typer.echo(f"wrote {path}")
+        typer.echo(f"wrote {write_context(ctx, out, format)}")
     else:
-        typer.echo(text)
+        typer.echo(json.dumps(to_data(ctx), indent=2, ensure_ascii=False))
 
 
 @app.command()
@@ -629,7 +426,7 @@ def forget(
     db: DbOption = None,
 ) -> None:
     """Delete a session and everything derived from it (turns, pages, images, caches)."""
-    with _memory(db) as mm:
+    with _memory(db, existing=True) as mm:
         info = next((i for i in mm.sessions() if i.session_id == session), None)
         if info is None:
             mm.turns(session, limit=1)  # raises UnknownSession with the library's message
@@ -658,73 +455,6 @@ def db_upgrade(db: DbOption = None) -> None:
         typer.echo(f"{mm.url}: already at {after}")
     else:
         typer.echo(f"{mm.url}: upgraded {before or 'empty'} -> {after}")
-
-
-# -- demo --------------------------------------------------------------------------------------
-
-
-def sample_conversation() -> Path:
-    """The sample conversation that ships with the package (JSON Lines)."""
-    return Path(str(resources.files(SAMPLE_PACKAGE).joinpath(SAMPLE_FILE)))
-
-
-def fill_times(convs: Conversations, now: datetime) -> Conversations:
-    """Give every turn a time: missing ones follow the previous turn by a minute; a session with
-    no times at all is spread evenly over the 90 days before ``now``. Times never go backwards
-    within a session."""
-    out: Conversations = {}
-    for sid, turns in convs.items():
-        known = [t["at"] for t in turns if t.get("at") is not None]
-        filled: list[dict[str, Any]] = []
-        if not known:
-            span = timedelta(days=90) / max(1, len(turns))
-            start = now - timedelta(days=90)
-            filled = [{**t, "at": start + i * span} for i, t in enumerate(turns)]
-        else:
-            first_known = next(i for i, t in enumerate(turns) if t.get("at") is not None)
-            clock = known[0] - timedelta(minutes=first_known + 1)
-            for t in turns:
-                at = t.get("at")
-                clock = clock + timedelta(minutes=1) if at is None else max(at, clock)
-                filled.append({**t, "at": clock})
-        out[sid] = filled
-    return out
-
-
-def replay(
-    mm: MemoryManager,
-    convs: Conversations,
-    step: timedelta,
-    on_step: Callable[[int, int], None] | None = None,
-) -> tuple[datetime, int]:
-    """Add the turns as simulated time passes and run one aging pass per ``step``, the way the
-    scheduler would; returns the final simulated time and the number of passes."""
-    timeline = sorted(
-        ((t["at"], sid, i) for sid, turns in convs.items() for i, t in enumerate(turns)),
-        key=lambda x: (x[0], x[1], x[2]),
-    )
-    if not timeline:
-        _fail("nothing to replay: the conversation is empty")
-    start, end = timeline[0][0], timeline[-1][0] + timedelta(minutes=5)
-    passes = max(1, math.ceil((end - start) / step))
-    cursor = {sid: 0 for sid in convs}
-    k = 0
-    for n in range(1, passes + 1):
-        now = min(start + n * step, end)
-        batch: dict[str, list[dict[str, Any]]] = {}
-        while k < len(timeline) and timeline[k][0] <= now:
-            _, sid, _i = timeline[k]
-            turns = convs[sid]
-            while cursor[sid] < len(turns) and turns[cursor[sid]]["at"] <= now:
-                batch.setdefault(sid, []).append(turns[cursor[sid]])
-                cursor[sid] += 1
-            k += 1
-        if batch:
-            mm.add_sessions(batch)
-        mm.age(now=now)
-        if on_step is not None:
-            on_step(n, passes)
-    return end, passes
 
 
 def _progress(console: Console) -> Progress:
@@ -771,13 +501,13 @@ def demo(
     started = time.perf_counter()
     _check_choice(format, ("auto", *FORMATS), "format")
     get_target(target)
-    if not step_hours > 0:
-        _fail("--step-hours must be positive")
+    if not (math.isfinite(step_hours) and 0 < step_hours <= MAX_STEP_HOURS):
+        _fail(f"--step-hours must be a positive number of hours, at most {MAX_STEP_HOURS:,}")
     if budget <= 0:
         _fail("--budget must be a positive number of tokens")
     source = file or sample_conversation()
-    convs = load_conversations(source, format=format)
-    convs = fill_times(convs, datetime.now(UTC))
+    convs = fill_times(load_conversations(source, format=format), datetime.now(UTC))
+    first, last = time_span(convs)
     focus = session if session is not None else next(iter(convs))
     if focus not in convs:
         _fail(f"no session {focus!r} in {source.name}; it has {', '.join(list(convs)[:5])}")
@@ -785,15 +515,10 @@ def demo(
     out = Path(dir) if dir is not None else Path(tempfile.mkdtemp(prefix="optical-memory-demo-"))
     out.mkdir(parents=True, exist_ok=True)
     if db is None:
-        path = _inside(out, DEMO_DB)
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        db = f"sqlite:///{path}"
+        db = fresh_sqlite_url(out, DEMO_DB)
     console = _console()
     n_turns = sum(len(t) for t in convs.values())
-    first = min(t[0]["at"] for t in convs.values() if t)
-    last = max(t[-1]["at"] for t in convs.values() if t)
-    step = max(timedelta(hours=step_hours), (last - first) / MAX_PASSES)
+    step = replay_step(convs, timedelta(hours=step_hours), MAX_PASSES)
     console.print(
         f"replaying {n_turns:,} turns of {len(convs)} session(s) from {source.name}: "
         f"{_when(first)} to {_when(last)} UTC, one aging pass every "
@@ -812,7 +537,7 @@ def demo(
             end, passes = replay(mm, convs, step, on_step)
         shown = list(convs)[:5]
         for sid in shown:
-            console.print(_tier_table(sid, tier_rows(mm, sid), target))
+            console.print(_tier_table(sid, mm.tier_summary(sid), target))
         if len(convs) > len(shown):
             console.print(f"... and {len(convs) - len(shown)} more sessions")
         ctx = mm.assemble(focus, budget=budget, target=target, now=end)

@@ -14,6 +14,8 @@ from importlib import resources
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import InvalidInput
+
 __all__ = ["Tile", "contact_sheet"]
 
 _BG = (246, 246, 243)
@@ -55,10 +57,10 @@ def contact_sheet(
 
     Tiles are drawn at ``scale`` times their own size, bottom-aligned in cells as large as the
     row's largest tile, with their label underneath. Empty rows are left out. The PNG bytes are
-    deterministic.
+    deterministic. Raises :class:`~optical_memory.errors.InvalidInput` for a scale outside (0, 1].
     """
     if not 0 < scale <= 1:
-        raise ValueError("scale must be in (0, 1]")
+        raise InvalidInput("scale must be in (0, 1]")
     rows = [(heading, list(tiles)) for heading, tiles in rows if tiles]
     label_h = _LABEL_PX + 6
     head_h = _HEAD_PX + 10

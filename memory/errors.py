@@ -51,8 +51,10 @@ class UnknownPage(OpticalMemoryError, LookupError):
     """No page of that id in the session, or no image of it at that tier."""
 
 
-class SessionAccessDenied(OpticalMemoryError, PermissionError):
-    """The session belongs to another owner."""
+class SessionAccessDenied(UnknownSession, PermissionError):
+    """Kept for compatibility: nothing raises it any more. Another owner's session is reported
+    as :class:`UnknownSession`, exactly like a session that does not exist, so no owner can
+    learn which ids other owners use."""
 
 
 class MemoryClosed(OpticalMemoryError, RuntimeError):
@@ -61,3 +63,70 @@ class MemoryClosed(OpticalMemoryError, RuntimeError):
 
 class StoreBusy(OpticalMemoryError, RuntimeError):
     """The database stayed locked through every retry."""
+
+
+class InvalidConfiguration(InvalidInput):
+    """A policy, ladder, target, tier or scheduler setting is out of range; fix the argument."""
+
+
+class InvalidTokenCounter(InvalidInput, TypeError):
+    """A token counter must be ``f(role, content)``, ``f(text)`` or have ``.encode(text)``."""
+
+
+class MissingExtra(OpticalMemoryError, ImportError):
+    """An optional part needs a package that is not installed; the message names the extra.
+
+    ``MissingExtra("the langchain format", "langchain")`` reads "the langchain format needs the
+    langchain extra: pip install 'optical-memory[langchain]'". ``missing`` is the module that
+    failed to import (``ImportError.name``), when known.
+    """
+
+    def __init__(self, what: str, extra: str, missing: str | None = None) -> None:
+        super().__init__(
+            f"{what} needs the {extra} extra: pip install 'optical-memory[{extra}]'", name=missing
+        )
+        self.what = what
+        self.extra = extra
+
+    def __reduce__(self) -> tuple[type[MissingExtra], tuple[str, str, str | None]]:
+        return (type(self), (self.what, self.extra, self.name))
+
+
+class DatabaseUnavailable(OpticalMemoryError, OSError):
+    """The database cannot be opened or reached (a missing directory, a server that is down,
+    a file that is not a database); the message names the URL and what to check."""
+
+
+class DatabaseCorrupt(DatabaseUnavailable):
+    """The file is not an optical-memory database (garbage, or damaged); restore a backup or
+    point the URL at another file."""
+
+
+class StoreReadOnly(OpticalMemoryError, PermissionError):
+    """The database refused a write: the file, its directory or the URL (``mode=ro``) is
+    read-only. Nothing was written; open it writable to change it."""
+
+
+class StoreFull(OpticalMemoryError, OSError):
+    """The disk (or the database's size limit) is full. Nothing was written; free space and
+    try again."""
+
+
+class DatabaseTooNew(OpticalMemoryError, RuntimeError):
+    """The database's schema is newer than this optical-memory knows: upgrade the package
+    (``pip install -U optical-memory``) rather than open it with an older version."""
+
+
+class UnsupportedDatabase(InvalidConfiguration):
+    """The URL names a backend optical-memory does not support (only SQLite and PostgreSQL)."""
+
+
+class MetadataTooLarge(InvalidContent):
+    """A turn's metadata is over the size or nesting limit; store large data elsewhere and keep
+    a reference in metadata."""
+
+
+class ForgetIncomplete(OpticalMemoryError, RuntimeError):
+    """``forget`` deleted the session, but its bytes are still in a database file (a reader
+    holds an old snapshot). A durable note is kept: the next open or write of this manager
+    finishes the job, or call ``MemoryManager.finish_forget()`` once the reader is done."""

@@ -102,11 +102,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "jsonl"
     text = _read_text(p)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data":  # several JSON values: one per line
-            return "jsonl"
-        raise _json_error(p, exc) from None
+        data = _loads(text, str(p))
+    except _ExtraData:  # several JSON values: one per line
+        return "jsonl"
     first = data[0] if isinstance(data, list) and data else data
     if isinstance(first, Mapping):
         if "conversation" in first:
@@ -135,16 +133,13 @@ def load_jsonl(path: str | os.PathLike[str], session: str | None = None) -> Conv
     p = Path(path)
     default = session or _stem(p)
     out: Conversations = {}
-    for lineno, line in enumerate(_read_text(p).splitlines(), start=1):
+    # Lines end at "\n" only: U+2028, U+2029, U+0085 and the other characters that
+    # str.splitlines() also breaks at may stand inside a JSON string.
+    for lineno, line in enumerate(_read_text(p).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{p}, line {lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ImportFormatError(
-                f"{where}: not valid JSON (column {exc.colno}): {exc.msg}"
-            ) from None
+        row = _loads(line, where, lines=False)
         if not isinstance(row, Mapping):
             raise ImportFormatError(f"{where}: expected a JSON object, got {_kind(row)}")
         sid = session or row.get("session_id") or default
@@ -341,12 +336,24 @@ def locomo_qa(path: str | os.PathLike[str]) -> dict[str, list[LocomoQA]]:
                     unmatched.append(e)
             answer = qa.get("answer")
             adversarial = qa.get("adversarial_answer")
+            category = qa.get("category", 0) or 0
+            if isinstance(category, bool) or not isinstance(category, int | str):
+                category = None
+            try:
+                category = int(category) if category is not None else None
+            except ValueError:
+                category = None
+            if category is None:
+                raise ImportFormatError(
+                    f"{path}, {sid}: a question's category must be a number, got "
+                    f"{qa.get('category')!r:.40}"
+                )
             items.append(
                 LocomoQA(
                     conversation_id=sid,
                     question=str(qa.get("question", "")),
                     answer=None if answer is None else str(answer),
-                    category=int(qa.get("category", 0) or 0),
+                    category=category,
                     evidence=tuple(ids),
                     evidence_seqs=tuple(seqs),
                     unmatched_evidence=tuple(unmatched),
@@ -366,39 +373,58 @@ def _locomo(
 ) -> Iterator[tuple[str, list[dict[str, Any]], Mapping[str, Any]]]:
     p = Path(path)
     samples = _load_json_list(p, "LoCoMo samples")
+    seen: set[str] = set()
     for n, sample in enumerate(samples):
         where = f"{p}, sample {n}"
         if not isinstance(sample, Mapping) or not isinstance(sample.get("conversation"), Mapping):
             raise ImportFormatError(f"{where}: expected an object with a 'conversation'")
-        sid = sample.get("sample_id") or f"locomo-{n}"
-        if not isinstance(sid, str):
-            sid = str(sid)
+        sid = _item_id(sample.get("sample_id"), f"locomo-{n}", where, "sample_id")
+        if sid in seen:
+            raise ImportFormatError(f"{where}: sample_id {sid!r:.60} appears twice; ids are unique")
+        seen.add(sid)
         where = f"{p}, {sid}"
         conv = sample["conversation"]
-        speakers = {conv.get("speaker_a"): "user", conv.get("speaker_b"): "assistant"}
-        numbers = sorted(
-            int(m.group(1))
-            for k, v in conv.items()
-            if (m := _SESSION_KEY.fullmatch(k)) and isinstance(v, list)
-        )
+        speakers: dict[str, str] = {}
+        for key, role in (("speaker_a", "user"), ("speaker_b", "assistant")):
+            name = conv.get(key)
+            if name is not None and not isinstance(name, str):
+                raise ImportFormatError(f"{where}: {key} must be a name (a string)")
+            if name is not None:
+                speakers.setdefault(name, role)
+        keys: dict[int, str] = {}  # session number -> its key as written (session_1, session_01)
+        for k, v in conv.items():
+            m = _SESSION_KEY.fullmatch(k)
+            if m is None:
+                continue
+            if not isinstance(v, list):
+                raise ImportFormatError(f"{where}, {k}: expected a list of turns, got {_kind(v)}")
+            number = int(m.group(1))
+            if number in keys:
+                raise ImportFormatError(
+                    f"{where}: {keys[number]} and {k} are both session {number}; keep one"
+                )
+            keys[number] = k
         turns: list[dict[str, Any]] = []
         clock: datetime | None = None
-        for number in numbers:
-            date = conv.get(f"session_{number}_date_time")
+        for number in sorted(keys):
+            key = keys[number]
+            date = conv.get(f"{key}_date_time")
+            if date is None and key != f"session_{number}":
+                date = conv.get(f"session_{number}_date_time")
             last = clock
             if date is not None:
                 try:
                     clock = parse_locomo_date(date)
                 except ValueError as exc:
-                    raise ImportFormatError(f"{where}, session_{number}_date_time: {exc}") from None
+                    raise ImportFormatError(f"{where}, {key}_date_time: {exc}") from None
             if last is not None and clock is not None and (date is None or clock <= last):
-                clock = last + LOCOMO_TURN_SPACING  # undated, or dated before the previous one
-            for i, t in enumerate(conv[f"session_{number}"]):
-                tw = f"{where}, session_{number} turn {i}"
+                clock = _later(last, LOCOMO_TURN_SPACING, where)  # undated, or dated too early
+            for i, t in enumerate(conv[key]):
+                tw = f"{where}, {key} turn {i}"
                 if not isinstance(t, Mapping) or not isinstance(t.get("text"), str):
                     raise ImportFormatError(f"{tw}: expected an object with a 'text' string")
                 speaker = t.get("speaker")
-                role = speakers.get(speaker)
+                role = speakers.get(speaker) if isinstance(speaker, str) else None
                 if role is None:
                     raise ImportFormatError(
                         f"{tw}: speaker {speaker!r:.40} is neither speaker_a nor speaker_b"
@@ -416,7 +442,7 @@ def _locomo(
                         meta["image_url"] = t["img_url"]
                     if image_captions:
                         text = f"{text} [shares a photo: {caption}]"
-                at = clock + i * LOCOMO_TURN_SPACING if clock is not None else None
+                at = _later(clock, i * LOCOMO_TURN_SPACING, tw) if clock is not None else None
                 turns.append({"role": role, "content": text, "at": at, "metadata": meta})
             if turns and clock is not None:
                 clock = turns[-1]["at"]
@@ -498,14 +524,34 @@ def _longmemeval(
 ) -> Iterator[tuple[str, list[dict[str, Any]], Mapping[str, Any]]]:
     p = Path(path)
     items = _load_json_list(p, "LongMemEval questions")
+    seen: set[str] = set()
     for n, item in enumerate(items):
         if not isinstance(item, Mapping) or not isinstance(item.get("haystack_sessions"), list):
             raise ImportFormatError(
                 f"{p}, question {n}: expected an object with 'haystack_sessions'"
             )
-        sid = str(item.get("question_id") or f"longmemeval-{n}")
+        sid = _item_id(
+            item.get("question_id"), f"longmemeval-{n}", f"{p}, question {n}", "question_id"
+        )
         where = f"{p}, {sid}"
+        if sid in seen:
+            raise ImportFormatError(f"{where}: question_id appears twice; ids are unique")
+        seen.add(sid)
         sessions = item["haystack_sessions"]
+        for field in ("haystack_dates", "haystack_session_ids", "answer_session_ids"):
+            if item.get(field) is not None and not isinstance(item[field], list):
+                raise ImportFormatError(
+                    f"{where}: {field} must be a list, got {_kind(item[field])}"
+                )
+        if item.get("question_date") is not None and not isinstance(item["question_date"], str):
+            raise ImportFormatError(
+                f"{where}: question_date: not a LongMemEval date: {item['question_date']!r:.40} "
+                "(expected e.g. '2023/05/28 (Sun) 19:47')"
+            )
+        for field in ("question", "answer", "question_type"):
+            value = item.get(field)
+            if value is not None and not isinstance(value, str | int | float):
+                raise ImportFormatError(f"{where}: {field} must be a string, got {_kind(value)}")
         dates = item.get("haystack_dates") or [None] * len(sessions)
         ids = item.get("haystack_session_ids") or [None] * len(sessions)
         if len(dates) != len(sessions) or len(ids) != len(sessions):
@@ -531,13 +577,15 @@ def _longmemeval(
                     f"{where}, haystack_sessions[{k}]: expected a list of turns"
                 )
             if when is not None and turns and turns[-1]["at"] is not None:
-                when = max(when, turns[-1]["at"] + LOCOMO_TURN_SPACING)  # same-minute sessions
+                # same-minute sessions
+                when = max(when, _later(turns[-1]["at"], LOCOMO_TURN_SPACING, where))
             for i, t in enumerate(session):
-                turn = _message(t, f"{where}, haystack_sessions[{k}][{i}]", with_time=False)
+                tw = f"{where}, haystack_sessions[{k}][{i}]"
+                turn = _message(t, tw, with_time=False)
                 turn["metadata"] = {"haystack_session_id": ids[k], "haystack_index": k}
                 if isinstance(t, Mapping) and "has_answer" in t:
                     turn["metadata"]["has_answer"] = bool(t["has_answer"])
-                turn["at"] = when + i * LOCOMO_TURN_SPACING if when is not None else None
+                turn["at"] = _later(when, i * LOCOMO_TURN_SPACING, tw) if when is not None else None
                 turns.append(turn)
         yield sid, turns, item
 
@@ -546,9 +594,13 @@ def _longmemeval(
 
 
 def _check_readable(p: Path) -> None:
-    if not p.exists():
+    try:
+        exists, is_dir = p.exists(), p.is_dir()
+    except (OSError, ValueError) as exc:  # a NUL in the name, a name too long, ...
+        raise ImportFormatError(f"{str(p)!r:.80}: not a usable file name ({exc})") from None
+    if not exists:
         raise ImportFormatError(f"{p}: no such file")
-    if p.is_dir():
+    if is_dir:
         raise ImportFormatError(f"{p}: is a directory, not a file")
 
 
@@ -562,11 +614,31 @@ def _read_text(p: Path) -> str:
         raise ImportFormatError(f"{p}: cannot read: {exc.strerror or exc}") from None
 
 
-def _load_json(p: Path) -> Any:
+class _ExtraData(ImportFormatError):
+    """Several JSON values in one text (JSON Lines read as one document)."""
+
+
+def _loads(text: str, where: str, *, lines: bool = True) -> Any:
+    """Parse JSON with every failure as an :class:`ImportFormatError` that says where."""
     try:
-        return json.loads(_read_text(p))
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _json_error(p, exc) from None
+        if exc.msg == "Extra data":
+            raise _ExtraData(_json_message(where, exc, lines)) from None
+        raise ImportFormatError(_json_message(where, exc, lines)) from None
+    except RecursionError:
+        raise ImportFormatError(f"{where}: JSON nested too deeply; flatten the file") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ImportFormatError(f"{where}: not valid JSON: {exc}") from None
+
+
+def _json_message(where: str, exc: json.JSONDecodeError, lines: bool) -> str:
+    at = f"line {exc.lineno}, column {exc.colno}" if lines else f"column {exc.colno}"
+    return f"{where}: not valid JSON at {at}: {exc.msg}"
+
+
+def _load_json(p: Path) -> Any:
+    return _loads(_read_text(p), str(p))
 
 
 def _load_json_list(p: Path, what: str) -> list[Any]:
@@ -578,10 +650,20 @@ def _load_json_list(p: Path, what: str) -> list[Any]:
     return items
 
 
-def _json_error(p: Path, exc: json.JSONDecodeError) -> ImportFormatError:
-    return ImportFormatError(
-        f"{p}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-    )
+def _later(at: datetime, delta: timedelta, where: str) -> datetime:
+    try:
+        return at + delta
+    except OverflowError:
+        raise ImportFormatError(f"{where}: the times run past the year 9999") from None
+
+
+def _item_id(value: Any, default: str, where: str, what: str) -> str:
+    """A conversation's id from the file: a string or a number; the default when missing."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ImportFormatError(f"{where}: {what} must be a string, got {_kind(value)}")
+    return str(value)
 
 
 def _stem(p: Path) -> str:

@@ -14,14 +14,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from sqlalchemy import LargeBinary, Text, cast, delete, select, update
+from sqlalchemy.orm import Session
 
 from .errors import UnknownTarget
 from .ladder import IMAGE_TIERS, Target, Tier, get_target
-from .store import PageRow, RenditionRow, SessionRow, VisualTokenRow
+from .store import PageRow, RenditionRow, SessionRow, VisualTokenRow, add_visual_tokens
 
 if TYPE_CHECKING:
     from .aging import Aging
@@ -134,6 +135,25 @@ def _target_for(page_target: str, fallback: Target) -> Target:
         return fallback
 
 
+@dataclass
+class _Findings:
+    """What inspecting one page found: its problems, and what a repair needs to know."""
+
+    page_id: int
+    version: int
+    tier: Tier
+    png: bytes | None
+    problems: list[str]
+    renditions: list[Any]
+    tokens: list[Any]
+    bad_tokens: list[Any]
+    shown: set[str]
+
+    @property
+    def image_broken(self) -> bool:
+        return len(self.problems) > len(self.bad_tokens)
+
+
 def verify_pages(
     aging: Aging,
     session_keys: Sequence[str] | None = None,
@@ -143,158 +163,153 @@ def verify_pages(
 ) -> VerifyReport:
     """Check every page of the given sessions (all when None); with ``repair``, rebuild
     broken images and renditions from the turns and drop or re-encode broken caches."""
-    from .aging import _PagePlan
-
     now = now or datetime.now(UTC)
     report = VerifyReport()
-    db = aging.db
-    with db.read() as s:
-        q = select(PageRow.id).join(SessionRow, SessionRow.id == PageRow.session_id)
+    with aging.db.read() as s:
+        q = select(PageRow.id).join(SessionRow, SessionRow.id == PageRow.session_row_id)
         if session_keys is not None:
             q = q.where(SessionRow.key.in_(list(session_keys)))
         page_ids = list(s.scalars(q.order_by(PageRow.id)))
-
     for page_id in page_ids:
-        with db.read() as s:
-            # Blobs are read through a cast: garbage may not even be a blob any more
-            # (SQLite keeps whatever type was written, and fails to decode bad text).
-            page = s.execute(
-                select(
-                    PageRow.tier,
-                    PageRow.version,
-                    PageRow.width,
-                    PageRow.height,
-                    PageRow.target,
-                    cast(PageRow.png, LargeBinary).label("png"),
-                ).where(PageRow.id == page_id)
-            ).first()
-            if page is None:  # forgotten meanwhile
-                continue
-            renditions = s.execute(
-                select(
-                    RenditionRow.tier,
-                    cast(RenditionRow.png, LargeBinary).label("png"),
-                    RenditionRow.width,
-                    RenditionRow.height,
-                ).where(RenditionRow.page_id == page_id)
-            ).all()
-            tokens = s.execute(
-                select(
-                    VisualTokenRow.id,
-                    VisualTokenRow.tier,
-                    VisualTokenRow.dtype,
-                    cast(VisualTokenRow.shape, Text).label("shape"),
-                    cast(VisualTokenRow.data, LargeBinary).label("data"),
-                ).where(VisualTokenRow.page_id == page_id)
-            ).all()
-            version, png = page.version, page.png
-            dims = (page.width, page.height)
-            target = _target_for(page.target, aging.target)
-        report.pages_checked += 1
-        try:
-            tier = Tier.parse(page.tier)
-        except ValueError:
-            report.problems.append(f"page {page_id}: unknown tier {page.tier!r}; not repaired")
+        found = inspect_page(aging, page_id, report)
+        if found is None or not found.problems:
             continue
-
-        problems: list[str] = []
-        if tier is Tier.TEXT:
-            if png is not None:
-                problems.append("a text-tier page holds a stored image")
-            # A sealed text page may have every image tier prepared as renditions.
-            expected = {t.label: target.spec(t).size for t in IMAGE_TIERS} if renditions else {}
-        else:
-            want = target.spec(tier).size
-            if (p := png_problem(png, want)) is not None:
-                problems.append(f"{tier.label} image: {p}")
-            elif dims != want:
-                problems.append(f"stored size {dims} does not match the image {want}")
-            expected = {t.label: target.spec(t).size for t in IMAGE_TIERS if t > tier}
-        seen = set()
-        for r in renditions:
-            seen.add(r.tier)
-            if r.tier not in expected:
-                problems.append(f"unexpected {r.tier} rendition")
-            elif (p := png_problem(r.png, expected[r.tier])) is not None:
-                problems.append(f"{r.tier} rendition: {p}")
-            elif (r.width, r.height) != expected[r.tier]:
-                problems.append(f"{r.tier} rendition: stored size does not match the image")
-        for missing in sorted(set(expected) - seen):
-            problems.append(f"{missing} rendition is missing")
-        # Tokens may be cached for the stored tier and for each rendition.
-        shown = set(expected) | ({tier.label} if tier is not Tier.TEXT else set())
-        bad = [
-            t
-            for t in tokens
-            if t.tier not in shown or tokens_problem(t.data, t.dtype, _shape(t.shape)) is not None
-        ]
-        bad_tokens = [t.id for t in bad]
-        for tid in bad_tokens:
-            problems.append(f"visual-token cache entry {tid} is broken or stale")
-        report.problems.extend(f"page {page_id}: {p}" for p in problems)
-        if not problems or not repair:
-            continue
-
-        image_broken = len(problems) > len(bad_tokens)
-        if tier is Tier.TEXT and png is not None:
-
-            def clear(s, page_id=page_id, version=version):  # type: ignore[no-untyped-def]
-                done = s.execute(
-                    update(PageRow)
-                    .where(PageRow.id == page_id, PageRow.version == version)
-                    .values(png=None, width=None, height=None, version=version + 1, updated_at=now)
-                ).rowcount
-                if done:
-                    s.execute(delete(RenditionRow).where(RenditionRow.page_id == page_id))
-                    s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id == page_id))
-                return bool(done)
-
-            if db.write(clear):
-                report.pages_repaired += 1
-                report.visual_tokens_dropped += len(tokens)
-            else:
-                report.pages_skipped += 1
-        elif image_broken:
-            # Re-render from the archived turns at the same tier, as one transaction (the
-            # same path as a tier change: images, renditions, visual tokens, version bump).
-            plan = _PagePlan(page_id, version, tier, tier)
-
-            def rebuild(s, plan=plan):  # type: ignore[no-untyped-def]
-                # Drop the broken blob first: the ORM load below must not have to decode it.
-                s.execute(
-                    update(PageRow)
-                    .where(PageRow.id == plan.page_id, PageRow.version == plan.version)
-                    .values(png=None)
-                )
-                return aging._apply_in(s, plan, now)
-
-            if db.write(rebuild) is None:
-                report.pages_skipped += 1
-            else:
-                report.pages_repaired += 1
-                report.visual_tokens_dropped += len(tokens)
-                if aging.encoder is not None:  # the stored tier and every rendition
-                    report.visual_tokens_rebuilt += sum(t >= tier for t in IMAGE_TIERS)
-        else:
-            report.visual_tokens_dropped += len(bad_tokens)
-            db.write(
-                lambda s, ids=bad_tokens: s.execute(
-                    delete(VisualTokenRow).where(VisualTokenRow.id.in_(ids))
-                )
+        report.problems.extend(f"page {page_id}: {p}" for p in found.problems)
+        if repair:
+            repair_page(aging, found, report, now)
+            log.warning(
+                "page %s was damaged (%s); rebuilt from its turns",
+                page_id,
+                "; ".join(found.problems),
             )
-            if aging.encoder is not None:
-                images = {r.tier: r.png for r in renditions}
-                if png is not None:
-                    images[tier.label] = png
-                for t in bad:
-                    if t.tier in shown and t.tier in images:
-                        report.visual_tokens_rebuilt += _reencode(
-                            aging, page_id, version, Tier.parse(t.tier), images[t.tier], now
-                        )
-        log.warning(
-            "page %s was damaged (%s); rebuilt from its turns", page_id, "; ".join(problems)
-        )
     return report
+
+
+def inspect_page(aging: Aging, page_id: int, report: VerifyReport) -> _Findings | None:
+    """Read one page's stored blobs in one snapshot and list what is wrong with them.
+    None when the page is gone (forgotten meanwhile) or its tier is unknown (reported)."""
+    with aging.db.read() as s:
+        # Blobs are read through a cast: garbage may not even be a blob any more
+        # (SQLite keeps whatever type was written, and fails to decode bad text).
+        page = s.execute(
+            select(
+                PageRow.tier,
+                PageRow.version,
+                PageRow.width,
+                PageRow.height,
+                PageRow.target,
+                cast(PageRow.png, LargeBinary).label("png"),
+            ).where(PageRow.id == page_id)
+        ).first()
+        if page is None:
+            return None
+        renditions = s.execute(
+            select(
+                RenditionRow.tier,
+                cast(RenditionRow.png, LargeBinary).label("png"),
+                RenditionRow.width,
+                RenditionRow.height,
+            ).where(RenditionRow.page_id == page_id)
+        ).all()
+        tokens = s.execute(
+            select(
+                VisualTokenRow.id,
+                VisualTokenRow.tier,
+                VisualTokenRow.dtype,
+                cast(VisualTokenRow.shape, Text).label("shape"),
+                cast(VisualTokenRow.data, LargeBinary).label("data"),
+            ).where(VisualTokenRow.page_id == page_id)
+        ).all()
+    report.pages_checked += 1
+    try:
+        tier = Tier.parse(page.tier)
+    except ValueError:
+        report.problems.append(f"page {page_id}: unknown tier {page.tier!r}; not repaired")
+        return None
+    target = _target_for(page.target, aging.target)
+    png, dims = page.png, (page.width, page.height)
+
+    problems: list[str] = []
+    if tier is Tier.TEXT:
+        if png is not None:
+            problems.append("a text-tier page holds a stored image")
+        # A sealed text page may have every image tier prepared as renditions.
+        expected = {t.label: target.spec(t).size for t in IMAGE_TIERS} if renditions else {}
+    else:
+        want = target.spec(tier).size
+        if (p := png_problem(png, want)) is not None:
+            problems.append(f"{tier.label} image: {p}")
+        elif dims != want:
+            problems.append(f"stored size {dims} does not match the image {want}")
+        expected = {t.label: target.spec(t).size for t in IMAGE_TIERS if t > tier}
+    seen = set()
+    for r in renditions:
+        seen.add(r.tier)
+        if r.tier not in expected:
+            problems.append(f"unexpected {r.tier} rendition")
+        elif (p := png_problem(r.png, expected[r.tier])) is not None:
+            problems.append(f"{r.tier} rendition: {p}")
+        elif (r.width, r.height) != expected[r.tier]:
+            problems.append(f"{r.tier} rendition: stored size does not match the image")
+    for missing in sorted(set(expected) - seen):
+        problems.append(f"{missing} rendition is missing")
+    # Tokens may be cached for the stored tier and for each rendition.
+    shown = set(expected) | ({tier.label} if tier is not Tier.TEXT else set())
+    bad = [
+        t
+        for t in tokens
+        if t.tier not in shown or tokens_problem(t.data, t.dtype, _shape(t.shape)) is not None
+    ]
+    problems.extend(f"visual-token cache entry {t.id} is broken or stale" for t in bad)
+    return _Findings(
+        page_id, page.version, tier, png, problems, list(renditions), list(tokens), bad, shown
+    )
+
+
+def repair_page(aging: Aging, found: _Findings, report: VerifyReport, now: datetime) -> None:
+    """Rebuild what ``inspect_page`` found broken, each fix in one transaction."""
+    db = aging.db
+    if found.tier is Tier.TEXT and found.png is not None:
+
+        def clear(s: Session) -> bool:
+            done = s.execute(
+                update(PageRow)
+                .where(PageRow.id == found.page_id, PageRow.version == found.version)
+                .values(
+                    png=None, width=None, height=None, version=found.version + 1, updated_at=now
+                )
+            ).rowcount
+            if done:
+                s.execute(delete(RenditionRow).where(RenditionRow.page_id == found.page_id))
+                s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id == found.page_id))
+            return bool(done)
+
+        if db.write(clear):
+            report.pages_repaired += 1
+            report.visual_tokens_dropped += len(found.tokens)
+        else:
+            report.pages_skipped += 1
+    elif found.image_broken:
+        if not aging.rebuild(found.page_id, found.version, found.tier, now):
+            report.pages_skipped += 1
+            return
+        report.pages_repaired += 1
+        report.visual_tokens_dropped += len(found.tokens)
+        if aging.encoder is not None:  # the stored tier and every rendition
+            report.visual_tokens_rebuilt += sum(t >= found.tier for t in IMAGE_TIERS)
+    else:
+        ids = [t.id for t in found.bad_tokens]
+        report.visual_tokens_dropped += len(ids)
+        db.write(lambda s: s.execute(delete(VisualTokenRow).where(VisualTokenRow.id.in_(ids))))
+        if aging.encoder is not None:
+            images = {r.tier: r.png for r in found.renditions}
+            if found.png is not None:
+                images[found.tier.label] = found.png
+            for t in found.bad_tokens:
+                if t.tier in found.shown and t.tier in images:
+                    report.visual_tokens_rebuilt += _reencode(
+                        aging, found.page_id, found.version, Tier.parse(t.tier), images[t.tier], now
+                    )
 
 
 def _reencode(
@@ -304,7 +319,7 @@ def _reencode(
     assert encoder is not None
     enc = encoder.encode(png, tier.label)
 
-    def work(s) -> int:  # type: ignore[no-untyped-def]
+    def work(s: Session) -> int:
         current = s.scalar(select(PageRow.version).where(PageRow.id == page_id))
         if current != version:
             return 0  # re-rendered meanwhile; that pass encoded it
@@ -317,17 +332,7 @@ def _reencode(
         )
         if exists is not None:
             return 0
-        s.add(
-            VisualTokenRow(
-                page_id=page_id,
-                tier=tier.label,
-                encoder_key=encoder.key,
-                dtype=enc.dtype,
-                shape=list(enc.shape),
-                data=enc.data,
-                created_at=now,
-            )
-        )
+        add_visual_tokens(s, page_id, tier.label, encoder.key, enc, now)
         return 1
 
     return int(aging.db.write(work))

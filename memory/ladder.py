@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from .errors import UnknownTarget
+from .errors import InvalidConfiguration, UnknownTarget
 
 
 class Tier(IntEnum):
@@ -32,13 +32,13 @@ class Tier(IntEnum):
     def parse(cls, value: Tier | str | int) -> Tier:
         if isinstance(value, Tier):
             return value
-        if isinstance(value, int):
-            return cls(value)
         try:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return cls(value)
             return cls[str(value).upper()]
-        except KeyError:
+        except (KeyError, ValueError):
             names = ", ".join(t.label for t in cls)
-            raise ValueError(f"unknown tier {value!r}; use one of {names}") from None
+            raise InvalidConfiguration(f"unknown tier {value!r}; use one of {names}") from None
 
     def __str__(self) -> str:
         return self.label
@@ -79,9 +79,9 @@ class Target:
 
     def __post_init__(self) -> None:
         if Tier.LARGE not in self.tiers:
-            raise ValueError(f"target {self.name!r} must define the large tier")
+            raise InvalidConfiguration(f"target {self.name!r} must define the large tier")
         if Tier.TEXT in self.tiers:
-            raise ValueError("the text tier has no canvas; leave it out of tiers")
+            raise InvalidConfiguration("the text tier has no canvas; leave it out of tiers")
 
     @property
     def layout(self) -> tuple[int, int]:
@@ -91,7 +91,9 @@ class Target:
     def spec(self, tier: Tier | str) -> TierSpec:
         tier = Tier.parse(tier)
         if tier is Tier.TEXT:
-            raise ValueError("the text tier has no image")
+            raise InvalidConfiguration(
+                "the text tier has no image; ask for large, base, small or tiny"
+            )
         for t in range(tier, Tier.TEXT, -1):
             if Tier(t) in self.tiers:
                 return self.tiers[Tier(t)]
@@ -230,9 +232,21 @@ def register_target(target: Target, *, replace: bool = False) -> Target:
     for name in (target.name, *target.aliases):
         key = name.lower()
         if key in _REGISTRY and not replace and _REGISTRY[key] is not target:
-            raise ValueError(f"a target named {name!r} is registered already; pass replace=True")
+            raise InvalidConfiguration(
+                f"a target named {name!r} is registered already; pass replace=True"
+            )
         _REGISTRY[key] = target
     return target
+
+
+def unregister_target(name: str) -> None:
+    """Remove a registered target and its aliases (a no-op for an unknown name)."""
+    target = _REGISTRY.get(name.lower())
+    if target is None:
+        return
+    for key in (target.name, *target.aliases):
+        if _REGISTRY.get(key.lower()) is target:
+            del _REGISTRY[key.lower()]
 
 
 def get_target(target: Target | str) -> Target:

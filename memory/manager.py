@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import os
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -20,27 +23,51 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from . import migrations
 from .aging import Aging, AgingPolicy, AgingReport
-from .assemble import AssembledContext, assemble_context
-from .database import Database, default_url, normalise_url
+from .assemble import AssembledContext, AssemblyShares, assemble_context
+from .database import DEFAULT_BUSY_TIMEOUT, Database, default_url, normalise_url
 from .encoder import EncodedPage, VisualEncoder
 from .errors import (
     InvalidBudget,
+    InvalidConfiguration,
     InvalidInput,
     MemoryClosed,
-    SessionAccessDenied,
     UnknownPage,
     UnknownSession,
 )
 from .integrity import VerifyReport, verify_pages
 from .ladder import Target, Tier, get_target
-from .records import PageInfo, SessionInfo, Turn
+from .recall import (
+    Recollection,
+    check_recall_args,
+    parse_cue,
+    pinned_seqs,
+    purge_session,
+    read_span,
+    rehearse,
+    search,
+    search_text,
+    set_pinned,
+)
+from .records import PageInfo, SessionInfo, TierRow, Turn
 from .render import PageRenderer
-from .store import PageRow, RenditionRow, SessionRow, TurnRow, VisualTokenRow
+from .salience import SalienceFn, check_salience
+from .scheduler import AgingScheduler
+from .store import (
+    PAGE_COLUMNS_WITHOUT_PNG,
+    PageRow,
+    RenditionRow,
+    SessionRow,
+    TurnMarkRow,
+    TurnRow,
+    VisualTokenRow,
+    to_turn,
+)
 from .tokens import TokenCounter, make_counter
 from .validation import (
+    MAX_INT,
     check_content,
+    check_int,
     check_metadata,
     check_owner,
     check_role,
@@ -49,6 +76,8 @@ from .validation import (
 )
 
 DEFAULT_MAX_CONTENT_BYTES = 1 << 20
+CLOSE_WAIT = 2.0  # seconds close() waits for a running background pass
+SCOPE_CHUNK = 10_000  # session ids per aging or verify run (bound parameters per statement)
 
 
 class MemoryManager:
@@ -65,6 +94,16 @@ class MemoryManager:
         encoder: a :class:`VisualEncoder` whose visual tokens the aging pass caches.
         owner: scope every call to this owner (tenant or user); others' sessions are refused.
         migrate: apply database migrations on open (default True).
+        shares: how ``assemble`` splits a tight budget between recent text, the pages and
+            what a cue recalls (default :class:`AssemblyShares`: half for the past, a fifth of
+            it reserved for recall).
+        salience: ``f(role, content) -> float`` replacing the default salience score
+            (:func:`optical_memory.salience.salience`); a turn scoring at least
+            ``salience.SALIENT`` (0.45), pinned, or recalled, keeps its whole text when a
+            faint tier abridges its page. Must be deterministic.
+        busy_timeout: seconds a call may wait in all, across retries, for locks that other
+            connections hold, before it raises :class:`StoreBusy` (default 10). ``close()``
+            waits at most about this long for a running background pass.
     """
 
     def __init__(
@@ -79,41 +118,82 @@ class MemoryManager:
         renderer: PageRenderer | None = None,
         owner: str | None = None,
         migrate: bool = True,
+        shares: AssemblyShares | None = None,
+        salience: SalienceFn | None = None,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> None:
-        if max_content_bytes <= 0:
-            raise ValueError("max_content_bytes must be positive")
+        if (
+            isinstance(max_content_bytes, bool)
+            or not isinstance(max_content_bytes, int)
+            or max_content_bytes <= 0
+        ):
+            raise InvalidConfiguration(
+                f"max_content_bytes must be a positive int, got {max_content_bytes!r:.40}"
+            )
+        self.salience = check_salience(salience)
         self.url = normalise_url(url if url is not None else default_url())
         self.target = get_target(target)
         self.policy = policy or AgingPolicy()
+        if shares is not None and not isinstance(shares, AssemblyShares):
+            raise InvalidConfiguration("shares must be an AssemblyShares")
+        self.shares = shares or AssemblyShares()
         self.max_content_bytes = max_content_bytes
         self.encoder = encoder
         self.renderer = renderer or PageRenderer()
         self.owner = check_owner(owner)
         self._count = make_counter(token_counter)
-        self._db = Database(self.url)
+        self._db = Database(self.url, busy_timeout=busy_timeout)
         self._closed = False
-        self._scheduler: Any = None
-        if migrate:
-            migrations.upgrade(self._db.engine)
-        self._aging = Aging(self._db, self.target, self.renderer, self.policy, encoder)
+        self._scheduler: AgingScheduler | None = None
+        self._parent: MemoryManager | None = None  # set on views made by scoped()
+        self._views: weakref.WeakSet[MemoryManager] = weakref.WeakSet()
+        try:
+            self._db.open(migrate=migrate)  # migrations, typed errors, unfinished forgets
+        except BaseException:
+            self._db.close()
+            raise
+        self._aging = Aging(
+            self._db, self.target, self.renderer, self.policy, encoder, self.salience
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def scoped(self, owner: str | None) -> MemoryManager:
-        """The same memory seen by another owner (shares the connection pool)."""
+        """The same memory seen by another owner: a view that shares this manager's database.
+
+        A view does not own the database: closing it (or leaving its ``with`` block) closes
+        only the view and its scheduler; closing the manager it came from closes every view.
+        """
         self._check_open()
-        other = copy.copy(self)
-        other.owner = check_owner(owner)
-        other._scheduler = None
-        return other
+        root = self._parent or self
+        view = copy.copy(self)
+        view.owner = check_owner(owner)
+        view._scheduler = None
+        view._closed = False
+        view._parent = root
+        view._views = weakref.WeakSet()
+        root._views.add(view)
+        return view
 
     def close(self) -> None:
-        """Stop the scheduler and release connections. Further calls raise MemoryClosed."""
+        """Stop the scheduler and release connections (a view: only its own scheduler).
+        Further calls raise MemoryClosed.
+
+        Returns promptly: a background pass still running is given at most
+        ``CLOSE_WAIT`` seconds (2) to end; one blocked on a lock is not waited for. Closing the
+        manager a view came from refuses the pass any further database call (it ends with
+        MemoryClosed, recorded in its report), so a pass left running stops at its next step.
+        """
         if self._closed:
             return
-        self.stop_scheduler()
         self._closed = True
-        self._db.dispose()
+        if self._parent is None:
+            self._db.closed = True  # passes in flight stop at their next database call
+        self.stop_scheduler(timeout=min(CLOSE_WAIT, self._db.busy_timeout))
+        if self._parent is None:
+            for view in list(self._views):
+                view.close()
+            self._db.close()
 
     def __enter__(self) -> MemoryManager:
         return self
@@ -122,7 +202,7 @@ class MemoryManager:
         self.close()
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._closed or (self._parent is not None and self._parent._closed):
             raise MemoryClosed("this MemoryManager is closed; open a new one")
 
     @property
@@ -204,6 +284,7 @@ class MemoryManager:
             "at": check_timestamp(at),
             "meta": check_metadata(meta),
             "tokens": int(self._count(role, content)),
+            "search_text": search_text(content),  # computed before the write transaction
         }
 
     def _insert_turns(self, s: Session, key: str, rows: list[dict[str, Any]]) -> list[Turn]:
@@ -220,10 +301,10 @@ class MemoryManager:
             .returning(SessionRow.id, SessionRow.owner, SessionRow.next_seq)
         )
         sid, owner, last = s.execute(reserve).one()
-        self._check_owner(key, owner)  # raising rolls the reservation back
+        self._check_owner(key, owner, writing=True)  # raising rolls the reservation back
         first = last - n + 1
         values = [
-            {**r, "session_id": sid, "seq": first + i, "at": r["at"] or now}
+            {**r, "session_row_id": sid, "seq": first + i, "at": r["at"] or now}
             for i, r in enumerate(rows)
         ]
         s.execute(insert(TurnRow), values)
@@ -240,22 +321,62 @@ class MemoryManager:
             for v in values
         ]
 
-    def _scope(self, sessions: Sequence[str] | None) -> Sequence[str] | None:
-        """The session ids a pass may touch: all (None), or those given, within the owner."""
+    def _scope(self, sessions: Sequence[str] | None) -> list[str] | None:
+        """The session ids a pass may touch: all (None), or those given, within the owner.
+        A string is refused: it is one id, not a list of them."""
+        if sessions is not None:
+            if isinstance(sessions, str | bytes | Mapping) or not isinstance(sessions, Iterable):
+                raise InvalidInput(
+                    f"sessions must be a list of session ids, e.g. [{sessions!r:.40}], "
+                    f"not {type(sessions).__name__}"
+                )
+            sessions = [check_session_id(k) for k in sessions]
         if self.owner is None:
             return sessions
-        mine = [i.session_id for i in self.sessions()]
+        self._check_open()
+        with self._db.read() as s:
+            mine = list(
+                s.scalars(
+                    select(SessionRow.key)
+                    .where(SessionRow.owner == self.owner)
+                    .order_by(SessionRow.id)
+                )
+            )
         if sessions is None:
             return mine
         own = set(mine)
         return [k for k in sessions if k in own]
 
-    def _check_owner(self, key: str, owner: str | None) -> None:
+    def _in_chunks(self, run: Any, keys: list[str] | None) -> Any:
+        """``run(keys)`` over at most SCOPE_CHUNK ids at a time (one bound parameter each; a
+        PostgreSQL statement takes at most 65,535), the reports added up."""
+        if keys is None or len(keys) <= SCOPE_CHUNK:
+            return run(keys)
+        reports = [run(keys[i : i + SCOPE_CHUNK]) for i in range(0, len(keys), SCOPE_CHUNK)]
+        total = reports[0]
+        for r in reports[1:]:
+            for f in dataclasses.fields(total):
+                a, b = getattr(total, f.name), getattr(r, f.name)
+                if isinstance(a, bool) or not isinstance(a, int | float | list | dict):
+                    continue
+                if isinstance(a, list):
+                    a.extend(b)
+                elif isinstance(a, dict):
+                    for k, v in b.items():
+                        a[k] = a.get(k, 0) + v
+                else:
+                    setattr(total, f.name, a + b)
+        return total
+
+    def _check_owner(self, key: str, owner: str | None, *, writing: bool = False) -> None:
+        """Another owner's session is reported exactly like a missing one: no owner learns
+        which ids other owners use (a write can only say the id is not available)."""
         if self.owner is not None and owner != self.owner:
-            raise SessionAccessDenied(
-                f"session {key!r} belongs to another owner; this manager is scoped to "
-                f"{self.owner!r}"
-            )
+            if writing:
+                raise UnknownSession(
+                    f"session id {key!r} is not available to this owner; choose another id"
+                )
+            raise UnknownSession(f"no session {key!r}; add a turn to create it")
 
     def _session(self, s: Session, session_id: str) -> SessionRow:
         key = check_session_id(session_id)
@@ -270,22 +391,19 @@ class MemoryManager:
     def turns(self, session_id: str, *, since: int = 0, limit: int | None = None) -> list[Turn]:
         """The session's turns in order, exactly as added (``since``: after this seq)."""
         self._check_open()
-        for name, value in (("since", since), ("limit", limit)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise InvalidInput(f"{name} must be an int, got {type(value).__name__}")
+        check_int(since, "since")
+        if limit is not None:
+            check_int(limit, "limit")
         with self._db.read() as s:
             row = self._session(s, session_id)
             q = (
                 select(TurnRow)
-                .where(TurnRow.session_id == row.id, TurnRow.seq > since)
+                .where(TurnRow.session_row_id == row.id, TurnRow.seq > since)
                 .order_by(TurnRow.seq)
             )
             if limit is not None:
                 q = q.limit(limit)
-            return [
-                Turn(row.key, t.seq, t.role, t.content, t.at, t.tokens, dict(t.meta or {}))
-                for t in s.scalars(q)
-            ]
+            return [to_turn(t, row.key) for t in s.scalars(q)]
 
     def sessions(self) -> list[SessionInfo]:
         """Sessions in this manager's scope, oldest first."""
@@ -300,13 +418,15 @@ class MemoryManager:
             ]
 
     def pages(self, session_id: str) -> list[PageInfo]:
-        """The session's sealed pages, oldest first, with their stored tier and cost."""
+        """The session's pages, oldest first, with their stored tier and cost (the newest may
+        be open: see :class:`PageInfo`)."""
         self._check_open()
         with self._db.read() as s:
             row = self._session(s, session_id)
-            cols = [c for c in PageRow.__table__.columns if c.key != "png"]
             rows = s.execute(
-                select(*cols).where(PageRow.session_id == row.id).order_by(PageRow.first_seq)
+                select(*PAGE_COLUMNS_WITHOUT_PNG)
+                .where(PageRow.session_row_id == row.id)
+                .order_by(PageRow.first_seq)
             ).all()
             return [
                 PageInfo(
@@ -322,23 +442,45 @@ class MemoryManager:
                     r.width,
                     r.height,
                     r.version,
+                    r.open,
                 )
                 for r in rows
             ]
+
+    def tier_summary(self, session_id: str) -> list[TierRow]:
+        """Pages, turns, text tokens and image tokens of a session per stored tier: first a
+        ``"recent"`` row for the turns not packed into pages yet, then one row per tier, sharp
+        to faint."""
+        pages = self.pages(session_id)
+        recent = self.turns(session_id, since=max((p.last_seq for p in pages), default=0))
+        rows = [TierRow("recent", 0, len(recent), sum(t.tokens for t in recent), 0)]
+        for tier in Tier:
+            group = [p for p in pages if p.tier == tier.label]
+            rows.append(
+                TierRow(
+                    tier.label,
+                    len(group),
+                    sum(p.last_seq - p.first_seq + 1 for p in group),
+                    sum(p.text_tokens for p in group),
+                    0 if tier is Tier.TEXT else sum(p.token_cost for p in group),
+                )
+            )
+        return rows
 
     def page_image(self, session_id: str, page_id: int, tier: str | None = None) -> bytes:
         """PNG bytes of a page at its stored tier, or at a fainter tier's rendition."""
         self._check_open()
         if isinstance(page_id, bool) or not isinstance(page_id, int) or not 0 < page_id < 2**63:
             raise UnknownPage(f"page ids are positive ints, got {page_id!r:.40}")
+        label = _tier_label(tier)
         with self._db.read() as s:
             row = self._session(s, session_id)
             page = s.scalars(
-                select(PageRow).where(PageRow.id == page_id, PageRow.session_id == row.id)
+                select(PageRow).where(PageRow.id == page_id, PageRow.session_row_id == row.id)
             ).first()
             if page is None:
                 raise UnknownPage(f"session {session_id!r} has no page {page_id}")
-            if tier is None or Tier.parse(tier).label == page.tier:
+            if label is None or label == page.tier:
                 if page.png is None:
                     raise UnknownPage(
                         f"page {page_id} is stored as text; ask for a tier (large, base, small, "
@@ -347,7 +489,7 @@ class MemoryManager:
                 return page.png
             png = s.scalar(
                 select(RenditionRow.png).where(
-                    RenditionRow.page_id == page_id, RenditionRow.tier == Tier.parse(tier).label
+                    RenditionRow.page_id == page_id, RenditionRow.tier == label
                 )
             )
             if png is None:
@@ -357,6 +499,9 @@ class MemoryManager:
     def visual_tokens(self, page_id: int, tier: str, encoder_key: str) -> EncodedPage | None:
         """Visual tokens the aging pass cached for a page at a tier by an encoder, or None."""
         self._check_open()
+        check_int(page_id, "page_id", minimum=1, error=UnknownPage)
+        if not isinstance(encoder_key, str):
+            raise InvalidInput(f"encoder_key must be a string, got {type(encoder_key).__name__}")
         label = Tier.parse(tier).label
         with self._db.read() as s:
             q = (
@@ -369,13 +514,90 @@ class MemoryManager:
                 )
             )
             if self.owner is not None:
-                q = q.join(SessionRow, SessionRow.id == PageRow.session_id).where(
+                q = q.join(SessionRow, SessionRow.id == PageRow.session_row_id).where(
                     SessionRow.owner == self.owner
                 )
             row = s.execute(q).first()
         if row is None:
             return None
         return EncodedPage(bytes(row.data), row.dtype, tuple(int(d) for d in row.shape))
+
+    # -- recall --------------------------------------------------------------------------------
+
+    def recall(
+        self,
+        session_id: str,
+        cue: str,
+        *,
+        limit: int = 8,
+        scope: str = "session",
+        before: int | None = None,
+    ) -> list[Recollection]:
+        """The archived turns that best match ``cue``, best first, exactly as stored.
+
+        ``cue`` is plain text, never query syntax: its words (stop words dropped) are ORed, so
+        turns sharing its rarer words rank first; a cue with no word left recalls nothing.
+        ``scope="owner"`` searches every session of the session's owner (never another
+        owner's); ``before`` leaves out this session's turns from that number on. Each
+        recalled turn counts one more rehearsal (a short write after the read).
+        """
+        self._check_open()
+        parsed = parse_cue(cue)
+        check_recall_args(limit, scope, before)
+        check_int(limit, "limit", minimum=1)
+        if before is not None:
+            check_int(before, "before", minimum=-MAX_INT)
+        with self._db.read() as s:
+            row = self._session(s, session_id)
+            hits = search(s, row, parsed, limit=limit, scope=scope, before=before)
+        if hits:
+            now = datetime.now(UTC)
+            self._db.write(lambda s: rehearse(s, [h.turn_id for h in hits], now))
+        return [h.recollection for h in hits]
+
+    def read(self, session_id: str, first_turn: int, last_turn: int) -> list[Turn]:
+        """Turns ``first_turn``..``last_turn`` of the session (inclusive), exactly as added:
+        the span a page's caption names."""
+        self._check_open()
+        with self._db.read() as s:
+            row = self._session(s, session_id)
+            return [to_turn(t, row.key) for t in read_span(s, row, first_turn, last_turn)]
+
+    def pin(self, session_id: str, turn: int) -> None:
+        """Pin a turn (by number): it stays legible in assembled prompts while pinned."""
+        self._set_pinned(session_id, turn, True)
+
+    def unpin(self, session_id: str, turn: int) -> None:
+        """Unpin a turn; it fades with its page again."""
+        self._set_pinned(session_id, turn, False)
+
+    def pins(self, session_id: str) -> list[int]:
+        """The numbers of the session's pinned turns, in order."""
+        self._check_open()
+        with self._db.read() as s:
+            return pinned_seqs(s, self._session(s, session_id))
+
+    def _set_pinned(self, session_id: str, turn: int, pinned: bool) -> None:
+        self._check_open()
+        if isinstance(turn, int) and not -MAX_INT <= turn <= MAX_INT:
+            raise InvalidInput(f"there is no turn {turn!r:.40}: turn numbers are below 2**63")
+        self._db.write(lambda s: set_pinned(s, self._session(s, session_id), turn, pinned))
+
+    async def arecall(
+        self,
+        session_id: str,
+        cue: str,
+        *,
+        limit: int = 8,
+        scope: str = "session",
+        before: int | None = None,
+    ) -> list[Recollection]:
+        return await asyncio.to_thread(
+            self.recall, session_id, cue, limit=limit, scope=scope, before=before
+        )
+
+    async def aread(self, session_id: str, first_turn: int, last_turn: int) -> list[Turn]:
+        return await asyncio.to_thread(self.read, session_id, first_turn, last_turn)
 
     # -- aging and assembly ----------------------------------------------------------------------
 
@@ -385,14 +607,16 @@ class MemoryManager:
         """One synchronous aging pass (normally the scheduler runs it)."""
         self._check_open()
         now = check_timestamp(now, "now")
-        return self._aging.run(now, self._scope(sessions))
+        return self._in_chunks(partial(self._aging.run, now), self._scope(sessions))
 
     def verify(self, *, repair: bool = True, sessions: Sequence[str] | None = None) -> VerifyReport:
         """Check every stored page image, rendition and cached visual-token entry (PNG
         signature, checksums, full decode, canvas of its tier); with ``repair``, rebuild what
         is broken from the archived turns. Turns themselves are never changed."""
         self._check_open()
-        return verify_pages(self._aging, self._scope(sessions), repair=repair)
+        return self._in_chunks(
+            partial(verify_pages, self._aging, repair=repair), self._scope(sessions)
+        )
 
     def assemble(
         self,
@@ -402,49 +626,119 @@ class MemoryManager:
         now: datetime | None = None,
         *,
         token_counter: TokenCounter | Any | None = None,
+        cue: str | None = None,
+        shares: AssemblyShares | None = None,
     ) -> AssembledContext:
         """Recent turns as text and older pages as images, within ``budget`` tokens on ``target``.
 
         Reads only; never renders. Between two aging passes the result is identical.
+
+        ``cue`` (typically the newest user message): turns it recalls from the archive that the
+        prompt would show faded or not at all come back as exact text, in one block after the
+        pages, within ``shares.recall`` of the budget. Pinned turns are always in that block.
+        ``shares`` (default: the manager's) splits a tight budget between recent text and the
+        past; see :class:`AssemblyShares`.
         """
         self._check_open()
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
             raise InvalidBudget(f"budget must be a positive int of tokens, got {budget!r}")
+        if cue is not None and not isinstance(cue, str):
+            raise InvalidInput(f"cue must be a string or None, got {type(cue).__name__}")
+        if shares is not None and not isinstance(shares, AssemblyShares):
+            raise InvalidConfiguration("shares must be an AssemblyShares")
         tgt = get_target(target) if target is not None else self.target
         now = check_timestamp(now, "now") or datetime.now(UTC)
         counter = make_counter(token_counter) if token_counter is not None else None
         with self._db.read() as s:
             row = self._session(s, session_id)
-            return assemble_context(s, row, budget=budget, target=tgt, now=now, counter=counter)
+            return assemble_context(
+                s,
+                row,
+                budget=budget,
+                target=tgt,
+                now=now,
+                counter=counter,
+                cue=cue,
+                shares=shares or self.shares,
+            )
 
     def count_tokens(self, role: str, content: str) -> int:
         """Text tokens of one message with this manager's counter."""
-        return int(self._count(role, content))
+        return int(self._count(check_role(role), check_content(content, MAX_INT)))
 
     # -- deletion --------------------------------------------------------------------------------
 
     def forget(self, session_id: str) -> int:
-        """Delete the session and everything derived from it; returns the turns deleted."""
+        """Delete the session and everything derived from it; returns the turns deleted.
+
+        On SQLite it returns only once the deleted bytes are gone from every file (the main
+        file and its write-ahead log; ``secure_delete`` zeroes them), waiting up to
+        ``busy_timeout`` for readers that hold an older snapshot. If one still does, it raises
+        :class:`ForgetIncomplete`: the session is deleted, and a note kept in the same
+        transaction makes the next open or write (or :meth:`finish_forget`) finish the purge.
+
+        On PostgreSQL the rows are deleted when this returns, but their bytes stay in the
+        tables' files as dead tuples until a ``VACUUM FULL`` rewrites them (plain ``VACUUM``,
+        autovacuum's, only marks the space free): call :meth:`vacuum` to finish. The server's
+        write-ahead log, replicas and backups keep their own copies until they are recycled.
+        """
         self._check_open()
         key = check_session_id(session_id)
 
         def work(s: Session) -> int:
             row = self._session(s, key)
-            n = s.scalar(select(func.count()).where(TurnRow.session_id == row.id)) or 0
-            page_ids = select(PageRow.id).where(PageRow.session_id == row.id)
+            n = s.scalar(select(func.count()).where(TurnRow.session_row_id == row.id)) or 0
+            page_ids = select(PageRow.id).where(PageRow.session_row_id == row.id)
             # Explicit deletes as well as ON DELETE CASCADE: correct even where FKs are off.
             s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id.in_(page_ids)))
             s.execute(delete(RenditionRow).where(RenditionRow.page_id.in_(page_ids)))
-            s.execute(delete(PageRow).where(PageRow.session_id == row.id))
-            s.execute(delete(TurnRow).where(TurnRow.session_id == row.id))
+            s.execute(delete(PageRow).where(PageRow.session_row_id == row.id))
+            s.execute(delete(TurnRow).where(TurnRow.session_row_id == row.id))
+            purge_session(s, row.id)  # marks, and the index's old segments
             s.execute(delete(SessionRow).where(SessionRow.id == row.id))
+            self._db.note_purge(s)  # durable: a crash or a long reader leaves it to finish
             return int(n)
 
         n = self._db.write(work)
-        if self._db.dialect == "sqlite":
-            with self._db.engine.connect() as conn:  # push the zeroed pages out of the WAL
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.finish_purges()  # push the zeroed pages out of the WAL, or ForgetIncomplete
         return n
+
+    def finish_forget(self) -> None:
+        """Finish what an earlier :meth:`forget` left undone (SQLite: checkpoint and empty the
+        write-ahead log once no reader holds an old snapshot). Waits up to ``busy_timeout``;
+        raises :class:`ForgetIncomplete` if a reader still keeps the old pages. A no-op when
+        nothing is pending, and on PostgreSQL (see :meth:`vacuum`)."""
+        self._check_open()
+        self._db.finish_purges()
+
+    def vacuum(self) -> None:
+        """Remove what deleted rows leave in the database files.
+
+        PostgreSQL: ``VACUUM (FULL, ANALYZE)`` of the store's tables, outside a transaction.
+        Each table is rewritten into a new file (its indexes and TOAST data too) and the old
+        one is truncated, so the bytes of forgotten sessions leave the table files. It holds
+        an exclusive lock on each table while that table is rewritten (readers and writers
+        wait, up to their ``busy_timeout``): run it after forgetting, at a quiet time.
+        SQLite: ``VACUUM`` (the file is rebuilt without free pages) and the write-ahead log
+        checkpointed and emptied.
+        """
+        self._check_open()
+        if self._db.dialect == "postgresql":
+            self._db.vacuum_postgres(
+                [
+                    t.name
+                    for t in (
+                        TurnRow.__table__,
+                        TurnMarkRow.__table__,
+                        VisualTokenRow.__table__,
+                        RenditionRow.__table__,
+                        PageRow.__table__,
+                        SessionRow.__table__,
+                    )
+                ]
+            )
+        else:
+            self._db.vacuum_sqlite()
 
     # -- scheduler -------------------------------------------------------------------------------
 
@@ -453,15 +747,20 @@ class MemoryManager:
     ) -> None:
         """Run the aging pass in the background every ``every`` (seconds or timedelta)."""
         self._check_open()
-        from .scheduler import AgingScheduler
-
         if self._scheduler is None:
-            self._scheduler = AgingScheduler(self)
+            self._scheduler = AgingScheduler(self.age)
         self._scheduler.start(every, run_now=run_now)
 
-    def stop_scheduler(self, wait: bool = True) -> None:
+    @property
+    def scheduler(self) -> AgingScheduler | None:
+        """The running background scheduler (its pass and failure counts), or None."""
+        return self._scheduler
+
+    def stop_scheduler(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop background aging. With ``wait``, wait for a running pass to end, for at most
+        ``timeout`` seconds (None: until it ends)."""
         if self._scheduler is not None:
-            self._scheduler.stop(wait=wait)
+            self._scheduler.stop(wait=wait, timeout=timeout)
             self._scheduler = None
 
     # -- async twins -----------------------------------------------------------------------------
@@ -498,9 +797,20 @@ class MemoryManager:
         now: datetime | None = None,
         *,
         token_counter: Any = None,
+        cue: str | None = None,
+        shares: AssemblyShares | None = None,
     ) -> AssembledContext:
         return await asyncio.to_thread(
-            self.assemble, session_id, budget, target, now, token_counter=token_counter
+            partial(
+                self.assemble,
+                session_id,
+                budget,
+                target,
+                now,
+                token_counter=token_counter,
+                cue=cue,
+                shares=shares,
+            )
         )
 
     async def aage(self, now: datetime | None = None) -> AgingReport:
@@ -508,3 +818,15 @@ class MemoryManager:
 
     async def aforget(self, session_id: str) -> int:
         return await asyncio.to_thread(self.forget, session_id)
+
+
+def _tier_label(tier: object) -> str | None:
+    """A tier's label for ``page_image``; a typed error for anything that is not a tier."""
+    if tier is None:
+        return None
+    if not isinstance(tier, str | Tier):
+        raise UnknownPage(f"tier must be a tier name (large, base, small, tiny), got {tier!r:.40}")
+    try:
+        return Tier.parse(tier).label
+    except InvalidConfiguration as exc:
+        raise UnknownPage(str(exc)) from None

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-Role = Literal["user", "assistant", "system", "tool"]
 ROLES: tuple[str, ...] = ("user", "assistant", "system", "tool")
 
 
@@ -36,7 +35,9 @@ class SessionInfo:
 
 @dataclass(frozen=True)
 class PageInfo:
-    """A sealed page of consecutive turns and the tier it is shown at."""
+    """A page of consecutive turns and the tier it is shown at. ``open``: the session's newest
+    page while it may still grow (re-cut by the aging pass as turns leave the text window,
+    sealed once full or when the sitting ends); every other page is sealed."""
 
     page_id: int
     session_id: str
@@ -50,3 +51,36 @@ class PageInfo:
     width: int | None
     height: int | None
     version: int
+    open: bool = False
+
+
+@dataclass(frozen=True)
+class TierRow:
+    """One row of a session's tier summary (``MemoryManager.tier_summary``)."""
+
+    tier: str  # "recent" for turns not packed into pages yet, else a stored tier
+    pages: int
+    turns: int
+    text_tokens: int
+    image_tokens: int  # 0 for "recent" and "text": they reach the model as text
+
+    @property
+    def compression(self) -> float | None:
+        """Text tokens per image token, None where nothing is shown as an image."""
+        return self.text_tokens / self.image_tokens if self.image_tokens else None
+
+
+@dataclass(frozen=True)
+class Recollection:
+    """A turn that a cue brought back, exactly as archived (``MemoryManager.recall``).
+
+    ``score`` ranks the recollections of one recall, higher is better (BM25 on SQLite,
+    ``ts_rank_cd`` on PostgreSQL: not comparable across backends). ``page_id`` and ``tier`` are
+    the page holding the turn and the tier it is stored at; ``None`` and ``"text"`` for a turn
+    not packed into a page yet.
+    """
+
+    turn: Turn
+    score: float
+    page_id: int | None
+    tier: str

@@ -1,12 +1,15 @@
-"""SQLAlchemy models: sessions, turns (lossless), pages, renditions and the visual-token cache.
+"""SQLAlchemy models (sessions, turns, pages, renditions, the visual-token cache) and the
+queries that more than one module needs, so each is written once.
 
-Timestamps are stored in UTC and always come back timezone-aware. Every child row is deleted
-with its session (``ON DELETE CASCADE``), so ``forget`` is one statement.
+Timestamps are stored in UTC and always come back timezone-aware. Child rows reference their
+session or page with ``ON DELETE CASCADE``; ``forget`` still deletes each table explicitly, so
+it is complete even on a connection where foreign keys are off.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,10 +27,16 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    insert,
+    select,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy import true as sa_true
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from .encoder import EncodedPage
+from .records import Turn
 
 # A primary key that is INTEGER on SQLite (rowid alias, autoincrement) and BIGINT elsewhere.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -108,8 +117,9 @@ class TurnRow(Base):
     __tablename__ = "om_turns"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    session_id: Mapped[int] = mapped_column(
-        ForeignKey("om_sessions.id", ondelete="CASCADE"), nullable=False
+    # The session's integer row id (``SessionRow.id``), not the public session id string.
+    session_row_id: Mapped[int] = mapped_column(
+        "session_id", ForeignKey("om_sessions.id", ondelete="CASCADE"), nullable=False
     )
     seq: Mapped[int] = mapped_column(Integer, nullable=False)
     role: Mapped[str] = mapped_column(String(16), nullable=False)
@@ -117,6 +127,9 @@ class TurnRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, nullable=False, default=dict)
+    # What the full-text index reads when it differs from content (CJK set apart, no NULs);
+    # NULL for most turns. Written once with the turn (see recall.search_text); not loaded.
+    search_text: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
 
     __table_args__ = (
         UniqueConstraint("session_id", "seq", name="uq_om_turns_session_seq"),
@@ -124,12 +137,33 @@ class TurnRow(Base):
     )
 
 
+class TurnMarkRow(Base):
+    """Pins and rehearsal of a turn: a small mutable row beside the write-once turn."""
+
+    __tablename__ = "om_turn_marks"
+
+    turn_id: Mapped[int] = mapped_column(
+        ForeignKey("om_turns.id", ondelete="CASCADE"), primary_key=True
+    )
+    session_row_id: Mapped[int] = mapped_column(
+        "session_id", ForeignKey("om_sessions.id", ondelete="CASCADE"), nullable=False
+    )
+    pinned: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=sa_false()
+    )
+    recalls: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    recalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (Index("ix_om_turn_marks_session_id", "session_id"),)
+
+
 class PageRow(Base):
     __tablename__ = "om_pages"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    session_id: Mapped[int] = mapped_column(
-        ForeignKey("om_sessions.id", ondelete="CASCADE"), nullable=False
+    # The session's integer row id (``SessionRow.id``), not the public session id string.
+    session_row_id: Mapped[int] = mapped_column(
+        "session_id", ForeignKey("om_sessions.id", ondelete="CASCADE"), nullable=False
     )
     first_seq: Mapped[int] = mapped_column(Integer, nullable=False)
     last_seq: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -142,10 +176,16 @@ class PageRow(Base):
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     token_cost: Mapped[int] = mapped_column(Integer, nullable=False)
-    sealed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     # False when a single turn overflows the page: such a page is only ever shown as text.
     imageable: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=True, server_default=sa_true()
+    )
+    # The session's newest page while it may still grow: the aging pass re-cuts it from its
+    # first turn when new turns leave the text window, and seals it (False) once it is full
+    # or the sitting ends. Every other page is sealed and never changes but for tier moves
+    # and merges.
+    open: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=sa_false()
     )
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
@@ -193,3 +233,59 @@ class VisualTokenRow(Base):
         UniqueConstraint("page_id", "tier", "encoder_key", name="uq_om_visual_tokens_key"),
         {"sqlite_autoincrement": True},
     )
+
+
+# -- shared queries ------------------------------------------------------------------------------
+
+# Every page column but the image bytes: listings and assembly read these without the PNG.
+PAGE_COLUMNS_WITHOUT_PNG: tuple[Any, ...] = tuple(
+    getattr(PageRow, a.key) for a in PageRow.__mapper__.column_attrs if a.key != "png"
+)
+
+
+def to_turn(t: TurnRow, session_key: str) -> Turn:
+    """The public record of a stored turn."""
+    return Turn(session_key, t.seq, t.role, t.content, t.at, t.tokens, dict(t.meta or {}))
+
+
+def page_turns(s: Session, session_row_id: int, first_seq: int, last_seq: int) -> Sequence[TurnRow]:
+    """The archived turns a page covers, in order."""
+    return s.scalars(
+        select(TurnRow)
+        .where(
+            TurnRow.session_row_id == session_row_id,
+            TurnRow.seq >= first_seq,
+            TurnRow.seq <= last_seq,
+        )
+        .order_by(TurnRow.seq)
+    ).all()
+
+
+def add_visual_tokens(
+    s: Session, page_id: int, tier: str, encoder_key: str, enc: EncodedPage, now: datetime
+) -> None:
+    """Cache an encoder's visual tokens for a page at a tier."""
+    s.execute(
+        insert(VisualTokenRow).values(
+            page_id=page_id,
+            tier=tier,
+            encoder_key=encoder_key,
+            dtype=enc.dtype,
+            shape=list(enc.shape),
+            data=enc.data,
+            created_at=now,
+        )
+    )
+
+
+class PendingPurgeRow(Base):
+    """A forget whose bytes may still sit in a database file (SQLite: the write-ahead log,
+    while a reader holds an old snapshot). Written in the forgetting transaction, deleted once
+    the log is checkpointed and truncated; it names nothing of what was forgotten."""
+
+    __tablename__ = "om_pending_purges"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+    __table_args__ = {"sqlite_autoincrement": True}

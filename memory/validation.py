@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ from .errors import (
     InvalidRole,
     InvalidSessionId,
     InvalidTimestamp,
+    MetadataTooLarge,
 )
 from .records import ROLES
 
@@ -87,18 +89,62 @@ def check_owner(owner: object) -> str | None:
     return owner
 
 
+MAX_METADATA_BYTES = 64 * 1024
+"""Largest metadata of one turn, serialised as JSON (UTF-8 bytes)."""
+MAX_METADATA_DEPTH = 32
+"""Deepest nesting of objects and lists in one turn's metadata."""
+
+
 def check_metadata(metadata: object) -> dict[str, Any]:
+    """The metadata as it will be stored and read back: a fresh dict made from its JSON form
+    (keys become strings, tuples lists), within :data:`MAX_METADATA_BYTES` and
+    :data:`MAX_METADATA_DEPTH`; never the caller's own object."""
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
         raise InvalidContent(f"metadata must be a mapping, got {type(metadata).__name__}")
-    import json
-
+    _check_depth(metadata)
     try:
-        json.dumps(metadata, allow_nan=False)
+        encoded = json.dumps(metadata, allow_nan=False)  # ASCII: lone surrogates escaped
     except (TypeError, ValueError) as exc:
         raise InvalidContent(f"metadata must be JSON-serialisable: {exc}") from None
-    return dict(metadata)
+    except RecursionError:  # a cycle or a container json walks deeper than we counted
+        raise MetadataTooLarge(
+            f"metadata is nested too deeply (or refers to itself); keep it under "
+            f"{MAX_METADATA_DEPTH} levels"
+        ) from None
+    size = len(encoded)
+    if size > MAX_METADATA_BYTES:
+        raise MetadataTooLarge(
+            f"metadata is {size:,} bytes as JSON, over the limit of {MAX_METADATA_BYTES:,}; "
+            "store large data elsewhere and keep a reference (a URL or an id) in metadata"
+        )
+    return dict(json.loads(encoded))
+
+
+def _check_depth(value: object) -> None:
+    """Nesting of dicts, lists and tuples, walked without recursion (cycles end it too)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    seen = 0
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise MetadataTooLarge(
+                f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep; flatten it"
+            )
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        seen += len(children)
+        if seen > MAX_METADATA_BYTES:  # every element costs at least a byte of JSON
+            raise MetadataTooLarge(
+                f"metadata holds over {MAX_METADATA_BYTES:,} values; store large data "
+                "elsewhere and keep a reference in metadata"
+            )
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _check_encodable(text: str, what: str, error: type[Exception]) -> bytes:
@@ -108,3 +154,17 @@ def _check_encodable(text: str, what: str, error: type[Exception]) -> bytes:
         raise error(
             f"{what} holds unpaired surrogate code points and is not valid Unicode text"
         ) from None
+
+
+MAX_INT = 2**63 - 1  # the largest integer either backend stores or compares
+
+
+def check_int(
+    value: object, what: str, *, minimum: int = 0, error: type[Exception] = InvalidInput
+) -> int:
+    """An int (not a bool) from ``minimum`` up to 2**63 - 1: ids, turn numbers, counts."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise error(f"{what} must be an int, got {type(value).__name__} {value!r:.40}")
+    if not minimum <= value <= MAX_INT:
+        raise error(f"{what} must be between {minimum} and 2**63 - 1, got {value!r:.40}")
+    return value

@@ -12,6 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
+from optical_memory.errors import DatabaseTooNew
+
 SCRIPT_LOCATION = Path(__file__).resolve().parent
 
 
@@ -34,15 +36,37 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database to ``revision`` in one transaction (a no-op when already there)."""
-    if revision == "head" and current_revision(engine) == head_revision():
+def check_known(revision: str | None) -> None:
+    """Refuse a database stamped with a revision these scripts do not have: it was written by
+    a newer optical-memory, and migrating it (or using it) with this one could lose data."""
+    if revision is None:
         return
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        known = script.get_revision(revision) is not None
+    except Exception:  # noqa: BLE001 - alembic raises several kinds for an unknown id
+        known = False
+    if not known:
+        raise DatabaseTooNew(
+            f"the database's schema is at revision {revision!r}, which this optical-memory "
+            f"does not know (its newest is {head_revision()!r}): it was written by a newer "
+            "version. Upgrade optical-memory (pip install -U optical-memory) to open it"
+        )
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database to ``revision`` in one transaction (a no-op when already there).
+    Raises :class:`DatabaseTooNew` for a database from a newer version."""
+    current = current_revision(engine)
+    if revision == "head" and current == head_revision():
+        return
+    check_known(current)
     with _migrating(engine) as conn:
         command.upgrade(alembic_config(conn), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    check_known(current_revision(engine))
     with _migrating(engine) as conn:
         command.downgrade(alembic_config(conn), revision)
 

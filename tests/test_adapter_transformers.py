@@ -8,7 +8,6 @@ placeholder scatter and rope positions), with and without the reused prefix KV c
 
 from __future__ import annotations
 
-import io
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from PIL import Image  # noqa: E402
+from helpers import make_history, read_png  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from benchmarks.local_prefill import (  # noqa: E402
@@ -97,11 +96,6 @@ def qwen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 @pytest.fixture(params=["deepseek", "qwen"])
 def env(request: pytest.FixtureRequest) -> Env:
     return request.getfixturevalue(request.param)
-
-
-def _image(png: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(png)) as im:
-        return im.convert("RGB")
 
 
 def _image_rows(name: str, width: int, height: int) -> int:
@@ -234,7 +228,7 @@ def test_aging_pass_caches_features_for_each_image_page(env: Env) -> None:
         assert feats.rows == _image_rows(env.name, p.width, p.height) == cached.shape[0]
         assert cached.dtype == "float32"
         # exactly what the encoder makes of the stored image now
-        fresh = env.encoder.features(_image(env.memory.page_image("chat", p.page_id)))
+        fresh = env.encoder.features(read_png(env.memory.page_image("chat", p.page_id), "RGB"))
         assert torch.equal(fresh.features, feats.features)
         for other in ("large", "base", "small", "tiny"):  # fainter renditions: cached too
             rendition = env.memory.visual_tokens(p.page_id, other, env.encoder.key)
@@ -243,7 +237,7 @@ def test_aging_pass_caches_features_for_each_image_page(env: Env) -> None:
             else:
                 assert rendition is not None
                 png = env.memory.page_image("chat", p.page_id, other)
-                fresh = env.encoder.features(_image(png))
+                fresh = env.encoder.features(read_png(png, "RGB"))
                 assert torch.equal(fresh.features, env.encoder.decode(rendition).features)
         assert env.memory.visual_tokens(p.page_id, p.tier, "another-model") is None
         assert env.memory.scoped("another-owner").visual_tokens(p.page_id, p.tier, key) is None
@@ -263,9 +257,11 @@ def test_tier_change_replaces_cache_and_forget_deletes_it(env: Env, tmp_path: Pa
         after = {p.page_id: p.tier for p in mm.pages("chat") if p.tier != "text"}
         changed = [pid for pid in before if after.get(pid) != before[pid]]
         assert changed
-        for pid in changed:
-            assert mm.visual_tokens(pid, before[pid], key) is None  # old tier gone
-            assert mm.visual_tokens(pid, after[pid], key) is not None  # new tier cached
+        for pid in changed:  # old tier gone (sparse pages at tiny merge: the page may be gone)
+            assert mm.visual_tokens(pid, before[pid], key) is None
+        for pid, tier in after.items():  # new tier, or a merged page, cached
+            if before.get(pid) != tier:
+                assert mm.visual_tokens(pid, tier, key) is not None
         chat = LocalVLM(mm, env.encoder, system_prompt=SYSTEM, budget=8192)
         new_prefix = chat.inputs("chat", QUESTION, now=NOW + timedelta(days=40))
         assert new_prefix.encoded_on_request == 0
@@ -304,7 +300,7 @@ def _native_deepseek_logits(env: Env, inputs: Any) -> torch.Tensor:
     model, proc = env.encoder.model, env.encoder.processor
     pooled = []
     for page in inputs.pages:
-        img = _image(page.png)
+        img = read_png(page.png, "RGB")
         pixels = proc.image_processor(
             images=[img], return_tensors="pt", **env.encoder.image_kwargs(img.width, img.height)
         )
@@ -331,7 +327,9 @@ def _native_qwen_logits(env: Env, inputs: Any) -> torch.Tensor:
     (its vision tower, its scatter, its get_rope_index)."""
     proc = env.encoder.processor
     native = proc(
-        text=[inputs.prompt], images=[_image(p.png) for p in inputs.pages], return_tensors="pt"
+        text=[inputs.prompt],
+        images=[read_png(p.png, "RGB") for p in inputs.pages],
+        return_tensors="pt",
     )
     assert torch.equal(native["input_ids"], inputs.input_ids)
     return env.encoder.model(**native).logits
@@ -453,13 +451,7 @@ def test_next_turn_prefills_only_what_the_last_one_did_not_cover(env: Env, tmp_p
         assert chat.conversations.get("chat").length == nxt.length
         # a new page changes the memory: the conversation cache is not used
         later = NOW + timedelta(days=2)
-        mm.add_turns(
-            "chat",
-            [
-                {"role": "user" if i % 2 == 0 else "assistant", "content": "x " * 400, "at": NOW}
-                for i in range(12)
-            ],
-        )
+        mm.add_turns("chat", make_history(12, lambda i: "x " * 400, NOW, timedelta(0)))
         mm.age(now=later)
         changed = chat.inputs("chat", QUESTION, now=later)
         assert changed.memory_key != nxt.memory_key
@@ -501,7 +493,7 @@ def test_deepseek_layouts_count_placeholders_from_features(deepseek: Env) -> Non
     enc = deepseek.encoder
     proc, model = enc.processor, enc.model
     pages = {p.tier: p for p in deepseek.chat.inputs("chat", QUESTION, now=NOW).pages}
-    large = _image(pages["large"].png)
+    large = read_png(pages["large"].png, "RGB")
     assert enc.image_kwargs(large.width, large.height) == {"crop_to_patches": True}
     native = proc(text="<image>\nFree OCR.", images=[large], return_tensors="pt")
     assert int((native["input_ids"] == proc.image_token_id).sum()) == 833
@@ -515,7 +507,7 @@ def test_deepseek_layouts_count_placeholders_from_features(deepseek: Env) -> Non
         ours.features,
     )
 
-    small = _image(pages["small"].png)
+    small = read_png(pages["small"].png, "RGB")
     assert enc.features(small).rows == 145
     counted = proc(text="<image>", images=[small], return_tensors="pt", crop_to_patches=False)
     assert int((counted["input_ids"] == proc.image_token_id).sum()) == 257  # the mismatch

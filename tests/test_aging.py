@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import struct
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from helpers import read_png
 from PIL import Image
 from sqlalchemy import select
 
 from benchmarks.chatgen import conversation
 from optical_memory import AgingPolicy, MemoryManager, Tier, TimeLadder, get_target
 from optical_memory.encoder import EncodedPage
+from optical_memory.scheduler import AgingScheduler
 from optical_memory.store import PageRow, RenditionRow, VisualTokenRow
 
 START = datetime(2023, 3, 1, 9, 0, tzinfo=UTC)
@@ -67,7 +68,7 @@ def test_each_image_has_its_tier_size_and_fainter_renditions(aged: MemoryManager
             if page.tier == "text":
                 assert page.png is None
                 continue
-            img = Image.open(io.BytesIO(page.png))
+            img = read_png(page.png)
             assert img.size == target.spec(page.tier).size == (page.width, page.height)
             assert img.mode == "L"
             rends = s.scalars(select(RenditionRow).where(RenditionRow.page_id == page.id)).all()
@@ -75,7 +76,7 @@ def test_each_image_has_its_tier_size_and_fainter_renditions(aged: MemoryManager
                 t for t in (Tier.BASE, Tier.SMALL, Tier.TINY) if t > Tier.parse(page.tier)
             ]
             for r in rends:
-                assert Image.open(io.BytesIO(r.png)).size == target.spec(r.tier).size
+                assert read_png(r.png).size == target.spec(r.tier).size
 
 
 def test_turns_are_unchanged_after_aging(aged: MemoryManager) -> None:
@@ -140,13 +141,17 @@ def test_a_page_becomes_an_image_only_at_a_tier_that_costs_less_than_its_text(tm
         assert mm.pages("s")[0].tier == "small"
 
 
-def test_a_small_partial_page_waits_for_more_turns_until_the_session_goes_quiet(tmp_path) -> None:
+def test_a_small_partial_page_stays_open_until_the_sitting_ends(tmp_path) -> None:
+    # It used to wait a week of quiet; now it is the open page, sealed after the sitting gap.
     turns = conversation(8, START, timedelta(minutes=1))
     with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=2)) as mm:
         mm.add_turns("s", turns)
-        assert mm.age(now=turns[-1]["at"] + timedelta(days=6)).pages_created == 0
-        assert mm.age(now=turns[-1]["at"] + timedelta(days=7)).pages_created == 1
-        assert mm.pages("s")[0].last_seq == 6
+        report = mm.age(now=turns[-1]["at"] + timedelta(minutes=30))
+        assert report.pages_created == 0 and report.pages_opened == 1
+        assert [(p.last_seq, p.open) for p in mm.pages("s")] == [(6, True)]
+        gap = AgingPolicy().sitting_gap
+        assert mm.age(now=turns[-1]["at"] + gap).pages_created == 1
+        assert [(p.last_seq, p.open) for p in mm.pages("s")] == [(6, False)]
 
 
 def test_a_partial_page_of_at_least_min_fill_seals_after_an_hour(tmp_path) -> None:
@@ -241,7 +246,7 @@ class CountingEncoder:
 
     def encode(self, png: bytes, tier: str) -> EncodedPage:
         self.calls.append(tier)
-        img = Image.open(io.BytesIO(png)).resize((4, 4), Image.Resampling.BOX)
+        img = read_png(png).resize((4, 4), Image.Resampling.BOX)
         data = struct.pack("16f", *(v / 255 for v in img.tobytes()))
         return EncodedPage(data=data, dtype="float32", shape=(16,))
 
@@ -286,22 +291,22 @@ def test_the_scheduler_ages_in_the_background_and_survives_a_failing_pass(tmp_pa
     old = conversation(200, datetime(2020, 1, 1, tzinfo=UTC), timedelta(hours=1))
     with MemoryManager(tmp_path / "m.db") as mm:
         mm.add_turns("s", old)
-        real_run = mm._aging.run
         calls = {"n": 0}
 
-        def flaky(now=None, keys=None):  # the first pass fails, the next ones must still run
+        def flaky():  # the first pass fails, the next ones must still run
             calls["n"] += 1
             if calls["n"] == 1:
                 raise RuntimeError("disk on fire")
-            return real_run(now, keys)
+            return mm.age()
 
-        mm._aging.run = flaky  # type: ignore[method-assign]
+        scheduler = AgingScheduler(flaky)
         with caplog.at_level(logging.ERROR, logger="optical_memory.scheduler"):
-            mm.start_scheduler(every=0.2, run_now=True)
+            scheduler.start(0.2, run_now=True)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not any(p.tier == "tiny" for p in _pages(mm)):
                 time.sleep(0.1)
-            mm.stop_scheduler()
+            scheduler.stop()
+        assert scheduler.failures == 1 and scheduler.passes >= 1
         assert any(p.tier == "tiny" for p in mm.pages("s"))
         assert calls["n"] >= 2
         assert "disk on fire" in caplog.text

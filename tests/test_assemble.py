@@ -23,7 +23,7 @@ NOW = HISTORY[-1]["at"] + timedelta(minutes=30)
 
 
 @pytest.fixture(scope="module")
-def mm(tmp_path_factory) -> MemoryManager:
+def aged(tmp_path_factory) -> MemoryManager:
     m = MemoryManager(
         tmp_path_factory.mktemp("asm") / "m.db", policy=AgingPolicy(keep_last_turns=10)
     )
@@ -44,8 +44,8 @@ def _order(ctx) -> list[int]:
     return seqs
 
 
-def test_old_turns_arrive_as_pages_recent_ones_as_text_within_budget(mm: MemoryManager) -> None:
-    ctx = mm.assemble("s", budget=4096, now=NOW)
+def test_old_turns_arrive_as_pages_recent_ones_as_text_within_budget(aged: MemoryManager) -> None:
+    ctx = aged.assemble("s", budget=4096, now=NOW)
     assert ctx.tokens <= 4096
     assert ctx.pages and ctx.texts
     first_text = ctx.segments.index(ctx.texts[0])
@@ -59,18 +59,18 @@ def test_old_turns_arrive_as_pages_recent_ones_as_text_within_budget(mm: MemoryM
     assert ctx.compression > 5
 
 
-def test_every_page_has_a_caption_with_its_turns_and_age(mm: MemoryManager) -> None:
-    for p in mm.assemble("s", budget=4096, now=NOW).pages:
+def test_every_page_has_a_caption_with_its_turns_and_age(aged: MemoryManager) -> None:
+    for p in aged.assemble("s", budget=4096, now=NOW).pages:
         assert f"turns {p.first_seq}–{p.last_seq}" in p.caption
         assert " old" in p.caption
         assert p.png.startswith(b"\x89PNG") and p.data_url.startswith("data:image/png;base64,")
 
 
-def test_a_tight_budget_fades_the_oldest_pages_for_this_request_only(mm: MemoryManager) -> None:
-    stored = [(p.page_id, p.tier) for p in mm.pages("s")]
-    roomy = mm.assemble("s", budget=8192, now=NOW)
+def test_a_tight_budget_fades_the_oldest_pages_for_this_request_only(aged: MemoryManager) -> None:
+    stored = [(p.page_id, p.tier) for p in aged.pages("s")]
+    roomy = aged.assemble("s", budget=8192, now=NOW)
     budget = roomy.tokens - 30  # one fainter step of an old page is enough
-    tight = mm.assemble("s", budget=budget, now=NOW)
+    tight = aged.assemble("s", budget=budget, now=NOW)
     assert tight.tokens <= budget
     assert all(p.tier == p.stored_tier for p in roomy.pages)
     faded = [p for p in tight.pages if p.tier != p.stored_tier]
@@ -81,13 +81,13 @@ def test_a_tight_budget_fades_the_oldest_pages_for_this_request_only(mm: MemoryM
     fadeable = [p for p in tight.pages if p.stored_tier != "tiny"]
     assert faded[0].page_id == fadeable[0].page_id  # the oldest that can still fade
     # the stored tiers are untouched by assembly
-    assert [(p.page_id, p.tier) for p in mm.pages("s")] == stored
+    assert [(p.page_id, p.tier) for p in aged.pages("s")] == stored
 
 
-def test_a_very_tight_budget_leaves_the_oldest_pages_out(mm: MemoryManager) -> None:
-    roomy = mm.assemble("s", budget=8192, now=NOW)
+def test_a_very_tight_budget_leaves_the_oldest_pages_out(aged: MemoryManager) -> None:
+    roomy = aged.assemble("s", budget=8192, now=NOW)
     for budget in range(roomy.tokens, 0, -25):
-        tight = mm.assemble("s", budget=budget, now=NOW)
+        tight = aged.assemble("s", budget=budget, now=NOW)
         assert tight.tokens <= budget or tight.over_budget
         if 0 < len(tight.pages) < len(roomy.pages):
             break
@@ -99,23 +99,23 @@ def test_a_very_tight_budget_leaves_the_oldest_pages_out(mm: MemoryManager) -> N
     assert tight.omitted_turns > roomy.omitted_turns
 
 
-def test_the_newest_user_turn_is_never_left_out(mm: MemoryManager) -> None:
-    ctx = mm.assemble("s", budget=10, now=NOW)
+def test_the_newest_user_turn_is_never_left_out(aged: MemoryManager) -> None:
+    ctx = aged.assemble("s", budget=10, now=NOW)
     assert [s.turn.content for s in ctx.texts] == ["What did Maya book in the spring?"]
     assert ctx.over_budget == (ctx.tokens > 10)
 
 
-def test_the_same_state_gives_the_same_bytes(mm: MemoryManager) -> None:
-    a = mm.assemble("s", budget=4096, now=NOW)
-    b = mm.assemble("s", budget=4096, now=NOW + timedelta(minutes=20))
+def test_the_same_state_gives_the_same_bytes(aged: MemoryManager) -> None:
+    a = aged.assemble("s", budget=4096, now=NOW)
+    b = aged.assemble("s", budget=4096, now=NOW + timedelta(minutes=20))
     assert a.fingerprint() == b.fingerprint()
     assert [s.png for s in a.pages] == [s.png for s in b.pages]
     assert [s.caption for s in a.pages] == [s.caption for s in b.pages]
 
 
-def test_other_targets_price_the_same_pages_by_their_own_rules(mm: MemoryManager) -> None:
-    ds = mm.assemble("s", budget=6000, target="deepseek-ocr", now=NOW)
-    oa = mm.assemble("s", budget=6000, target="openai", now=NOW)
+def test_other_targets_price_the_same_pages_by_their_own_rules(aged: MemoryManager) -> None:
+    ds = aged.assemble("s", budget=6000, target="deepseek-ocr", now=NOW)
+    oa = aged.assemble("s", budget=6000, target="openai", now=NOW)
     assert oa.tokens <= 6000 and ds.tokens <= 6000
     for p in oa.pages:
         assert p.image_tokens in (85, 255, 765)
@@ -159,30 +159,30 @@ def test_text_pages_show_as_their_turns_with_roles(tmp_path) -> None:
         assert not ctx.pages and ctx.compression == 0
 
 
-def test_a_custom_token_counter_is_used_for_text(mm: MemoryManager) -> None:
-    ctx = mm.assemble("s", budget=4096, now=NOW, token_counter=lambda text: 1)
+def test_a_custom_token_counter_is_used_for_text(aged: MemoryManager) -> None:
+    ctx = aged.assemble("s", budget=4096, now=NOW, token_counter=lambda text: 1)
     assert all(s.tokens == 1 + 3 for s in ctx.texts)
 
 
-def test_assembly_never_renders(mm: MemoryManager, monkeypatch) -> None:
+def test_assembly_never_renders(aged: MemoryManager, monkeypatch) -> None:
     def boom(*a, **k):
         raise AssertionError("assemble must not render")
 
-    monkeypatch.setattr(mm.renderer, "render", boom)
-    assert mm.assemble("s", budget=2000, now=NOW).pages
+    monkeypatch.setattr(aged.renderer, "render", boom)
+    assert aged.assemble("s", budget=2000, now=NOW).pages
 
 
 @pytest.mark.parametrize("budget", [0, -5, 1.5, "4096", True])
-def test_bad_budgets_are_refused(mm: MemoryManager, budget) -> None:
+def test_bad_budgets_are_refused(aged: MemoryManager, budget) -> None:
     with pytest.raises(InvalidBudget):
-        mm.assemble("s", budget=budget)
+        aged.assemble("s", budget=budget)
 
 
-def test_unknown_targets_and_sessions_are_refused(mm: MemoryManager) -> None:
+def test_unknown_targets_and_sessions_are_refused(aged: MemoryManager) -> None:
     with pytest.raises(UnknownTarget):
-        mm.assemble("s", target="nope")
+        aged.assemble("s", target="nope")
     with pytest.raises(UnknownSession):
-        mm.assemble("missing")
+        aged.assemble("missing")
 
 
 def test_assembly_cost_follows_the_budget_not_the_history(tmp_path) -> None:

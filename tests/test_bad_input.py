@@ -11,16 +11,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from helpers import make_history, read_png
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import make_url, text
-from workers.hardening import (
-    ThumbnailEncoder,
-    check_pages_match_tiers,
-    decoded_size,
-    row_counts,
-    wait_for,
-)
+from workers.hardening import ThumbnailEncoder, check_pages_match_tiers, row_counts, wait_for
 
 from optical_memory import (
     AgingPolicy,
@@ -335,17 +330,7 @@ nows = st.one_of(st.none(), aware.filter(lambda d: d.year > 1 and d.year < 9999)
 @pytest.fixture
 def history(db_url: str):  # type: ignore[no-untyped-def]
     with MemoryManager(db_url, max_content_bytes=MAX_BYTES) as m:
-        m.add_turns(
-            "h",
-            [
-                (
-                    "user" if i % 2 == 0 else "assistant",
-                    f"message {i}: " + "lorem ipsum " * 40,
-                    T0 + timedelta(minutes=i),
-                )
-                for i in range(60)
-            ],
-        )
+        m.add_turns("h", make_history(60, lambda i: f"message {i}: " + "lorem ipsum " * 40, T0))
         m.add_turn("h", "user", "\x00 and \u202e and 😀")
         m.age(now=T0 + timedelta(hours=3))
         assert m.pages("h")
@@ -389,7 +374,7 @@ def test_assemble_typed_error_or_a_context_within_budget(history, budget, target
             covered.append(seg.turn.seq)
         else:
             assert isinstance(seg, PageSegment)
-            decoded_size(seg.png)
+            read_png(seg.png)
             covered.extend(range(seg.first_seq, seg.last_seq + 1))
     assert covered == sorted(set(covered)), "segments overlap or are out of order"
     if covered:
@@ -417,15 +402,7 @@ def test_damaged_images_and_caches_are_found_and_rebuilt(db_url: str) -> None:
     with MemoryManager(db_url, encoder=enc) as mm:
         for s in ("a", "b"):
             mm.add_turns(
-                s,
-                [
-                    (
-                        "user" if i % 2 == 0 else "assistant",
-                        f"{s} says {i}: " + "quick brown fox " * 30,
-                        T0 + timedelta(minutes=i),
-                    )
-                    for i in range(100)
-                ],
+                s, make_history(100, lambda i, s=s: f"{s} says {i}: " + "quick brown fox " * 30, T0)
             )
         report = mm.age(now=T0 + timedelta(hours=4))  # large: every fainter tier has a rendition
         assert report.pages_moved.get("large", 0) >= 4 and not report.errors
@@ -481,16 +458,14 @@ def test_damaged_images_and_caches_are_found_and_rebuilt(db_url: str) -> None:
             ctx = mm.assemble(s, budget=200_000, now=T0 + timedelta(hours=4))
             assert ctx.pages
             for seg in ctx.pages:
-                decoded_size(seg.png)
+                read_png(seg.png)
 
 
 def test_garbage_of_the_wrong_type_is_rebuilt_on_sqlite(sqlite_url: str) -> None:
     """SQLite keeps whatever type was written: a png column holding invalid UTF-8 text cannot
     even be read by the driver; verify still finds and rebuilds it."""
     with MemoryManager(sqlite_url) as mm:
-        mm.add_turns(
-            "s", [("user", f"{i} " + "text " * 80, T0 + timedelta(minutes=i)) for i in range(150)]
-        )
+        mm.add_turns("s", make_history(150, lambda i: f"{i} " + "text " * 80, T0, roles=["user"]))
         mm.age(now=T0 + timedelta(hours=4))
         good = _blobs(mm)
         assert len(mm.pages("s")) >= 2
@@ -511,9 +486,7 @@ def test_garbage_of_the_wrong_type_is_rebuilt_on_sqlite(sqlite_url: str) -> None
 
 def test_text_pages_holding_images_are_cleared(db_url: str) -> None:
     with MemoryManager(db_url, policy=AgingPolicy(by_time=None, seal_after=timedelta(0))) as mm:
-        mm.add_turns(
-            "s", [("user", f"{i} " + "text " * 80, T0 + timedelta(minutes=i)) for i in range(40)]
-        )
+        mm.add_turns("s", make_history(40, lambda i: f"{i} " + "text " * 80, T0, roles=["user"]))
         mm.age(now=T0 + timedelta(days=50))  # packed, but nothing fades: still text
         pages = mm.pages("s")
         assert pages and all(p.tier == "text" for p in pages)
@@ -540,7 +513,8 @@ def test_scheduler_survives_a_failing_pass(db_url: str) -> None:
     )
     with MemoryManager(db_url, policy=policy) as m:
         m.start_scheduler(every=0.2)
-        sched = m._scheduler
+        sched = m.scheduler
+        assert sched is not None
         try:
             assert wait_for(lambda: sched.passes >= 1, 20)
             with m.database.engine.begin() as conn:
@@ -549,7 +523,12 @@ def test_scheduler_survives_a_failing_pass(db_url: str) -> None:
             with m.database.engine.begin() as conn:
                 conn.execute(text("ALTER TABLE om_sessions_away RENAME TO om_sessions"))
             assert sched.running
-            m.add_turns("s", [("user", f"{i} " + "words " * 50, T0) for i in range(12)])
+            m.add_turns(
+                "s",
+                make_history(
+                    12, lambda i: f"{i} " + "words " * 50, T0, timedelta(0), roles=["user"]
+                ),
+            )
             assert wait_for(lambda: any(p.tier != "text" for p in m.pages("s")), 30), (
                 "no pass ran after the failures"
             )
@@ -562,11 +541,7 @@ def test_one_broken_session_does_not_stop_the_pass(sqlite_url: str) -> None:
     with MemoryManager(sqlite_url) as mm:
         for s in ("a", "b", "c"):
             mm.add_turns(
-                s,
-                [
-                    ("user", f"{s}{i} " + "words " * 50, T0 + timedelta(minutes=i))
-                    for i in range(30)
-                ],
+                s, make_history(30, lambda i, s=s: f"{s}{i} " + "words " * 50, T0, roles=["user"])
             )
         conn = sqlite3.connect(make_url(sqlite_url).database)
         conn.execute(

@@ -38,7 +38,7 @@ def small_target():
     )
     ladder.register_target(target, replace=True)
     yield target
-    ladder._REGISTRY.pop(NAME, None)
+    ladder.unregister_target(NAME)
 
 
 def test_quick_run_shape(small_target, tmp_path: Path, capsys):

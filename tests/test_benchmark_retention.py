@@ -3,6 +3,7 @@ shape (written here, no third-party text); checks the output's shape, never its 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shutil
@@ -13,7 +14,7 @@ import pytest
 from benchmarks import retention
 
 TARGETS = ("deepseek-ocr", "openai")
-BUDGETS = (200, 600)
+BUDGETS = ("200", "600", retention.TENTH)
 
 LINES = [
     "Hi! I finally signed up for the pottery class on Thursday evenings.",
@@ -66,6 +67,7 @@ def test_retention_smoke(tmp_path: Path) -> None:
     details = tmp_path / "results" / "details.csv"
     cfg = retention.parse_args(
         [
+            "--quick",  # then the flags below narrow it to the synthetic file
             "--locomo",
             str(data),
             "--longmemeval",
@@ -76,6 +78,8 @@ def test_retention_smoke(tmp_path: Path) -> None:
             ",".join(TARGETS),
             "--readers",
             "tesseract",
+            "--crop-check",
+            "2",
             "--keep-last-turns",
             "4",
             "--out",
@@ -87,7 +91,8 @@ def test_retention_smoke(tmp_path: Path) -> None:
     )
     rows, text = retention.run(cfg)
 
-    arms = len(BUDGETS) * (len(TARGETS) * len(retention.POLICIES) + 1)  # + the window
+    # every target and policy with and without the cue, and the window (no cue)
+    arms = len(BUDGETS) * (len(TARGETS) * len(retention.POLICIES) * 2 + 1)
     assert len(rows) == arms
     with out.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -98,6 +103,15 @@ def test_retention_smoke(tmp_path: Path) -> None:
         *((t, p) for t in TARGETS for p in retention.POLICIES),
         (retention.WINDOW_TARGET, retention.WINDOW),
     }
+    assert {r["budget"] for r in written} == set(BUDGETS)
+    assert {(r["policy"], r["cue"]) for r in written} == {
+        *((p, c) for p in retention.POLICIES for c in ("yes", "no")),
+        (retention.WINDOW, "no"),
+    }
+    convs = list(csv.DictReader(retention.conversations_path(out).open(newline="")))
+    assert [c["conversation"] for c in convs] == ["conv-test"]
+    text_tokens = int(convs[0]["text_tokens"])
+    assert text_tokens > 0 and int(convs[0]["tenth"]) == max(1, text_tokens // 10)
     for r in written:
         assert r["dataset"] == "LoCoMo"
         assert int(r["qa_items"]) == 2  # the question with no usable evidence is left out
@@ -107,12 +121,35 @@ def test_retention_smoke(tmp_path: Path) -> None:
         assert counts == 3
         assert 0.0 <= float(r["legible_pct"]) <= float(r["present_pct"]) <= 100.0
         assert r["legible_pct_rapidocr"] == ""  # not run here
+        assert r["ocr_scope"] in ("turn", "page")
+        if r["budget"] == retention.TENTH:
+            assert float(r["budget_tokens_mean"]) == int(convs[0]["tenth"])
+        at = [float(r[f"recall_at_{k}_pct"]) for k in retention.RECALL_K]
+        assert 0.0 <= at[0] <= at[1] <= at[2] <= 100.0
 
     with details.open(newline="") as f:
         detail = list(csv.DictReader(f))
     assert len(detail) == arms * 3
+    assert {d["cue"] for d in detail} == {"yes", "no"}
     assert out.with_suffix(".md").read_text().startswith("# Retention")
     assert "## Targets" in text and "LoCoMo" in text
+    assert "Crop check" in text and "Recall quality" in text and "1/10" in text
+
+
+def test_subsets_are_spread_evenly() -> None:
+    assert retention.evenly(range(10), 3) == [1, 5, 8]
+    assert retention.evenly(range(4), 4) == [0, 1, 2, 3]
+    assert retention.evenly(range(4), None) == [0, 1, 2, 3]
+    assert retention.evenly(range(4), 9) == [0, 1, 2, 3]
+    assert retention.evenly(range(100), 1) == [50]
+
+
+def test_budgets_take_a_tenth_of_the_text() -> None:
+    assert retention._budgets("1024, tenth,1024") == (1024, retention.TENTH)
+    assert retention.budget_tokens(retention.TENTH, 18_345) == 1_834
+    assert retention.budget_tokens(2048, 18_345) == 2048
+    with pytest.raises(argparse.ArgumentTypeError):
+        retention._budgets("half")
 
 
 def test_window_accuracy_finds_the_turn_inside_page_text() -> None:

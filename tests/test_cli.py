@@ -21,8 +21,9 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from optical_memory import MemoryManager
-from optical_memory.cli import app, safe_name
+from optical_memory.cli import app
 from optical_memory.database import URL_ENV
+from optical_memory.export import safe_name
 
 DATA = Path(__file__).parent / "data" / "import"
 SAMPLE = Path(__file__).resolve().parent.parent / "memory" / "sample" / "conversation.jsonl"
@@ -247,11 +248,11 @@ def test_nothing_half_imported_across_sessions(seeded: str, tmp_path: Path) -> N
 
 def test_add_sessions_is_one_transaction(db_url: str) -> None:
     """A failure while writing the second session rolls back the first (the import path)."""
-    from optical_memory.errors import SessionAccessDenied
+    from optical_memory.errors import UnknownSession
 
     with MemoryManager(db_url, owner="bob") as bob:
         bob.add_turn("bobs", "user", "mine")
-    with MemoryManager(db_url, owner="alice") as alice, pytest.raises(SessionAccessDenied):
+    with MemoryManager(db_url, owner="alice") as alice, pytest.raises(UnknownSession):
         alice.add_sessions({"new": [("user", "hello")], "bobs": [("user", "intrusion")]})
     assert [(s[0], s[1]) for s in snapshot(db_url)] == [("bobs", 1)]
 
@@ -569,3 +570,112 @@ def test_verify_finds_and_rebuilds_a_damaged_page(aged: str, tmp_path: Path) -> 
             conn.execute("SELECT png FROM om_pages WHERE id = ?", (page_id,)).fetchone()[0] == good
         )
     assert cli("verify", "--check", "--db", url).exit_code == 0
+
+
+# -- missing extras: one line naming the extra, exit 2 ---------------------------------------------
+
+# Run in a fresh interpreter where the named top-level packages cannot be imported, the way a
+# core-only install (`pip install optical-memory`, no extras) sees them.
+_BLOCKER = """
+import sys
+
+BLOCKED = set(sys.argv.pop(1).split(","))
+assert not BLOCKED & {name.partition(".")[0] for name in sys.modules}, "already imported"
+
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Blocker())
+"""
+
+_RUN_CLI = _BLOCKER + "from optical_memory.cli import main\nmain()\n"
+
+_IMPORT = (
+    _BLOCKER
+    + """
+import importlib, json
+from optical_memory.errors import MissingExtra
+try:
+    importlib.import_module(sys.argv[1])
+except MissingExtra as exc:
+    print(json.dumps([str(exc), isinstance(exc, ImportError), exc.extra]))
+else:
+    print("imported")
+"""
+)
+
+
+def _blocked(code: str, blocked: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != URL_ENV} | {"COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-c", code, blocked, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("blocked", "out"),
+    [("langchain", False), ("langchain,langchain_core,langgraph", True)],  # core install; none
+)
+def test_missing_langchain_extra_is_one_line(
+    aged: str, tmp_path: Path, blocked: str, out: bool
+) -> None:
+    """`assemble --format langchain` without the langchain extra: one line, exit 2, no file."""
+    where = ["--out", str(tmp_path / "out")] if out else []
+    args = ["assemble", "maya-spring-2025", "--format", "langchain", *where, "--db", aged]
+    proc = _blocked(_RUN_CLI, blocked, *args)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.splitlines() == [
+        "error: the langchain format needs the langchain extra: "
+        "pip install 'optical-memory[langchain]'"
+    ]
+    assert "Traceback" not in proc.stdout + proc.stderr and proc.stdout == ""
+    assert not (tmp_path / "out").exists()
+    # the other formats do not need it
+    proc = _blocked(_RUN_CLI, blocked, "assemble", "maya-spring-2025", "-f", "openai", "--db", aged)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[-1]["role"] == "assistant"
+
+
+def test_missing_postgres_extra_is_one_line() -> None:
+    """A postgresql:// URL without the postgres extra (SQLAlchemy imports the driver itself)."""
+    db = "postgresql://nobody:secret@127.0.0.1:9/none"
+    proc = _blocked(_RUN_CLI, "psycopg,psycopg2", "sessions", "--db", db)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.splitlines() == [
+        "error: a PostgreSQL database needs the postgres extra: "
+        "pip install 'optical-memory[postgres]'"
+    ]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [
+        ("langchain", "langchain", "langchain"),
+        ("langchain", "langchain_core", "langchain"),
+        ("transformers", "torch", "hf"),
+        ("transformers_assembler", "torch", "hf"),
+        ("transformers_encoder", "torch", "hf"),
+        ("transformers_encoder", "safetensors", "hf"),
+        ("transformers_prefix", "torch", "hf"),
+    ],
+)
+def test_adapter_without_its_extra_names_it(module: str, blocked: str, extra: str) -> None:
+    proc = _blocked(_IMPORT, blocked, f"optical_memory.adapters.{module}")
+    assert proc.returncode == 0, proc.stderr
+    message, is_import_error, named = json.loads(proc.stdout)
+    assert message == (
+        f"optical_memory.adapters.{module} needs the {extra} extra: "
+        f"pip install 'optical-memory[{extra}]'"
+    )
+    assert is_import_error and named == extra

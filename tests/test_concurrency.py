@@ -26,7 +26,9 @@ SESSIONS = ["shared-1", "shared-2", "shared-3"]
 def _spawn(script: str, *args: object) -> subprocess.Popen:  # type: ignore[type-arg]
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(WORKERS), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(  # the workers, and tests/ for `helpers`
+            filter(None, [str(WORKERS), str(WORKERS.parent), os.environ.get("PYTHONPATH")])
+        ),
     }
     return subprocess.Popen(
         [sys.executable, str(WORKERS / script), *map(str, args)],
@@ -218,9 +220,16 @@ def test_postgres_writers_and_two_agers_age_every_page_once(pg_url: str, tmp_pat
             renditions = conn.execute(text("SELECT COUNT(*) FROM om_page_renditions")).scalar_one()
         moves = sum(r["moved"] for r in aged)
         created = sum(r["created"] for r in aged)
-        # Exactly once: the workers' reports add up to the pages and versions in the store.
-        assert created == len(pages)
-        assert moves == sum(p.version - 1 for p in pages)
+        merges = sum(r["merges"] for r in aged)
+        merged = sum(r["merged"] for r in aged)
+        steps = moves + sum(r["prepared"] for r in aged)
+        # Exactly once: the workers' reports add up to the pages in the store (packing seals
+        # pages, each merge replaces several with one) and to their versions: each move, merge
+        # and preparation is one version step, and the steps of a page merged away (at most 3)
+        # or of an open page replaced (at most 1) went with it.
+        assert created + merges - merged == len(pages)
+        versions = sum(p.version - 1 for p in pages)
+        assert versions <= steps <= versions + 3 * merged + sum(r["opened"] for r in aged)
         assert moves > len(pages), "pages should have faded more than once on average"
         assert all(p.tier == "tiny" for p in pages)
         assert all(2 <= p.version <= 4 for p in pages)  # at most text→large→base/small→tiny

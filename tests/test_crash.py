@@ -1,9 +1,8 @@
-"""Crash safety: SIGKILL an aging pass at random points. Every turn survives unchanged, every
+"""Crash safety: SIGKILL an aging pass at chosen points. Every turn survives unchanged, every
 page's image matches its tier, and the next pass ends exactly where an uninterrupted one does."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -13,12 +12,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from safetensors.numpy import load
+from helpers import make_history, read_safetensors
 from sqlalchemy import create_engine, text
 from workers.hardening import ThumbnailEncoder, check_pages_match_tiers
 
@@ -90,34 +88,25 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[
     with MemoryManager(f"sqlite:///{template}", encoder=ThumbnailEncoder()) as mm:
         mm.add_turns(
             "a",
-            [
-                {
-                    "role": "user" if i % 2 == 0 else "assistant",
-                    "content": f"a{i}: naïve café ✓ " + "pack my box with five dozen jugs " * 12,
-                    "at": T0 + timedelta(minutes=i),
-                    "metadata": {"i": i},
-                }
-                for i in range(70)
-            ],
+            make_history(
+                70,
+                lambda i: f"a{i}: naïve café ✓ " + "pack my box with five dozen jugs " * 12,
+                T0,
+                metadata=lambda i: {"i": i},
+            ),
         )
         assert mm.age(now=STAGE1).pages_moved.get("large", 0) >= 2
         mm.add_turns(
             "b",
-            [
-                (
-                    "user",
-                    f"b{i}: 😀 " + "sphinx of black quartz " * 15,
-                    STAGE1 + timedelta(minutes=i),
-                )
-                for i in range(50)
-            ],
+            make_history(
+                50, lambda i: f"b{i}: 😀 " + "sphinx of black quartz " * 15, STAGE1, roles=["user"]
+            ),
         )
         mm.add_turns(
             "a",
-            [
-                ("assistant", f"late {i} " + "judge my vow " * 30, STAGE1 + timedelta(minutes=i))
-                for i in range(30)
-            ],
+            make_history(
+                30, lambda i: f"late {i} " + "judge my vow " * 30, STAGE1, roles=["assistant"]
+            ),
         )
     assert not Path(f"{template}-wal").exists() or Path(f"{template}-wal").stat().st_size == 0
     before = _snapshot(template)
@@ -125,13 +114,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[
     reference = root / "reference.db"
     shutil.copyfile(template, reference)
     with MemoryManager(f"sqlite:///{reference}", encoder=ThumbnailEncoder()) as mm:
-        started = time.perf_counter()
         report = mm.age(now=FINAL)
-        seconds = time.perf_counter() - started
         assert not report.errors and report.pages_created >= 2 and report.pages_moved["tiny"] >= 4
     after = _snapshot(reference)
     assert all(p[3] == "tiny" for p in after["pages"])
-    return {"template": template, "before": before, "after": after, "seconds": seconds}
+    return {"template": template, "before": before, "after": after}
 
 
 def _check_consistent(path: Path, before: dict) -> dict[str, int]:  # type: ignore[type-arg]
@@ -161,7 +148,7 @@ def _check_consistent(path: Path, before: dict) -> dict[str, int]:  # type: igno
                     forms.append(p.tier)
                 assert sorted(t.tier for t in toks) == sorted(forms)
                 for t in toks:
-                    assert load(bytes(t.data))["tokens"].shape == (1, 64)
+                    assert read_safetensors(t.data)["tokens"].shape == (1, 64)
     finally:
         engine.dispose()
     now = _snapshot(path)
@@ -203,13 +190,35 @@ class _Lines:
         return line
 
 
+def _run(proc: subprocess.Popen, out: _Lines, db: Path, kill_at: int) -> tuple[bool, list[str]]:  # type: ignore[type-arg]
+    """One pass in a forked child, killed just before its ``kill_at``-th SQL statement
+    (0: never). Returns whether it finished, and what the server said."""
+    assert proc.stdin is not None
+    proc.stdin.write(f"{db} {FINAL.isoformat()} {kill_at}\n")
+    proc.stdin.flush()
+    kind, pid, *_ = out.next(60).split(" ", 2)
+    assert kind == "ready", kind
+    lines = []
+    while not (lines and lines[-1].startswith(f"exit {pid}")):
+        lines.append(out.next(120))
+    assert not any(line.startswith("error") for line in lines), lines
+    finished = any(line.startswith("done") for line in lines)
+    if not finished:
+        assert lines[-1] == f"exit {pid} {int(signal.SIGKILL)}", lines
+    return finished, lines
+
+
 @pytest.mark.slow
 def test_sigkill_during_aging_loses_nothing(prepared: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
-    rng = random.Random(int(os.environ.get("OM_CRASH_SEED", "8")))
+    """SIGKILL the pass at chosen points, spread evenly over its SQL statements (inside
+    transactions, before a COMMIT, between two transactions), instead of at random times:
+    every trial is interrupted where it was meant to be, whatever the machine's load."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(WORKER.parent), os.environ.get("PYTHONPATH")])
+            filter(  # the workers, and tests/ for `helpers`
+                None, [str(WORKER.parent), str(WORKER.parent.parent), os.environ.get("PYTHONPATH")]
+            )
         ),
     }
     proc = subprocess.Popen(
@@ -221,33 +230,26 @@ def test_sigkill_during_aging_loses_nothing(prepared: dict, tmp_path: Path) -> N
         env=env,
     )
     out = _Lines(proc)
-    # Kill anywhere from 20 ms in to past the end of a pass (at least 400 ms).
-    longest = max(0.4, 1.3 * prepared["seconds"])
-    interrupted = 0
     states: set[tuple] = set()  # type: ignore[type-arg]
     try:
-        for trial in range(TRIALS):
+        # An uninterrupted pass in the child: how many statements a pass sends.
+        db = tmp_path / "count.db"
+        shutil.copyfile(prepared["template"], db)
+        finished, lines = _run(proc, out, db, 0)
+        assert finished
+        report = json.loads(lines[0].split(" ", 2)[2])
+        assert report["errors"] == []
+        total = report["statements"]
+        assert total >= TRIALS, total
+        points = sorted({1 + round(i * (total - 1) / (TRIALS - 1)) for i in range(TRIALS)})
+        if os.environ.get("OM_CRASH_SEED"):  # more points, reproducibly, when asked for
+            rng = random.Random(int(os.environ["OM_CRASH_SEED"]))
+            points = sorted(set(points) | {rng.randint(1, total) for _ in range(TRIALS)})
+        for trial, kill_at in enumerate(points):
             db = tmp_path / f"trial-{trial}.db"
             shutil.copyfile(prepared["template"], db)
-            assert proc.stdin is not None
-            proc.stdin.write(f"{db} {FINAL.isoformat()}\n")
-            proc.stdin.flush()
-            kind, pid, *_ = out.next(60).split(" ", 2)
-            assert kind == "ready", kind
-            time.sleep(rng.uniform(0.020, longest))
-            with contextlib.suppress(ProcessLookupError):  # it may have finished already
-                os.kill(int(pid), signal.SIGKILL)
-            lines = []
-            while not (lines and lines[-1].startswith(f"exit {pid}")):
-                lines.append(out.next(60))
-            finished = any(line.startswith("done") for line in lines)
-            assert not any(line.startswith("error") for line in lines), lines
-            if finished:
-                report = json.loads(lines[0].split(" ", 2)[2])
-                assert report["errors"] == []
-            else:
-                interrupted += 1
-                assert lines[-1] == f"exit {pid} {int(signal.SIGKILL)}"
+            finished, _ = _run(proc, out, db, kill_at)
+            assert not finished, f"the pass ended before its statement {kill_at} of {total}"
 
             tiers = _check_consistent(db, prepared["before"])
             states.add(tuple(sorted(tiers.items())))
@@ -268,5 +270,6 @@ def test_sigkill_during_aging_loses_nothing(prepared: dict, tmp_path: Path) -> N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    assert interrupted >= TRIALS // 2, f"only {interrupted} of {TRIALS} passes were interrupted"
+    print(f"{len(points)} kills over {total} statements: {len(states)} distinct states")
+    assert len(points) >= TRIALS // 2
     assert len(states) >= 4, f"the kills hit too few distinct points: {states}"

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from helpers import make_history
 from sqlalchemy import make_url, text
 from workers.hardening import ThumbnailEncoder, row_counts
 
@@ -20,15 +21,12 @@ LATER = T0 + timedelta(hours=5)  # pages at the large tier: every fainter rendit
 def _fill(mm: MemoryManager, sid: str, marker: str, n: int = 90) -> None:
     mm.add_turns(
         sid,
-        [
-            {
-                "role": "user" if i % 2 == 0 else "assistant",
-                "content": f"turn {i} holds {marker} " + "the quick brown fox " * 25,
-                "at": T0 + timedelta(minutes=i),
-                "metadata": {"note": f"{marker}-{i}"} if marker else {},
-            }
-            for i in range(n)
-        ],
+        make_history(
+            n,
+            lambda i: f"turn {i} holds {marker} " + "the quick brown fox " * 25,
+            T0,
+            metadata=lambda i: {"note": f"{marker}-{i}"} if marker else {},
+        ),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -330,3 +331,148 @@ def test_real_longmemeval() -> None:
             convs[qid][s - 1]["metadata"]["haystack_session_id"] for s in q.evidence_seqs
         }
         assert answer_sessions <= set(q.answer_session_ids)
+
+
+# -- hostile files: typed errors, nothing lost, nothing imported twice --------------------------
+
+
+def _write_json(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def _locomo_sample(conversation: dict[str, object]) -> list[dict[str, object]]:
+    return [
+        {"sample_id": "c", "conversation": {"speaker_a": "A", "speaker_b": "B", **conversation}}
+    ]
+
+
+def test_locomo_zero_padded_session_keys_are_read_once_in_order(tmp_path: Path) -> None:
+    path = _write_json(
+        tmp_path / "padded.json",
+        _locomo_sample(
+            {
+                "session_10": [{"speaker": "A", "text": "ten"}],
+                "session_01_date_time": "1:56 pm on 8 May, 2023",
+                "session_01": [{"speaker": "A", "text": "one"}, {"speaker": "B", "text": "one b"}],
+                "session_2": [{"speaker": "B", "text": "two"}],
+            }
+        ),
+    )
+    turns = load_locomo(path)["c"]
+    assert [t["content"] for t in turns] == ["one", "one b", "two", "ten"]
+    assert turns[0]["at"] == utc(2023, 5, 8, 13, 56)  # the padded key's date is found
+    assert [t["metadata"]["session"] for t in turns] == [1, 1, 2, 10]
+
+
+def test_locomo_session_given_twice_is_refused(tmp_path: Path) -> None:
+    path = _write_json(
+        tmp_path / "twice.json",
+        _locomo_sample(
+            {
+                "session_1": [{"speaker": "A", "text": "one"}],
+                "session_01": [{"speaker": "A", "text": "one again"}],
+            }
+        ),
+    )
+    with pytest.raises(ImportFormatError, match="session_1 and session_01 are both session 1"):
+        load_locomo(path)
+
+
+def test_duplicate_conversation_ids_are_refused(tmp_path: Path) -> None:
+    sample = _locomo_sample({"session_1": [{"speaker": "A", "text": "hi"}]})[0]
+    with pytest.raises(ImportFormatError, match="appears twice"):
+        load_locomo(_write_json(tmp_path / "dup.json", [sample, sample]))
+    item = {"question_id": "q", "haystack_sessions": [[{"role": "user", "content": "x"}]]}
+    with pytest.raises(ImportFormatError, match="appears twice"):
+        load_longmemeval(_write_json(tmp_path / "dup-lme.json", [item, item]))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_deeply_nested_json_is_a_typed_error(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"deep{suffix}"
+    path.write_text(
+        '{"role": "user", "content": "x", "metadata": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    )
+    with pytest.raises(ImportFormatError, match="nested too deeply"):
+        load_conversations(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "pattern"),
+    [
+        ("haystack_dates", "2023/05/25 (Thu) 09:00", "haystack_dates must be a list"),
+        ("haystack_dates", 5, "haystack_dates must be a list"),
+        ("haystack_dates", {"0": "2023/05/25 (Thu) 09:00"}, "haystack_dates must be a list"),
+        ("haystack_session_ids", 7, "haystack_session_ids must be a list"),
+        ("haystack_session_ids", {"0": "a"}, "haystack_session_ids must be a list"),
+        ("answer_session_ids", 3, "answer_session_ids must be a list"),
+        ("question", ["what"], "question must be a string"),
+        ("question_date", 20230525, "not a LongMemEval date"),
+        ("question_id", {"id": 1}, "question_id must be a string"),
+        ("haystack_sessions", [{"role": "user"}], r"haystack_sessions\[0\]: expected a list"),
+        ("haystack_sessions", [[{"role": "user", "content": 5}]], "content must be a string"),
+        ("haystack_dates", [7], "not a LongMemEval date"),
+    ],
+)
+def test_longmemeval_fields_of_the_wrong_type_are_typed(
+    tmp_path: Path, field: str, value: object, pattern: str
+) -> None:
+    item: dict[str, object] = {
+        "question_id": "q",
+        "question_date": "2023/05/30 (Tue) 12:18",
+        "haystack_session_ids": ["a"],
+        "haystack_dates": ["2023/05/25 (Thu) 09:00"],
+        "haystack_sessions": [[{"role": "user", "content": "hello"}]],
+        field: value,
+    }
+    path = _write_json(tmp_path / "lme.json", [item])
+    with pytest.raises(ImportFormatError, match=pattern):
+        load_longmemeval(path)
+        longmemeval_qa(path)
+    from typer.testing import CliRunner
+
+    from optical_memory.cli import app
+
+    db = tmp_path / "m.db"
+    result = CliRunner().invoke(app, ["import", str(path), "--db", str(db)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "Traceback" not in result.output + result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and re.search(pattern, line), line
+    assert line != "error: 0"
+    assert not db.exists()
+
+
+def test_times_past_the_year_9999_are_typed(tmp_path: Path) -> None:
+    path = _write_json(
+        tmp_path / "late.json",
+        _locomo_sample(
+            {
+                "session_1_date_time": "11:59 pm on 31 December, 9999",
+                "session_1": [{"speaker": "A", "text": f"t{i}"} for i in range(10)],
+            }
+        ),
+    )
+    with pytest.raises(ImportFormatError, match="year 9999"):
+        load_locomo(path)
+
+
+def test_locomo_bad_speaker_names_and_categories_are_typed(tmp_path: Path) -> None:
+    path = _write_json(
+        tmp_path / "spk.json", [{"conversation": {"speaker_a": ["A"], "session_1": []}}]
+    )
+    with pytest.raises(ImportFormatError, match="speaker_a must be a name"):
+        load_locomo(path)
+    sample = _locomo_sample({"session_1": [{"speaker": ["A"], "text": "hi"}]})
+    with pytest.raises(ImportFormatError, match="neither speaker_a nor speaker_b"):
+        load_locomo(_write_json(tmp_path / "spk2.json", sample))
+    sample = _locomo_sample({"session_1": [{"speaker": "A", "text": "hi"}]})
+    sample[0]["qa"] = [{"question": "?", "category": "multi-hop"}]
+    with pytest.raises(ImportFormatError, match="category must be a number"):
+        locomo_qa(_write_json(tmp_path / "cat.json", sample))
+
+
+def test_a_file_name_with_a_nul_is_typed() -> None:
+    for name in ("conv\x00.jsonl", "conv\x00.json", "x" * 5000 + ".json"):
+        with pytest.raises(ImportFormatError):
+            load_conversations(name)

@@ -12,12 +12,14 @@ import pytest
 from PIL import Image
 
 from benchmarks.ocr import full_page, synthetic_chat
+from optical_memory.errors import InvalidInput, OpticalMemoryError
+from optical_memory.glyphs import cmap_codepoints
+from optical_memory.layout import Style, max_lines
 from optical_memory.render import (
     FALLBACK_FONTS_ENV,
     PageRenderer,
     RenderedImage,
     RenderTurn,
-    _cmap_codepoints,
 )
 
 LAYOUT = (1280, 1280)
@@ -38,9 +40,9 @@ def decode(img: RenderedImage) -> Image.Image:
     return Image.open(io.BytesIO(img.png))
 
 
-def line_fits(r: PageRenderer, lay, layout) -> bool:
-    m = r._m(lay.font_px)
-    right = layout[0] - lay.margin + 1.0  # the bold label may spill one pixel
+def line_fits(r: PageRenderer, lay, canvas) -> bool:
+    m = r.metrics(lay.font_px)
+    right = canvas[0] - lay.margin + 1.0  # the bold label may spill one pixel
     return all(
         run.x + m.width(run.style, run.text) <= right for line in lay.lines for run in line.runs
     )
@@ -68,11 +70,21 @@ def test_odd_canvases_and_sizes(renderer):
         renderer.render(turns, (0, 100), [(10, 10)])
 
 
+def test_bad_sizes_raise_library_errors(renderer):
+    turns = [turn("Hi")]
+    for canvas, sizes in [((0, 100), [(10, 10)]), ((100, 100), [(10, 0)])]:
+        with pytest.raises(InvalidInput) as err:
+            renderer.render(turns, canvas, sizes)
+        assert isinstance(err.value, OpticalMemoryError) and isinstance(err.value, ValueError)
+    with pytest.raises(InvalidInput):
+        PageRenderer(min_font_px=0)
+
+
 def test_layout_size_is_returned_as_drawn(renderer):
     turns = list(full_page(renderer, LAYOUT, seed=3))[:20]
     (img,) = renderer.render(turns, LAYOUT, [LAYOUT])
-    lay = renderer._fit(turns, LAYOUT)
-    assert img.png == renderer._png(renderer._draw(lay, LAYOUT))
+    lay = renderer.fit(turns, LAYOUT)
+    assert img.png == renderer.to_png(renderer.draw(lay, LAYOUT))
 
 
 def test_png_is_deterministic():
@@ -121,7 +133,7 @@ def test_nasty_text_does_not_crash(renderer, text):
     turns = [turn("before"), turn(text, "Zoë\x00\n🤖" * 3, 1), turn("after", minutes=2)]
     images = renderer.render(turns, (512, 512), [(512, 512), (256, 256)])
     assert [decode(i).size for i in images] == [(512, 512), (256, 256)]
-    lay = renderer._layout(turns, (512, 512), images[0].font_px, truncate=True)
+    lay = renderer.layout(turns, (512, 512), images[0].font_px, truncate=True)
     assert line_fits(renderer, lay, (512, 512))
     for line in lay.text_lines:
         assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in line)
@@ -132,7 +144,7 @@ def test_huge_word_is_broken_and_page_truncated(renderer):
     t = turn("y" * 50_000)
     (img,) = renderer.render([t], (512, 512), [(512, 512)])
     assert img.font_px == renderer.floor_font_px
-    lay = renderer._fit([t], (512, 512))
+    lay = renderer.fit([t], (512, 512))
     assert lay.truncated
     assert lay.text_lines[-1].endswith("…")
     assert line_fits(renderer, lay, (512, 512))
@@ -141,19 +153,19 @@ def test_huge_word_is_broken_and_page_truncated(renderer):
 
 def test_long_url_is_broken_at_line_width(renderer):
     url = "https://example.org/" + "a" * 300
-    lay = renderer._layout([turn(f"see {url} ok")], (400, 400), 12)
+    lay = renderer.layout([turn(f"see {url} ok")], (400, 400), 12)
     assert lay is not None and not lay.truncated
     assert line_fits(renderer, lay, (400, 400))
     assert "".join(lay.text_lines).replace(" ", "").count("a") >= 300
 
 
 def test_control_and_format_characters_are_dropped(renderer):
-    lay = renderer._layout([turn("a\x00b\x1bc\u200dd\ufeffe")], (512, 512), 12)
+    lay = renderer.layout([turn("a\x00b\x1bc\u200dd\ufeffe")], (512, 512), 12)
     assert lay.text_lines == ["Caroline 8 May 2023 13:56: abcde"]
 
 
 def test_line_break_characters_break_lines(renderer):
-    lay = renderer._layout([turn("one\r\ntwo\rthree\u2028four")], (512, 512), 12)
+    lay = renderer.layout([turn("one\r\ntwo\rthree\u2028four")], (512, 512), 12)
     assert lay.text_lines == ["Caroline 8 May 2023 13:56: one", "two", "three", "four"]
 
 
@@ -166,7 +178,7 @@ def test_running_text_with_labels_and_separators(renderer):
         turn("Hello.", "Melanie", 1),
         turn("Next day.", "Caroline", 60 * 24),
     ]
-    lay = renderer._layout(turns, LAYOUT, 12)
+    lay = renderer.layout(turns, LAYOUT, 12)
     assert lay.text_lines == [
         "Caroline 8 May 2023 13:56: Hi! | Melanie 13:57: Hello. | Caroline 9 May 2023 13:56: Next day."
     ]
@@ -175,7 +187,7 @@ def test_running_text_with_labels_and_separators(renderer):
 def test_code_keeps_line_breaks_and_indentation(renderer):
     code = "Try this:\n```python\ndef f(x):\n    if x:\n\treturn x * 2\n    return None\n```\nDone."
     turns = [turn(code), turn("Thanks", "Melanie", 1)]
-    lay = renderer._layout(turns, LAYOUT, 12)
+    lay = renderer.layout(turns, LAYOUT, 12)
     assert lay.text_lines == [
         "Caroline 8 May 2023 13:56: Try this:",
         "```python",
@@ -188,27 +200,27 @@ def test_code_keeps_line_breaks_and_indentation(renderer):
     ]
     # code lines are set in the mono font and indented on the canvas
     styles = {run.style for line in lay.lines[1:7] for run in line.runs}
-    assert styles == {1}
+    assert styles == {Style.MONO}
     indented = lay.lines[3].runs[0]
     plain = lay.lines[2].runs[0]
     assert indented.x > plain.x
 
 
 def test_indented_lines_outside_fences_are_mono(renderer):
-    lay = renderer._layout([turn("Output:\n  a = 1\n    b = 2\nend")], LAYOUT, 12)
+    lay = renderer.layout([turn("Output:\n  a = 1\n    b = 2\nend")], LAYOUT, 12)
     assert lay.text_lines[1:] == ["  a = 1", "    b = 2", "end"]
-    assert lay.lines[1].runs[0].style == 1
-    assert lay.lines[3].runs[0].style == 0
+    assert lay.lines[1].runs[0].style == Style.MONO
+    assert lay.lines[3].runs[0].style == Style.SANS
 
 
 def test_blank_prose_lines_collapse(renderer):
-    lay = renderer._layout([turn("para one\n\n\npara two")], LAYOUT, 12)
+    lay = renderer.layout([turn("para one\n\n\npara two")], LAYOUT, 12)
     assert lay.text_lines == ["Caroline 8 May 2023 13:56: para one", "para two"]
 
 
 def test_words_wrap_within_the_canvas(renderer):
     turns = full_page(renderer, (640, 640), seed=5)
-    lay = renderer._fit(turns, (640, 640))
+    lay = renderer.fit(turns, (640, 640))
     assert line_fits(renderer, lay, (640, 640))
     assert len(lay.lines) > 20
     words = " ".join(t.text for t in turns).split()
@@ -237,17 +249,17 @@ def test_footprint_grows_with_text(renderer):
     )
 
 
-@pytest.mark.parametrize("layout", [LAYOUT, (1024, 1024), (640, 640), (512, 512), (1280, 720)])
-def test_a_page_filled_to_capacity_fits_at_min_font(renderer, layout):
+@pytest.mark.parametrize("canvas", [LAYOUT, (1024, 1024), (640, 640), (512, 512), (1280, 720)])
+def test_a_page_filled_to_capacity_fits_at_min_font(renderer, canvas):
     for seed in range(3):
-        turns = full_page(renderer, layout, seed=seed)
-        total = sum(renderer.footprint(t, layout) for t in turns)
-        assert total <= renderer.capacity(layout)
-        lay = renderer._fit(turns, layout)
+        turns = full_page(renderer, canvas, seed=seed)
+        total = sum(renderer.footprint(t, canvas) for t in turns)
+        assert total <= renderer.capacity(canvas)
+        lay = renderer.fit(turns, canvas)
         assert lay.font_px == renderer.min_font_px
         assert not lay.truncated
         # and the page is really full: most of its lines are used
-        assert len(lay.lines) >= 0.8 * renderer._max_lines(renderer._m(lay.font_px), layout)
+        assert len(lay.lines) >= 0.8 * max_lines(renderer.metrics(lay.font_px), canvas)
 
 
 def test_short_page_gets_a_larger_font(renderer):
@@ -277,16 +289,16 @@ def _bundled(name: str):
 
 
 def test_bundled_font_coverage():
-    sans = _cmap_codepoints(_bundled("DejaVuSans.ttf").read_bytes())
+    sans = cmap_codepoints(_bundled("DejaVuSans.ttf").read_bytes())
     assert {ord("A"), ord("é"), 0x5D0, 0x627, ord("□"), ord("…")} <= sans
     assert ord("中") not in sans
 
 
 def test_missing_glyphs_become_boxes_without_fallback(renderer):
-    m = renderer._m(12)
-    assert m.widths[0]["中"] == m.widths[0]["□"]
-    assert m.face_of[0]["中"] == -1
-    assert m.face_of[0]["A"] == 0
+    m = renderer.metrics(12)
+    assert m.widths[Style.SANS]["中"] == m.widths[Style.SANS]["□"]
+    assert m.face_of[Style.SANS]["中"] == -1
+    assert m.face_of[Style.SANS]["A"] == 0
 
 
 def test_fallback_fonts_from_argument_and_environment(monkeypatch, tmp_path):
@@ -304,7 +316,7 @@ def test_fallback_fonts_from_argument_and_environment(monkeypatch, tmp_path):
 
 def _system_fallback():
     """A font on this machine with a glyph the bundled fonts lack, and that code point."""
-    primary = _cmap_codepoints(_bundled("DejaVuSans.ttf").read_bytes()) | _cmap_codepoints(
+    primary = cmap_codepoints(_bundled("DejaVuSans.ttf").read_bytes()) | cmap_codepoints(
         _bundled("DejaVuSansMono.ttf").read_bytes()
     )
     patterns = ["/usr/share/fonts/**/*.ttf", "/usr/share/fonts/**/*.otf", "/Library/Fonts/*.ttf"]
@@ -312,7 +324,7 @@ def _system_fallback():
         for path in sorted(glob.glob(pattern, recursive=True))[:200]:
             try:
                 with open(path, "rb") as fh:
-                    cover = _cmap_codepoints(fh.read())
+                    cover = cmap_codepoints(fh.read())
             except Exception:
                 continue
             extra = sorted(cp for cp in cover - primary if chr(cp).isprintable() and cp > 0x20)
@@ -327,9 +339,9 @@ def test_fallback_font_draws_what_the_primary_lacks():
         pytest.skip("no system font with glyphs beyond DejaVu")
     path, ch = found
     r = PageRenderer(fallback_fonts=[path])
-    m = r._m(20)
-    m.widths[0][ch]
-    assert m.face_of[0][ch] == 2
+    m = r.metrics(20)
+    m.widths[Style.SANS][ch]
+    assert m.face_of[Style.SANS][ch] == 2
     with_fb = r.render([turn(ch * 5)], (200, 60), [(200, 60)])[0].png
     without = PageRenderer().render([turn(ch * 5)], (200, 60), [(200, 60)])[0].png
     assert with_fb != without
@@ -348,7 +360,7 @@ def test_no_turns_gives_blank_pages(renderer):
 
 def test_deep_indent_does_not_leave_blank_lines(renderer):
     word = "w" * 35  # fits a line, but not behind the indent
-    lay = renderer._layout([turn("code:\n" + " " * 40 + word)], (400, 400), 12)
+    lay = renderer.layout([turn("code:\n" + " " * 40 + word)], (400, 400), 12)
     assert lay.text_lines == ["Caroline 8 May 2023 13:56: code:", word]
     assert line_fits(renderer, lay, (400, 400))
 
@@ -364,8 +376,8 @@ def test_a_faint_tier_is_abridged_rather_than_shrunk_below_legibility(renderer):
     assert plan.abridged and plan.layout.font_px == renderer.min_font_px
     # downsampling that canvas to 512 px keeps the text at min_effective_px
     assert plan.layout.font_px * 512 / plan.canvas[0] >= renderer.min_effective_px - 0.01
-    assert tiny.png == renderer._png(
-        renderer._resize(renderer._draw(plan.layout, plan.canvas), (512, 512))
+    assert tiny.png == renderer.to_png(
+        renderer.downsample(renderer.draw(plan.layout, plan.canvas), (512, 512))
     )
     # every turn is still there: short ones whole, long ones cut to their opening
     assert len(plan.turns) == len(turns)

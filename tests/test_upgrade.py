@@ -7,8 +7,10 @@ import io
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from helpers import make_history
 from PIL import Image
 from sqlalchemy import text
+from workers.hardening import ThumbnailEncoder, row_counts
 
 from optical_memory import MemoryManager, approximate_tokens, migrations
 from optical_memory.database import create_store_engine, normalise_url
@@ -215,9 +217,11 @@ def test_upgrade_from_0001_keeps_everything(db_url: str) -> None:
         # The next pass carries on where the old pages end: no turn is paged twice.
         report = mm.age(now=T0 + timedelta(days=40))
         assert not report.errors
-        assert report.pages_moved.get("tiny", 0) >= 3
+        # The old pages fade to tiny with the new ones and, sparse, consolidate: whole, never cut.
+        assert report.pages_moved.get("tiny", 0) >= 2 and report.merges >= 1
         pages = mm.pages("alpha ' \" ; --")
-        assert pages[0].first_seq == 1 and pages[0].last_seq == 14
+        assert pages[0].first_seq == 1 and pages[0].last_seq >= 14
+        assert all(p.first_seq in (1, 15) or p.first_seq > 30 for p in pages)
         assert [p.first_seq for p in pages] == [1] + [p.last_seq + 1 for p in pages[:-1]]
         assert pages[-1].last_seq == 60 - mm.policy.keep_last_turns
         assert all(p.tier == "tiny" for p in pages)
@@ -251,17 +255,15 @@ def test_stepping_up_from_0001_equals_creating_at_head(db_url: str) -> None:
     from optical_memory.store import Base
 
     made = {t.name: sorted(c.name for c in t.columns) for t in Base.metadata.sorted_tables}
-    assert {k: v for k, v in stepped.items() if k != "alembic_version"} == made
+    # om_turns_fts*: SQLite's full-text index (an FTS5 table and its shadow tables), not a model
+    skip = ("alembic_version", "om_turns_fts")
+    assert {k: v for k, v in stepped.items() if not k.startswith(skip)} == made
 
 
 def test_down_to_0001_and_back_keeps_turns_pages_and_caches(db_url: str) -> None:
     """Batch migrations copy and drop tables on SQLite; nothing may cascade away meanwhile."""
-    from workers.hardening import ThumbnailEncoder, row_counts
-
     with MemoryManager(db_url, encoder=ThumbnailEncoder()) as mm:
-        mm.add_turns(
-            "s", [("user", f"{i} " + "words " * 60, T0 + timedelta(minutes=i)) for i in range(60)]
-        )
+        mm.add_turns("s", make_history(60, lambda i: f"{i} " + "words " * 60, T0, roles=["user"]))
         mm.age(now=T0 + timedelta(days=3))
         turns, pages = mm.turns("s"), mm.pages("s")
         before = row_counts(mm)

@@ -4,8 +4,8 @@
 
 Prints ``ready``, waits for a line on stdin, then runs aging passes whose clock cycles through
 a few ages (so pages move several times) until STOP_FILE exists; then passes at the final
-clock until one changes nothing. Prints one JSON line: pages created and moved, as the
-passes' reports said, and every error.
+clock until one changes nothing. Prints one JSON line: pages created, moved, prepared, opened
+and merged, as the passes' reports said, and every error.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ def main() -> int:
     mm = MemoryManager(url, encoder=ThumbnailEncoder())
     print("ready", flush=True)
     sys.stdin.readline()
-    created = moved = skipped = passes = 0
+    created = moved = skipped = passes = merges = merged = prepared = opened = 0
     errors: list[str] = []
 
     def one(now: datetime) -> bool:
-        nonlocal created, moved, skipped, passes
+        nonlocal created, moved, skipped, passes, merges, merged, prepared, opened
         try:
             r = mm.age(now=now)
         except Exception as exc:
@@ -42,6 +42,10 @@ def main() -> int:
         created += r.pages_created
         moved += sum(r.pages_moved.values())
         skipped += r.pages_skipped
+        merges += r.merges
+        merged += r.pages_merged
+        prepared += r.pages_prepared
+        opened += r.pages_opened
         errors.extend(r.errors)
         return r.changed or r.pages_skipped > 0  # skipped: the other worker may still be busy
 
@@ -58,6 +62,10 @@ def main() -> int:
                 "created": created,
                 "moved": moved,
                 "skipped": skipped,
+                "merges": merges,
+                "merged": merged,
+                "prepared": prepared,
+                "opened": opened,
                 "passes": passes,
                 "errors": errors,
             }

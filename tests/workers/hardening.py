@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 
-import numpy as np
+from helpers import read_png, safetensors_bytes
 from PIL import Image
-from safetensors.numpy import save
 from sqlalchemy import text
 
 from optical_memory import EncodedPage, MemoryManager, get_target
 
 TABLES = ("om_sessions", "om_turns", "om_pages", "om_page_renditions", "om_visual_tokens")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def row_counts(mm: MemoryManager) -> dict[str, int]:
     """Rows in every table of the store, read with plain SQL."""
     with mm.database.engine.connect() as conn:
         return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in TABLES}
-
-
-def decoded_size(png: bytes) -> tuple[int, int]:
-    """Decode a PNG fully (raises on damage) and return its size."""
-    assert bytes(png[:8]) == PNG_SIGNATURE
-    with Image.open(io.BytesIO(png)) as im:
-        im.verify()
-    with Image.open(io.BytesIO(png)) as im:
-        im.load()
-        return im.size
 
 
 def check_pages_match_tiers(conn, target_name: str | None = None) -> int:  # type: ignore[no-untyped-def]
@@ -53,12 +40,12 @@ def check_pages_match_tiers(conn, target_name: str | None = None) -> int:  # typ
             continue
         target = get_target(target_name or p.target)
         want = target.spec(p.tier).size
-        assert decoded_size(p.png) == want, f"page {p.id} image is not its {p.tier} canvas"
+        assert read_png(p.png).size == want, f"page {p.id} image is not its {p.tier} canvas"
         assert (p.width, p.height) == want
         fainter = order[order.index(p.tier) + 1 :]
         assert sorted(rend) == sorted(fainter), f"page {p.id}: renditions {sorted(rend)}"
         for tier, r in rend.items():
-            assert decoded_size(r.png) == target.spec(tier).size
+            assert read_png(r.png).size == target.spec(tier).size
             assert (r.width, r.height) == target.spec(tier).size
     return len(pages)
 
@@ -86,8 +73,8 @@ class ThumbnailEncoder:
 
     def encode(self, png: bytes, tier: str) -> EncodedPage:
         self.calls += 1
-        with Image.open(io.BytesIO(png)) as im:
-            small = im.convert("L").resize((8, 8), Image.Resampling.BOX)
-        arr = np.asarray(small, dtype=np.float32).reshape(1, 64) / 255.0
-        meta = {"marker": f"{self.marker}@{tier}"}  # one key: the bytes are deterministic
-        return EncodedPage(save({"tokens": arr}, metadata=meta), "float32", (1, 64))
+        small = read_png(png, "L").resize((8, 8), Image.Resampling.BOX)
+        values = [v / 255.0 for v in small.tobytes()]  # rounds to float32 as numpy's did
+        meta = {"marker": f"{self.marker}@{tier}"}
+        data = safetensors_bytes({"tokens": ("F32", (1, 64), values)}, metadata=meta)
+        return EncodedPage(data, "float32", (1, 64))

@@ -1,0 +1,596 @@
+"""Recall: full-text search of the archive, pins and rehearsal.
+
+The index lives in the database itself and is built by migration 0004:
+
+- **SQLite**: ``om_turns_fts``, a contentless FTS5 table (``porter unicode61``) with two
+  columns: ``body`` (the turn's text) and ``scope`` (one token naming the session, so a
+  session-scoped search intersects posting lists instead of ranking the whole archive).
+  Triggers on ``om_turns`` feed it inside the writing transaction; deletes use FTS5's
+  ``'delete'`` command with the same values. Ranked with ``bm25``; a term held by more than
+  COMMON_TURNS turns of the archive is weighed by its frequency within the searched scope
+  instead, which keeps a search's cost bounded by the scope (see :func:`_sqlite_rank`).
+- **PostgreSQL**: a GIN expression index ``om_turns_fts`` over
+  ``to_tsvector('english', …)`` of the same text. ``ts_rank_cd`` ignores how rare a word is,
+  so turns are ranked by the inverse document frequency (within the scope) of the cue terms
+  they hold, ``ts_rank_cd`` ordering ties (see :func:`_pg_hits`). Scores of the two backends
+  are not comparable.
+
+Chinese, Japanese and Korean are written without spaces between words, and neither
+tokenizer segments them. :func:`search_text` stores, for a turn with such characters, a copy
+with every CJK character standing alone (``om_turns.search_text``, NULL for every other turn,
+so plain turns cost nothing extra); a cue's CJK runs become overlapping two-character phrase
+queries, so a two-character word such as 東京 matches wherever those characters stand
+together. The stored copy is also free of NUL characters, which PostgreSQL text cannot hold.
+
+A cue is user text, never query syntax: it is tokenized here, in Python, into words
+(``[^\\W_]+`` runs), stop words are dropped, and each remaining term is passed as a quoted
+phrase (SQLite) or a bound parameter of ``phraseto_tsquery`` (PostgreSQL), the terms ORed, so
+a question finds the turns that share its rarer words. A cue with no term left recalls nothing
+(the relevance floor: a turn is recalled only for holding a term of the cue). A long cue is
+read up to its first MAX_WORDS words, and searched by at most MAX_TERMS terms.
+
+Pins and rehearsal counts live in ``om_turn_marks`` (one small row per marked turn), so the
+archive rows themselves stay write-once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import JSON, Integer, bindparam, delete, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from .errors import InvalidInput
+from .records import Recollection, Turn
+from .store import LosslessText, SessionRow, TurnMarkRow, TurnRow, UTCDateTime
+
+# -- the index, as migration 0004 built it ------------------------------------------------------
+
+FTS_TABLE = "om_turns_fts"  # the SQLite FTS5 table and the PostgreSQL GIN index
+PG_CONFIG = "english"
+# PostgreSQL caps a tsvector at 1 MB; indexing the first 100k characters of a turn keeps even
+# adversarial text (a million distinct short words) well under it.
+PG_INDEXED_CHARS = 100_000
+PG_VECTOR = (
+    f"to_tsvector('{PG_CONFIG}'::regconfig, "
+    f"left(coalesce(t.search_text, t.content), {PG_INDEXED_CHARS}))"
+)
+
+SCOPES = ("session", "owner")
+MAX_WORDS = 20_000  # a long cue is read up to its first 20,000 words ...
+MAX_CANDIDATES = 1024  # ... or its first 1,024 distinct terms, ...
+MAX_TERMS = 64  # ... of which it keeps the 64 longest
+MAX_TERM_CHARS = 128  # no word is longer; a longer run is noise (a hash, a blob) and is dropped
+MAX_COMPOUNDS = 16
+
+# Han (with extensions and compatibility forms), kana, Hangul syllables and jamo.
+_CJK_CLASS = (
+    "\u1100-\u11ff\u3040-\u309f\u30a0-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff\uf900-\ufaff\uff66-\uff9f"
+    "\U00020000-\U0003134f"
+)
+_CJK = re.compile(f"[{_CJK_CLASS}]")
+_CJK_RUN = re.compile(f"([{_CJK_CLASS}]+)")
+_HIRAGANA_ONLY = re.compile("[\u3040-\u309f]+")
+_WORD = re.compile(r"[^\W_]+")
+# Words joined by punctuation: e-mail addresses, codes, versions, times. PostgreSQL's parser
+# keeps such a compound as one lexeme (``ana@example.com``, ``-1234`` in ``QF-1234``), so the
+# compound is also searched there; SQLite's tokenizer splits them into the words anyway.
+_COMPOUND = re.compile(r"[^\W_]+(?:[.\-@:/+'][^\W_]+)+")
+_CHUNK = re.compile(r"\S+")
+
+_STOP_WORDS = """
+    a about above after again against all also am an and any are as at be because been before
+    being below between both but by can could did do does doing done down during each else
+    ever few for from further get gets got had has have having he her here hers herself him
+    himself his how i if in into is it its itself just let like me more most much must my
+    myself no nor not now of off on once only or other our ours ourselves out over own please
+    same shall she should so some such than that the their theirs them themselves then there
+    these they this those through to too under until up upon us very was we were what when
+    where which while who whom whose why will with would yes yet you your yours yourself
+    yourselves s t d ll m re ve don didn doesn isn wasn aren weren wouldn couldn shouldn
+    hasn haven hadn ok okay oh hi hey hello thanks thank really one thing things anything
+    something say said says saying tell told telling talk talked mention mentioned ask asked
+    remember remembered recall
+    """
+STOP_WORDS = frozenset(_STOP_WORDS.split())
+# Function words of Chinese and Japanese that a two-character window often catches.
+_CJK_STOP_TERMS = """
+    的 了 是 我 你 他 她 它 在 和 吗 呢 吧 啊 也 都 就 有 这 那 个 不 之 与
+    什么 怎么 为什 么时 我们 你们 他们 她们 这个 那个 一个 是不 不是 没有 可以 因为 所以 如果
+    的是 是什 说过 告诉 记得 知道 提到 时候 我的 你的 他的 以前 之前 上次
+    何時 何と 何を 言っ 話し 教え 覚え
+    """
+CJK_STOP_TERMS = frozenset(_CJK_STOP_TERMS.split())
+
+
+# -- what the index reads -----------------------------------------------------------------------
+
+
+def search_text(content: str) -> str | None:
+    """The text the index reads for a turn when it differs from ``content``, else None.
+
+    CJK characters are set apart by spaces (the tokenizers do not segment them) and NUL
+    characters become spaces. Plain turns return None: the index reads their content.
+    """
+    has_cjk = _CJK.search(content) is not None
+    if not has_cjk and "\x00" not in content and not content.startswith("\ue000"):
+        return None
+    out = content.replace("\x00", " ")
+    return _CJK.sub(r" \g<0> ", out) if has_cjk else out
+
+
+# -- the cue ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cue:
+    """A cue reduced to search terms: each term a tuple of tokens that must stand together
+    (one word, or two CJK characters), plus word compounds for PostgreSQL's parser."""
+
+    terms: tuple[tuple[str, ...], ...]
+    compounds: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.terms)
+
+
+def parse_cue(cue: object) -> Cue:
+    """Tokenize a cue in Python: no character of it reaches a query parser as syntax."""
+    if not isinstance(cue, str):
+        raise InvalidInput(f"cue must be a string, got {type(cue).__name__}")
+    # casefolded key -> term; kana-only windows (particles and endings, mostly) are weak:
+    # they count only when a cue has nothing else.
+    strong: dict[str, tuple[str, ...]] = {}
+    weak: dict[str, tuple[str, ...]] = {}
+    for n, m in enumerate(_WORD.finditer(cue)):
+        if n >= MAX_WORDS or len(strong) + len(weak) >= MAX_CANDIDATES:
+            break
+        word = m.group()
+        if len(word) > MAX_TERM_CHARS and not _CJK.search(word):
+            continue
+        for i, part in enumerate(_CJK_RUN.split(word)):
+            if not part:
+                continue
+            if i % 2 == 0:  # not CJK
+                key = part.casefold()
+                if len(part) <= MAX_TERM_CHARS and key not in STOP_WORDS:
+                    strong.setdefault(key, (part,))
+                continue
+            for term in _cjk_terms(part[: MAX_CANDIDATES + 1]):
+                key = "".join(term)
+                if key in CJK_STOP_TERMS:
+                    continue
+                (weak if _HIRAGANA_ONLY.fullmatch(key) else strong).setdefault(key, term)
+    terms = list((strong or weak).values())
+    if len(terms) > MAX_TERMS:
+        order = {t: i for i, t in enumerate(terms)}
+        terms = sorted(terms, key=lambda t: (-sum(map(len, t)), order[t]))[:MAX_TERMS]
+    compounds: dict[str, None] = {}
+    if terms:
+        for n, m in enumerate(_CHUNK.finditer(cue)):
+            if n >= MAX_CANDIDATES or len(compounds) >= MAX_COMPOUNDS:
+                break
+            chunk = m.group()
+            if len(chunk) > 2 * MAX_TERM_CHARS:  # bounded: the pattern backtracks
+                continue
+            for c in _COMPOUND.findall(chunk):
+                if len(c) <= MAX_TERM_CHARS and not _CJK.search(c):
+                    compounds.setdefault(c.casefold(), None)
+    return Cue(tuple(terms), tuple(compounds))
+
+
+def _cjk_terms(run: str) -> list[tuple[str, ...]]:
+    """Overlapping two-character windows of a CJK run (a lone character stands for itself)."""
+    if len(run) == 1:
+        return [(run,)]
+    return [(run[i], run[i + 1]) for i in range(len(run) - 1)]
+
+
+def _phrase(term: tuple[str, ...]) -> str:
+    """An FTS5 string: terms hold only letters, digits and CJK characters, never a quote."""
+    return '"' + " ".join(term) + '"'
+
+
+def sqlite_match(terms: Sequence[tuple[str, ...]], scope_ids: Sequence[int] | None) -> str:
+    """An FTS5 MATCH expression: the terms as quoted phrases, ORed, in the ``body`` column,
+    within the turns of the given session row ids (their ``scope`` tokens) when given."""
+    expr = "{body} : (" + " OR ".join(_phrase(t) for t in terms) + ")"
+    if scope_ids is not None:
+        tokens = " OR ".join(f'"s{int(i)}x"' for i in scope_ids)
+        expr = f"{{scope}} : ({tokens}) AND {expr}"
+    return expr
+
+
+def _pg_queries(cue: Cue, params: dict[str, Any]) -> list[str]:
+    """One tsquery per term and per compound, built from bound parameters only."""
+    parts = []
+    for i, term in enumerate(cue.terms):
+        params[f"t{i}"] = " ".join(term)
+        parts.append(f"phraseto_tsquery('{PG_CONFIG}'::regconfig, :t{i})")
+    for i, compound in enumerate(cue.compounds):
+        params[f"c{i}"] = compound
+        parts.append(f"plainto_tsquery('{PG_CONFIG}'::regconfig, :c{i})")
+    return parts
+
+
+def _pg_hits(queries: list[str], join: str, where: str) -> str:
+    """(turn_id, score) of the best matches on PostgreSQL, as one statement.
+
+    ``ts_rank_cd`` knows nothing of how rare a word is (a long turn repeating a common word
+    outranks the one holding a rare code), so the score is, as on SQLite's common-term path,
+    the sum over the cue's terms held by a turn of their inverse document frequency within
+    the scope, ``ln((n - df + 0.5) / (df + 0.5))`` (at least 1e-6), plus a hundredth of
+    ``ts_rank_cd`` to order turns holding the same terms.
+    """
+    query = "(" + " || ".join(queries) + ")"
+    held = ", ".join(f"(v @@ {q})::int AS m{i}" for i, q in enumerate(queries))
+    freq = ", ".join(f"sum(m{i}) OVER () AS d{i}" for i in range(len(queries)))
+    score = " + ".join(
+        f"m{i} * greatest(ln((:n - d{i} + 0.5) / (d{i} + 0.5)), 1e-6)" for i in range(len(queries))
+    )
+    return (
+        f"SELECT turn_id, {score} + 0.01 * cd AS score FROM ("
+        f"SELECT turn_id, cd, {', '.join(f'm{i}' for i in range(len(queries)))}, {freq} FROM ("
+        f"SELECT turn_id, ts_rank_cd(v, {query}, 1) AS cd, {held} FROM ("
+        f"SELECT t.id AS turn_id, {PG_VECTOR} AS v FROM om_turns t {join} "
+        f"WHERE {PG_VECTOR} @@ {query} AND {where}"
+        ") x) m) w ORDER BY score DESC, turn_id DESC LIMIT :k"
+    )
+
+
+# -- searching ----------------------------------------------------------------------------------
+
+# FTS5's bm25 counts, once per query, every turn of the archive holding each term: a cost that
+# grows with the archive for common words. A term in more turns than this is weighed by its
+# frequency within the searched scope instead (see _sqlite_rank); rarer terms get exact BM25.
+COMMON_TURNS = 2000
+MAX_SCOPE_SESSIONS = 256  # an owner with more sessions is searched without the scope tokens
+
+_HIT_COLUMNS = {
+    "key": LosslessText(),
+    "content": LosslessText(),
+    "at": UTCDateTime(),
+    "metadata": JSON(),
+    "tokens": Integer(),
+}
+_FETCH = (
+    "SELECT h.turn_id, h.score, s.key, t.seq, t.role, t.content, t.at, t.tokens, "
+    "t.metadata, p.id AS page_id, p.tier "
+    "FROM ({hits}) h "
+    "JOIN om_turns t ON t.id = h.turn_id "
+    "JOIN om_sessions s ON s.id = t.session_id "
+    "LEFT JOIN om_pages p ON p.id = ("
+    "SELECT p2.id FROM om_pages p2 WHERE p2.session_id = t.session_id "
+    "AND p2.first_seq <= t.seq ORDER BY p2.first_seq DESC LIMIT 1"
+    ") AND p.last_seq >= t.seq "
+    "ORDER BY h.score DESC, h.turn_id DESC"
+)
+
+
+class Hit(NamedTuple):
+    """One search result: the turn's row id (for rehearsal) and the public record."""
+
+    turn_id: int
+    recollection: Recollection
+
+
+def search(
+    s: Session,
+    session: SessionRow,
+    cue: str | Cue,
+    *,
+    limit: int = 8,
+    scope: str = "session",
+    before: int | None = None,
+) -> list[Hit]:
+    """The archived turns that best match ``cue``, best first, exactly as stored.
+
+    ``scope="session"`` searches ``session``; ``"owner"`` every session of its owner (sessions
+    without an owner when it has none). ``before`` drops turns of ``session`` at or after
+    that seq. Reads only (rehearsal is :func:`rehearse`, a separate short write); on SQLite
+    every query runs in the caller's read transaction, one snapshot; on PostgreSQL it is one
+    statement.
+    """
+    parsed = cue if isinstance(cue, Cue) else parse_cue(cue)
+    if not parsed:
+        return []
+    params: dict[str, Any] = {"sid": session.id, "k": limit}
+    join, where = _scope_filter(session, scope, before, params)
+    if s.get_bind().dialect.name == "postgresql":
+        params["n"] = _scope_ids(s, session, scope)[1]()
+        hits = _pg_hits(_pg_queries(parsed, params), join, where)
+        stmt = text(_FETCH.format(hits=hits)).columns(**_HIT_COLUMNS)
+        return [_hit(r, float(r.score)) for r in s.execute(stmt, params)]
+    ranked = dict(_sqlite_rank(s, session, parsed, scope, limit, before, join, where, params))
+    if not ranked:
+        return []
+    params["ids"] = list(ranked)
+    hits = f"SELECT t.id AS turn_id, 0.0 AS score FROM om_turns t {join} WHERE t.id IN :ids AND {where}"
+    stmt = (
+        text(_FETCH.format(hits=hits))
+        .bindparams(bindparam("ids", expanding=True))
+        .columns(**_HIT_COLUMNS)
+    )
+    found = [_hit(r, ranked[r.turn_id]) for r in s.execute(stmt, params)]
+    return sorted(found, key=lambda h: (-h.recollection.score, -h.turn_id))
+
+
+def _hit(r: Any, score: float) -> Hit:
+    turn = Turn(r.key, r.seq, r.role, r.content, r.at, r.tokens, dict(r.metadata or {}))
+    tier = r.tier if r.page_id is not None else "text"
+    return Hit(r.turn_id, Recollection(turn, score, r.page_id, tier))
+
+
+def _scope_filter(
+    session: SessionRow, scope: str, before: int | None, params: dict[str, Any]
+) -> tuple[str, str]:
+    """The join and WHERE clause (over ``om_turns t``) that keep a search inside its scope:
+    the authority on what may be returned, whatever the index narrowed first."""
+    join, where = "", []
+    if scope == "session":
+        where.append("t.session_id = :sid")
+        if before is not None:
+            where.append("t.seq < :before")
+    else:
+        join = "JOIN om_sessions o ON o.id = t.session_id"
+        if session.owner is None:
+            where.append("o.owner IS NULL")
+        else:
+            where.append("o.owner = :owner")
+            params["owner"] = session.owner
+        if before is not None:
+            where.append("(t.session_id <> :sid OR t.seq < :before)")
+    if before is not None:
+        params["before"] = before
+    return join, " AND ".join(where)
+
+
+def _sqlite_rank(
+    s: Session,
+    session: SessionRow,
+    cue: Cue,
+    scope: str,
+    limit: int,
+    before: int | None,
+    join: str,
+    where: str,
+    params: dict[str, Any],
+) -> list[tuple[int, float]]:
+    """(turn id, score) of the best matches, best first.
+
+    Terms in fewer than COMMON_TURNS turns of the archive are ranked by FTS5's bm25 (score =
+    -bm25). When the cue also has common terms, each adds, to the turns in scope holding it,
+    its inverse document frequency within the scope, ``ln((n - df + 0.5) / (df + 0.5))``
+    (at least 1e-6, as FTS5 clamps it): close to BM25 for short turns, at a cost bounded by the
+    scope rather than the archive.
+
+    The index narrows by its scope tokens alone where it can (and ``before`` by turn id: within
+    a session ids grow with turn numbers); the caller's fetch re-checks every row against the
+    scope, so a narrowing can only ever drop a row, never admit one.
+    """
+    scope_ids, in_scope = _scope_ids(s, session, scope)
+    rare, common = _split_common(s, list(cue.terms))
+    use_join = scope_ids is None or (before is not None and scope == "owner")
+    q = dict(params)
+    narrow = ""
+    if before is not None and not use_join:
+        q["cap"] = s.scalar(
+            select(TurnRow.id)
+            .where(TurnRow.session_row_id == session.id, TurnRow.seq >= before)
+            .order_by(TurnRow.seq)
+            .limit(1)
+        )
+        narrow = "" if q["cap"] is None else f" AND {FTS_TABLE}.rowid < :cap"
+    tid = "t.id" if use_join else f"{FTS_TABLE}.rowid"
+
+    def matched(param: str) -> str:
+        if use_join:
+            return (
+                f"FROM {FTS_TABLE} CROSS JOIN om_turns t ON t.id = {FTS_TABLE}.rowid {join} "
+                f"WHERE {FTS_TABLE} MATCH :{param} AND {where}"
+            )
+        return f"FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :{param}{narrow}"
+
+    arms = []
+    if rare:
+        q["q"] = sqlite_match(rare, scope_ids)
+        arms.append(f"SELECT {tid} AS id, -bm25({FTS_TABLE}, 1.0, 0.0) AS score {matched('q')}")
+        if not common:
+            sql = f"{arms[0]} ORDER BY score DESC, id DESC LIMIT :k"
+            return [(int(i), float(r)) for i, r in s.execute(text(sql), q)]
+    for n, term in enumerate(common):
+        q[f"q{n}"] = sqlite_match([term], scope_ids)
+    counts = s.execute(
+        text(
+            "SELECT "
+            + ", ".join(f"(SELECT count(*) {matched(f'q{n}')})" for n in range(len(common)))
+        ),
+        q,
+    ).one()
+    total = in_scope()
+    for n, held in enumerate(counts):
+        if held:
+            q[f"w{n}"] = max(math.log((total - held + 0.5) / (held + 0.5)), 1e-6)
+            arms.append(f"SELECT {tid} AS id, :w{n} AS score {matched(f'q{n}')}")
+    if not arms:
+        return []
+    sql = (
+        f"SELECT id, sum(score) AS score FROM ({' UNION ALL '.join(arms)}) "
+        "GROUP BY id ORDER BY score DESC, id DESC LIMIT :k"
+    )
+    return [(int(i), float(r)) for i, r in s.execute(text(sql), q)]
+
+
+# Terms known to be common, per database: a term in COMMON_TURNS turns stays common (short of
+# forgetting most of them), so each is probed once. Bounded; the oldest verdicts go first.
+_COMMON_CACHE: dict[str, OrderedDict[str, None]] = {}
+_COMMON_CACHE_SIZE = 4096
+
+
+def _split_common(
+    s: Session, terms: list[tuple[str, ...]]
+) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """The cue's terms in fewer than COMMON_TURNS turns of the archive, and the others."""
+    known = _COMMON_CACHE.setdefault(str(s.get_bind().url), OrderedDict())
+    keys = [" ".join(t).casefold() for t in terms]
+    unknown = [i for i, k in enumerate(keys) if k not in known]
+    common = {i for i, k in enumerate(keys) if k in known}
+    if unknown:
+        probes = ", ".join(
+            f"(SELECT count(*) FROM (SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :p{i} "
+            f"LIMIT {COMMON_TURNS}))"
+            for i in unknown
+        )
+        row = s.execute(text(f"SELECT {probes}"), {f"p{i}": _phrase(terms[i]) for i in unknown})
+        for i, n in zip(unknown, row.one(), strict=True):
+            if n >= COMMON_TURNS:
+                common.add(i)
+                known[keys[i]] = None
+                while len(known) > _COMMON_CACHE_SIZE:
+                    known.popitem(last=False)
+    return [t for i, t in enumerate(terms) if i not in common], [terms[i] for i in sorted(common)]
+
+
+def _scope_ids(
+    s: Session, session: SessionRow, scope: str
+) -> tuple[list[int] | None, Callable[[], int]]:
+    """The session row ids whose scope tokens narrow the search (None: no narrowing), and
+    how to count the turns in scope."""
+    if scope == "session":
+        return [session.id], lambda: int(session.next_seq)
+    owned = (
+        SessionRow.owner.is_(None) if session.owner is None else SessionRow.owner == session.owner
+    )
+    rows = s.execute(select(SessionRow.id, SessionRow.next_seq).where(owned)).all()
+    ids = [int(r.id) for r in rows] if len(rows) <= MAX_SCOPE_SESSIONS else None
+    return ids, lambda: sum(int(r.next_seq) for r in rows)
+
+
+def check_recall_args(limit: object, scope: object, before: object) -> None:
+    """Typed errors for recall's options (the cue is checked by :func:`parse_cue`)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise InvalidInput(f"limit must be a positive int, got {limit!r:.40}")
+    if scope not in SCOPES:
+        raise InvalidInput(f"scope must be 'session' or 'owner', got {scope!r:.40}")
+    if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+        raise InvalidInput(f"before must be None or a turn number (int), got {before!r:.40}")
+
+
+# -- reading spans ------------------------------------------------------------------------------
+
+
+def read_span(s: Session, session: SessionRow, first: object, last: object) -> list[TurnRow]:
+    """Turns ``first``..``last`` (inclusive, numbered from 1) exactly, or a typed error."""
+    for name, value in (("first_turn", first), ("last_turn", last)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f"{name} must be a turn number (int), got {value!r:.40}")
+    assert isinstance(first, int) and isinstance(last, int)
+    have = session.next_seq
+    if first < 1 or last < first:
+        raise InvalidInput(
+            f"a span is first_turn..last_turn with 1 <= first_turn <= last_turn; got {first}..{last}"
+        )
+    if last > have:
+        raise InvalidInput(
+            f"session {session.key!r} has turns 1..{have}; {first}..{last} runs past its end"
+            if have
+            else f"session {session.key!r} has no turns yet"
+        )
+    rows = s.scalars(
+        select(TurnRow)
+        .where(TurnRow.session_row_id == session.id, TurnRow.seq >= first, TurnRow.seq <= last)
+        .order_by(TurnRow.seq)
+    ).all()
+    if len(rows) != last - first + 1:  # seqs are dense, so only a racing writer gets here
+        raise InvalidInput(f"turns {first}..{last} of session {session.key!r} are not all stored")
+    return list(rows)
+
+
+# -- marks: pins and rehearsal ------------------------------------------------------------------
+
+
+def _upsert(s: Session) -> Any:
+    return pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def set_pinned(s: Session, session: SessionRow, seq: object, pinned: bool) -> None:
+    """Pin or unpin one turn of ``session`` (by its number)."""
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise InvalidInput(f"turn must be a turn number (int), got {seq!r:.40}")
+    turn_id = s.scalar(
+        select(TurnRow.id).where(TurnRow.session_row_id == session.id, TurnRow.seq == seq)
+    )
+    if turn_id is None:
+        raise InvalidInput(
+            f"session {session.key!r} has no turn {seq} (it has turns 1..{session.next_seq})"
+        )
+    stmt = _upsert(s)(TurnMarkRow).values(
+        turn_id=turn_id, session_row_id=session.id, pinned=pinned, recalls=0
+    )
+    s.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[TurnMarkRow.turn_id], set_={"pinned": stmt.excluded.pinned}
+        )
+    )
+
+
+def pinned_seqs(s: Session, session: SessionRow) -> list[int]:
+    """The numbers of the session's pinned turns, in order."""
+    return list(
+        s.scalars(
+            select(TurnRow.seq)
+            .join(TurnMarkRow, TurnMarkRow.turn_id == TurnRow.id)
+            .where(TurnMarkRow.session_row_id == session.id, TurnMarkRow.pinned)
+            .order_by(TurnRow.seq)
+        )
+    )
+
+
+# One statement on both backends (SQLite >= 3.24 upserts; the SELECT needs its WHERE there).
+_REHEARSE = text(
+    "INSERT INTO om_turn_marks (turn_id, session_id, pinned, recalls, recalled_at) "
+    "SELECT id, session_id, FALSE, 1, :now FROM om_turns WHERE id IN :ids "
+    "ON CONFLICT (turn_id) DO UPDATE SET recalls = om_turn_marks.recalls + 1, "
+    "recalled_at = excluded.recalled_at"
+).bindparams(bindparam("ids", expanding=True), bindparam("now", type_=UTCDateTime()))
+
+
+def rehearse(s: Session, turn_ids: Sequence[int], now: datetime) -> None:
+    """Count one more recall of each turn (turns forgotten meanwhile are skipped)."""
+    if turn_ids:
+        s.execute(_REHEARSE, {"ids": list(turn_ids), "now": now})
+
+
+def recall_counts(s: Session, session: SessionRow) -> dict[int, int]:
+    """How often each of the session's turns was recalled, by turn number (recalled ones)."""
+    rows = s.execute(
+        select(TurnRow.seq, TurnMarkRow.recalls)
+        .join(TurnMarkRow, TurnMarkRow.turn_id == TurnRow.id)
+        .where(TurnMarkRow.session_row_id == session.id, TurnMarkRow.recalls > 0)
+    ).all()
+    return {int(seq): int(n) for seq, n in rows}
+
+
+# -- forgetting ---------------------------------------------------------------------------------
+
+
+def purge_session(s: Session, session_row_id: int) -> None:
+    """After a session's turns are deleted: drop its marks and leave no trace in the index.
+
+    The delete triggers already took the turns out of the SQLite index, but FTS5 keeps the
+    old tokens in earlier segments until a merge; ``optimize`` rewrites the index into one
+    segment, and with ``secure_delete`` on, the freed pages are zeroed. PostgreSQL's
+    expression index has no rows of its own: its entries die with the turns.
+    """
+    s.execute(delete(TurnMarkRow).where(TurnMarkRow.session_row_id == session_row_id))
+    if s.get_bind().dialect.name == "sqlite":
+        s.execute(text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('optimize')"))

@@ -1,0 +1,165 @@
+"""Cue-aware assembly: what a cue recalls comes back as exact text, pins stay legible, and a
+tight budget keeps a share for the past."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benchmarks.chatgen import conversation
+from optical_memory import (
+    AgingPolicy,
+    AssemblyShares,
+    InvalidInput,
+    MemoryManager,
+    OpticalMemoryError,
+    PageSegment,
+    RecalledSegment,
+    TextSegment,
+)
+
+START = datetime(2023, 1, 2, 8, 0, tzinfo=UTC)
+HISTORY = conversation(400, START, timedelta(hours=3))
+FACT = "My passport number is XK4471902 and it expires on 3 March 2031."
+FACT_AT = 37  # an early turn: on a page long faded to tiny
+QUESTION = "What is my passport number again?"
+NOW = HISTORY[-1]["at"] + timedelta(minutes=30)
+
+
+def _history() -> list[dict]:
+    turns = [dict(t) for t in HISTORY]
+    turns[FACT_AT - 1] = {**turns[FACT_AT - 1], "role": "user", "content": FACT}
+    return turns
+
+
+@pytest.fixture(scope="module")
+def faded(tmp_path_factory) -> MemoryManager:
+    m = MemoryManager(
+        tmp_path_factory.mktemp("cue") / "m.db", policy=AgingPolicy(keep_last_turns=10)
+    )
+    m.add_turns("s", _history())
+    m.add_turn("s", "user", QUESTION, NOW)
+    m.age(now=NOW)
+    yield m
+    m.close()
+
+
+def _pages(ctx) -> list[tuple[int, str, str]]:
+    return [
+        (p.page_id, p.tier, hashlib.sha256(p.png).hexdigest())
+        for p in ctx.segments
+        if isinstance(p, PageSegment)
+    ]
+
+
+def test_a_cue_brings_an_old_fact_back_as_exact_text(faded: MemoryManager) -> None:
+    plain = faded.assemble("s", budget=2000, now=NOW)
+    cued = faded.assemble("s", budget=2000, now=NOW, cue=QUESTION)
+    assert FACT not in [t.turn.content for t in plain.texts]
+    block = cued.recalled
+    assert block is not None and FACT in block.text
+    fact = next(t for t in block.turns if t.seq == FACT_AT)
+    assert fact.content == FACT  # exactly as stored
+    # placed after the pages and before the recent text
+    kinds = [s.kind for s in cued.segments]
+    at = kinds.index("recalled")
+    assert all(k == "page" or k == "text" for k in kinds[:at])
+    assert "page" not in kinds[at + 1 :]
+    assert cued.texts[-1].turn.content == QUESTION
+    assert cued.tokens <= 2000
+    assert cued.tokens == sum(s.tokens for s in cued.segments) + cued.intro_tokens
+
+
+def test_the_recalled_turn_comes_with_its_neighbour_for_context(faded: MemoryManager) -> None:
+    block = faded.assemble("s", budget=2000, now=NOW, cue=QUESTION).recalled
+    assert block is not None
+    seqs = [t.seq for t in block.turns]
+    assert FACT_AT in seqs and FACT_AT + 1 in seqs  # the fact and the reply to it
+    assert seqs == sorted(set(seqs))  # in order, no duplicates
+
+
+def test_no_cue_no_block_and_a_cue_that_matches_nothing_adds_nothing(faded: MemoryManager) -> None:
+    assert faded.assemble("s", budget=2000, now=NOW).recalled is None
+    nothing = faded.assemble("s", budget=2000, now=NOW, cue="zzqx vvplm")
+    assert nothing.recalled is None
+    assert nothing.tokens <= 2000
+
+
+def test_the_page_prefix_does_not_depend_on_the_cue(faded: MemoryManager) -> None:
+    a = faded.assemble("s", budget=2000, now=NOW, cue=QUESTION)
+    b = faded.assemble("s", budget=2000, now=NOW, cue="Maya painted the kitchen shelves")
+    c = faded.assemble("s", budget=2000, now=NOW, cue="zzqx")
+    assert _pages(a) == _pages(b) == _pages(c) and _pages(a)
+    assert a.fingerprint() == faded.assemble("s", budget=2000, now=NOW, cue=QUESTION).fingerprint()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cue=st.text(max_size=200) | st.sampled_from(['"', "(", "AND OR NEAR", "*", "body:x", QUESTION]),
+    budget=st.integers(min_value=300, max_value=6000),
+)
+def test_any_cue_stays_within_budget_and_keeps_the_newest_turn(
+    faded: MemoryManager, cue: str, budget: int
+) -> None:
+    ctx = faded.assemble("s", budget=budget, now=NOW, cue=cue)
+    assert ctx.tokens <= budget
+    assert ctx.texts[-1].turn.content == QUESTION
+    assert _pages(ctx) == _pages(faded.assemble("s", budget=budget, now=NOW, cue="zzqx"))
+    shown = [s.turn.seq for s in ctx.segments if isinstance(s, TextSegment)]
+    assert len(shown) == len(set(shown))
+
+
+def test_a_pinned_turn_survives_a_budget_that_fades_everything_else(db_url: str) -> None:
+    with MemoryManager(db_url, policy=AgingPolicy(keep_last_turns=10)) as mm:
+        mm.add_turns("s", _history())
+        mm.add_turn("s", "user", "hello again", NOW)
+        mm.age(now=NOW)
+        before = mm.assemble("s", budget=700, now=NOW)
+        assert FACT not in str([t.turn.content for t in before.texts])
+        mm.pin("s", FACT_AT)
+        ctx = mm.assemble("s", budget=700, now=NOW)
+        assert ctx.recalled is not None and ctx.recalled.pinned == (FACT_AT,)
+        assert FACT in ctx.recalled.text
+        assert all(p.tier in ("small", "tiny") for p in ctx.pages)  # everything else faded
+        assert ctx.tokens <= 700
+        mm.unpin("s", FACT_AT)
+        assert mm.assemble("s", budget=700, now=NOW).recalled is None
+
+
+def test_a_tight_budget_keeps_a_share_for_the_past_even_with_a_long_tail(db_url: str) -> None:
+    # 60 unpaged turns (a long text window) cost far more than 1k: text alone could fill it.
+    with MemoryManager(db_url, policy=AgingPolicy(keep_last_turns=60)) as mm:
+        mm.add_turns("s", HISTORY)
+        mm.add_turn("s", "user", "and now?", NOW)
+        mm.age(now=NOW)
+        ctx = mm.assemble("s", budget=1000, now=NOW)
+        assert ctx.pages, "the past gets its share: pages are shown"
+        assert ctx.tokens <= 1000
+        text_cost = sum(s.tokens for s in ctx.texts)
+        assert text_cost <= 1000 * (1 - AssemblyShares().memory) + 100
+        assert ctx.texts[-1].turn.content == "and now?"
+        # everything fits: all of it is shown as it is, text first
+        big = mm.assemble("s", budget=200_000, now=NOW)
+        assert big.omitted_turns == 0 and all(p.tier == p.stored_tier for p in big.pages)
+        assert [s.turn.seq for s in big.texts if s.page_id is None] == list(range(342, 402))
+
+
+def test_shares_are_configurable_and_checked(faded: MemoryManager) -> None:
+    none_for_recall = AssemblyShares(memory=0.5, recall=0.0)
+    ctx = faded.assemble("s", budget=2000, now=NOW, cue=QUESTION, shares=none_for_recall)
+    assert ctx.recalled is None
+    for bad in (-0.1, 0.95, "half", True):
+        with pytest.raises(OpticalMemoryError):
+            AssemblyShares(memory=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        faded.assemble("s", budget=2000, cue=42)  # type: ignore[arg-type]
+
+
+def test_recalled_segment_is_public() -> None:
+    assert RecalledSegment.__dataclass_fields__["kind"].default == "recalled"

@@ -1,0 +1,560 @@
+"""Recall: a cue brings archived turns back exactly, from the database's own full-text index;
+``read`` returns spans exactly; pins and rehearsal are stored; forget leaves the index clean."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import make_url, text
+
+from benchmarks.chatgen import conversation
+from optical_memory import (
+    InvalidInput,
+    MemoryManager,
+    UnknownSession,
+    migrations,
+)
+from optical_memory.database import create_store_engine, normalise_url
+from optical_memory.store import LosslessText, UTCDateTime
+
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+FLIGHT = "Booked it: my flight is UA-2817 from Denver, seat 14C."
+
+
+def _chat(n: int, seed: int = 3) -> list[dict]:  # type: ignore[type-arg]
+    return conversation(n, T0, timedelta(minutes=2), seed=seed)
+
+
+def _recalls(mm: MemoryManager) -> dict[tuple[str, int], int]:
+    """Rehearsal counts by (session id, turn), read with plain SQL."""
+    with mm.database.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT s.key, t.seq, m.recalls FROM om_turn_marks m "
+                "JOIN om_turns t ON t.id = m.turn_id JOIN om_sessions s ON s.id = t.session_id"
+            )
+        ).all()
+    return {(k, seq): n for k, seq, n in rows if n}
+
+
+# -- finding ------------------------------------------------------------------------------------
+
+
+def test_recall_finds_an_exact_old_fact_by_its_code(mm: MemoryManager) -> None:
+    turns = _chat(320)
+    turns[4] = {**turns[4], "role": "user", "content": FLIGHT}
+    mm.add_turns("trip", turns)
+    mm.add_turns("other", _chat(40, seed=9))
+    got = mm.recall("trip", "what was my flight UA-2817?")
+    assert got, "the flight code was not recalled"
+    best = got[0]
+    assert best.turn.seq == 5 and best.turn.content == FLIGHT and best.turn.role == "user"
+    assert best.turn == mm.turns("trip")[4]  # exactly as stored
+    assert best.score > 0 and best.page_id is None and best.tier == "text"
+    assert [r.score for r in got] == sorted((r.score for r in got), reverse=True)
+    assert all(r.turn.session_id == "trip" for r in got)
+    assert len(mm.recall("trip", "flight Denver seat", limit=3)) <= 3
+
+    # Once aged, the recollection names the page holding the turn and its stored tier.
+    mm.age(now=T0 + timedelta(days=3))
+    page = next(p for p in mm.pages("trip") if p.first_seq <= 5 <= p.last_seq)
+    best = mm.recall("trip", "UA-2817")[0]
+    assert best.turn.content == FLIGHT
+    assert (best.page_id, best.tier) == (page.page_id, page.tier)
+    assert best.tier != "text"
+
+
+def test_a_rare_word_outranks_common_ones(mm: MemoryManager) -> None:
+    # 2,100 turns share "Lisbon": on SQLite that makes it a common term (weighed within the
+    # scope rather than by bm25), so both ranking paths are exercised.
+    mm.add_turns("bulk", [("user", f"Lisbon again, day {i}") for i in range(2100)])
+    mm.add_turns(
+        "a",
+        [
+            ("user", "I love Lisbon in spring."),
+            ("assistant", "Your booking code for Lisbon is QX-77, the hotel is near the river."),
+            ("user", "Booking a table for two tonight."),
+            ("assistant", "Lisbon trams are fun."),
+            ("user", "Nothing to do with it."),
+        ],
+    )
+    got = mm.recall("a", "Lisbon booking QX-77")
+    assert [r.turn.seq for r in got][:1] == [2]
+    assert {r.turn.seq for r in got} == {1, 2, 3, 4}
+    assert all(r.turn.session_id == "a" for r in got)
+    got = mm.recall("a", "Lisbon booking QX-77", before=2)
+    assert [r.turn.seq for r in got] == [1]
+    assert {r.turn.seq for r in mm.recall("a", "Lisbon trams")} == {1, 2, 4}
+    assert mm.recall("a", "Lisbon trams")[0].turn.seq == 4
+
+
+def test_before_and_limit(mm: MemoryManager) -> None:
+    mm.add_turns("s", [("user", f"note {i}: the parcel tracking number ZT{i}") for i in range(30)])
+    assert {r.turn.seq for r in mm.recall("s", "parcel", limit=50)} == set(range(1, 31))
+    assert len(mm.recall("s", "parcel", limit=5)) == 5
+    assert {r.turn.seq for r in mm.recall("s", "parcel", limit=50, before=11)} == set(range(1, 11))
+    assert mm.recall("s", "parcel", before=1) == []
+    assert [r.turn.seq for r in mm.recall("s", "ZT7")] == [8]
+    assert mm.recall("s", "ZT7", before=8) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "cue"),
+    [
+        ("我下个月去東京出差，住在新宿。", "東京"),  # a two-character word
+        ("我下个月去東京出差，住在新宿。", "我什么时候去出差？"),  # Chinese question, 出差
+        ("明日は東京タワーで友達と会います。", "東京タワーはどこですか"),  # Japanese
+        ("明日は東京タワーで友達と会います。", "タワー"),  # katakana alone
+        ("다음 주에 서울에서 회의가 있어요.", "서울"),  # Korean, agglutinated
+        ("ありがとうございました！", "ありがとう"),  # kana only: weak terms, used alone
+        ("Mixed: meeting 佐藤さん at 3pm in 大阪.", "佐藤"),
+    ],
+)
+def test_a_cjk_cue_finds_a_turn_written_in_it(mm: MemoryManager, content: str, cue: str) -> None:
+    mm.add_turns("cjk", _chat(30))
+    mm.add_turn("cjk", "user", content)
+    mm.add_turns(
+        "cjk",
+        [("user", "我喜欢喝茶。"), ("user", "今日は雨です。"), ("user", "오늘은 날씨가 좋아요.")],
+    )
+    mm.add_turns("cjk", _chat(10, seed=5))
+    got = mm.recall("cjk", cue)
+    assert got and got[0].turn.content == content and got[0].turn.seq == 31
+
+
+def test_a_cjk_cue_does_not_match_unrelated_text(mm: MemoryManager) -> None:
+    mm.add_turns("s", [("user", "我喜欢喝茶。"), ("user", "Tokyo is big."), ("user", "京都")])
+    assert mm.recall("s", "東京") == []
+    assert [r.turn.seq for r in mm.recall("s", "京都は？")] == [3]
+
+
+# -- scope --------------------------------------------------------------------------------------
+
+
+def test_an_owner_never_recalls_another_owners_turns(db_url: str) -> None:
+    with MemoryManager(db_url) as root:
+        alice, bob = root.scoped("alice"), root.scoped("bob")
+        alice.add_turn("alice-1", "user", "The vault code is 4417-ALPHA.")
+        alice.add_turn("alice-2", "user", "Small talk, nothing secret.")
+        bob.add_turn("bob-1", "user", "The vault code is 4417-BRAVO.")
+        root.add_turn("free-1", "user", "The vault code is 4417-FREE.")
+
+        def seen(m: MemoryManager, sid: str, **kw: object) -> set[str]:
+            return {r.turn.content for r in m.recall(sid, "vault code 4417", **kw)}
+
+        assert seen(alice, "alice-2") == set()  # session scope: only that session
+        assert seen(alice, "alice-2", scope="owner") == {"The vault code is 4417-ALPHA."}
+        assert seen(bob, "bob-1", scope="owner") == {"The vault code is 4417-BRAVO."}
+        # a session without an owner searches the sessions without one
+        assert seen(root, "free-1", scope="owner") == {"The vault code is 4417-FREE."}
+        with MemoryManager(db_url, owner="alice") as own:
+            assert seen(own, "alice-1", scope="owner") == {"The vault code is 4417-ALPHA."}
+        with pytest.raises(UnknownSession):
+            bob.recall("alice-1", "vault")
+        with pytest.raises(UnknownSession):
+            alice.recall("free-1", "vault", scope="owner")
+        with pytest.raises(UnknownSession):
+            alice.recall("nobody", "vault")
+        # before applies to the focus session only
+        alice.add_turn("alice-2", "user", "vault code 4417 again")
+        assert seen(alice, "alice-2", scope="owner", before=2) == {"The vault code is 4417-ALPHA."}
+
+
+# -- the cue is text, never syntax --------------------------------------------------------------
+
+SYNTAX = [
+    '"',
+    '"unterminated phrase',
+    "a AND",
+    "OR OR OR",
+    "NOT secret",
+    "NEAR(secret vault, 2)",
+    "secret*",
+    "^secret",
+    "-secret",
+    "body:secret",
+    "{body scope}: secret",
+    "scope:s1x",
+    "s1x",
+    "(((",
+    ")))",
+    "secret AND (vault OR",
+    "'; DROP TABLE om_turns; --",
+    "\x00secret\x00",
+    "\\ \\\\ % _ ' \" :: ::regconfig",
+    "<-> & | ! :* :A",
+    "secret:*",
+    "\ud800 lone surrogate",
+]
+
+
+@pytest.mark.parametrize("cue", SYNTAX)
+def test_query_syntax_in_a_cue_is_inert(mm: MemoryManager, cue: str) -> None:
+    mm.add_turns("s", [("user", "the secret vault is behind the painting"), ("user", "hello")])
+    got = mm.recall("s", cue)
+    assert isinstance(got, list) and all(r.turn.session_id == "s" for r in got)
+    if "secret" in cue.lower():
+        assert [r.turn.seq for r in got] == [1]
+    if cue in ("s1x", "scope:s1x"):  # the scope tokens are not searchable text
+        assert got == []
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    cue=st.lists(
+        st.one_of(
+            st.sampled_from(
+                [
+                    "AND",
+                    "OR",
+                    "NOT",
+                    "NEAR",
+                    "*",
+                    "^",
+                    '"',
+                    "(",
+                    ")",
+                    ":",
+                    "-",
+                    "+",
+                    "{",
+                    "}",
+                    "body:",
+                    "scope:",
+                    "secret",
+                    "vault",
+                    "東京",
+                    "<->",
+                    "&",
+                    "|",
+                    "!",
+                    "\x00",
+                ]
+            ),
+            st.text(max_size=12),
+        ),
+        max_size=12,
+    ).map(" ".join)
+)
+@example(cue="")
+def test_random_cues_succeed_or_recall_nothing(mm: MemoryManager, cue: str) -> None:
+    if not mm.sessions():
+        mm.add_turns("s", [("user", "the secret vault is in 東京"), ("user", "nothing here")])
+    got = mm.recall("s", cue, scope="owner")
+    assert isinstance(got, list) and len(got) <= 8
+    assert all(r.turn.session_id == "s" for r in got)
+
+
+def test_a_one_mebibyte_cue_works(mm: MemoryManager) -> None:
+    mm.add_turns("s", [("user", "a note about Lisbon trams"), ("user", "something else")])
+    big = ("Lisbon " * (1 << 17))[: 1 << 20]
+    assert [r.turn.seq for r in mm.recall("s", big)] == [1]
+    words = " ".join(f"w{i}" for i in range(150_000))[: 1 << 20]
+    assert mm.recall("s", words) == []
+    assert mm.recall("s", "x" * (1 << 20)) == []  # one 1 MiB "word": no real term
+    assert mm.recall("s", "東" * (1 << 20)) == []
+
+
+@pytest.mark.parametrize(
+    "cue", ["", "   ", "?!", "what did I say about the", "The AND of it", "did you tell me?"]
+)
+def test_a_cue_of_stop_words_recalls_nothing(mm: MemoryManager, cue: str) -> None:
+    mm.add_turns("s", [("user", "what did I say about the weather"), ("user", "tell me more")])
+    assert mm.recall("s", cue) == []
+    assert _recalls(mm) == {}
+
+
+def test_a_cue_that_matches_nothing_recalls_nothing(mm: MemoryManager) -> None:
+    mm.add_turns("s", _chat(50))
+    assert mm.recall("s", "zeppelin quasar") == []
+
+
+@pytest.mark.parametrize("cue", [None, 5, b"bytes", ["a"], {"q": 1}])
+def test_a_cue_that_is_not_a_string_is_a_typed_error(mm: MemoryManager, cue: object) -> None:
+    mm.add_turn("s", "user", "hello")
+    with pytest.raises(InvalidInput, match="cue must be a string"):
+        mm.recall("s", cue)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"limit": 0},
+        {"limit": -1},
+        {"limit": True},
+        {"limit": "5"},
+        {"scope": "all"},
+        {"scope": None},
+        {"before": "3"},
+        {"before": 2.0},
+        {"before": True},
+    ],
+)
+def test_bad_recall_options_are_typed_errors(mm: MemoryManager, kwargs: dict) -> None:  # type: ignore[type-arg]
+    mm.add_turn("s", "user", "hello there")
+    with pytest.raises(InvalidInput):
+        mm.recall("s", "hello", **kwargs)
+
+
+# -- reading spans ------------------------------------------------------------------------------
+
+
+def test_read_returns_spans_exactly(mm: MemoryManager) -> None:
+    mm.add_turns("s", _chat(12))
+    mm.add_turn("s", "tool", "x\x00y ✓ 😀", metadata={"k": [1, 2]})
+    everything = mm.turns("s")
+    assert mm.read("s", 1, 13) == everything
+    assert mm.read("s", 3, 5) == everything[2:5]
+    assert mm.read("s", 13, 13) == [everything[12]]
+    assert mm.read("s", 13, 13)[0].content == "x\x00y ✓ 😀"
+    for first, last in [(0, 2), (5, 4), (-1, 3), (12, 14), (14, 14)]:
+        with pytest.raises(InvalidInput):
+            mm.read("s", first, last)
+    for first, last in [("1", 2), (True, 2), (1.0, 2), (1, None)]:
+        with pytest.raises(InvalidInput, match="turn number"):
+            mm.read("s", first, last)  # type: ignore[arg-type]
+    with pytest.raises(UnknownSession):
+        mm.read("nobody", 1, 1)
+    with pytest.raises(UnknownSession):
+        mm.scoped("eve").read("s", 1, 1)
+
+
+async def test_async_twins(mm: MemoryManager) -> None:
+    await mm.aadd_turns("s", [("user", "the gate code is 9931"), ("assistant", "noted")])
+    got = await mm.arecall("s", "gate code")
+    assert [r.turn.seq for r in got] == [1]
+    assert [t.content for t in await mm.aread("s", 1, 2)] == ["the gate code is 9931", "noted"]
+    both = await asyncio.gather(mm.arecall("s", "9931"), mm.arecall("s", "noted"))
+    assert [[r.turn.seq for r in g] for g in both] == [[1], [2]]
+
+
+# -- pins and rehearsal -------------------------------------------------------------------------
+
+
+def test_each_recall_is_a_rehearsal(mm: MemoryManager) -> None:
+    mm.add_turns("s", [("user", "my locker is number 312"), ("user", "the weather is fine")])
+    assert _recalls(mm) == {}
+    mm.recall("s", "locker")
+    mm.recall("s", "locker 312")
+    mm.recall("s", "weather")
+    assert _recalls(mm) == {("s", 1): 2, ("s", 2): 1}
+    mm.read("s", 1, 2)  # reading is not recalling
+    assert _recalls(mm) == {("s", 1): 2, ("s", 2): 1}
+
+
+def test_pin_and_unpin(mm: MemoryManager) -> None:
+    mm.add_turns("s", _chat(10))
+    assert mm.pins("s") == []
+    mm.pin("s", 7)
+    mm.pin("s", 2)
+    mm.pin("s", 7)  # idempotent
+    assert mm.pins("s") == [2, 7]
+    mm.recall("s", mm.turns("s")[6].content)  # rehearsal keeps the pin
+    assert mm.pins("s") == [2, 7]
+    mm.unpin("s", 7)
+    mm.unpin("s", 9)  # never pinned: nothing to do
+    assert mm.pins("s") == [2]
+    for bad in (0, 11, -3):
+        with pytest.raises(InvalidInput, match="no turn"):
+            mm.pin("s", bad)
+    for bad in ("2", 2.0, True, None):
+        with pytest.raises(InvalidInput, match="turn number"):
+            mm.pin("s", bad)  # type: ignore[arg-type]
+    with pytest.raises(UnknownSession):
+        mm.scoped("eve").pin("s", 2)
+    with pytest.raises(UnknownSession):
+        mm.unpin("nobody", 1)
+    assert mm.turns("s") == mm.read("s", 1, 10)  # marks never touch the turns
+    mm.forget("s")
+    with mm.database.engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM om_turn_marks")).scalar_one() == 0
+
+
+# -- forgetting ---------------------------------------------------------------------------------
+
+
+def _raw_bytes(db_path: Path) -> bytes:
+    data = db_path.read_bytes()
+    for suffix in ("-wal", "-journal"):
+        extra = db_path.with_name(db_path.name + suffix)
+        if extra.exists():
+            data += extra.read_bytes()
+    return data
+
+
+def _index_blobs(mm: MemoryManager) -> bytes:
+    """Every byte of the FTS5 shadow tables."""
+    out = b""
+    with mm.database.engine.connect() as conn:
+        for table, cols in (
+            ("om_turns_fts_data", "block"),
+            ("om_turns_fts_idx", "term"),
+            ("om_turns_fts_docsize", "sz"),
+            ("om_turns_fts_config", "v"),
+        ):
+            for (value,) in conn.execute(text(f"SELECT {cols} FROM {table}")):
+                out += value if isinstance(value, bytes) else str(value).encode()
+    return out
+
+
+def test_forget_removes_every_index_entry_from_the_sqlite_file(sqlite_url: str) -> None:
+    marker = f"zqv{uuid.uuid4().hex}"  # lowercase: the index stores tokens case-folded
+    # A leaf page stores a term after the prefix it shares with the term before, and the
+    # stemmer may trim its last letters: look for the middle of the token.
+    tail = marker[4:28].encode()
+    cjk = "秘密の合言葉は鳳凰"
+    path = Path(make_url(sqlite_url).database)
+    with MemoryManager(sqlite_url) as mm:
+        mm.add_turns("kept", _chat(120))
+        mm.add_turns(
+            "secret", [("user", f"the password is {marker}"), ("user", cjk)] + _chat(60, seed=8)
+        )
+        mm.add_turns("kept", _chat(30, seed=4))
+        assert [r.turn.seq for r in mm.recall("secret", marker)] == [1]
+        assert [r.turn.seq for r in mm.recall("secret", "鳳凰")] == [2]
+        assert tail in _index_blobs(mm)  # the scan sees the token inside the index
+        with mm.database.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert tail in _raw_bytes(path)
+        kept = {r.turn.seq for r in mm.recall("kept", "Lisbon flights", limit=200)}
+
+        assert mm.forget("secret") == 62
+        assert tail not in _index_blobs(mm)
+        raw = _raw_bytes(path)
+        assert tail not in raw and marker.encode() not in raw
+        assert cjk.encode() not in raw and " 鳳 凰 ".encode() not in raw
+        with mm.database.engine.connect() as conn:
+            conn.exec_driver_sql(
+                "CREATE VIRTUAL TABLE temp.vocab USING fts5vocab(main, om_turns_fts, row)"
+            )
+            terms = {t for (t,) in conn.execute(text("SELECT term FROM temp.vocab"))}
+            assert marker not in terms and "鳳" not in terms
+            assert "lisbon" in terms
+            docs = conn.execute(text("SELECT COUNT(*) FROM om_turns_fts_docsize")).scalar_one()
+            assert docs == 150
+            assert conn.execute(text("SELECT COUNT(*) FROM om_turn_marks")).scalar_one() > 0
+        assert {r.turn.seq for r in mm.recall("kept", "Lisbon flights", limit=200)} == kept
+        assert mm.recall("kept", marker) == []
+        mm.add_turn("kept", "user", "still indexed: zeppelin")
+        assert [r.turn.seq for r in mm.recall("kept", "zeppelin")] == [151]
+    assert tail not in _raw_bytes(path)
+
+
+def test_forget_removes_the_index_entries_on_postgresql(pg_url: str) -> None:
+    marker = f"zqv{uuid.uuid4().hex}"
+    match = (
+        "SELECT COUNT(*) FROM om_turns WHERE to_tsvector('english'::regconfig, "
+        "left(coalesce(search_text, content), 100000)) @@ plainto_tsquery('english', :m)"
+    )
+    with MemoryManager(pg_url) as mm:
+        mm.add_turns("kept", _chat(60))
+        mm.add_turns("secret", [("user", f"the password is {marker}"), ("user", "東京の秘密")])
+        mm.recall("secret", marker)
+        with mm.database.engine.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = "\n".join(r[0] for r in conn.execute(text(f"EXPLAIN {match}"), {"m": marker}))
+            assert "om_turns_fts" in plan  # the GIN index answers the search
+            assert conn.execute(text(match), {"m": marker}).scalar_one() == 1
+        assert mm.forget("secret") == 2
+        with mm.database.engine.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            assert conn.execute(text(match), {"m": marker}).scalar_one() == 0
+            assert conn.execute(text(match), {"m": "東 京"}).scalar_one() == 0
+            assert conn.execute(text("SELECT COUNT(*) FROM om_turn_marks")).scalar_one() == 0
+        assert mm.recall("kept", marker) == []
+
+
+# -- the migration ------------------------------------------------------------------------------
+
+# om_sessions and om_turns as revision 0003 has them (no search_text).
+META_0003 = sa.MetaData()
+SESSIONS_0003 = sa.Table(
+    "om_sessions",
+    META_0003,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("key", LosslessText()),
+    sa.Column("owner", sa.String(256)),
+    sa.Column("created_at", UTCDateTime()),
+    sa.Column("metadata", sa.JSON()),
+    sa.Column("next_seq", sa.Integer()),
+)
+TURNS_0003 = sa.Table(
+    "om_turns",
+    META_0003,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("session_id", sa.Integer),
+    sa.Column("seq", sa.Integer()),
+    sa.Column("role", sa.String(16)),
+    sa.Column("content", LosslessText()),
+    sa.Column("at", UTCDateTime()),
+    sa.Column("tokens", sa.Integer()),
+    sa.Column("metadata", sa.JSON()),
+)
+OLD_TURNS = [
+    "We fixed the boiler on Friday, the plumber charged 180 euros.",
+    "我下个月去東京出差。",
+    "null\x00byte and the word porcupine",
+    *[t["content"] for t in _chat(40)],
+]
+
+
+def test_the_migration_indexes_a_database_created_before_it(db_url: str) -> None:
+    engine = create_store_engine(normalise_url(db_url))
+    try:
+        migrations.upgrade(engine, "0003")
+        with engine.begin() as conn:
+            sid = conn.execute(
+                SESSIONS_0003.insert().returning(SESSIONS_0003.c.id),
+                {
+                    "key": "old",
+                    "owner": None,
+                    "created_at": T0,
+                    "metadata": {},
+                    "next_seq": len(OLD_TURNS),
+                },
+            ).scalar_one()
+            conn.execute(
+                TURNS_0003.insert(),
+                [
+                    {
+                        "session_id": sid,
+                        "seq": i,
+                        "role": "user",
+                        "content": c,
+                        "at": T0 + timedelta(minutes=i),
+                        "tokens": 10,
+                        "metadata": {},
+                    }
+                    for i, c in enumerate(OLD_TURNS, 1)
+                ],
+            )
+    finally:
+        engine.dispose()
+
+    with MemoryManager(db_url) as mm:  # migrates to head on open
+        assert migrations.current_revision(mm.database.engine) == migrations.head_revision()
+        assert [r.turn.seq for r in mm.recall("old", "boiler plumber")][:1] == [1]
+        assert [r.turn.seq for r in mm.recall("old", "東京")] == [2]
+        got = mm.recall("old", "porcupine")
+        assert [r.turn.seq for r in got] == [3] and got[0].turn.content == OLD_TURNS[2]
+        assert mm.read("old", 1, 3) == mm.turns("old")[:3]
+        mm.add_turn("old", "user", "A new turn about the boiler pressure.")
+        assert {r.turn.seq for r in mm.recall("old", "boiler")} == {1, len(OLD_TURNS) + 1}
+
+        # down to 0003 and back: the index is dropped and rebuilt from the turns
+        migrations.downgrade(mm.database.engine, "0003")
+        migrations.upgrade(mm.database.engine)
+        assert {r.turn.seq for r in mm.recall("old", "boiler")} == {1, len(OLD_TURNS) + 1}
+        assert [r.turn.seq for r in mm.recall("old", "東京")] == [2]
+        assert mm.forget("old") == len(OLD_TURNS) + 1
