@@ -544,7 +544,7 @@ def run(cfg: Config) -> tuple[list[dict[str, Any]], str]:
     ocr = OcrPool(cfg.readers)
     results = []
     started = time.perf_counter()
-    per_conv = math.ceil(cfg.crop_check / len(convs)) if convs and cfg.crop_check > 0 else 0
+    check = crop_check_plan(len(convs), cfg.crop_check)
     with tempfile.TemporaryDirectory(prefix="om-retention-") as tmp:
         for n, conv in enumerate(convs, 1):
             t0 = time.perf_counter()
@@ -552,7 +552,7 @@ def run(cfg: Config) -> tuple[list[dict[str, Any]], str]:
                 f"[{n}/{len(convs)}] {conv.dataset} {conv.conv_id}: {len(conv.turns)} turns, "
                 f"{len(conv.questions)} questions, {len(conv.evidence)} evidence turns"
             )
-            results.append(measure(conv, cfg, Path(tmp) / f"c{n}", ocr, log, per_conv))
+            results.append(measure(conv, cfg, Path(tmp) / f"c{n}", ocr, log, check[n - 1]))
             log(f"    done in {time.perf_counter() - t0:.0f} s")
     outcome = settle_scope(results, cfg, ocr, log)
     elapsed = time.perf_counter() - started
@@ -564,6 +564,17 @@ def run(cfg: Config) -> tuple[list[dict[str, Any]], str]:
     if cfg.details is not None:
         write_csv(cfg.details, detail_rows(outcome, cfg), DETAIL_COLUMNS)
     return rows, text
+
+
+def crop_check_plan(conversations: int, images: int) -> list[int]:
+    """Page images each conversation reads whole for the crop check: ``images`` in all, spread
+    evenly (one each for conversations spread evenly when there are fewer than conversations)."""
+    if conversations == 0 or images <= 0:
+        return [0] * conversations
+    if images >= conversations:
+        return [math.ceil(images / conversations)] * conversations
+    chosen = set(evenly(range(conversations), images))
+    return [int(i in chosen) for i in range(conversations)]
 
 
 def conversations_path(out: Path) -> Path:
@@ -1269,7 +1280,7 @@ def checks(by: dict[RowKey, dict[str, Any]], cfg: Config) -> list[str]:
 # Command line
 
 
-def _budgets(text: str) -> tuple[Budget, ...]:
+def parse_budgets(text: str) -> tuple[Budget, ...]:
     out: list[Budget] = []
     for x in (x.strip() for x in text.split(",")):
         if not x:
@@ -1321,7 +1332,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     )
     ap.add_argument(
         "--budgets",
-        type=_budgets,
+        type=parse_budgets,
         help=f"token budgets; {TENTH}: a tenth of each conversation's text tokens "
         "(default 1024,2048,4096,8192,tenth)",
     )

@@ -47,6 +47,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from . import migrations
 from .errors import (
     DatabaseCorrupt,
     DatabaseUnavailable,
@@ -221,8 +222,7 @@ def create_store_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) ->
     engine = create_engine(
         url,
         connect_args={"timeout": busy, "check_same_thread": False},
-        poolclass=StaticPool if in_memory else None,
-        pool_timeout=busy,
+        **({"poolclass": StaticPool} if in_memory else {"pool_timeout": busy}),
     )
 
     @event.listens_for(engine, "connect")
@@ -345,6 +345,7 @@ class Database:
         self.busy_timeout = check_busy_timeout(busy_timeout)
         self.engine = create_store_engine(url, self.busy_timeout)
         self.dialect = self.engine.dialect.name
+        self._file = sqlite_file(url)  # None: PostgreSQL, or SQLite in memory
         self.closed = False
         self._purges_pending = False  # a forget of this process left a note to finish
         self._has_purge_table = False
@@ -363,8 +364,6 @@ class Database:
 
     def open(self, *, migrate: bool = True) -> None:
         """Connect (typed errors when that fails), migrate to head, finish pending forgets."""
-        from . import migrations  # the Alembic scripts import the models, and so this module
-
         with translated(self.url):
             if migrate:
                 migrations.upgrade(self.engine)
@@ -372,7 +371,7 @@ class Database:
                 with self.engine.connect():
                     pass
             self._has_purge_table = inspect(self.engine).has_table(PURGE_TABLE)
-        if self._has_purge_table and self.dialect == "sqlite":
+        if self._has_purge_table and self._file is not None:
             try:
                 with self.read() as s:
                     self._purges_pending = bool(
@@ -438,7 +437,7 @@ class Database:
     def note_purge(self, s: Session, now: datetime | None = None) -> None:
         """Inside a forgetting transaction: leave the note that the files still need purging
         (SQLite only; nothing to do where the table is missing, e.g. ``migrate=False``)."""
-        if self.dialect == "sqlite" and self._has_purge_table:
+        if self.dialect == "sqlite" and self._has_purge_table and self._file is not None:
             s.execute(insert(PendingPurgeRow).values(created_at=now or datetime.now(UTC)))
             self._purges_pending = True
 
@@ -448,7 +447,7 @@ class Database:
         readers on old snapshots (``wait=False``: not at all); raises
         :class:`ForgetIncomplete` if one still holds the old pages."""
         self._check_open()
-        if self.dialect != "sqlite" or sqlite_file(self.url) is None:
+        if self.dialect != "sqlite" or self._file is None:
             self._purges_pending = False
             return
         noted = None
@@ -510,7 +509,7 @@ class Database:
     def vacuum_sqlite(self) -> None:
         """``VACUUM`` (rebuild the file, dropping free pages) and an emptied write-ahead log."""
         self._check_open()
-        if sqlite_file(self.url) is None:
+        if self._file is None:
             return
         with translated(self.url):
             raw = self.engine.raw_connection()

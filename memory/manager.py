@@ -92,7 +92,8 @@ class MemoryManager:
             Default: langchain-core's approximation (4 characters a token, 3 per message).
         max_content_bytes: largest turn accepted, in UTF-8 bytes (default 1 MiB).
         encoder: a :class:`VisualEncoder` whose visual tokens the aging pass caches.
-        owner: scope every call to this owner (tenant or user); others' sessions are refused.
+        owner: scope every call to this owner (tenant or user); another owner's session is
+            reported as UnknownSession, exactly like one that does not exist.
         migrate: apply database migrations on open (default True).
         shares: how ``assemble`` splits a tight budget between recent text, the pages and
             what a cue recalls (default :class:`AssemblyShares`: half for the past, a fifth of

@@ -56,13 +56,10 @@ from .store import LosslessText, SessionRow, TurnMarkRow, TurnRow, UTCDateTime
 
 FTS_TABLE = "om_turns_fts"  # the SQLite FTS5 table and the PostgreSQL GIN index
 PG_CONFIG = "english"
-# PostgreSQL caps a tsvector at 1 MB; indexing the first 100k characters of a turn keeps even
-# adversarial text (a million distinct short words) well under it.
-PG_INDEXED_CHARS = 100_000
-PG_VECTOR = (
-    f"to_tsvector('{PG_CONFIG}'::regconfig, "
-    f"left(coalesce(t.search_text, t.content), {PG_INDEXED_CHARS}))"
-)
+# PostgreSQL: the stored, generated column to_tsvector('english', left(coalesce(search_text,
+# content), 100000)), GIN-indexed. A tsvector is capped at 1 MB; the first 100k characters of a
+# turn keep even adversarial text (a million distinct short words) well under it.
+PG_VECTOR = "t.search_vector"
 
 SCOPES = ("session", "owner")
 MAX_WORDS = 20_000  # a long cue is read up to its first 20,000 words ...
@@ -232,18 +229,17 @@ def _pg_hits(queries: list[str], join: str, where: str) -> str:
     ``ts_rank_cd`` to order turns holding the same terms.
     """
     query = "(" + " || ".join(queries) + ")"
-    held = ", ".join(f"(v @@ {q})::int AS m{i}" for i, q in enumerate(queries))
+    held = ", ".join(f"({PG_VECTOR} @@ {q})::int AS m{i}" for i, q in enumerate(queries))
     freq = ", ".join(f"sum(m{i}) OVER () AS d{i}" for i in range(len(queries)))
     score = " + ".join(
-        f"m{i} * greatest(ln((:n - d{i} + 0.5) / (d{i} + 0.5)), 1e-6)" for i in range(len(queries))
+        f"m{i} * greatest(ln((CAST(:n AS float8) - d{i} + 0.5) / (d{i} + 0.5)), 1e-6)" for i in range(len(queries))
     )
     return (
         f"SELECT turn_id, {score} + 0.01 * cd AS score FROM ("
         f"SELECT turn_id, cd, {', '.join(f'm{i}' for i in range(len(queries)))}, {freq} FROM ("
-        f"SELECT turn_id, ts_rank_cd(v, {query}, 1) AS cd, {held} FROM ("
-        f"SELECT t.id AS turn_id, {PG_VECTOR} AS v FROM om_turns t {join} "
-        f"WHERE {PG_VECTOR} @@ {query} AND {where}"
-        ") x) m) w ORDER BY score DESC, turn_id DESC LIMIT :k"
+        f"SELECT t.id AS turn_id, ts_rank_cd({PG_VECTOR}, {query}, 1) AS cd, {held} "
+        f"FROM om_turns t {join} WHERE {PG_VECTOR} @@ {query} AND {where}"
+        ") m) w ORDER BY score DESC, turn_id DESC LIMIT :k"
     )
 
 

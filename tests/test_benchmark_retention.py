@@ -142,14 +142,17 @@ def test_subsets_are_spread_evenly() -> None:
     assert retention.evenly(range(4), None) == [0, 1, 2, 3]
     assert retention.evenly(range(4), 9) == [0, 1, 2, 3]
     assert retention.evenly(range(100), 1) == [50]
+    assert retention.crop_check_plan(4, 2) == [0, 1, 0, 1]
+    assert retention.crop_check_plan(2, 5) == [3, 3]
+    assert retention.crop_check_plan(3, 0) == [0, 0, 0]
 
 
 def test_budgets_take_a_tenth_of_the_text() -> None:
-    assert retention._budgets("1024, tenth,1024") == (1024, retention.TENTH)
+    assert retention.parse_budgets("1024, tenth,1024") == (1024, retention.TENTH)
     assert retention.budget_tokens(retention.TENTH, 18_345) == 1_834
     assert retention.budget_tokens(2048, 18_345) == 2048
     with pytest.raises(argparse.ArgumentTypeError):
-        retention._budgets("half")
+        retention.parse_budgets("half")
 
 
 def test_window_accuracy_finds_the_turn_inside_page_text() -> None:

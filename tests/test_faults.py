@@ -484,6 +484,25 @@ def test_a_read_only_uri_reads_and_refuses_writes_typed(
     assert not missing.parent.exists()
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores file permissions"
+)
+def test_a_read_only_file_is_a_typed_error(sqlite_url: str) -> None:
+    path = _sqlite_path(sqlite_url)
+    with MemoryManager(sqlite_url) as mm:
+        mm.add_turn("s", "user", "hello")
+    path.chmod(0o444)
+    try:
+        with MemoryManager(sqlite_url) as mm, pytest.raises(StoreReadOnly):
+            mm.add_turn("s", "user", "refused")
+    except DatabaseUnavailable:
+        pass  # or it cannot even be opened for reading: typed either way
+    finally:
+        path.chmod(0o644)
+    with MemoryManager(sqlite_url) as mm:
+        assert [t.content for t in mm.turns("s")] == ["hello"]
+
+
 def test_a_full_disk_is_a_typed_error_and_writes_nothing(sqlite_url: str) -> None:
     with MemoryManager(sqlite_url) as mm:
         mm.add_turn("s", "user", "fits")
