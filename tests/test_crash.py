@@ -231,6 +231,7 @@ def test_sigkill_during_aging_loses_nothing(prepared: dict, tmp_path: Path) -> N
     )
     out = _Lines(proc)
     states: set[tuple] = set()  # type: ignore[type-arg]
+    interrupted = 0
     try:
         # An uninterrupted pass in the child: how many statements a pass sends.
         db = tmp_path / "count.db"
@@ -249,7 +250,10 @@ def test_sigkill_during_aging_loses_nothing(prepared: dict, tmp_path: Path) -> N
             db = tmp_path / f"trial-{trial}.db"
             shutil.copyfile(prepared["template"], db)
             finished, _ = _run(proc, out, db, kill_at)
-            assert not finished, f"the pass ended before its statement {kill_at} of {total}"
+            # A pass may send a statement or two fewer than the counting pass did (a lock
+            # wait retried, a cache warmed): a kill point past its end is no kill, and counts
+            # as an uninterrupted trial; its state is checked all the same.
+            interrupted += not finished
 
             tiers = _check_consistent(db, prepared["before"])
             states.add(tuple(sorted(tiers.items())))
@@ -270,6 +274,9 @@ def test_sigkill_during_aging_loses_nothing(prepared: dict, tmp_path: Path) -> N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    print(f"{len(points)} kills over {total} statements: {len(states)} distinct states")
-    assert len(points) >= TRIALS // 2
+    print(
+        f"{interrupted} of {len(points)} kill points hit over {total} statements: "
+        f"{len(states)} distinct states"
+    )
+    assert len(points) >= TRIALS // 2 and interrupted > 0
     assert len(states) >= 4, f"the kills hit too few distinct points: {states}"
