@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -110,3 +111,14 @@ def read_safetensors(data: bytes) -> dict[str, Tensor]:
         values = struct.unpack(f"<{count}{fmt}", body[begin:end])
         out[name] = Tensor(t["dtype"], tuple(t["shape"]), values)
     return out
+
+
+def raw_sqlite_bytes(db_path: Path) -> bytes:
+    """Every byte a SQLite database keeps on disk: the main file, its WAL and its journal
+    (what a deletion test scans for a marker)."""
+    data = db_path.read_bytes()
+    for suffix in ("-wal", "-journal"):
+        extra = db_path.with_name(db_path.name + suffix)
+        if extra.exists():
+            data += extra.read_bytes()
+    return data

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import make_history
+from helpers import make_history, raw_sqlite_bytes
 from sqlalchemy import make_url, text
 from workers.hardening import ThumbnailEncoder, row_counts
 
@@ -68,15 +68,6 @@ def _windows(blobs: list[bytes], width: int = 48, every: int = 997) -> list[byte
     return out
 
 
-def _raw_bytes(db_path: Path) -> bytes:
-    data = db_path.read_bytes()
-    for suffix in ("-wal", "-journal"):
-        extra = db_path.with_name(db_path.name + suffix)
-        if extra.exists():
-            data += extra.read_bytes()
-    return data
-
-
 @pytest.mark.slow
 def test_forget_leaves_no_trace_in_the_sqlite_file(sqlite_url: str) -> None:
     marker = f"OMSECRET{uuid.uuid4().hex}"
@@ -98,7 +89,7 @@ def test_forget_leaves_no_trace_in_the_sqlite_file(sqlite_url: str) -> None:
         windows = _windows(blobs)
         assert len(windows) > 50
 
-        raw = _raw_bytes(path)
+        raw = raw_sqlite_bytes(path)
         assert marker.encode() in raw  # the scan sees the data while it is there
         seen = sum(w in raw for w in windows)
         assert seen >= 0.9 * len(windows), f"scan found only {seen}/{len(windows)} windows"
@@ -110,14 +101,14 @@ def test_forget_leaves_no_trace_in_the_sqlite_file(sqlite_url: str) -> None:
             mm.turns(secret)
         assert mm.turns("kept") == kept_turns and mm.pages("kept") == kept_pages
 
-        raw = _raw_bytes(path)  # the manager is still open: forget itself leaves no trace
+        raw = raw_sqlite_bytes(path)  # the manager is still open: forget itself leaves no trace
         assert marker.encode() not in raw
         assert marker.encode("utf-16-le") not in raw
         left = [w for w in windows if w in raw]
         assert not left, f"{len(left)} slices of the session's images or tokens remain"
         assert len(mm.verify(repair=False).problems) == 0
 
-    raw = _raw_bytes(path)
+    raw = raw_sqlite_bytes(path)
     assert marker.encode() not in raw and not [w for w in windows if w in raw]
 
 
@@ -223,5 +214,5 @@ def test_forget_waits_for_a_reader_then_leaves_no_trace(sqlite_url: str) -> None
         waited = time.monotonic() - started
         reader.close()
         assert waited >= 0.3, "forget returned while an old snapshot still pinned the data"
-        assert marker.encode() not in _raw_bytes(path)
+        assert marker.encode() not in raw_sqlite_bytes(path)
         assert len(mm.turns("kept")) == 30

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_history
+from helpers import make_history, raw_sqlite_bytes
 from sqlalchemy import create_engine, event, make_url, text
 from typer.testing import CliRunner, Result
 from workers.hardening import row_counts
@@ -68,15 +68,6 @@ def _history(n: int = 48) -> list[dict[str, Any]]:
 
 def _sqlite_path(url: str) -> Path:
     return Path(make_url(url).database or "")
-
-
-def _raw_sqlite(path: Path) -> bytes:
-    data = path.read_bytes()
-    for suffix in ("-wal", "-journal"):
-        extra = path.with_name(path.name + suffix)
-        if extra.exists():
-            data += extra.read_bytes()
-    return data
 
 
 # -- 1. snapshot reads -------------------------------------------------------------------------
@@ -317,7 +308,7 @@ def test_forget_under_a_long_reader_says_so_and_finishes_later(
     try:
         mm.add_turns("kept", [("user", "nothing to see here " * 20)] * 20)
         mm.add_turns("secret", [("user", f"{marker} " * 20)] * 20)
-        assert marker.encode() in _raw_sqlite(path)
+        assert marker.encode() in raw_sqlite_bytes(path)
         reader = _reader_on_old_snapshot(path)  # held for longer than the wait
         started = time.monotonic()
         try:
@@ -330,9 +321,9 @@ def test_forget_under_a_long_reader_says_so_and_finishes_later(
         waited = time.monotonic() - started
         print(f"forget under a long reader: {outcome} after {waited:.2f} s")
         if outcome == "done":  # it may only say done once the text is gone from every file
-            assert marker.encode() not in _raw_sqlite(path)
+            assert marker.encode() not in raw_sqlite_bytes(path)
         assert outcome == "incomplete" and waited < 4.0
-        assert marker.encode() in _raw_sqlite(path)  # still in the write-ahead log, as it says
+        assert marker.encode() in raw_sqlite_bytes(path)  # still in the write-ahead log, as it says
         assert _pending_notes(path) == 1  # the durable note
         with pytest.raises(UnknownSession):
             mm.turns("secret")  # the session itself is gone
@@ -347,7 +338,7 @@ def test_forget_under_a_long_reader_says_so_and_finishes_later(
             mm = MemoryManager(sqlite_url, busy_timeout=1.0)
         else:
             mm.finish_forget()
-        assert marker.encode() not in _raw_sqlite(path)
+        assert marker.encode() not in raw_sqlite_bytes(path)
         assert _pending_notes(path) == 0
         assert len(mm.turns("kept")) in (20, 21)
     finally:
@@ -368,7 +359,7 @@ def test_a_crash_after_the_forget_commit_is_finished_by_the_next_open(sqlite_url
     assert _pending_notes(path) == 1
     with MemoryManager(sqlite_url) as mm:
         assert _pending_notes(path) == 0
-        assert marker.encode() not in _raw_sqlite(path)
+        assert marker.encode() not in raw_sqlite_bytes(path)
 
 
 def _pg_files(conn: Any, table: str) -> list[Path]:
@@ -449,12 +440,12 @@ def test_a_database_from_a_newer_version_is_refused(sqlite_url: str) -> None:
         with mm.database.engine.begin() as conn:
             conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
     path = _sqlite_path(sqlite_url)
-    before = _raw_sqlite(path)
+    before = raw_sqlite_bytes(path)
     with pytest.raises(DatabaseTooNew, match=r"9999_future.*pip install -U optical-memory"):
         MemoryManager(sqlite_url)
     assert_one_line_error(cli("sessions", "--db", sqlite_url), "newer version")
     assert_one_line_error(cli("db", "upgrade", "--db", sqlite_url), "newer version")
-    assert _raw_sqlite(path) == before
+    assert raw_sqlite_bytes(path) == before
 
 
 def test_a_read_only_uri_reads_and_refuses_writes_typed(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from helpers import raw_sqlite_bytes
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import make_url, text
@@ -384,15 +385,6 @@ def test_pin_and_unpin(mm: MemoryManager) -> None:
 # -- forgetting ---------------------------------------------------------------------------------
 
 
-def _raw_bytes(db_path: Path) -> bytes:
-    data = db_path.read_bytes()
-    for suffix in ("-wal", "-journal"):
-        extra = db_path.with_name(db_path.name + suffix)
-        if extra.exists():
-            data += extra.read_bytes()
-    return data
-
-
 def _index_blobs(mm: MemoryManager) -> bytes:
     """Every byte of the FTS5 shadow tables."""
     out = b""
@@ -426,12 +418,12 @@ def test_forget_removes_every_index_entry_from_the_sqlite_file(sqlite_url: str) 
         assert tail in _index_blobs(mm)  # the scan sees the token inside the index
         with mm.database.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        assert tail in _raw_bytes(path)
+        assert tail in raw_sqlite_bytes(path)
         kept = {r.turn.seq for r in mm.recall("kept", "Lisbon flights", limit=200)}
 
         assert mm.forget("secret") == 62
         assert tail not in _index_blobs(mm)
-        raw = _raw_bytes(path)
+        raw = raw_sqlite_bytes(path)
         assert tail not in raw and marker.encode() not in raw
         assert cjk.encode() not in raw and " 鳳 凰 ".encode() not in raw
         with mm.database.engine.connect() as conn:
@@ -448,7 +440,7 @@ def test_forget_removes_every_index_entry_from_the_sqlite_file(sqlite_url: str) 
         assert mm.recall("kept", marker) == []
         mm.add_turn("kept", "user", "still indexed: zeppelin")
         assert [r.turn.seq for r in mm.recall("kept", "zeppelin")] == [151]
-    assert tail not in _raw_bytes(path)
+    assert tail not in raw_sqlite_bytes(path)
 
 
 def test_forget_removes_the_index_entries_on_postgresql(pg_url: str) -> None:
