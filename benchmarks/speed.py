@@ -125,6 +125,8 @@ class Config:
     real_render: bool
     baseline: bool
     quick: bool
+    contention_samples: int = 0  # add_turn calls timed beside two agers (0: not measured)
+    aging_only: bool = False  # only the aging rows (no sizes, no baseline)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -685,6 +687,147 @@ def bench_render(mm: MemoryManager, rows: list[Row], max_pages: int = 8) -> None
         rec("canvas", size[0], "px", "", tier.label)
 
 
+CONTENTION_AGERS = 2
+CONTENTION_ROUND_TURNS = 120  # turns of the fresh session each ager adds before its next pass
+CONTENTION_PACE = 0.002  # seconds between two timed add_turn calls (a request stream)
+
+
+def _contention_ager(url: str, k: int, started: Any, stop: Any, out: Any) -> None:
+    """One aging worker (its own process): each round adds a fresh session, then runs a full
+    pass over the whole file with a clock one day later, so there is always drawing to do:
+    the new session's pages go to large (four images each), the older ones one tier down."""
+    mm = MemoryManager(url, target=TARGET, policy=POLICY)
+    passes = moved = skipped = 0
+    errors: list[str] = []
+    try:
+        i = 0
+        while not stop.is_set():
+            newest = END + timedelta(days=i)
+            turns = make_turns(
+                CONTENTION_ROUND_TURNS, end=newest, every=timedelta(seconds=20), seed=1000 * k + i
+            )
+            mm.add_turns(
+                f"ager-{k}-{i}", [{"role": t.role, "content": t.content, "at": t.at} for t in turns]
+            )
+            started.set()
+            rep = mm.age(now=newest + COME_BACK)
+            passes += 1
+            moved += sum(rep.pages_moved.values())
+            skipped += getattr(rep, "pages_skipped", 0)
+            errors += rep.errors
+            i += 1
+    except Exception as exc:  # reported to the parent, which prints it
+        errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        mm.close()
+        out.put({"passes": passes, "moved": moved, "skipped": skipped, "errors": errors[:5]})
+
+
+def _paced_adds(mm: MemoryManager, n: int, start: datetime) -> tuple[list[float], int]:
+    """``n`` single add_turn calls, CONTENTION_PACE apart; their latencies and the failures."""
+    times: list[float] = []
+    failures = 0
+    texts = make_turns(n, end=start + timedelta(seconds=n), every=timedelta(seconds=1), seed=5)
+    for t in texts:
+        try:
+            ms, _ = timed(lambda t=t: mm.add_turn(SESSION, t.role, t.content, at=t.at))
+            times.append(ms)
+        except Exception:  # StoreBusy under the old design: counted, not timed
+            failures += 1
+        time.sleep(CONTENTION_PACE)
+    return times, failures
+
+
+def bench_contention(cfg: Config, backend: Backend, rows: list[Row]) -> None:
+    """``add_turn`` p50/p99 on one SQLite file, alone and while two aging processes run full
+    passes against it continuously; the ratio is the cost aging puts on a writer (goal
+    p99 <= 3x). Both phases pace their calls the same way, on the same session."""
+    import multiprocessing
+
+    n = cfg.contention_samples
+    rec = Recorder(rows, "contention", backend.name, OM, n)
+    ctx = multiprocessing.get_context("spawn")
+    with backend.database("contention") as url:
+        mm = MemoryManager(url, target=TARGET, policy=POLICY)
+        procs = []
+        stop = ctx.Event()
+        out = ctx.Queue()
+        try:
+            _paced_adds(mm, 30, END - timedelta(days=30))  # warm-up
+            log(f"{backend.name}: {n} add_turn calls alone")
+            alone, fail_alone = _paced_adds(mm, n, END - timedelta(days=20))
+            started = [ctx.Event() for _ in range(CONTENTION_AGERS)]
+            procs = [
+                ctx.Process(target=_contention_ager, args=(url, k, started[k], stop, out))
+                for k in range(CONTENTION_AGERS)
+            ]
+            for p in procs:
+                p.start()
+            for e in started:
+                e.wait(120)
+            time.sleep(1.0)  # both in the middle of a pass
+            log(f"{backend.name}: {n} add_turn calls beside {CONTENTION_AGERS} agers")
+            busy, fail_busy = _paced_adds(mm, n, END - timedelta(days=10))
+        finally:
+            stop.set()
+            results = [out.get(timeout=600) for _ in procs]
+            for p in procs:
+                p.join(60)
+            mm.close()
+    for label, times, fails in (("alone", alone, fail_alone), ("agers", busy, fail_busy)):
+        rec.latency(f"add_{label}", times)
+        rec(f"add_{label}_max", max(times, default=math.nan), "ms", len(times))
+        rec(f"add_{label}_failed", fails, "calls", n)
+    rec("p99_ratio", ratio(percentile(busy, 99), percentile(alone, 99)), "x", n)
+    rec("p50_ratio", ratio(percentile(busy, 50), percentile(alone, 50)), "x", n)
+    rec("ager_passes", sum(r["passes"] for r in results), "passes")
+    rec("ager_pages_moved", sum(r["moved"] for r in results), "pages")
+    rec("ager_pages_skipped", sum(r["skipped"] for r in results), "pages")
+    for r in results:
+        for e in r["errors"]:
+            log(f"ager error: {e}")
+
+
+def aging_extra_section(cfg: Config, rows: Sequence[Row]) -> list[str]:
+    """The aging rows beyond throughput: add_turn beside agers (when measured)."""
+    t = Table(rows)
+    out: list[str] = []
+    n = cfg.contention_samples
+    if n:
+        b = "sqlite"
+
+        def v(metric: str) -> float:
+            return t.v("contention", b, OM, n, metric)
+
+        body = [
+            [
+                label,
+                fmt_ms(v(f"add_{key}_p50")),
+                fmt_ms(v(f"add_{key}_p99")),
+                fmt_ms(v(f"add_{key}_max")),
+                f"{v(f'add_{key}_failed'):.0f}",
+            ]
+            for label, key in (("alone", "alone"), (f"beside {CONTENTION_AGERS} agers", "agers"))
+        ]
+        out += [
+            "## add_turn beside aging workers (SQLite)",
+            "",
+            f"{n} single add_turn calls, {CONTENTION_PACE * 1000:g} ms apart, on one file: alone, "
+            f"then while {CONTENTION_AGERS} aging processes run full passes against it without "
+            f"pause (each round adds a fresh {CONTENTION_ROUND_TURNS}-turn session and draws its "
+            "pages, and moves older pages a tier down). The agers also compete for the CPU.",
+            "",
+            md_table(["add_turn", "p50 ms", "p99 ms", "max ms", "failed"], body),
+            "",
+            f"- p99 beside agers / alone = **{fmt_ratio(v('p99_ratio'))}** (goal <= 3x); p50 "
+            f"{fmt_ratio(v('p50_ratio'))}. The agers ran {v('ager_passes'):.0f} passes, moved "
+            f"{v('ager_pages_moved'):.0f} pages, skipped {v('ager_pages_skipped'):.0f} "
+            "(changed by the other ager while drawn).",
+            "",
+        ]
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Report
 
@@ -708,6 +851,66 @@ def md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
+
+
+def aging_section(cfg: Config, t: Table, names: Sequence[str]) -> list[str]:
+    """The aging throughput table: pack, then one tier move a pass, real rendering."""
+    body = []
+    for b in names:
+        n = cfg.aging_turns
+        packed = t.v("aging", b, OM, n, "pages", "pack")
+        secs = t.v("aging", b, OM, n, "seconds", "pack")
+        body.append(
+            [
+                b,
+                "pack (text)",
+                f"{packed:.0f}",
+                "0",
+                f"{secs:.2f}",
+                f"{ratio(packed, secs):.1f}",
+                fmt_ms(ratio(secs * 1000, packed)),
+                "–",
+            ]
+        )
+        for tier in IMAGE_TIERS:
+            lab = tier.label
+            body.append(
+                [
+                    b,
+                    lab,
+                    f"{t.v('aging', b, OM, n, 'pages', lab):.0f}",
+                    f"{t.v('aging', b, OM, n, 'images_per_page', lab):.0f}",
+                    f"{t.v('aging', b, OM, n, 'seconds', lab):.2f}",
+                    f"{t.v('aging', b, OM, n, 'pages_per_s', lab):.1f}",
+                    fmt_ms(t.v("aging", b, OM, n, "ms_per_page", lab)),
+                    fmt_ms(t.v("render", "-", OM, "", "render_ms", lab)),
+                ]
+            )
+    return [
+        "## aging throughput (real rendering)",
+        "",
+        f"One session of {cfg.aging_turns:,} fresh turns: a pass packs it into pages, then four "
+        "passes move every page one tier down (now = +2 h, +2 d, +8 d, +31 d). A move to a tier "
+        "draws the page once at the large canvas and stores it at that tier and every fainter one "
+        "(renditions), so 'images' per page falls from 4 to 1; a page of an old history moves "
+        "text → tiny directly, like the last row. 'draw only' is render + PNG of one image at "
+        "that tier without the database (mean over up to 8 pages).",
+        "",
+        md_table(
+            [
+                "backend",
+                "move to",
+                "pages",
+                "images",
+                "seconds",
+                "pages/s",
+                "ms/page",
+                "draw only ms (1 image)",
+            ],
+            body,
+        ),
+        "",
+    ]
 
 
 def report(cfg: Config, rows: Sequence[Row], backends: Sequence[Backend], env: str) -> str:
@@ -920,63 +1123,7 @@ def report(cfg: Config, rows: Sequence[Row], backends: Sequence[Backend], env: s
         "",
     ]
 
-    # aging
-    body = []
-    for b in names:
-        n = cfg.aging_turns
-        packed = t.v("aging", b, OM, n, "pages", "pack")
-        secs = t.v("aging", b, OM, n, "seconds", "pack")
-        body.append(
-            [
-                b,
-                "pack (text)",
-                f"{packed:.0f}",
-                "0",
-                f"{secs:.2f}",
-                f"{ratio(packed, secs):.1f}",
-                fmt_ms(ratio(secs * 1000, packed)),
-                "–",
-            ]
-        )
-        for tier in IMAGE_TIERS:
-            lab = tier.label
-            body.append(
-                [
-                    b,
-                    lab,
-                    f"{t.v('aging', b, OM, n, 'pages', lab):.0f}",
-                    f"{t.v('aging', b, OM, n, 'images_per_page', lab):.0f}",
-                    f"{t.v('aging', b, OM, n, 'seconds', lab):.2f}",
-                    f"{t.v('aging', b, OM, n, 'pages_per_s', lab):.1f}",
-                    fmt_ms(t.v("aging", b, OM, n, "ms_per_page", lab)),
-                    fmt_ms(t.v("render", "-", OM, "", "render_ms", lab)),
-                ]
-            )
-    out += [
-        "## aging throughput (real rendering)",
-        "",
-        f"One session of {cfg.aging_turns:,} fresh turns: a pass packs it into pages, then four "
-        "passes move every page one tier down (now = +2 h, +2 d, +8 d, +31 d). A move to a tier "
-        "draws the page once at the large canvas and stores it at that tier and every fainter one "
-        "(renditions), so 'images' per page falls from 4 to 1; a page of an old history moves "
-        "text → tiny directly, like the last row. 'draw only' is render + PNG of one image at "
-        "that tier without the database (mean over up to 8 pages).",
-        "",
-        md_table(
-            [
-                "backend",
-                "move to",
-                "pages",
-                "images",
-                "seconds",
-                "pages/s",
-                "ms/page",
-                "draw only ms (1 image)",
-            ],
-            body,
-        ),
-        "",
-    ]
+    out += aging_section(cfg, t, names)
 
     # bytes
     body = []
@@ -1061,6 +1208,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         help="draw every page when aging the big sessions (slow: ~0.1 s a page)",
     )
     p.add_argument("--no-baseline", action="store_true", help="skip SQLChatMessageHistory")
+    p.add_argument(
+        "--aging-contention",
+        type=int,
+        nargs="?",
+        const=-1,
+        default=0,
+        metavar="CALLS",
+        help="also time add_turn on SQLite while two aging processes run against the same file, "
+        "against add_turn without them (default 400 calls each; quick 60)",
+    )
+    p.add_argument(
+        "--aging-only",
+        action="store_true",
+        help="only the aging rows (throughput, and --aging-contention if given): no sizes",
+    )
     a = p.parse_args(argv)
     sizes = (
         tuple(int(s.replace("_", "")) for s in a.sizes.split(",") if s.strip())
@@ -1081,6 +1243,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         real_render=a.real_render,
         baseline=not a.no_baseline,
         quick=a.quick,
+        contention_samples=(
+            (60 if a.quick else 400) if a.aging_contention == -1 else max(0, a.aging_contention)
+        ),
+        aging_only=a.aging_only,
     )
 
 
@@ -1108,13 +1274,22 @@ def run(cfg: Config) -> tuple[list[Row], str]:
             log(f"generating {max(cfg.sizes):,} turns")
             longest = make_turns(max(cfg.sizes))  # each size: the newest n of these
             for backend in backends:
-                for n in cfg.sizes:
+                for n in () if cfg.aging_only else cfg.sizes:
                     turns = longest[len(longest) - n :]
                     bench_optical(cfg, backend, n, turns, rows)
                     if cfg.baseline:
                         bench_baseline(cfg, backend, n, turns, rows)
                 bench_aging(cfg, backend, rows)
-            text = report(cfg, rows, backends, environment(backends))
+            if cfg.contention_samples:
+                bench_contention(cfg, backends[0], rows)
+            env = environment(backends)
+            if cfg.aging_only:
+                head = ["# optical-memory aging benchmark", "", env, ""]
+                body = aging_section(cfg, Table(rows), [b.name for b in backends])
+                text = "\n".join(head + body)
+            else:
+                text = report(cfg, rows, backends, env)
+            text += "\n" + "\n".join(aging_extra_section(cfg, rows))
         finally:
             for b in backends:
                 if isinstance(b, PostgresBackend):

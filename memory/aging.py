@@ -28,16 +28,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from .captions import CAPTION_TOKENS, INTRO_TOKENS
 from .database import Database
-from .encoder import VisualEncoder
+from .encoder import EncodedPage, VisualEncoder
 from .errors import InvalidConfiguration
 from .ladder import IMAGE_TIERS, Target, Tier
-from .render import PageRenderer, RenderTurn
+from .render import PageRenderer, RenderedImage, RenderTurn
 from .salience import SalienceFn, check_salience, keeps_whole
 from .store import (
     PageRow,
@@ -199,6 +200,37 @@ class _Packed:
         return bool(self.sealed or self.opened)
 
 
+@dataclass(frozen=True)
+class Drawing:
+    """A page drawn and encoded with no transaction open, ready to commit: the image of its
+    stored ``tier`` (None at the text tier), each fainter tier's rendition, and the visual
+    tokens of every form it may be shown in (empty without an encoder)."""
+
+    tier: Tier
+    stored: RenderedImage | None
+    fainter: tuple[tuple[Tier, RenderedImage], ...]
+    tokens: tuple[tuple[Tier, EncodedPage], ...] = ()
+
+
+@dataclass
+class _Cut:
+    """A session's packing as one snapshot showed it, and what to write if it still holds:
+    the snapshot's ``paged_until`` and open page (``tail``: id and version), whether that page
+    is kept (its cut unchanged) and sealed, and the rows of the new pages, oldest first (the
+    last one open, with its turns and their marks to draw it)."""
+
+    session_row_id: int
+    paged_until: int
+    new_paged_until: int
+    tail: tuple[int, int] | None
+    keep_tail: bool
+    seal_tail: bool
+    pages: list[dict[str, Any]]
+    open_page: dict[str, Any] | None
+    open_turns: list[TurnRow] | None
+    open_marks: dict[int, tuple[bool, int]]
+
+
 FAINT_TIERS = (Tier.SMALL, Tier.TINY)  # where sparse pages consolidate
 
 
@@ -237,6 +269,9 @@ class Aging:
         for sid in self._sessions(session_keys):
             try:
                 packed = self._pack(sid, now)
+                if packed is None:  # packed by another worker meanwhile: next pass
+                    report.pages_skipped += 1
+                    packed = _Packed()
                 report.pages_created += packed.sealed
                 report.pages_opened += packed.opened
                 report.pages_prepared += packed.prepared
@@ -285,111 +320,178 @@ class Aging:
 
     # -- pack ----------------------------------------------------------------------------------
 
-    def _pack(self, sid: int, now: datetime) -> _Packed:
-        return self.db.write(lambda s: self._pack_in(s, sid, now))
+    def _pack(self, sid: int, now: datetime) -> _Packed | None:
+        """Cut the turns that left the text window into pages, in three steps: the cut is read
+        in one snapshot, the new open page drawn with no transaction open, and the pages
+        written in one short transaction that commits only if the session's paging is as read
+        (``paged_until`` and the open page's version). None: it changed meanwhile (another
+        worker packed it), skipped; the next pass cuts again."""
+        cut = self._read_cut(sid, now)
+        if cut is None:
+            return _Packed()
+        drawing = None
+        if cut.open_page is not None and cut.open_page["imageable"]:
+            assert cut.open_turns is not None
+            drawing = self._draw(cut.open_turns, cut.open_marks, Tier.TEXT)
+        return self.db.write(lambda s: self._commit_cut(s, cut, drawing, now))
 
-    def _pack_in(self, s: Session, sid: int, now: datetime) -> _Packed:
-        """Cut the turns that left the text window, from the open page's first turn on, into
-        sealed pages and at most one open page; replace the open page only when its cut changed
-        (one transaction: the new open page is rendered and prepared before it commits)."""
-        q = select(SessionRow).where(SessionRow.id == sid)
-        if self.db.dialect == "postgresql":
-            q = q.with_for_update(skip_locked=True)  # another worker is packing it
-        row = s.scalars(q).first()
-        if row is None:
-            return _Packed()
-        tail = self._open_page(s, sid)
-        if tail is False:
-            return _Packed()  # another worker holds the open page: next pass
-        window_end = self._window_end(s, row)
-        start = tail.first_seq if tail is not None else row.paged_until + 1
-        end = max(window_end, row.paged_until)
-        if end < start:
-            return _Packed()
-        turns = list(
-            s.scalars(
-                select(TurnRow)
-                .where(
-                    TurnRow.session_row_id == sid,
-                    TurnRow.seq >= start,
-                    TurnRow.seq <= end + 1,  # one more, to see a tool group's end
+    def _read_cut(self, sid: int, now: datetime) -> _Cut | None:
+        """How the turns that left the text window are cut, from the open page's first turn on,
+        into sealed pages and at most one open page, as one snapshot shows them; None when
+        nothing would change (then no write transaction is opened)."""
+        with self.db.read() as s:
+            row = s.execute(
+                select(SessionRow.id, SessionRow.next_seq, SessionRow.paged_until).where(
+                    SessionRow.id == sid
                 )
-                .order_by(TurnRow.seq)
+            ).first()
+            if row is None:
+                return None
+            tail = self._open_page(s, sid)
+            window_end = self._window_end(s, row)
+            start = tail.first_seq if tail is not None else row.paged_until + 1
+            end = max(window_end, row.paged_until)
+            if end < start:
+                return None
+            turns = list(
+                s.scalars(
+                    select(TurnRow)
+                    .where(
+                        TurnRow.session_row_id == sid,
+                        TurnRow.seq >= start,
+                        TurnRow.seq <= end + 1,  # one more, to see a tool group's end
+                    )
+                    .order_by(TurnRow.seq)
+                )
             )
-        )
-        following = turns[-1] if turns and turns[-1].seq > end else None
-        turns = [t for t in turns if t.seq <= end]
-        trimmed = _trim_open_tool_group(turns, following)
-        if tail is not None and (not trimmed or trimmed[-1].seq < tail.last_seq):
-            trimmed = [t for t in turns if t.seq <= tail.last_seq]  # never shrink the open page
-        if not trimmed:
-            return _Packed()
-        groups = self._cut(trimmed)
-        last_group, _ = groups[-1]
-        later = list(
-            s.scalars(
-                select(TurnRow.at)
-                .where(TurnRow.session_row_id == sid, TurnRow.seq > last_group[-1].seq)
-                .order_by(TurnRow.seq)
+            following = turns[-1] if turns and turns[-1].seq > end else None
+            turns = [t for t in turns if t.seq <= end]
+            trimmed = _trim_open_tool_group(turns, following)
+            if tail is not None and (not trimmed or trimmed[-1].seq < tail.last_seq):
+                trimmed = [t for t in turns if t.seq <= tail.last_seq]  # never shrink it
+            if not trimmed:
+                return None
+            groups = self._cut(trimmed)
+            last_group, _ = groups[-1]
+            later = list(
+                s.scalars(
+                    select(TurnRow.at)
+                    .where(TurnRow.session_row_id == sid, TurnRow.seq > last_group[-1].seq)
+                    .order_by(TurnRow.seq)
+                )
             )
+            seal_last = self._is_sealable(groups[-1], now, later)
+            sealed = [True] * (len(groups) - 1) + [seal_last]
+            keep_tail = seal_tail = False
+            if tail is not None and (groups[0][0][0].seq, groups[0][0][-1].seq) == (
+                tail.first_seq,
+                tail.last_seq,
+            ):
+                # The open page's cut is unchanged: keep its row and bytes; seal it if due.
+                keep_tail, seal_tail = True, sealed[0]
+                groups, sealed = groups[1:], sealed[1:]
+            paged_until = max(row.paged_until, trimmed[-1].seq)
+            if keep_tail and not seal_tail and not groups and paged_until == row.paged_until:
+                return None  # the open page as it is: nothing to write
+            pages = []
+            open_page = open_turns = None
+            open_marks: dict[int, tuple[bool, int]] = {}
+            for (group, _full), seal in zip(groups, sealed, strict=True):
+                values = self._new_page(sid, group, now)
+                values["open"] = not seal
+                pages.append(values)
+                if not seal:
+                    open_page, open_turns = values, group
+                    open_marks = page_marks(s, sid, group[0].seq, group[-1].seq)
+        return _Cut(
+            session_row_id=sid,
+            paged_until=row.paged_until,
+            new_paged_until=paged_until,
+            tail=(tail.id, tail.version) if tail is not None else None,
+            keep_tail=keep_tail,
+            seal_tail=seal_tail,
+            pages=pages,
+            open_page=open_page,
+            open_turns=open_turns,
+            open_marks=open_marks,
         )
-        seal_last = self._is_sealable(groups[-1], now, later)
-        sealed = [True] * (len(groups) - 1) + [seal_last]
+
+    def _commit_cut(
+        self, s: Session, cut: _Cut, drawing: Drawing | None, now: datetime
+    ) -> _Packed | None:
+        """Write a cut read by :meth:`_read_cut`, if the session's paging is unchanged: the
+        same ``paged_until`` and the same open page at the same version (or still none).
+        None when it changed: nothing is written."""
+        sid = cut.session_row_id
+        q = select(SessionRow.paged_until).where(SessionRow.id == sid)
+        if self.db.dialect == "postgresql":
+            # Packers queue here for a moment (every holder of this lock is short); add_turn's
+            # own update of the row waits no longer than this transaction.
+            q = q.with_for_update(key_share=True)  # FOR NO KEY UPDATE
+        current = s.execute(q).first()
+        if current is None or current.paged_until != cut.paged_until:
+            return None
+        if cut.tail is None:
+            still_open = s.scalar(
+                select(PageRow.id).where(PageRow.session_row_id == sid, PageRow.open).limit(1)
+            )
+            if still_open is not None:
+                return None
+        else:
+            q = select(PageRow.version, PageRow.open).where(PageRow.id == cut.tail[0])
+            if self.db.dialect == "postgresql":
+                q = q.with_for_update(skip_locked=True)  # another worker holds it
+            tail = s.execute(q).first()
+            if tail is None or tail.version != cut.tail[1] or not tail.open:
+                return None
         packed = _Packed()
-        if tail is not None and (groups[0][0][0].seq, groups[0][0][-1].seq) == (
-            tail.first_seq,
-            tail.last_seq,
-        ):
-            # The open page's cut is unchanged: keep its row and bytes; seal it if due.
-            if sealed[0]:
-                tail.open = False
+        if cut.tail is not None and cut.keep_tail:
+            if cut.seal_tail:
+                s.execute(update(PageRow).where(PageRow.id == cut.tail[0]).values(open=False))
                 packed.sealed += 1
-            groups, sealed = groups[1:], sealed[1:]
-        elif tail is not None:
+        elif cut.tail is not None:
             # New turns joined the open page: it is replaced, in this transaction.
-            s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id == tail.id))
-            s.execute(delete(RenditionRow).where(RenditionRow.page_id == tail.id))
-            s.delete(tail)
-            s.flush()  # before a new page takes its first_seq
+            tail_id = cut.tail[0]
+            s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id == tail_id))
+            s.execute(delete(RenditionRow).where(RenditionRow.page_id == tail_id))
+            s.execute(delete(PageRow).where(PageRow.id == tail_id))
         new_open: PageRow | None = None
-        for (group, _full), seal in zip(groups, sealed, strict=True):
-            page = self._new_page(sid, group, now)
-            page.open = not seal
+        for values in cut.pages:
+            page = PageRow(**values)
             s.add(page)
-            if seal:
-                packed.sealed += 1
-            else:
+            if values["open"]:
                 new_open = page
+            else:
+                packed.sealed += 1
+        s.flush()
         if new_open is not None:
-            s.flush()
             packed.opened += 1
-            if new_open.imageable:
+            if drawing is not None:
                 # Every image tier ready as renditions, as for any text page (the same path).
-                plan = PagePlan(new_open.id, new_open.version, Tier.TEXT, Tier.TEXT)
-                if self._apply_in(s, plan, now) is None:  # pragma: no cover - our own row
-                    raise RuntimeError(f"the new open page {new_open.id} vanished")
+                self._store(
+                    s, new_open.id, new_open.version + 1, drawing, new_open.text_tokens, now
+                )
                 packed.prepared += 1
-        row.paged_until = max(row.paged_until, trimmed[-1].seq)
+        if cut.new_paged_until != cut.paged_until:
+            s.execute(
+                update(SessionRow)
+                .where(SessionRow.id == sid)
+                .values(paged_until=cut.new_paged_until)
+            )
         return packed
 
-    def _open_page(self, s: Session, sid: int) -> PageRow | None | bool:
-        """The session's open page (always its newest page), None when there is none, False
-        when another worker holds it (PostgreSQL)."""
+    def _open_page(self, s: Session, sid: int) -> Any | None:
+        """The session's open page (always its newest page: id, version, first and last seq),
+        None when there is none."""
         newest = s.execute(
-            select(PageRow.id, PageRow.open)
+            select(PageRow.id, PageRow.version, PageRow.open, PageRow.first_seq, PageRow.last_seq)
             .where(PageRow.session_row_id == sid)
             .order_by(PageRow.first_seq.desc())
             .limit(1)
         ).first()
-        if newest is None or not newest.open:
-            return None
-        q = select(PageRow).where(PageRow.id == newest.id)
-        if self.db.dialect == "postgresql":
-            q = q.with_for_update(skip_locked=True)
-        page = s.scalars(q).first()
-        return page if page is not None and page.open else False
+        return newest if newest is not None and newest.open else None
 
-    def _window_end(self, s: Session, row: SessionRow) -> int:
+    def _window_end(self, s: Session, row: Any) -> int:
         """Highest seq that may leave the text window."""
         end = row.next_seq - self.policy.keep_last_turns
         limit = self.policy.keep_last_tokens
@@ -458,28 +560,29 @@ class Aging:
             last = max(last, at)
         return now - last >= gap
 
-    def _new_page(self, sid: int, group: list[TurnRow], now: datetime) -> PageRow:
+    def _new_page(self, sid: int, group: list[TurnRow], now: datetime) -> dict[str, Any]:
+        """The row of a new page of these turns, at the text tier (version 1)."""
         text_tokens = sum(t.tokens for t in group)
         footprint = sum(self._footprint(t) for t in group)
-        return PageRow(
-            session_row_id=sid,
-            first_seq=group[0].seq,
-            last_seq=group[-1].seq,
-            first_at=min(t.at for t in group),
-            last_at=max(t.at for t in group),
-            text_tokens=text_tokens,
-            target=self.target.name,
-            tier=Tier.TEXT.label,
-            png=None,
-            width=None,
-            height=None,
-            token_cost=text_tokens,
-            imageable=footprint <= self.capacity,
-            open=False,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
+        return {
+            "session_row_id": sid,
+            "first_seq": group[0].seq,
+            "last_seq": group[-1].seq,
+            "first_at": min(t.at for t in group),
+            "last_at": max(t.at for t in group),
+            "text_tokens": text_tokens,
+            "target": self.target.name,
+            "tier": Tier.TEXT.label,
+            "png": None,
+            "width": None,
+            "height": None,
+            "token_cost": text_tokens,
+            "imageable": footprint <= self.capacity,
+            "open": False,
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
 
     # -- plan ----------------------------------------------------------------------------------
 
@@ -679,9 +782,15 @@ class Aging:
                 wanted[i] = step
 
     # -- apply ---------------------------------------------------------------------------------
+    #
+    # Each change is read in one snapshot, drawn (and encoded) with no transaction open, then
+    # committed in one short write transaction with a version check: no write waits for the
+    # drawing. A page changed meanwhile is skipped (counted in ``pages_skipped``) and planned
+    # again by the next pass. On PostgreSQL the commit claims its rows with ``FOR UPDATE SKIP
+    # LOCKED``: two workers never commit the same change (the loser finds the version moved on).
 
     def _apply(self, plan: PagePlan, now: datetime, report: AgingReport) -> int:
-        result = self.db.write(lambda s: self._apply_in(s, plan, now))
+        result = self._redraw(plan, now)
         if result is None:
             report.pages_skipped += 1
             return 0
@@ -696,8 +805,115 @@ class Aging:
         report.text_tokens_replaced += text_tokens
         return 1
 
+    def _redraw(self, plan: PagePlan, now: datetime) -> tuple[int, int, int] | None:
+        """Draw a page at ``plan.new_tier`` from its archived turns and commit it if it is
+        still at ``plan.version``: (old cost, new cost, text tokens), or None (skipped)."""
+        with self.db.read() as s:
+            head = s.execute(
+                select(PageRow.session_row_id, PageRow.first_seq, PageRow.last_seq).where(
+                    PageRow.id == plan.page_id, PageRow.version == plan.version
+                )
+            ).first()
+            if head is None:
+                return None  # changed or gone already: nothing to draw
+            turns = page_turns(s, head.session_row_id, head.first_seq, head.last_seq)
+            marks = page_marks(s, head.session_row_id, head.first_seq, head.last_seq)
+        drawing = self._draw(turns, marks, plan.new_tier)
+        return self.db.write(lambda s: self._commit(s, plan, drawing, now))
+
+    def _commit(
+        self, s: Session, plan: PagePlan, drawing: Drawing, now: datetime
+    ) -> tuple[int, int, int] | None:
+        """Store a drawing of ``plan.page_id`` if the page is still at ``plan.version`` (and,
+        on PostgreSQL, no other worker holds it); None when not: nothing is written."""
+        q = select(PageRow.token_cost, PageRow.text_tokens).where(
+            PageRow.id == plan.page_id, PageRow.version == plan.version
+        )
+        if self.db.dialect == "postgresql":
+            q = q.with_for_update(skip_locked=True)  # claimed by another worker: skip it
+        page = s.execute(q).first()
+        if page is None:
+            return None
+        self._store(s, plan.page_id, plan.version + 1, drawing, page.text_tokens, now)
+        return page.token_cost, self._cost(drawing.tier, page.text_tokens), page.text_tokens
+
+    def _draw(
+        self,
+        turns: Sequence[TurnRow],
+        marks: dict[int, tuple[bool, int]],
+        tier: Tier,
+    ) -> Drawing:
+        """Render the turns at ``tier`` and every fainter image tier (a page still shown as
+        text gets every image tier ready as renditions, so that assembly can show it as an
+        image when a budget is tight, never rendering itself), and encode each form the page
+        may be shown in. Touches no database."""
+        tiers = [t for t in IMAGE_TIERS if t >= tier]
+        images = self.renderer.render(
+            [render_turn(t, keep_whole=self.keeps_whole(t, marks.get(t.seq))) for t in turns],
+            self.target.layout,
+            [self.target.spec(t).size for t in tiers],
+        )
+        if tier is Tier.TEXT:
+            stored, fainter = None, tuple(zip(tiers, images, strict=True))
+        else:
+            stored, fainter = images[0], tuple(zip(tiers[1:], images[1:], strict=True))
+        tokens: tuple[tuple[Tier, EncodedPage], ...] = ()
+        if self.encoder is not None:
+            # Every form the page may be shown in gets its visual tokens now, so a local
+            # model never runs its vision encoder on the request path, even under a tight
+            # budget that shows the page fainter than stored.
+            forms = ([(tier, stored)] if stored is not None else []) + list(fainter)
+            tokens = tuple((t, self.encoder.encode(im.png, t.label)) for t, im in forms)
+        return Drawing(tier, stored, fainter, tokens)
+
+    def _store(
+        self,
+        s: Session,
+        page_id: int,
+        version: int,
+        drawing: Drawing,
+        text_tokens: int,
+        now: datetime,
+    ) -> None:
+        """Write a drawing as the page's state at ``version``: tier, image, cost, renditions
+        and visual tokens (the old ones go)."""
+        stored = drawing.stored
+        s.execute(
+            update(PageRow)
+            .where(PageRow.id == page_id)
+            .values(
+                tier=drawing.tier.label,
+                png=stored.png if stored else None,
+                width=stored.width if stored else None,
+                height=stored.height if stored else None,
+                token_cost=self._cost(drawing.tier, text_tokens),
+                target=self.target.name,
+                version=version,
+                updated_at=now,
+            )
+        )
+        s.execute(delete(RenditionRow).where(RenditionRow.page_id == page_id))
+        if drawing.fainter:
+            s.execute(
+                insert(RenditionRow),
+                [
+                    {
+                        "page_id": page_id,
+                        "tier": t.label,
+                        "png": im.png,
+                        "width": im.width,
+                        "height": im.height,
+                    }
+                    for t, im in drawing.fainter
+                ],
+            )
+        s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id == page_id))
+        if self.encoder is not None:
+            for t, enc in drawing.tokens:
+                add_visual_tokens(s, page_id, t.label, self.encoder.key, enc, now)
+
     def _merge(self, plan: MergePlan, now: datetime, report: AgingReport) -> int:
-        result = self.db.write(lambda s: self._merge_in(s, plan, now))
+        result = self._redraw_merge(plan, now)
         if result is None:
             report.pages_skipped += 1
             return 0
@@ -711,20 +927,29 @@ class Aging:
         report.text_tokens_replaced += text_tokens
         return 1
 
-    def _merge_in(self, s: Session, plan: MergePlan, now: datetime) -> tuple[int, int, int] | None:
-        """One merge, one transaction: the pages (claimed, each still at its planned version)
-        go, with their renditions and visual tokens; one page naming their whole turn span
-        takes their place, drawn at the merge's tier (renditions and visual tokens with it).
-        None when a page changed or is claimed by another worker: the next pass redoes it."""
+    def _merge_rows(self, s: Session, plan: MergePlan, *, claim: bool) -> list[Any] | None:
+        """The pages of a merge, oldest first, if each is still at its planned version, sealed
+        and adjacent (``claim``: locked, on PostgreSQL, skipping pages another worker holds);
+        None when not."""
         versions = dict(plan.pages)
         q = (
-            select(PageRow)
+            select(
+                PageRow.id,
+                PageRow.version,
+                PageRow.open,
+                PageRow.first_seq,
+                PageRow.last_seq,
+                PageRow.first_at,
+                PageRow.last_at,
+                PageRow.text_tokens,
+                PageRow.token_cost,
+            )
             .where(PageRow.id.in_(list(versions)), PageRow.session_row_id == plan.session_row_id)
             .order_by(PageRow.first_seq)
         )
-        if self.db.dialect == "postgresql":
+        if claim and self.db.dialect == "postgresql":
             q = q.with_for_update(skip_locked=True)  # claimed by another worker: skip it
-        rows = list(s.scalars(q))
+        rows = list(s.execute(q))
         if (
             len(rows) != len(versions)
             or any(r.version != versions[r.id] or r.open for r in rows)
@@ -732,55 +957,64 @@ class Aging:
             or any(b.first_seq != a.last_seq + 1 for a, b in pairwise(rows))
         ):
             return None
-        old_cost = sum(r.token_cost for r in rows)
-        merged = PageRow(
-            session_row_id=plan.session_row_id,
-            first_seq=plan.first_seq,
-            last_seq=plan.last_seq,
-            first_at=min(r.first_at for r in rows),
-            last_at=max(r.last_at for r in rows),
-            text_tokens=sum(r.text_tokens for r in rows),
-            target=self.target.name,
-            tier=Tier.TEXT.label,
-            png=None,
-            width=None,
-            height=None,
-            token_cost=sum(r.text_tokens for r in rows),
-            imageable=True,
-            open=False,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
-        ids = [r.id for r in rows]
-        s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id.in_(ids)))
-        s.execute(delete(RenditionRow).where(RenditionRow.page_id.in_(ids)))
-        for r in rows:
-            s.delete(r)
-        s.flush()  # before the merged page takes the first one's first_seq
-        s.add(merged)
-        s.flush()
-        result = self._apply_in(s, PagePlan(merged.id, 1, Tier.TEXT, plan.tier), now)
-        if result is None:  # pragma: no cover - our own row
-            raise RuntimeError(f"the merged page {merged.id} vanished")
-        return old_cost, result[1], result[2]
+        return rows
+
+    def _redraw_merge(self, plan: MergePlan, now: datetime) -> tuple[int, int, int] | None:
+        """One merge: read the pages and their turns, draw the merged page at the merge's tier
+        with no transaction open, then in one transaction (the pages claimed, each still at
+        its planned version) replace them, their renditions and visual tokens, with one page
+        naming their whole turn span. None when a page changed or is claimed by another
+        worker: the next pass plans it again."""
+        with self.db.read() as s:
+            if self._merge_rows(s, plan, claim=False) is None:
+                return None
+            turns = page_turns(s, plan.session_row_id, plan.first_seq, plan.last_seq)
+            marks = page_marks(s, plan.session_row_id, plan.first_seq, plan.last_seq)
+        drawing = self._draw(turns, marks, plan.tier)
+
+        def commit(s: Session) -> tuple[int, int, int] | None:
+            rows = self._merge_rows(s, plan, claim=True)
+            if rows is None:
+                return None
+            text_tokens = sum(r.text_tokens for r in rows)
+            ids = [r.id for r in rows]
+            s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id.in_(ids)))
+            s.execute(delete(RenditionRow).where(RenditionRow.page_id.in_(ids)))
+            s.execute(delete(PageRow).where(PageRow.id.in_(ids)))
+            merged = PageRow(
+                session_row_id=plan.session_row_id,
+                first_seq=plan.first_seq,
+                last_seq=plan.last_seq,
+                first_at=min(r.first_at for r in rows),
+                last_at=max(r.last_at for r in rows),
+                text_tokens=text_tokens,
+                target=self.target.name,
+                tier=Tier.TEXT.label,
+                png=None,
+                width=None,
+                height=None,
+                token_cost=text_tokens,
+                imageable=True,
+                open=False,
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(merged)
+            s.flush()
+            self._store(s, merged.id, 2, drawing, text_tokens, now)
+            old_cost = sum(r.token_cost for r in rows)
+            return old_cost, self._cost(plan.tier, text_tokens), text_tokens
+
+        return self.db.write(commit)
 
     def rebuild(self, page_id: int, version: int, tier: Tier, now: datetime) -> bool:
-        """Re-render a page at its stored ``tier`` from the archived turns, in one transaction
-        (images, renditions, visual tokens, version bump: the same path as a tier change).
-        False when the page changed meanwhile (a concurrent pass made it fresh anyway)."""
-        plan = PagePlan(page_id, version, tier, tier)
-
-        def work(s: Session) -> bool:
-            # Drop the broken blob first: the ORM load below must not have to decode it.
-            s.execute(
-                update(PageRow)
-                .where(PageRow.id == page_id, PageRow.version == version)
-                .values(png=None)
-            )
-            return self._apply_in(s, plan, now) is not None
-
-        return bool(self.db.write(work))
+        """Re-render a page at its stored ``tier`` from the archived turns (drawn outside any
+        transaction), and store it in one transaction if it is still at ``version`` (images,
+        renditions, visual tokens, version bump: the same path as a tier change). False when
+        the page changed meanwhile (a concurrent pass made it fresh anyway). The broken blobs
+        are never read: they are only overwritten."""
+        return self._redraw(PagePlan(page_id, version, tier, tier), now) is not None
 
     def keeps_whole(self, t: TurnRow, mark: tuple[bool, int] | None = None) -> bool:
         """Whether an abridged page keeps this turn whole: pinned, or salient once its recalls
@@ -800,61 +1034,6 @@ class Aging:
                 f"the salience function returned {type(score).__name__}, not a number"
             )
         return keeps_whole(float(score), recalls=recalls)
-
-    def _apply_in(self, s: Session, plan: PagePlan, now: datetime) -> tuple[int, int, int] | None:
-        q = select(PageRow).where(PageRow.id == plan.page_id, PageRow.version == plan.version)
-        if self.db.dialect == "postgresql":
-            q = q.with_for_update(skip_locked=True)  # claimed by another worker: skip it
-        page = s.scalars(q).first()
-        if page is None:
-            return None
-        turns = page_turns(s, page.session_row_id, page.first_seq, page.last_seq)
-        marks = page_marks(s, page.session_row_id, page.first_seq, page.last_seq)
-        # A page still shown as text gets every image tier ready as renditions, so that
-        # assembly can show it as an image when a budget is tight (never rendering itself).
-        tiers = [t for t in IMAGE_TIERS if t >= plan.new_tier]
-        images = self.renderer.render(
-            [render_turn(t, keep_whole=self.keeps_whole(t, marks.get(t.seq))) for t in turns],
-            self.target.layout,
-            [self.target.spec(t).size for t in tiers],
-        )
-        old_cost = page.token_cost
-        if plan.new_tier is Tier.TEXT:
-            stored, fainter = None, list(zip(tiers, images, strict=True))
-        else:
-            stored, fainter = images[0], list(zip(tiers[1:], images[1:], strict=True))
-        page.tier = plan.new_tier.label
-        page.png = stored.png if stored else None
-        page.width, page.height = (stored.width, stored.height) if stored else (None, None)
-        page.token_cost = self._cost(plan.new_tier, page.text_tokens)
-        page.target = self.target.name
-        page.version = plan.version + 1
-        page.updated_at = now
-        s.execute(delete(RenditionRow).where(RenditionRow.page_id == page.id))
-        if fainter:
-            s.execute(
-                insert(RenditionRow),
-                [
-                    {
-                        "page_id": page.id,
-                        "tier": t.label,
-                        "png": im.png,
-                        "width": im.width,
-                        "height": im.height,
-                    }
-                    for t, im in fainter
-                ],
-            )
-        s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id == page.id))
-        if self.encoder is not None:
-            # Every form the page may be shown in gets its visual tokens now, so a local
-            # model never runs its vision encoder on the request path, even under a tight
-            # budget that shows the page fainter than stored.
-            forms = ([(plan.new_tier, stored)] if stored is not None else []) + fainter
-            for tier, image in forms:
-                enc = self.encoder.encode(image.png, tier.label)
-                add_visual_tokens(s, page.id, tier.label, self.encoder.key, enc, now)
-        return old_cost, page.token_cost, page.text_tokens
 
 
 def render_turn(t: TurnRow, *, keep_whole: bool = False) -> RenderTurn:
