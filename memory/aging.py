@@ -15,6 +15,14 @@ One pass has three steps per session:
 - *apply*: re-render from the archived turns and commit each page's tier change, and each
   merge, on its own, with a version check.
 
+No write waits for drawing. Every step reads what it needs in one snapshot, draws (and encodes
+visual tokens) with no transaction or lock held, then commits in one short write transaction
+that checks nothing changed meanwhile: the page's version for a tier move, a merge or a
+rebuild; the session's ``paged_until`` and its open page's version for packing. A step whose
+rows changed is skipped (``AgingReport.pages_skipped``) and planned again by the next pass. On
+PostgreSQL the commit claims its rows with ``FOR UPDATE SKIP LOCKED``, so concurrent workers
+commit each change exactly once (two may draw the same page; one commit wins).
+
 Nothing here runs on the request path; ``assemble`` only reads what a pass stored.
 """
 
@@ -153,7 +161,7 @@ class AgingReport:
     pages_merged: int = 0  # pages those merges replaced
     pages_moved: dict[str, int] = field(default_factory=dict)  # new tier -> pages
     pages_prepared: int = 0  # still text, with images ready for a tight budget
-    pages_skipped: int = 0  # claimed by another worker, or changed under us
+    pages_skipped: int = 0  # claimed by another worker, or changed while drawn: next pass
     text_tokens_replaced: int = 0  # text tokens of the pages that moved
     tokens_before: int = 0  # cost of the moved pages before the pass
     tokens_after: int = 0  # and after

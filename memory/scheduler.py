@@ -1,7 +1,8 @@
 """Background aging with APScheduler: one interval job, never two passes at once.
 
 Several processes may each run a scheduler on one database; the pass itself makes that safe
-(row claims with SKIP LOCKED on PostgreSQL, immediate transactions on SQLite). A failing pass
+(it draws outside transactions and commits with version checks, claiming rows with SKIP
+LOCKED on PostgreSQL; see :mod:`.aging`). A failing pass
 is logged and the next one runs on time. The scheduler is handed the pass as a callable and
 knows nothing of the manager.
 """
