@@ -754,8 +754,8 @@ def bench_contention(cfg: Config, backend: Backend, rows: list[Row]) -> None:
         out = ctx.Queue()
         try:
             _paced_adds(mm, 30, END - timedelta(days=30))  # warm-up
-            log(f"{backend.name}: {n} add_turn calls alone")
-            alone, fail_alone = _paced_adds(mm, n, END - timedelta(days=20))
+            log(f"{backend.name}: {n} add_turn calls alone (half before the agers, half after)")
+            alone, fail_alone = _paced_adds(mm, n // 2, END - timedelta(days=20))
             started = [ctx.Event() for _ in range(CONTENTION_AGERS)]
             procs = [
                 ctx.Process(target=_contention_ager, args=(url, k, started[k], stop, out))
@@ -773,6 +773,10 @@ def bench_contention(cfg: Config, backend: Backend, rows: list[Row]) -> None:
             results = [out.get(timeout=600) for _ in procs]
             for p in procs:
                 p.join(60)
+        try:
+            after, fail_after = _paced_adds(mm, n - n // 2, END - timedelta(days=5))
+            alone, fail_alone = alone + after, fail_alone + fail_after
+        finally:
             mm.close()
     for label, times, fails in (("alone", alone, fail_alone), ("agers", busy, fail_busy)):
         rec.latency(f"add_{label}", times)
@@ -812,8 +816,8 @@ def aging_extra_section(cfg: Config, rows: Sequence[Row]) -> list[str]:
         out += [
             "## add_turn beside aging workers (SQLite)",
             "",
-            f"{n} single add_turn calls, {CONTENTION_PACE * 1000:g} ms apart, on one file: alone, "
-            f"then while {CONTENTION_AGERS} aging processes run full passes against it without "
+            f"{n} single add_turn calls, {CONTENTION_PACE * 1000:g} ms apart, on one file: alone "
+            f"(half before, half after), and while {CONTENTION_AGERS} aging processes run full passes against it without "
             f"pause (each round adds a fresh {CONTENTION_ROUND_TURNS}-turn session and draws its "
             "pages, and moves older pages a tier down). The agers also compete for the CPU.",
             "",
