@@ -269,12 +269,18 @@ class Aging:
     # -- the pass ------------------------------------------------------------------------------
 
     def run(
-        self, now: datetime | None = None, session_keys: Sequence[str] | None = None
+        self,
+        now: datetime | None = None,
+        session_keys: Sequence[str] | None = None,
+        *,
+        owner: str | None = None,
     ) -> AgingReport:
+        """One pass over the sessions with work: all of them, or those of ``session_keys``,
+        and (``owner`` not None) only that owner's, chosen by the query itself."""
         now = now or datetime.now(UTC)
         report = AgingReport(now=now)
         started = time.perf_counter()
-        for sid in self._sessions(session_keys):
+        for sid in self._sessions(session_keys, owner):
             try:
                 packed = self._pack(sid, now)
                 if packed is None:  # packed by another worker meanwhile: next pass
@@ -302,9 +308,10 @@ class Aging:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _sessions(self, keys: Sequence[str] | None) -> list[int]:
+    def _sessions(self, keys: Sequence[str] | None, owner: str | None = None) -> list[int]:
         """Sessions with work: turns beyond the text window, an open page (to seal), or pages
-        that can still fade."""
+        that can still fade; within ``owner`` when given (one bound parameter, whatever the
+        number of its sessions)."""
         fading = (
             select(PageRow.id)
             .where(
@@ -324,6 +331,8 @@ class Aging:
             )
             if keys is not None:
                 q = q.where(SessionRow.key.in_(list(keys)))
+            if owner is not None:
+                q = q.where(SessionRow.owner == owner)
             return list(s.scalars(q))
 
     # -- pack ----------------------------------------------------------------------------------

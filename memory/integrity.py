@@ -160,15 +160,20 @@ def verify_pages(
     *,
     repair: bool = True,
     now: datetime | None = None,
+    owner: str | None = None,
 ) -> VerifyReport:
-    """Check every page of the given sessions (all when None); with ``repair``, rebuild
-    broken images and renditions from the turns and drop or re-encode broken caches."""
+    """Check every page of the given sessions (all when None), within ``owner`` when given
+    (scoped by the query: one bound parameter, whatever the number of its sessions); with
+    ``repair``, rebuild broken images and renditions from the turns and drop or re-encode
+    broken caches."""
     now = now or datetime.now(UTC)
     report = VerifyReport()
     with aging.db.read() as s:
         q = select(PageRow.id).join(SessionRow, SessionRow.id == PageRow.session_row_id)
         if session_keys is not None:
             q = q.where(SessionRow.key.in_(list(session_keys)))
+        if owner is not None:
+            q = q.where(SessionRow.owner == owner)
         page_ids = list(s.scalars(q.order_by(PageRow.id)))
     for page_id in page_ids:
         found = inspect_page(aging, page_id, report)

@@ -323,8 +323,10 @@ class MemoryManager:
         ]
 
     def _scope(self, sessions: Sequence[str] | None) -> list[str] | None:
-        """The session ids a pass may touch: all (None), or those given, within the owner.
-        A string is refused: it is one id, not a list of them."""
+        """The session ids a pass may touch: all (None), or those given. A string is refused:
+        it is one id, not a list of them. The owner is not applied here: the pass's own query
+        keeps to it (``owner=``), so an owner with any number of sessions costs one bound
+        parameter, not one per session."""
         if sessions is not None:
             if isinstance(sessions, str | bytes | Mapping) or not isinstance(sessions, Iterable):
                 raise InvalidInput(
@@ -332,21 +334,7 @@ class MemoryManager:
                     f"not {type(sessions).__name__}"
                 )
             sessions = [check_session_id(k) for k in sessions]
-        if self.owner is None:
-            return sessions
-        self._check_open()
-        with self._db.read() as s:
-            mine = list(
-                s.scalars(
-                    select(SessionRow.key)
-                    .where(SessionRow.owner == self.owner)
-                    .order_by(SessionRow.id)
-                )
-            )
-        if sessions is None:
-            return mine
-        own = set(mine)
-        return [k for k in sessions if k in own]
+        return sessions
 
     def _in_chunks(self, run: Any, keys: list[str] | None) -> Any:
         """``run(keys)`` over at most SCOPE_CHUNK ids at a time (one bound parameter each; a
@@ -608,16 +596,16 @@ class MemoryManager:
         """One synchronous aging pass (normally the scheduler runs it)."""
         self._check_open()
         now = check_timestamp(now, "now")
-        return self._in_chunks(partial(self._aging.run, now), self._scope(sessions))
+        run = partial(self._aging.run, now, owner=self.owner)
+        return self._in_chunks(run, self._scope(sessions))
 
     def verify(self, *, repair: bool = True, sessions: Sequence[str] | None = None) -> VerifyReport:
         """Check every stored page image, rendition and cached visual-token entry (PNG
         signature, checksums, full decode, canvas of its tier); with ``repair``, rebuild what
         is broken from the archived turns. Turns themselves are never changed."""
         self._check_open()
-        return self._in_chunks(
-            partial(verify_pages, self._aging, repair=repair), self._scope(sessions)
-        )
+        check = partial(verify_pages, self._aging, repair=repair, owner=self.owner)
+        return self._in_chunks(check, self._scope(sessions))
 
     def assemble(
         self,
