@@ -33,12 +33,12 @@ import numbers
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from .captions import CAPTION_TOKENS, INTRO_TOKENS
@@ -215,9 +215,18 @@ class Drawing:
     tokens of every form it may be shown in (empty without an encoder)."""
 
     tier: Tier
-    stored: RenderedImage | None
-    fainter: tuple[tuple[Tier, RenderedImage], ...]
+    stored: RenderedImage | PageImage | None
+    fainter: tuple[tuple[Tier, RenderedImage | PageImage], ...]
     tokens: tuple[tuple[Tier, EncodedPage], ...] = ()
+
+
+@dataclass(frozen=True)
+class PageImage:
+    """An image already stored (a rendition), promoted on a tier move instead of drawn again."""
+
+    png: bytes
+    width: int
+    height: int
 
 
 @dataclass
@@ -280,7 +289,7 @@ class Aging:
         now = now or datetime.now(UTC)
         report = AgingReport(now=now)
         started = time.perf_counter()
-        for sid in self._sessions(session_keys, owner):
+        for sid in self._sessions(session_keys, owner, now):
             try:
                 packed = self._pack(sid, now)
                 if packed is None:  # packed by another worker meanwhile: next pass
@@ -308,25 +317,18 @@ class Aging:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _sessions(self, keys: Sequence[str] | None, owner: str | None = None) -> list[int]:
-        """Sessions with work: turns beyond the text window, an open page (to seal), or pages
-        that can still fade; within ``owner`` when given (one bound parameter, whatever the
-        number of its sessions)."""
-        fading = (
-            select(PageRow.id)
-            .where(
-                PageRow.session_row_id == SessionRow.id,
-                PageRow.tier != Tier.TINY.label,
-                PageRow.imageable,
-            )
-            .exists()
-        )
+    def _sessions(
+        self, keys: Sequence[str] | None, owner: str | None = None, now: datetime | None = None
+    ) -> list[int]:
+        """Sessions with work at ``now``, in one query (the "due pages" query): turns beyond
+        the text window, an open page that may be sealed, or a page due for a change (see
+        :meth:`_due`); within ``owner`` when given (one bound parameter, whatever the number of
+        its sessions). A pass with nothing due costs this one query and opens no write."""
         unpaged = SessionRow.next_seq - self.policy.keep_last_turns > SessionRow.paged_until
-        tail = select(PageRow.id).where(PageRow.session_row_id == SessionRow.id, PageRow.open)
         with self.db.read() as s:
             q = (
                 select(SessionRow.id)
-                .where(unpaged | fading | tail.exists())
+                .where(unpaged | self._due(now or datetime.now(UTC)))
                 .order_by(SessionRow.id)
             )
             if keys is not None:
@@ -334,6 +336,63 @@ class Aging:
             if owner is not None:
                 q = q.where(SessionRow.owner == owner)
             return list(s.scalars(q))
+
+    def _due(self, now: datetime) -> ColumnElement[bool]:
+        """Whether a session (correlated on ``SessionRow``) has a page the pass may change at
+        ``now``: a superset of what :meth:`_pack` and :meth:`_plan` find, never less.
+
+        - its open page, once quiet for the shorter of ``sitting_gap`` and ``seal_after`` (or
+          when a later turn is dated after ``now``: a gap among such turns may end a sitting);
+        - a sealed page the time ladder moves to a fainter tier, if it is an image already or
+          the image pays for its text (a text page that does not pay stays text; consolidation
+          only merges around a page that moves, which is due itself);
+        - a page of another target (re-drawn), or a text page without its renditions;
+        - under a token budget (pressure), any page that can still fade.
+        """
+        page = PageRow
+        mine = page.session_row_id == SessionRow.id
+        quiet = now - min(self.policy.sitting_gap, self.policy.seal_after)
+        future_turn = (
+            select(TurnRow.id)
+            .where(TurnRow.session_row_id == SessionRow.id, TurnRow.seq > page.last_seq)
+            .where(TurnRow.at > now)
+            .exists()
+        )
+        open_due = select(page.id).where(mine, page.open, or_(page.last_at <= quiet, future_turn))
+        prepared = select(RenditionRow.page_id).where(RenditionRow.page_id == page.id).exists()
+        conds: list[ColumnElement[bool]] = [
+            and_(page.target != self.target.name, page.tier != Tier.TEXT.label),
+            and_(page.tier == Tier.TEXT.label, page.imageable, ~prepared),
+        ]
+        if self.policy.budget is not None:
+            conds.append(and_(page.tier != Tier.TINY.label, page.imageable))
+        ladder = self.policy.by_time
+        if ladder is not None:
+            after = {
+                Tier.LARGE: ladder.large,
+                Tier.BASE: ladder.base,
+                Tier.SMALL: ladder.small,
+                Tier.TINY: ladder.tiny,
+            }
+            tiers = list(IMAGE_TIERS)
+            for i, tier in enumerate(tiers):  # the band of ages the ladder puts at ``tier``
+                band = page.last_at <= now - after[tier]
+                if i + 1 < len(tiers):
+                    band = and_(band, page.last_at > now - after[tiers[i + 1]])
+                conds.append(
+                    and_(
+                        band,
+                        page.tier.in_([t.label for t in Tier if t < tier]),
+                        or_(
+                            page.tier != Tier.TEXT.label,
+                            page.text_tokens > self.target.tier_cost(tier),
+                        ),
+                        page.imageable,
+                        ~page.open,
+                    )
+                )
+        page_due = select(page.id).where(mine, or_(*conds))
+        return or_(open_due.exists(), page_due.exists())
 
     # -- pack ----------------------------------------------------------------------------------
 
@@ -823,20 +882,96 @@ class Aging:
         return 1
 
     def _redraw(self, plan: PagePlan, now: datetime) -> tuple[int, int, int] | None:
-        """Draw a page at ``plan.new_tier`` from its archived turns and commit it if it is
-        still at ``plan.version``: (old cost, new cost, text tokens), or None (skipped)."""
+        """Draw a page at ``plan.new_tier`` from its archived turns (or promote the renditions
+        it already stores, see :meth:`_promotion`) and commit it if it is still at
+        ``plan.version``: (old cost, new cost, text tokens), or None (skipped)."""
         with self.db.read() as s:
             head = s.execute(
-                select(PageRow.session_row_id, PageRow.first_seq, PageRow.last_seq).where(
-                    PageRow.id == plan.page_id, PageRow.version == plan.version
-                )
+                select(
+                    PageRow.session_row_id, PageRow.first_seq, PageRow.last_seq, PageRow.target
+                ).where(PageRow.id == plan.page_id, PageRow.version == plan.version)
             ).first()
             if head is None:
                 return None  # changed or gone already: nothing to draw
-            turns = page_turns(s, head.session_row_id, head.first_seq, head.last_seq)
             marks = page_marks(s, head.session_row_id, head.first_seq, head.last_seq)
-        drawing = self._draw(turns, marks, plan.new_tier)
+            promoted = self._promotion(s, plan, head.target, marks)
+            if promoted is None:
+                turns = page_turns(s, head.session_row_id, head.first_seq, head.last_seq)
+        if promoted is not None:
+            drawing = self._encode_missing(promoted)
+        else:
+            drawing = self._draw(turns, marks, plan.new_tier)
         return self.db.write(lambda s: self._commit(s, plan, drawing, now))
+
+    def _promotion(
+        self, s: Session, plan: PagePlan, page_target: str, marks: dict[int, tuple[bool, int]]
+    ) -> Drawing | None:
+        """A tier move as the page's stored renditions: the new tier's rendition becomes the
+        stored image, the fainter ones stay, and so do their cached visual tokens. They are
+        the very bytes a new drawing would give (the same turns, canvas and sizes; each size
+        is drawn independently), at a fraction of the cost. None when a drawing is needed:
+        not a move down, another target, a rendition missing, or marked turns (pins and
+        recalls may have changed since the renditions were drawn, and they change what an
+        abridged page keeps)."""
+        if (
+            plan.new_tier is Tier.TEXT
+            or plan.new_tier <= plan.old_tier
+            or page_target != self.target.name
+            or marks
+        ):
+            return None
+        tiers = [t for t in IMAGE_TIERS if t >= plan.new_tier]
+        rows = {
+            r.tier: r
+            for r in s.execute(
+                select(
+                    RenditionRow.tier, RenditionRow.png, RenditionRow.width, RenditionRow.height
+                ).where(
+                    RenditionRow.page_id == plan.page_id,
+                    RenditionRow.tier.in_([t.label for t in tiers]),
+                )
+            )
+        }
+        images: list[PageImage] = []
+        for t in tiers:
+            r = rows.get(t.label)
+            if r is None or (r.width, r.height) != self.target.spec(t).size:
+                return None
+            images.append(PageImage(bytes(r.png), r.width, r.height))
+        tokens: tuple[tuple[Tier, EncodedPage], ...] = ()
+        if self.encoder is not None:
+            cached = {
+                r.tier: EncodedPage(bytes(r.data), r.dtype, tuple(r.shape))
+                for r in s.execute(
+                    select(
+                        VisualTokenRow.tier,
+                        VisualTokenRow.dtype,
+                        VisualTokenRow.shape,
+                        VisualTokenRow.data,
+                    ).where(
+                        VisualTokenRow.page_id == plan.page_id,
+                        VisualTokenRow.encoder_key == self.encoder.key,
+                        VisualTokenRow.tier.in_([t.label for t in tiers]),
+                    )
+                )
+            }
+            tokens = tuple((t, cached[t.label]) for t in tiers if t.label in cached)
+        fainter = tuple(zip(tiers[1:], images[1:], strict=True))
+        return Drawing(plan.new_tier, images[0], fainter, tokens)
+
+    def _encode_missing(self, drawing: Drawing) -> Drawing:
+        """The drawing with visual tokens for every form it may be shown in (encoding only
+        the forms without cached tokens), outside any transaction."""
+        if self.encoder is None:
+            return drawing
+        forms = ([(drawing.tier, drawing.stored)] if drawing.stored is not None else []) + list(
+            drawing.fainter
+        )
+        have = dict(drawing.tokens)
+        tokens = tuple(
+            (t, have[t] if t in have else self.encoder.encode(im.png, t.label)) for t, im in forms
+        )
+        return replace(drawing, tokens=tokens)
 
     def _commit(
         self, s: Session, plan: PagePlan, drawing: Drawing, now: datetime

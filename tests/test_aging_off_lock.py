@@ -143,6 +143,7 @@ def test_a_page_changed_while_drawn_is_skipped_then_redone_next_pass(db_url: str
     with MemoryManager(tmp_path / "reference.db", **kw) as ref:
         ref.add_turns("s", history)
         ref.age(now=sealed)
+        ref.pin("s", 1)  # the first page's move is drawn (not promoted): its marks changed
         ref.age(now=later)
         expected = _state(ref)
     assert len(expected["pages"]) >= 2 and {p[3] for p in expected["pages"]} == {"base"}
@@ -150,6 +151,7 @@ def test_a_page_changed_while_drawn_is_skipped_then_redone_next_pass(db_url: str
     with MemoryManager(db_url, **kw) as other:
         other.add_turns("s", history)
         assert other.age(now=sealed).errors == []
+        other.pin("s", 1)
         first = other.pages("s")[0]
         assert first.tier == "text"
 
@@ -209,3 +211,52 @@ def test_a_pack_changed_while_drawn_is_skipped_and_nothing_is_lost_or_doubled(
         state = _state(other)
         _tiles(state, "s")
         assert state == expected
+
+
+class CountingRenderer(PageRenderer):
+    """A real renderer that counts its drawings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def render(self, turns, canvas, sizes):  # type: ignore[no-untyped-def, override]
+        self.calls += 1
+        return super().render(turns, canvas, sizes)
+
+
+def test_a_tier_move_promotes_the_stored_renditions_byte_for_byte(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A page moving down the ladder already holds its new tier as a rendition: the move
+    stores those bytes (and keeps their visual tokens) without drawing, and they are the
+    bytes a fresh drawing gives. A page with a pinned turn is drawn again (its marks may
+    have changed since the renditions were drawn)."""
+    from optical_memory import get_target
+    from optical_memory.render import RenderTurn
+
+    history = conversation(100, START, STEP, seed=5, sentences=(4, 7))
+    renderer = CountingRenderer()
+    encoder = ThumbnailEncoder()
+    with MemoryManager(tmp_path / "m.db", renderer=renderer, encoder=encoder) as mm:
+        mm.add_turns("s", history)
+        mm.age(now=history[-1]["at"] + timedelta(minutes=61))  # sealed, prepared, some large
+        pages = mm.pages("s")
+        assert len(pages) >= 2
+        mm.pin("s", pages[-1].first_seq)
+        drawn, before = renderer.calls, _state(mm)
+        report = mm.age(now=history[-1]["at"] + timedelta(days=2))  # every page to base
+        assert report.errors == [] and report.pages_moved == {"base": len(pages)}
+        assert renderer.calls - drawn == 1  # only the page with a pinned turn was drawn
+        after = _state(mm)
+        target = get_target("deepseek-ocr")
+        for old, new, page in zip(before["pages"], after["pages"], mm.pages("s"), strict=True):
+            assert new[3] == "base" and set(new[6]) == {"base", "small", "tiny"}
+            if page.page_id != pages[-1].page_id:
+                assert {t: new[6][t] for t in new[6]} == {t: old[6][t] for t in new[6]}
+            turns = mm.read("s", page.first_seq, page.last_seq)
+            fresh = PageRenderer().render(
+                [RenderTurn(t.role, t.at, t.content) for t in turns],
+                target.layout,
+                [target.spec("base").size],
+            )[0]
+            if page.page_id != pages[-1].page_id:  # unmarked: exactly a fresh drawing
+                assert mm.page_image("s", page.page_id) == fresh.png
