@@ -127,6 +127,7 @@ class Config:
     quick: bool
     contention_samples: int = 0  # add_turn calls timed beside two agers (0: not measured)
     aging_only: bool = False  # only the aging rows (no sizes, no baseline)
+    idle_pass: bool = False  # time an aging pass with nothing to do over 1,001 sessions
 
 
 # --------------------------------------------------------------------------------------------------
@@ -792,10 +793,116 @@ def bench_contention(cfg: Config, backend: Backend, rows: list[Row]) -> None:
             log(f"ager error: {e}")
 
 
+IDLE_SESSIONS = 1_001
+
+
+def bench_idle_pass(cfg: Config, backend: Backend, rows: list[Row]) -> None:
+    """An aging pass with nothing to do over IDLE_SESSIONS aged sessions: its time, the
+    statements it sends and the write transactions it opens; beside it, the floor: the pass's
+    first statement (the sessions query) run again on the raw driver connection."""
+    from sqlalchemy import event
+
+    n = IDLE_SESSIONS
+    rec = Recorder(rows, "idle_pass", backend.name, OM, n)
+    with backend.database("idle") as url:
+        mm = MemoryManager(url, target=TARGET, policy=POLICY, renderer=ReplayRenderer())
+        try:
+            log(f"{backend.name}: {n:,} sessions for an aging pass with nothing to do")
+            turns = make_turns(24, end=END, every=timedelta(minutes=2), seed=3)
+            batch = {
+                f"idle-{k}": [{"role": t.role, "content": t.content, "at": t.at} for t in turns]
+                for k in range(n)
+            }
+            mm.add_sessions(batch)
+            now = END + timedelta(days=2)  # pages at base: they can still fade, later
+            first = mm.age(now=now)
+            if first.errors:
+                raise RuntimeError(f"aging failed: {first.errors}")
+            statements: list[tuple[str, Any]] = []
+            writes = 0
+
+            def sent(_c, _cur, statement, parameters, _ctx, _many) -> None:  # type: ignore[no-untyped-def]
+                statements.append((statement, parameters))
+
+            def began(conn) -> None:  # type: ignore[no-untyped-def]
+                nonlocal writes
+                writes += "IMMEDIATE" in str(conn.get_execution_options().get("sqlite_begin", ""))
+
+            engine = mm.database.engine
+            event.listen(engine, "before_cursor_execute", sent)
+            event.listen(engine, "begin", began)
+            try:
+                idle = mm.age(now=now)
+            finally:
+                event.remove(engine, "before_cursor_execute", sent)
+                event.remove(engine, "begin", began)
+            if idle.changed or idle.errors:
+                raise RuntimeError(f"the idle pass did something: {idle}")
+            times, _ = sample_calls(lambda: mm.age(now=now), 3 if cfg.quick else 10, warmup=0)
+            rec("pass_ms_p50", percentile(times, 50), "ms", len(times))
+            rec("statements", len(statements), "statements")
+            if backend.name == "sqlite":
+                rec("write_transactions", writes, "transactions")
+            floor = math.nan
+            queries = [(q, p) for q, p in statements if q.lstrip().upper().startswith("SELECT")]
+            if queries:
+                statement, parameters = queries[0]  # the sessions query
+                raw = mm.database.engine.raw_connection()
+                try:
+                    cur = raw.cursor()
+                    cur.execute(statement, parameters)
+                    cur.fetchall()
+                    ts = []
+                    for _ in range(20):
+                        ms, _ = timed(lambda: (cur.execute(statement, parameters), cur.fetchall()))
+                        ts.append(ms)
+                    floor = percentile(ts, 50)
+                    raw.rollback()
+                finally:
+                    raw.close()
+            rec("floor_ms_p50", floor, "ms", 20)
+            rec("sessions_visited", idle.sessions_visited, "sessions")
+        finally:
+            mm.close()
+
+
 def aging_extra_section(cfg: Config, rows: Sequence[Row]) -> list[str]:
-    """The aging rows beyond throughput: add_turn beside agers (when measured)."""
+    """The aging rows beyond throughput: add_turn beside agers, the idle pass (when measured)."""
     t = Table(rows)
     out: list[str] = []
+    if cfg.idle_pass:
+        n = IDLE_SESSIONS
+        body = []
+        for b in sorted({r.backend for r in rows if r.section == "idle_pass"}):
+
+            def v(metric: str, b: str = b) -> float:
+                return t.v("idle_pass", b, OM, n, metric)
+
+            body.append(
+                [
+                    b,
+                    fmt_ms(v("pass_ms_p50")),
+                    f"{v('statements'):.0f}",
+                    "–"
+                    if math.isnan(v("write_transactions"))
+                    else f"{v('write_transactions'):.0f}",
+                    fmt_ms(v("floor_ms_p50")),
+                    fmt_ratio(ratio(v("pass_ms_p50"), v("floor_ms_p50"))),
+                ]
+            )
+        out += [
+            f"## aging pass with nothing to do ({n:,} sessions)",
+            "",
+            f"{n:,} sessions of 24 turns, aged to base; then passes at the same clock (nothing "
+            "due). Floor: the pass's first statement (the sessions query) alone on the raw "
+            "driver connection. Goal: a pass <= 20 ms, no write transaction.",
+            "",
+            md_table(
+                ["backend", "pass p50 ms", "statements", "write transactions", "floor ms", "ratio"],
+                body,
+            ),
+            "",
+        ]
     n = cfg.contention_samples
     if n:
         b = "sqlite"
@@ -893,12 +1000,14 @@ def aging_section(cfg: Config, t: Table, names: Sequence[str]) -> list[str]:
     return [
         "## aging throughput (real rendering)",
         "",
-        f"One session of {cfg.aging_turns:,} fresh turns: a pass packs it into pages, then four "
-        "passes move every page one tier down (now = +2 h, +2 d, +8 d, +31 d). A move to a tier "
-        "draws the page once at the large canvas and stores it at that tier and every fainter one "
-        "(renditions), so 'images' per page falls from 4 to 1; a page of an old history moves "
-        "text → tiny directly, like the last row. 'draw only' is render + PNG of one image at "
-        "that tier without the database (mean over up to 8 pages).",
+        f"One session of {cfg.aging_turns:,} fresh turns: a pass packs it into pages and "
+        "prepares each (draws it once, at every image tier, as renditions: the first pass, "
+        "in the pack row), then four passes move every page one tier down (now = +2 h, +2 d, "
+        "+8 d, +31 d). A tier move promotes the stored rendition of its tier (and keeps the "
+        "fainter ones and their visual tokens) instead of drawing again, unless the page has "
+        "pinned or recalled turns; 'images' is what the page holds after the move. 'draw only' "
+        "is render + PNG of one image at that tier without the database (mean over up to 8 "
+        "pages): the cost a move paid when it drew again.",
         "",
         md_table(
             [
@@ -1223,6 +1332,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "against add_turn without them (default 400 calls each; quick 60)",
     )
     p.add_argument(
+        "--aging-idle",
+        action="store_true",
+        help=f"also time an aging pass with nothing to do over {IDLE_SESSIONS:,} aged sessions "
+        "(statements, write transactions, and the sessions query alone as the floor)",
+    )
+    p.add_argument(
         "--aging-only",
         action="store_true",
         help="only the aging rows (throughput, and --aging-contention if given): no sizes",
@@ -1251,6 +1366,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
             (60 if a.quick else 400) if a.aging_contention == -1 else max(0, a.aging_contention)
         ),
         aging_only=a.aging_only,
+        idle_pass=a.aging_idle,
     )
 
 
@@ -1286,6 +1402,9 @@ def run(cfg: Config) -> tuple[list[Row], str]:
                 bench_aging(cfg, backend, rows)
             if cfg.contention_samples:
                 bench_contention(cfg, backends[0], rows)
+            if cfg.idle_pass:
+                for backend in backends:
+                    bench_idle_pass(cfg, backend, rows)
             env = environment(backends)
             if cfg.aging_only:
                 head = ["# optical-memory aging benchmark", "", env, ""]
