@@ -658,6 +658,7 @@ def bench_aging(cfg: Config, backend: Backend, rows: list[Row]) -> None:
                 rec("ms_per_page", secs * 1000 / moved if moved else math.nan, "ms", moved, lab)
             if backend.name == "sqlite":
                 bench_render(mm, rows)
+                bench_png(mm, rows)
         finally:
             mm.close()
 
@@ -866,10 +867,93 @@ def bench_idle_pass(cfg: Config, backend: Backend, rows: list[Row]) -> None:
             mm.close()
 
 
+def bench_png(mm: MemoryManager, rows: list[Row], max_pages: int = 4) -> None:
+    """PNG encoding per tier: what :meth:`PageRenderer.to_png` does (zlib RLE for the small
+    downsampled tiers) beside the baseline (level 6, default strategy), on the aging
+    session's pages: ms, bytes and whether the pixels are equal."""
+    import io
+
+    from PIL import Image
+
+    renderer = PageRenderer()
+    target = get_target(TARGET)
+    layout = target.layout
+    all_turns = mm.turns(SESSION)
+    groups = [
+        [RenderTurn(t.role, t.at, t.content) for t in all_turns[p.first_seq - 1 : p.last_seq]]
+        for p in mm.pages(SESSION)[:max_pages]
+    ]
+    rec = Recorder(rows, "png", "-", OM, "")
+    for tier in IMAGE_TIERS:
+        size = target.spec(tier).size
+        now_ms, base_ms, now_b, base_b, same = [], [], [], [], True
+        for g in groups:
+            plan = renderer.plan(g, layout, size)
+            img = renderer.downsample(renderer.draw(plan.layout, plan.canvas), size)
+            ms, png = timed(lambda img=img: renderer.to_png(img))
+            buf = io.BytesIO()
+            t0 = time.perf_counter()
+            img.save(buf, "PNG", compress_level=6)
+            base_ms.append((time.perf_counter() - t0) * 1000)
+            now_ms.append(ms)
+            now_b.append(len(png))
+            base_b.append(len(buf.getvalue()))
+            same = same and Image.open(io.BytesIO(png)).tobytes() == img.tobytes()
+        if not groups:
+            return
+        rec("encode_ms", statistics.mean(now_ms), "ms", len(groups), tier.label)
+        rec("encode_ms_level6", statistics.mean(base_ms), "ms", len(groups), tier.label)
+        rec("png_bytes", statistics.mean(now_b), "B", len(groups), tier.label)
+        rec("png_bytes_level6", statistics.mean(base_b), "B", len(groups), tier.label)
+        rec("pixels_equal", float(same), "bool", len(groups), tier.label)
+
+
 def aging_extra_section(cfg: Config, rows: Sequence[Row]) -> list[str]:
     """The aging rows beyond throughput: add_turn beside agers, the idle pass (when measured)."""
     t = Table(rows)
     out: list[str] = []
+    body = []
+    for tier in IMAGE_TIERS:
+        lab = tier.label
+
+        def p(metric: str, lab: str = lab) -> float:
+            return t.v("png", "-", OM, "", metric, lab)
+
+        if math.isnan(p("encode_ms")):
+            continue
+        body.append(
+            [
+                lab,
+                fmt_ms(p("encode_ms")),
+                fmt_ms(p("encode_ms_level6")),
+                fmt_ratio(ratio(p("encode_ms"), p("encode_ms_level6"))),
+                fmt_bytes(p("png_bytes")),
+                fmt_ratio(ratio(p("png_bytes"), p("png_bytes_level6"))),
+                "yes" if p("pixels_equal") == 1.0 else "NO",
+            ]
+        )
+    if body:
+        out += [
+            "## PNG encoding per tier",
+            "",
+            "One image of each tier of the aging session's pages (mean over up to 4): the "
+            "encoder render uses (zlib RLE for downsampled images of at most 640 px) beside "
+            "the baseline, level 6 with the default strategy.",
+            "",
+            md_table(
+                [
+                    "tier",
+                    "encode ms",
+                    "level 6 ms",
+                    "time ratio",
+                    "bytes",
+                    "bytes ratio",
+                    "same pixels",
+                ],
+                body,
+            ),
+            "",
+        ]
     if cfg.idle_pass:
         n = IDLE_SESSIONS
         body = []

@@ -530,6 +530,14 @@ def _ellipsize(m: Metrics, line: Line, left: float, right: float) -> Line:
 # Fitting
 
 
+def fits(items: Sequence[LabelledTurn], m: Metrics, canvas: tuple[int, int]) -> Layout | None:
+    """The layout at ``m``'s size if the items fit the canvas whole, else None (the cheap
+    width test first, then the real flow)."""
+    if too_big(items, m, canvas):
+        return None
+    return flow(items, m, canvas)
+
+
 def fit(
     items: Sequence[LabelledTurn],
     canvas: tuple[int, int],
@@ -547,10 +555,7 @@ def fit(
     """
 
     def attempt(px: int) -> Layout | None:
-        m = metrics(px)
-        if too_big(items, m, canvas):
-            return None
-        return flow(items, m, canvas)
+        return fits(items, metrics(px), canvas)
 
     best = attempt(min_px)
     lo, hi = min_px + 1, max_px
