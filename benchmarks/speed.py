@@ -127,7 +127,8 @@ class Config:
     quick: bool
     contention_samples: int = 0  # add_turn calls timed beside two agers (0: not measured)
     aging_only: bool = False  # only the aging rows (no sizes, no baseline)
-    idle_pass: bool = False  # time an aging pass with nothing to do over 1,001 sessions
+    idle_pass: bool = False  # time an aging pass with nothing to do over idle_sessions
+    idle_sessions: int = 1_001
 
 
 # --------------------------------------------------------------------------------------------------
@@ -798,12 +799,13 @@ IDLE_SESSIONS = 1_001
 
 
 def bench_idle_pass(cfg: Config, backend: Backend, rows: list[Row]) -> None:
-    """An aging pass with nothing to do over IDLE_SESSIONS aged sessions: its time, the
+    """An aging pass with nothing to do over ``cfg.idle_sessions`` aged sessions (1,001; quick
+    101): its time, the
     statements it sends and the write transactions it opens; beside it, the floor: the pass's
     first statement (the sessions query) run again on the raw driver connection."""
     from sqlalchemy import event
 
-    n = IDLE_SESSIONS
+    n = cfg.idle_sessions
     rec = Recorder(rows, "idle_pass", backend.name, OM, n)
     with backend.database("idle") as url:
         mm = MemoryManager(url, target=TARGET, policy=POLICY, renderer=ReplayRenderer())
@@ -955,7 +957,7 @@ def aging_extra_section(cfg: Config, rows: Sequence[Row]) -> list[str]:
             "",
         ]
     if cfg.idle_pass:
-        n = IDLE_SESSIONS
+        n = cfg.idle_sessions
         body = []
         for b in sorted({r.backend for r in rows if r.section == "idle_pass"}):
 
@@ -1419,7 +1421,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "--aging-idle",
         action="store_true",
         help=f"also time an aging pass with nothing to do over {IDLE_SESSIONS:,} aged sessions "
-        "(statements, write transactions, and the sessions query alone as the floor)",
+        "(quick: 101; statements, write transactions, and the sessions query alone as floor)",
     )
     p.add_argument(
         "--aging-only",
@@ -1451,6 +1453,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         ),
         aging_only=a.aging_only,
         idle_pass=a.aging_idle,
+        idle_sessions=101 if a.quick else IDLE_SESSIONS,
     )
 
 
