@@ -76,3 +76,30 @@ def test_a_string_is_one_id_refused_as_a_list_not_its_letters(call: str, tmp_pat
             run[call]("chat-1")
         assert mm.pages("chat-1") == []  # nothing was aged
         assert run[call](["chat-1"]) is not None
+
+
+def test_a_pass_with_nothing_due_is_one_query_and_no_write(db_url: str) -> None:
+    """The "due pages" query: with nothing to do a pass sends one query and writes nothing;
+    once the clock makes pages due, the same sessions are found and aged."""
+    with MemoryManager(db_url) as mm:
+        for k in range(12):
+            mm.add_turns(f"s{k}", conversation(30, START, timedelta(minutes=2), seed=k))
+        first = mm.age(now=LATER)  # sealed, prepared, moved to base
+        assert first.errors == [] and first.pages_moved.get("base") == 12
+        sent: list[str] = []
+
+        def record(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+            sent.append(" ".join(statement.split()[:2]).upper())
+
+        event.listen(mm.database.engine, "before_cursor_execute", record)
+        try:
+            idle = mm.age(now=LATER + timedelta(hours=1))
+        finally:
+            event.remove(mm.database.engine, "before_cursor_execute", record)
+        assert not idle.changed and idle.sessions_visited == 0
+        verbs = [s.split()[0] for s in sent]
+        assert verbs.count("SELECT") == 1, sent
+        assert not {"INSERT", "UPDATE", "DELETE"} & set(verbs), sent
+        assert "BEGIN IMMEDIATE" not in sent, sent  # SQLite: no write transaction opened
+        later = mm.age(now=START + timedelta(days=8))  # now due for small
+        assert later.sessions_visited == 12 and later.pages_moved == {"small": 12}
