@@ -34,6 +34,8 @@ from optical_memory import (
     UnknownSession,
     approximate_tokens,
 )
+from optical_memory.turn_text import display_text, speaker_of, tool_result_head
+from optical_memory.turn_text import turn_line as core_turn_line
 
 MemoryRole = Literal["user", "system"]
 MEMORY_MESSAGE_ID = "optical-memory"
@@ -171,12 +173,9 @@ def transcript(turns: list[Turn]) -> str:
     """Older turns shown as text inside the memory message, one line per turn."""
     lines = [f"Turns {turns[0].seq}–{turns[-1].seq}, as text:"]
     for t in turns:
-        speaker = _str_or_none(t.metadata.get("name")) or t.role
-        line = f"{speaker}: {t.content}" if t.content else f"{speaker}:"
-        calls = tool_calls_of(t)
-        if calls:
-            line += " [calls " + ", ".join(f"{c.name}({c.arguments_json()})" for c in calls) + "]"
-        lines.append(line)
+        speaker = speaker_of(t.role, t.metadata)
+        text = display_text(t.role, t.content, t.metadata)
+        lines.append(f"{speaker}: {text}" if text else f"{speaker}:")
     return "\n".join(lines)
 
 
@@ -220,9 +219,7 @@ def _turn_messages(turns: list[Turn]) -> Iterator[FramedMessage]:
 
 
 def _orphan(t: Turn) -> FramedMessage:
-    label = _str_or_none(t.metadata.get("name")) or _str_or_none(t.metadata.get("tool_call_id"))
-    head = f"[earlier tool result{f' from {label}' if label else ''}]"
-    return FramedMessage("user", f"{head}\n{t.content}", turn=t)
+    return FramedMessage("user", f"{tool_result_head(t.metadata)}\n{t.content}", turn=t)
 
 
 def tool_calls_of(t: Turn) -> tuple[ToolCall, ...]:
@@ -420,15 +417,9 @@ def check_tool_scope(scope: object) -> ToolScope:
 
 def turn_line(t: Turn, *, with_session: bool = False) -> str:
     """One archived turn as the tools answer it: ``[turn N, speaker, date] text``."""
-    speaker = _str_or_none(t.metadata.get("name")) or t.role
-    where = f"session {t.session_id}, " if with_session else ""
-    text = t.content
-    calls = tool_calls_of(t)
-    if calls:
-        listed = ", ".join(f"{c.name}({c.arguments_json()})" for c in calls)
-        text = f"{text} [calls {listed}]" if text else f"[calls {listed}]"
-    head = f"[{where}turn {t.seq}, {speaker}, {t.at:%Y-%m-%d %H:%M}]"
-    return f"{head} {text}" if text else head
+    text = display_text(t.role, t.content, t.metadata)
+    where = t.session_id if with_session else None
+    return core_turn_line(t.seq, speaker_of(t.role, t.metadata), t.at, text, session=where)
 
 
 def is_tool_answer(t: Turn) -> bool:

@@ -64,6 +64,7 @@ from .store import (
     to_turn,
 )
 from .tokens import TokenCounter, make_counter
+from .turn_text import cost_text
 from .validation import (
     MAX_INT,
     check_content,
@@ -279,12 +280,13 @@ class MemoryManager:
             raise InvalidInput(f"turn {i}: pass a mapping with role and content, or a tuple")
         role = check_role(role)
         content = check_content(content, self.max_content_bytes)
+        meta = check_metadata(meta)
         return {
             "role": role,
             "content": content,
             "at": check_timestamp(at),
-            "meta": check_metadata(meta),
-            "tokens": int(self._count(role, content)),
+            "meta": meta,
+            "tokens": int(self._count(role, cost_text(role, content, meta))),
             "search_text": search_text(content),  # computed before the write transaction
         }
 
