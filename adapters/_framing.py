@@ -34,10 +34,11 @@ from optical_memory import (
     UnknownSession,
     approximate_tokens,
 )
-from optical_memory.turn_text import display_text, speaker_of, tool_result_head
+from optical_memory.turn_text import SYSTEM_NOTE_HEAD, display_text, speaker_of, tool_result_head
 from optical_memory.turn_text import turn_line as core_turn_line
 
 MemoryRole = Literal["user", "system"]
+StartOn = Literal["user", "any"]
 MEMORY_MESSAGE_ID = "optical-memory"
 """Id (prefix) of the memory message, so callers can tell it from conversation turns."""
 
@@ -128,7 +129,12 @@ class FramedMessage:
 
 
 def frame(
-    ctx: AssembledContext, *, memory_role: MemoryRole = "user", hint: str | None = None
+    ctx: AssembledContext,
+    *,
+    memory_role: MemoryRole = "user",
+    hint: str | None = None,
+    start_on: StartOn = "user",
+    system_first: bool = True,
 ) -> list[FramedMessage]:
     """The assembled context as ordered messages: the memory message, then recent turns.
 
@@ -136,9 +142,19 @@ def frame(
     caption + image, and turns between them (pages too short to pay as images) as a plain
     transcript. The turns after the newest image follow as ordinary messages. ``hint`` (e.g.
     :data:`TOOLS_HINT`) is one more text part right after the intro; the caller budgets it.
+
+    Provider rules (Anthropic's among them): with ``start_on="user"`` (default) the view opens
+    on a user message: recent turns before the first user turn are left out unless the memory
+    message (a user message) comes first, as langchain-core's ``trim_messages(start_on=
+    "human")`` does; ``"any"`` keeps them. A tool call is never shown without its results, nor
+    a result without its call. With ``system_first`` (default) a stored system turn is shown
+    as a user message labelled ``[system]``, so that only the caller's system prompt (and a
+    system memory message) come before the conversation.
     """
     if memory_role not in ("user", "system"):
         raise ValueError(f"memory_role must be 'user' or 'system', got {memory_role!r}")
+    if start_on not in ("user", "any"):
+        raise ValueError(f"start_on must be 'user' or 'any', got {start_on!r:.40}")
     segments = list(ctx.segments)
     last_page = max((i for i, s in enumerate(segments) if isinstance(s, PageSegment)), default=-1)
     recalled = ctx.recalled
@@ -165,8 +181,18 @@ def frame(
     if parts:
         out.append(FramedMessage(memory_role, parts[0].text or "", parts=tuple(parts)))
     turns = [s.turn for s in segments[last_page + 1 :] if isinstance(s, TextSegment)]
-    out.extend(_turn_messages(turns))
+    msgs = list(_turn_messages(turns))
+    if system_first:
+        msgs = [_system_note(m) if m.role == "system" else m for m in msgs]
+    if start_on == "user" and not (out and out[0].role == "user"):
+        first_user = next((i for i, m in enumerate(msgs) if m.role == "user"), 0)
+        msgs = msgs[first_user:]
+    out.extend(msgs)
     return out
+
+
+def _system_note(m: FramedMessage) -> FramedMessage:
+    return FramedMessage("user", f"{SYSTEM_NOTE_HEAD} {m.content}", name=m.name, turn=m.turn)
 
 
 def transcript(turns: list[Turn]) -> str:

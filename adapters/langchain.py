@@ -69,6 +69,7 @@ from ._framing import (
     RECALL_TOOL,
     FramedMessage,
     MemoryRole,
+    StartOn,
     ToolScope,
     TurnLog,
     answer_read,
@@ -161,14 +162,29 @@ def _is_memory_message(message: BaseMessage) -> bool:
 
 
 def to_langchain_messages(
-    ctx: AssembledContext, *, memory_role: MemoryRole = "user", hint: str | None = None
+    ctx: AssembledContext,
+    *,
+    memory_role: MemoryRole = "user",
+    hint: str | None = None,
+    start_on: StartOn = "user",
+    system_first: bool = True,
 ) -> list[BaseMessage]:
     """The assembled context as LangChain messages: the memory message, then recent turns.
 
     ``hint``: one more text part after the memory intro (the middleware's note on its tools);
-    its tokens are not in ``ctx.tokens``, so budget them when assembling.
+    its tokens are not in ``ctx.tokens``, so budget them when assembling. ``start_on`` and
+    ``system_first``: the provider rules of :func:`~optical_memory.adapters._framing.frame`
+    (open on a user message; stored system turns as labelled user messages).
+
+    A page the target prices by ``detail`` (the OpenAI targets) is an OpenAI ``image_url``
+    block with its ``detail``, which ``ChatOpenAI`` passes through as is (langchain-core's
+    converter drops a standard block's ``detail``, and the page would be billed at high
+    detail); other pages are standard ``image`` blocks.
     """
-    return [_to_message(m) for m in frame(ctx, memory_role=memory_role, hint=hint)]
+    framed = frame(
+        ctx, memory_role=memory_role, hint=hint, start_on=start_on, system_first=system_first
+    )
+    return [_to_message(m) for m in framed]
 
 
 def to_langchain_dicts(ctx: AssembledContext) -> list[dict[str, Any]]:
@@ -183,14 +199,13 @@ def _to_message(m: FramedMessage) -> BaseMessage:
             if part.page is None:
                 blocks.append({"type": "text", "text": part.text or ""})
                 continue
-            block: dict[str, Any] = {
-                "type": "image",
-                "base64": part.page.base64,
-                "mime_type": part.page.mime_type,
-            }
             if part.page.detail:
-                block["extras"] = {"detail": part.page.detail}
-            blocks.append(block)
+                url = {"url": part.page.data_url, "detail": part.page.detail}
+                blocks.append({"type": "image_url", "image_url": url})
+                continue
+            blocks.append(
+                {"type": "image", "base64": part.page.base64, "mime_type": part.page.mime_type}
+            )
         cls = SystemMessage if m.role == "system" else HumanMessage
         return cls(content=blocks, id=MEMORY_MESSAGE_ID)
     mid = m.message_id
@@ -341,6 +356,10 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             that are named, to read with another call.
         recall_scope: what ``recall_memory`` searches: ``"session"`` (the thread's own
             conversation, default) or ``"owner"`` (all of the owner's sessions).
+        start_on: ``"user"`` (default): the conversation shown opens on a user message (what
+            Anthropic requires); ``"any"``: as assembled.
+        system_first: show stored system turns as labelled user messages, so the agent's
+            system prompt stays the only system message before the conversation (default True).
 
     It records the messages of each model request (so put it last in ``middleware=`` if
     another middleware edits messages) and the model's reply, by message id.
@@ -359,6 +378,8 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         cue: bool = True,
         tools: bool = True,
         recall_scope: ToolScope = "session",
+        start_on: StartOn = "user",
+        system_first: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
@@ -374,6 +395,8 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         self.token_counter = token_counter
         self.cue = cue
         self.recall_scope: ToolScope = check_tool_scope(recall_scope)
+        self.start_on: StartOn = start_on
+        self.system_first = system_first
         self._log = TurnLog(memory)
         # What create_agent registers (it reads ``middleware.tools``), and the note about them.
         self.tools: list[BaseTool] = self._memory_tools() if tools else []
@@ -480,7 +503,13 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             token_counter=self.token_counter,
             cue=cue,
         )
-        return to_langchain_messages(ctx, memory_role=self.memory_role, hint=hint)
+        return to_langchain_messages(
+            ctx,
+            memory_role=self.memory_role,
+            hint=hint,
+            start_on=self.start_on,
+            system_first=self.system_first,
+        )
 
     def _prepare(self, session_id: str, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
         self.record(session_id, messages)

@@ -39,6 +39,7 @@ from ._framing import (
     TOOLS_HINT,
     FramedMessage,
     MemoryRole,
+    StartOn,
     ToolCall,
     ToolScope,
     TurnLog,
@@ -73,6 +74,8 @@ def to_openai_messages(
     memory_role: MemoryRole = "user",
     system_prompt: str | None = None,
     tools_hint: str | None = None,
+    start_on: StartOn = "user",
+    system_first: bool = True,
 ) -> list[dict[str, Any]]:
     """Chat-completions messages: system prompt, the memory message with the pages, recent turns.
 
@@ -83,11 +86,17 @@ def to_openai_messages(
     ``tools_hint`` (e.g. :data:`TOOLS_HINT`, when the request offers :func:`memory_tools`): a
     text part after the memory intro; it is not in ``ctx.tokens``, so take
     ``memory.count_tokens("system", TOOLS_HINT)`` off the budget passed to ``assemble``.
+    ``start_on="user"`` (default) opens the conversation on a user message and
+    ``system_first`` (default) shows stored system turns as labelled user messages, so the
+    system prompt stays first and alone (what Anthropic-compatible servers require).
     """
     out: list[dict[str, Any]] = []
     if system_prompt:
         out.append({"role": "system", "content": system_prompt})
-    for m in frame(ctx, memory_role=memory_role, hint=tools_hint):
+    framed = frame(
+        ctx, memory_role=memory_role, hint=tools_hint, start_on=start_on, system_first=system_first
+    )
+    for m in framed:
         if m.is_memory:
             out.extend(_memory_messages(m, detail))
         else:

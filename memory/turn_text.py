@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+SYSTEM_NOTE_HEAD = "[system]"
+"""The label of a stored system turn shown inside the conversation (as a user message)."""
 PAGE_ARGUMENT_CHARS = 120
 """The most characters of one tool call's arguments a page draws; longer ones end with ``…``."""
 
@@ -104,6 +106,8 @@ def cost_text(role: str, content: str, meta: Mapping[str, Any] | None) -> str:
         parts.insert(0, f"{tool_result_head(m)} {m.get('tool_call_id') or ''} {name or ''}")
     elif name:
         parts.insert(0, f"{name}:")
+    if role == "system":  # may be shown as a labelled user message
+        parts.insert(0, SYSTEM_NOTE_HEAD)
     calls = calls_of(role, m)
     if calls:  # the arguments as the JSON text the model reads, not escaped once more
         wire = (
