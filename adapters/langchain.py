@@ -41,6 +41,7 @@ from optical_memory import (
 )
 from optical_memory.errors import MissingExtra
 from optical_memory.tokens import make_counter
+from optical_memory.turn_text import cost_text
 
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
@@ -50,11 +51,13 @@ try:
         AIMessage,
         BaseMessage,
         HumanMessage,
+        RemoveMessage,
         SystemMessage,
         ToolMessage,
         messages_to_dict,
     )
     from langchain_core.messages.utils import convert_to_messages, count_tokens_approximately
+    from langchain_core.runnables.history import RunnableWithMessageHistory
     from langchain_core.tools import BaseTool, StructuredTool
     from pydantic import Field
 except ImportError as exc:
@@ -83,6 +86,7 @@ from ._framing import (
 __all__ = [
     "OpticalChatMessageHistory",
     "OpticalMemoryMiddleware",
+    "OpticalRunnableWithMessageHistory",
     "count_tokens_with_images",
     "image_token_counter",
     "message_to_turn",
@@ -360,6 +364,10 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             Anthropic requires); ``"any"``: as assembled.
         system_first: show stored system turns as labelled user messages, so the agent's
             system prompt stays the only system message before the conversation (default True).
+        prune_state: at the end of each run, remove the archived messages before the run's
+            last question from the graph state (``RemoveMessage``), so state and checkpoints
+            stay small however long the thread (default True). The archive keeps them all;
+            read them with ``memory.turns(thread_id)``.
 
     It records the messages of each model request (so put it last in ``middleware=`` if
     another middleware edits messages) and the model's reply, by message id.
@@ -380,6 +388,7 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         recall_scope: ToolScope = "session",
         start_on: StartOn = "user",
         system_first: bool = True,
+        prune_state: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
@@ -397,6 +406,7 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         self.recall_scope: ToolScope = check_tool_scope(recall_scope)
         self.start_on: StartOn = start_on
         self.system_first = system_first
+        self.prune_state = prune_state
         self._log = TurnLog(memory)
         # What create_agent registers (it reads ``middleware.tools``), and the note about them.
         self.tools: list[BaseTool] = self._memory_tools() if tools else []
@@ -426,14 +436,36 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         return response
 
     def after_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
-        """Store what came after the last model call (e.g. a ``return_direct`` tool result)."""
-        self.record(self.session_id(runtime), state.get("messages", []))
-        return None
+        """Store what came after the last model call (e.g. a ``return_direct`` tool result),
+        then (``prune_state``) remove the archived messages from the graph state."""
+        messages = state.get("messages", [])
+        sid = self.session_id(runtime)
+        self.record(sid, messages)
+        return self._prune(sid, messages)
 
     async def aafter_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        messages = state.get("messages", [])
         sid = self.session_id(runtime)
-        await asyncio.to_thread(self.record, sid, state.get("messages", []))
-        return None
+        await asyncio.to_thread(self.record, sid, messages)
+        return self._prune(sid, messages)
+
+    def _prune(self, session_id: str, messages: Sequence[Any]) -> dict[str, Any] | None:
+        """``RemoveMessage`` for every archived message before the run's last question: the
+        archive holds them and the model is shown the assembled view, so state and
+        checkpoints keep only the last exchange."""
+        if not self.prune_state:
+            return None
+        last_human = max(
+            (i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=0
+        )
+        with self._log.session(session_id) as log:
+            stored = log.ids
+            gone = [
+                RemoveMessage(id=str(m.id))
+                for m in messages[:last_human]
+                if isinstance(m, BaseMessage) and m.id and str(m.id) in stored
+            ]
+        return {"messages": gone} if gone else None
 
     # -- the work -----------------------------------------------------------------------------
 
@@ -647,14 +679,42 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        return self.messages_for([])
+
+    def messages_for(self, new: Sequence[BaseMessage]) -> list[BaseMessage]:
+        """The view that leaves room in ``budget`` for ``new`` (the messages about to be sent
+        after it), so history and input together stay within the budget."""
+        budget = self.budget - self.cost_of(new)
+        if budget <= 0:
+            return []
         try:
             ctx = self.memory.assemble(
-                self.session_id, self.budget, self.target, self._now(),
+                self.session_id, budget, self.target, self._now(),
                 token_counter=self.token_counter,
             )  # fmt: skip
         except UnknownSession:
             return []
         return to_langchain_messages(ctx, memory_role=self.memory_role)
+
+    def cost_of(self, messages: Sequence[BaseMessage]) -> int:
+        """What the memory charges for these messages (text, tool calls, names, images)."""
+        count = make_counter(self.token_counter) if self.token_counter else self.memory.count_tokens
+        tgt = self.target or get_target(self.memory.target)
+        total = 0
+        for m in messages:
+            row = message_to_turn(m)
+            if row is None:
+                continue
+            total += int(
+                count(row["role"], cost_text(row["role"], row["content"], row["metadata"]))
+            )
+            if isinstance(m.content, list):
+                total += sum(
+                    _image_cost(b, tgt)
+                    for b in m.content
+                    if isinstance(b, dict) and b.get("type") in ("image", "image_url")
+                )
+        return total
 
     async def aget_messages(self) -> list[BaseMessage]:
         return await asyncio.to_thread(lambda: self.messages)
@@ -685,3 +745,36 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
     def _rows(self, messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
         at = self._now()
         return [r for r in (message_to_turn(m, at) for m in messages) if r is not None]
+
+
+class OpticalRunnableWithMessageHistory(RunnableWithMessageHistory):
+    """``RunnableWithMessageHistory`` that keeps history and the new input within the budget.
+
+    With an :class:`OpticalChatMessageHistory`, the history is assembled for what the budget
+    leaves after the input messages (the plain class reads the history first and appends the
+    input after it, so the input comes on top of the budget). Any other history is read as
+    the plain class reads it. Same arguments as ``RunnableWithMessageHistory``.
+    """
+
+    def _enter_history(self, value: Any, config: Any) -> list[BaseMessage]:
+        hist = config["configurable"]["message_history"]
+        if not isinstance(hist, OpticalChatMessageHistory):
+            return super()._enter_history(value, config)
+        return self._budgeted(hist, value, hist.messages_for)
+
+    async def _aenter_history(self, value: Any, config: Any) -> list[BaseMessage]:
+        hist = config["configurable"]["message_history"]
+        if not isinstance(hist, OpticalChatMessageHistory):
+            return await super()._aenter_history(value, config)
+        return await asyncio.to_thread(self._budgeted, hist, value, hist.messages_for)
+
+    def _budgeted(
+        self,
+        hist: OpticalChatMessageHistory,
+        value: Any,
+        view: Callable[[Sequence[BaseMessage]], list[BaseMessage]],
+    ) -> list[BaseMessage]:
+        input_val = value if not self.input_messages_key else value[self.input_messages_key]
+        new = self._get_input_messages(input_val)
+        messages = view(new)
+        return messages if self.history_messages_key else [*messages, *new]
