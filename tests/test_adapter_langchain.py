@@ -483,4 +483,4 @@ def test_example_shows_help_without_network(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit) as exc:
         example.main(["--help"])
     assert exc.value.code == 0
-    assert "OPENAI_MODEL" in capsys.readouterr().out
+    assert "--model" in capsys.readouterr().out
