@@ -267,13 +267,64 @@ class _SessionLog:
     last_seq: int = 0
     last_turn: Turn | None = None
     ids: set[str] = field(default_factory=set)
+    id_seq: dict[str, int] = field(default_factory=dict)  # message id -> its live seq
     tail: deque[Turn] = field(default_factory=lambda: deque(maxlen=64))
+    keys: list[int] = field(default_factory=list)  # turn_key of every live turn, in order
+    seqs: list[int] = field(default_factory=list)  # their seqs
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
         self.last_seq, self.last_turn = 0, None
         self.ids.clear()
+        self.id_seq.clear()
         self.tail.clear()
+        self.keys.clear()
+        self.seqs.clear()
+
+
+def message_key(role: str, content: str, tool_call_id: object, call_ids: tuple[object, ...]) -> int:
+    """What identifies a message that carries no id: role, text, tool call ids."""
+    return hash((role, content, tool_call_id or None, call_ids))
+
+
+def turn_key(t: Turn) -> int:
+    calls = tuple(c.id for c in tool_calls_of(t))
+    return message_key(t.role, t.content, t.metadata.get("tool_call_id"), calls)
+
+
+MAX_ALIGN_CANDIDATES = 16
+"""How many places of the incoming first message in the stored branch are tried (latest first)."""
+
+
+def align(stored: list[int], incoming: list[int]) -> tuple[int, int | None]:
+    """Where a conversation sent again meets the stored branch, in time linear in both.
+
+    Returns ``(known, replace_from)``: the first ``known`` incoming messages are stored
+    already; ``replace_from`` is None, or the index in ``stored`` from which the stored turns
+    are an earlier version (a regenerated reply, an edited message) that the incoming
+    messages after ``known`` replace. A run that meets the end of the stored branch continues
+    it (the longest such run wins); a run that starts at its first turn, or matches two
+    messages or more, and then parts from it replaces the rest; anything else is new.
+    """
+    if not stored or not incoming:
+        return 0, None
+    first = incoming[0]
+    places = [i for i, k in enumerate(stored) if k == first][-MAX_ALIGN_CANDIDATES:]
+    best: tuple[int, int] | None = None
+    continued = 0
+    for p in reversed(places):
+        n = 0
+        while n < len(incoming) and p + n < len(stored) and stored[p + n] == incoming[n]:
+            n += 1
+        if p + n == len(stored):
+            continued = max(continued, n)  # the longest run that meets the end wins
+        elif (p == 0 or n >= 2) and (best is None or n > best[0]):
+            best = (n, p + n)
+    if continued:
+        return continued, None
+    if best is not None:
+        return best
+    return 0, None
 
 
 class TurnLog:
@@ -333,7 +384,10 @@ class TurnLog:
             mid = t.metadata.get("message_id")
             if mid:
                 log.ids.add(str(mid))
+                log.id_seq[str(mid)] = t.seq
             log.tail.append(t)
+            log.keys.append(turn_key(t))
+            log.seqs.append(t.seq)
             log.last_seq = t.seq
             log.last_turn = t
 

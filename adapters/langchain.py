@@ -32,6 +32,7 @@ from typing import Annotated, Any
 from optical_memory import (
     AssembledContext,
     InvalidBudget,
+    InvalidInput,
     MemoryManager,
     Target,
     Tier,
@@ -500,22 +501,38 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         at = self.now() if self.now is not None else None
         with self._log.session(session_id) as log:
             rows: list[dict[str, Any]] = []
+            after: str | None = None  # the last stored message before the first new one
+            seen: set[str] = set()
             for i, m in enumerate(messages):
                 if not isinstance(m, BaseMessage):
                     continue
                 key = str(m.id) if m.id else _content_key(m, i)
-                if key in log.ids:
+                if key in log.ids or key in seen:
+                    if not rows and key in log.ids:
+                        after = key
                     continue
                 row = message_to_turn(m, at)
                 if row is None:
                     continue
                 row["metadata"]["message_id"] = key
-                log.ids.add(key)
+                seen.add(key)
                 rows.append(row)
             if not rows:
                 return []
+            # A graph forked or replayed from an earlier checkpoint: the stored turns after
+            # the message the new ones follow are the abandoned branch, superseded.
+            fork = log.id_seq.get(after) if after is not None else None
             try:
-                stored = self.memory.add_turns(session_id, rows)
+                if fork is not None and fork < log.last_seq:
+                    try:
+                        stored = self.memory.replace_turns(session_id, fork + 1, rows)
+                    except InvalidInput:  # the abandoned part is on a page already: append
+                        stored = self.memory.add_turns(session_id, rows)
+                    else:
+                        log.reset()  # the branch changed: read it again next time
+                        return stored
+                else:
+                    stored = self.memory.add_turns(session_id, rows)
             except BaseException:
                 log.reset()  # re-read from the store next time
                 raise
