@@ -281,6 +281,16 @@ def image_token_counter(
     return partial(count_tokens_with_images, target=target, **kwargs)
 
 
+def _image_blocks(message: BaseMessage) -> list[dict[str, Any]]:
+    if not isinstance(message.content, list):
+        return []
+    return [
+        b
+        for b in message.content
+        if isinstance(b, dict) and b.get("type") in ("image", "image_url")
+    ]
+
+
 def _image_cost(block: dict[str, Any], target: Target) -> int:
     data, detail = _image_source(block)
     size = _image_size(data) if data is not None else None
@@ -539,11 +549,15 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             TurnLog.note(log, stored)
             return stored
 
-    def view(self, session_id: str, cue: str | None = None) -> list[BaseMessage]:
-        """What the model is shown for this session now (``cue``: what to recall for)."""
-        budget, hint = self.budget, None
-        if self._hint and self._hint_tokens < self.budget:  # the tools' note, paid from budget
-            budget, hint = self.budget - self._hint_tokens, self._hint
+    def view(
+        self, session_id: str, cue: str | None = None, *, reserve: int = 0
+    ) -> list[BaseMessage]:
+        """What the model is shown for this session now (``cue``: what to recall for;
+        ``reserve``: tokens of the budget kept for what is sent besides, e.g. the newest
+        message's images)."""
+        budget, hint = max(1, self.budget - reserve), None
+        if self._hint and self._hint_tokens < budget:  # the tools' note, paid from budget
+            budget, hint = budget - self._hint_tokens, self._hint
         ctx = self.memory.assemble(
             session_id,
             budget,
@@ -561,8 +575,19 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         )
 
     def _prepare(self, session_id: str, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+        """Record, then the view; the newest user message's images reach the model unchanged
+        (the message itself replaces its text-only turn), their cost taken off the budget."""
         self.record(session_id, messages)
-        return self.view(session_id, newest_user_text(messages) if self.cue else None)
+        newest = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+        images = _image_blocks(newest) if newest is not None and newest.id else []
+        target = self.target or get_target(self.memory.target)
+        reserve = sum(_image_cost(b, target) for b in images)
+        view = self.view(
+            session_id, newest_user_text(messages) if self.cue else None, reserve=reserve
+        )
+        if images and newest is not None:
+            view = [newest if m.id == newest.id else m for m in view]
+        return view
 
     # -- the tools ----------------------------------------------------------------------------
 
