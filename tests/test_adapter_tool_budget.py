@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fakes import RecordingChatModel
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
@@ -130,11 +130,23 @@ def write_file(path: str, text: str) -> str:
     return "ok"
 
 
+BIG_PARALLEL = {
+    "user": "Save both drafts.",
+    "calls": [
+        {"name": "write_file", "text": "z" * 2500},
+        {"name": "write_file", "text": "y" * 2500},
+    ],
+    "result": "ok",
+    "reply": "done",
+}
+
+
 @SETTINGS
 @given(
     exchanges=st.lists(exchange, min_size=1, max_size=5),
     budget=st.integers(min_value=600, max_value=3000),
 )
+@example(exchanges=[BIG_PARALLEL, BIG_PARALLEL], budget=1500)  # the shape
 def test_middleware_sends_no_more_than_the_budget(
     tmp_path_factory: pytest.TempPathFactory, exchanges: list[dict[str, Any]], budget: int
 ) -> None:
@@ -157,6 +169,7 @@ def test_middleware_sends_no_more_than_the_budget(
                 )
             )
         replies.append(AIMessage(content=ex["reply"] or "done"))
+    replies.append(AIMessage(content="All saved."))
     model = RecordingChatModel(messages=iter(replies), received=[])
     clock = [T0]
     mw = OpticalMemoryMiddleware(memory, budget=budget, target="openai", now=lambda: clock[0])
@@ -167,7 +180,10 @@ def test_middleware_sends_no_more_than_the_budget(
         clock[0] += timedelta(hours=3)
         if k % 3 == 2:  # tool calls stay in the recent text between passes
             memory.age(now=clock[0])
-    assert model.received
+    # a plain question after them all: the earlier tool calls must be paid for in full
+    agent.invoke({"messages": [HumanMessage("And now?")]}, cfg)
+    final = [m for m in model.received[-1] if not isinstance(m, SystemMessage)]
+    assert sent_tokens(final, "openai") <= budget
     for request in model.received:
         convo = [m for m in request if not isinstance(m, SystemMessage)]
         measured = sent_tokens(convo, "openai")
