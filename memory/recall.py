@@ -232,8 +232,7 @@ def _pg_hits(queries: list[str], join: str, where: str) -> str:
     held = ", ".join(f"({PG_VECTOR} @@ {q})::int AS m{i}" for i, q in enumerate(queries))
     freq = ", ".join(f"sum(m{i}) OVER () AS d{i}" for i in range(len(queries)))
     score = " + ".join(
-        f"m{i} * greatest(ln((CAST(:n AS float8) - d{i} + 0.5) / (d{i} + 0.5)), 1e-6)"
-        for i in range(len(queries))
+        f"m{i} * greatest(ln((CAST(:n AS float8) - d{i} + 0.5) / (d{i} + 0.5)), 1e-6)" for i in range(len(queries))
     )
     return (
         f"SELECT turn_id, {score} + 0.01 * cd AS score FROM ("
