@@ -34,8 +34,11 @@ from optical_memory import (
     UnknownSession,
     approximate_tokens,
 )
+from optical_memory.turn_text import SYSTEM_NOTE_HEAD, display_text, speaker_of, tool_result_head
+from optical_memory.turn_text import turn_line as core_turn_line
 
 MemoryRole = Literal["user", "system"]
+StartOn = Literal["user", "any"]
 MEMORY_MESSAGE_ID = "optical-memory"
 """Id (prefix) of the memory message, so callers can tell it from conversation turns."""
 
@@ -126,7 +129,12 @@ class FramedMessage:
 
 
 def frame(
-    ctx: AssembledContext, *, memory_role: MemoryRole = "user", hint: str | None = None
+    ctx: AssembledContext,
+    *,
+    memory_role: MemoryRole = "user",
+    hint: str | None = None,
+    start_on: StartOn = "user",
+    system_first: bool = True,
 ) -> list[FramedMessage]:
     """The assembled context as ordered messages: the memory message, then recent turns.
 
@@ -134,9 +142,19 @@ def frame(
     caption + image, and turns between them (pages too short to pay as images) as a plain
     transcript. The turns after the newest image follow as ordinary messages. ``hint`` (e.g.
     :data:`TOOLS_HINT`) is one more text part right after the intro; the caller budgets it.
+
+    Provider rules (Anthropic's among them): with ``start_on="user"`` (default) the view opens
+    on a user message: recent turns before the first user turn are left out unless the memory
+    message (a user message) comes first, as langchain-core's ``trim_messages(start_on=
+    "human")`` does; ``"any"`` keeps them. A tool call is never shown without its results, nor
+    a result without its call. With ``system_first`` (default) a stored system turn is shown
+    as a user message labelled ``[system]``, so that only the caller's system prompt (and a
+    system memory message) come before the conversation.
     """
     if memory_role not in ("user", "system"):
         raise ValueError(f"memory_role must be 'user' or 'system', got {memory_role!r}")
+    if start_on not in ("user", "any"):
+        raise ValueError(f"start_on must be 'user' or 'any', got {start_on!r:.40}")
     segments = list(ctx.segments)
     last_page = max((i for i, s in enumerate(segments) if isinstance(s, PageSegment)), default=-1)
     recalled = ctx.recalled
@@ -163,20 +181,27 @@ def frame(
     if parts:
         out.append(FramedMessage(memory_role, parts[0].text or "", parts=tuple(parts)))
     turns = [s.turn for s in segments[last_page + 1 :] if isinstance(s, TextSegment)]
-    out.extend(_turn_messages(turns))
+    msgs = list(_turn_messages(turns))
+    if system_first:
+        msgs = [_system_note(m) if m.role == "system" else m for m in msgs]
+    if start_on == "user" and not (out and out[0].role == "user"):
+        first_user = next((i for i, m in enumerate(msgs) if m.role == "user"), 0)
+        msgs = msgs[first_user:]
+    out.extend(msgs)
     return out
+
+
+def _system_note(m: FramedMessage) -> FramedMessage:
+    return FramedMessage("user", f"{SYSTEM_NOTE_HEAD} {m.content}", name=m.name, turn=m.turn)
 
 
 def transcript(turns: list[Turn]) -> str:
     """Older turns shown as text inside the memory message, one line per turn."""
     lines = [f"Turns {turns[0].seq}–{turns[-1].seq}, as text:"]
     for t in turns:
-        speaker = _str_or_none(t.metadata.get("name")) or t.role
-        line = f"{speaker}: {t.content}" if t.content else f"{speaker}:"
-        calls = tool_calls_of(t)
-        if calls:
-            line += " [calls " + ", ".join(f"{c.name}({c.arguments_json()})" for c in calls) + "]"
-        lines.append(line)
+        speaker = speaker_of(t.role, t.metadata)
+        text = display_text(t.role, t.content, t.metadata)
+        lines.append(f"{speaker}: {text}" if text else f"{speaker}:")
     return "\n".join(lines)
 
 
@@ -220,9 +245,7 @@ def _turn_messages(turns: list[Turn]) -> Iterator[FramedMessage]:
 
 
 def _orphan(t: Turn) -> FramedMessage:
-    label = _str_or_none(t.metadata.get("name")) or _str_or_none(t.metadata.get("tool_call_id"))
-    head = f"[earlier tool result{f' from {label}' if label else ''}]"
-    return FramedMessage("user", f"{head}\n{t.content}", turn=t)
+    return FramedMessage("user", f"{tool_result_head(t.metadata)}\n{t.content}", turn=t)
 
 
 def tool_calls_of(t: Turn) -> tuple[ToolCall, ...]:
@@ -244,13 +267,64 @@ class _SessionLog:
     last_seq: int = 0
     last_turn: Turn | None = None
     ids: set[str] = field(default_factory=set)
+    id_seq: dict[str, int] = field(default_factory=dict)  # message id -> its live seq
     tail: deque[Turn] = field(default_factory=lambda: deque(maxlen=64))
+    keys: list[int] = field(default_factory=list)  # turn_key of every live turn, in order
+    seqs: list[int] = field(default_factory=list)  # their seqs
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
         self.last_seq, self.last_turn = 0, None
         self.ids.clear()
+        self.id_seq.clear()
         self.tail.clear()
+        self.keys.clear()
+        self.seqs.clear()
+
+
+def message_key(role: str, content: str, tool_call_id: object, call_ids: tuple[object, ...]) -> int:
+    """What identifies a message that carries no id: role, text, tool call ids."""
+    return hash((role, content, tool_call_id or None, call_ids))
+
+
+def turn_key(t: Turn) -> int:
+    calls = tuple(c.id for c in tool_calls_of(t))
+    return message_key(t.role, t.content, t.metadata.get("tool_call_id"), calls)
+
+
+MAX_ALIGN_CANDIDATES = 16
+"""How many places of the incoming first message in the stored branch are tried (latest first)."""
+
+
+def align(stored: list[int], incoming: list[int]) -> tuple[int, int | None]:
+    """Where a conversation sent again meets the stored branch, in time linear in both.
+
+    Returns ``(known, replace_from)``: the first ``known`` incoming messages are stored
+    already; ``replace_from`` is None, or the index in ``stored`` from which the stored turns
+    are an earlier version (a regenerated reply, an edited message) that the incoming
+    messages after ``known`` replace. A run that meets the end of the stored branch continues
+    it (the longest such run wins); a run that starts at its first turn, or matches two
+    messages or more, and then parts from it replaces the rest; anything else is new.
+    """
+    if not stored or not incoming:
+        return 0, None
+    first = incoming[0]
+    places = [i for i, k in enumerate(stored) if k == first][-MAX_ALIGN_CANDIDATES:]
+    best: tuple[int, int] | None = None
+    continued = 0
+    for p in reversed(places):
+        n = 0
+        while n < len(incoming) and p + n < len(stored) and stored[p + n] == incoming[n]:
+            n += 1
+        if p + n == len(stored):
+            continued = max(continued, n)  # the longest run that meets the end wins
+        elif (p == 0 or n >= 2) and (best is None or n > best[0]):
+            best = (n, p + n)
+    if continued:
+        return continued, None
+    if best is not None:
+        return best
+    return 0, None
 
 
 class TurnLog:
@@ -310,7 +384,10 @@ class TurnLog:
             mid = t.metadata.get("message_id")
             if mid:
                 log.ids.add(str(mid))
+                log.id_seq[str(mid)] = t.seq
             log.tail.append(t)
+            log.keys.append(turn_key(t))
+            log.seqs.append(t.seq)
             log.last_seq = t.seq
             log.last_turn = t
 
@@ -420,15 +497,9 @@ def check_tool_scope(scope: object) -> ToolScope:
 
 def turn_line(t: Turn, *, with_session: bool = False) -> str:
     """One archived turn as the tools answer it: ``[turn N, speaker, date] text``."""
-    speaker = _str_or_none(t.metadata.get("name")) or t.role
-    where = f"session {t.session_id}, " if with_session else ""
-    text = t.content
-    calls = tool_calls_of(t)
-    if calls:
-        listed = ", ".join(f"{c.name}({c.arguments_json()})" for c in calls)
-        text = f"{text} [calls {listed}]" if text else f"[calls {listed}]"
-    head = f"[{where}turn {t.seq}, {speaker}, {t.at:%Y-%m-%d %H:%M}]"
-    return f"{head} {text}" if text else head
+    text = display_text(t.role, t.content, t.metadata)
+    where = t.session_id if with_session else None
+    return core_turn_line(t.seq, speaker_of(t.role, t.metadata), t.at, text, session=where)
 
 
 def is_tool_answer(t: Turn) -> bool:

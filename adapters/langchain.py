@@ -32,6 +32,7 @@ from typing import Annotated, Any
 from optical_memory import (
     AssembledContext,
     InvalidBudget,
+    InvalidInput,
     MemoryManager,
     Target,
     Tier,
@@ -41,6 +42,7 @@ from optical_memory import (
 )
 from optical_memory.errors import MissingExtra
 from optical_memory.tokens import make_counter
+from optical_memory.turn_text import cost_text
 
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
@@ -50,11 +52,13 @@ try:
         AIMessage,
         BaseMessage,
         HumanMessage,
+        RemoveMessage,
         SystemMessage,
         ToolMessage,
         messages_to_dict,
     )
     from langchain_core.messages.utils import convert_to_messages, count_tokens_approximately
+    from langchain_core.runnables.history import RunnableWithMessageHistory
     from langchain_core.tools import BaseTool, StructuredTool
     from pydantic import Field
 except ImportError as exc:
@@ -69,6 +73,7 @@ from ._framing import (
     RECALL_TOOL,
     FramedMessage,
     MemoryRole,
+    StartOn,
     ToolScope,
     TurnLog,
     answer_read,
@@ -82,6 +87,7 @@ from ._framing import (
 __all__ = [
     "OpticalChatMessageHistory",
     "OpticalMemoryMiddleware",
+    "OpticalRunnableWithMessageHistory",
     "count_tokens_with_images",
     "image_token_counter",
     "message_to_turn",
@@ -161,14 +167,29 @@ def _is_memory_message(message: BaseMessage) -> bool:
 
 
 def to_langchain_messages(
-    ctx: AssembledContext, *, memory_role: MemoryRole = "user", hint: str | None = None
+    ctx: AssembledContext,
+    *,
+    memory_role: MemoryRole = "user",
+    hint: str | None = None,
+    start_on: StartOn = "user",
+    system_first: bool = True,
 ) -> list[BaseMessage]:
     """The assembled context as LangChain messages: the memory message, then recent turns.
 
     ``hint``: one more text part after the memory intro (the middleware's note on its tools);
-    its tokens are not in ``ctx.tokens``, so budget them when assembling.
+    its tokens are not in ``ctx.tokens``, so budget them when assembling. ``start_on`` and
+    ``system_first``: the provider rules of :func:`~optical_memory.adapters._framing.frame`
+    (open on a user message; stored system turns as labelled user messages).
+
+    A page the target prices by ``detail`` (the OpenAI targets) is an OpenAI ``image_url``
+    block with its ``detail``, which ``ChatOpenAI`` passes through as is (langchain-core's
+    converter drops a standard block's ``detail``, and the page would be billed at high
+    detail); other pages are standard ``image`` blocks.
     """
-    return [_to_message(m) for m in frame(ctx, memory_role=memory_role, hint=hint)]
+    framed = frame(
+        ctx, memory_role=memory_role, hint=hint, start_on=start_on, system_first=system_first
+    )
+    return [_to_message(m) for m in framed]
 
 
 def to_langchain_dicts(ctx: AssembledContext) -> list[dict[str, Any]]:
@@ -183,14 +204,13 @@ def _to_message(m: FramedMessage) -> BaseMessage:
             if part.page is None:
                 blocks.append({"type": "text", "text": part.text or ""})
                 continue
-            block: dict[str, Any] = {
-                "type": "image",
-                "base64": part.page.base64,
-                "mime_type": part.page.mime_type,
-            }
             if part.page.detail:
-                block["extras"] = {"detail": part.page.detail}
-            blocks.append(block)
+                url = {"url": part.page.data_url, "detail": part.page.detail}
+                blocks.append({"type": "image_url", "image_url": url})
+                continue
+            blocks.append(
+                {"type": "image", "base64": part.page.base64, "mime_type": part.page.mime_type}
+            )
         cls = SystemMessage if m.role == "system" else HumanMessage
         return cls(content=blocks, id=MEMORY_MESSAGE_ID)
     mid = m.message_id
@@ -259,6 +279,16 @@ def image_token_counter(
     """``count_tokens_with_images`` bound to one target, for ``trim_messages(token_counter=)``."""
     get_target(target)  # fail early on an unknown name
     return partial(count_tokens_with_images, target=target, **kwargs)
+
+
+def _image_blocks(message: BaseMessage) -> list[dict[str, Any]]:
+    if not isinstance(message.content, list):
+        return []
+    return [
+        b
+        for b in message.content
+        if isinstance(b, dict) and b.get("type") in ("image", "image_url")
+    ]
 
 
 def _image_cost(block: dict[str, Any], target: Target) -> int:
@@ -341,6 +371,14 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             that are named, to read with another call.
         recall_scope: what ``recall_memory`` searches: ``"session"`` (the thread's own
             conversation, default) or ``"owner"`` (all of the owner's sessions).
+        start_on: ``"user"`` (default): the conversation shown opens on a user message (what
+            Anthropic requires); ``"any"``: as assembled.
+        system_first: show stored system turns as labelled user messages, so the agent's
+            system prompt stays the only system message before the conversation (default True).
+        prune_state: at the end of each run, remove the archived messages before the run's
+            last question from the graph state (``RemoveMessage``), so state and checkpoints
+            stay small however long the thread (default True). The archive keeps them all;
+            read them with ``memory.turns(thread_id)``.
 
     It records the messages of each model request (so put it last in ``middleware=`` if
     another middleware edits messages) and the model's reply, by message id.
@@ -359,6 +397,9 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         cue: bool = True,
         tools: bool = True,
         recall_scope: ToolScope = "session",
+        start_on: StartOn = "user",
+        system_first: bool = True,
+        prune_state: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
@@ -374,6 +415,9 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         self.token_counter = token_counter
         self.cue = cue
         self.recall_scope: ToolScope = check_tool_scope(recall_scope)
+        self.start_on: StartOn = start_on
+        self.system_first = system_first
+        self.prune_state = prune_state
         self._log = TurnLog(memory)
         # What create_agent registers (it reads ``middleware.tools``), and the note about them.
         self.tools: list[BaseTool] = self._memory_tools() if tools else []
@@ -403,14 +447,36 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         return response
 
     def after_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
-        """Store what came after the last model call (e.g. a ``return_direct`` tool result)."""
-        self.record(self.session_id(runtime), state.get("messages", []))
-        return None
+        """Store what came after the last model call (e.g. a ``return_direct`` tool result),
+        then (``prune_state``) remove the archived messages from the graph state."""
+        messages = state.get("messages", [])
+        sid = self.session_id(runtime)
+        self.record(sid, messages)
+        return self._prune(sid, messages)
 
     async def aafter_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        messages = state.get("messages", [])
         sid = self.session_id(runtime)
-        await asyncio.to_thread(self.record, sid, state.get("messages", []))
-        return None
+        await asyncio.to_thread(self.record, sid, messages)
+        return self._prune(sid, messages)
+
+    def _prune(self, session_id: str, messages: Sequence[Any]) -> dict[str, Any] | None:
+        """``RemoveMessage`` for every archived message before the run's last question: the
+        archive holds them and the model is shown the assembled view, so state and
+        checkpoints keep only the last exchange."""
+        if not self.prune_state:
+            return None
+        last_human = max(
+            (i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=0
+        )
+        with self._log.session(session_id) as log:
+            stored = log.ids
+            gone = [
+                RemoveMessage(id=str(m.id))
+                for m in messages[:last_human]
+                if isinstance(m, BaseMessage) and m.id and str(m.id) in stored
+            ]
+        return {"messages": gone} if gone else None
 
     # -- the work -----------------------------------------------------------------------------
 
@@ -445,33 +511,53 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         at = self.now() if self.now is not None else None
         with self._log.session(session_id) as log:
             rows: list[dict[str, Any]] = []
+            after: str | None = None  # the last stored message before the first new one
+            seen: set[str] = set()
             for i, m in enumerate(messages):
                 if not isinstance(m, BaseMessage):
                     continue
                 key = str(m.id) if m.id else _content_key(m, i)
-                if key in log.ids:
+                if key in log.ids or key in seen:
+                    if not rows and key in log.ids:
+                        after = key
                     continue
                 row = message_to_turn(m, at)
                 if row is None:
                     continue
                 row["metadata"]["message_id"] = key
-                log.ids.add(key)
+                seen.add(key)
                 rows.append(row)
             if not rows:
                 return []
+            # A graph forked or replayed from an earlier checkpoint: the stored turns after
+            # the message the new ones follow are the abandoned branch, superseded.
+            fork = log.id_seq.get(after) if after is not None else None
             try:
-                stored = self.memory.add_turns(session_id, rows)
+                if fork is not None and fork < log.last_seq:
+                    try:
+                        stored = self.memory.replace_turns(session_id, fork + 1, rows)
+                    except InvalidInput:  # the abandoned part is on a page already: append
+                        stored = self.memory.add_turns(session_id, rows)
+                    else:
+                        log.reset()  # the branch changed: read it again next time
+                        return stored
+                else:
+                    stored = self.memory.add_turns(session_id, rows)
             except BaseException:
                 log.reset()  # re-read from the store next time
                 raise
             TurnLog.note(log, stored)
             return stored
 
-    def view(self, session_id: str, cue: str | None = None) -> list[BaseMessage]:
-        """What the model is shown for this session now (``cue``: what to recall for)."""
-        budget, hint = self.budget, None
-        if self._hint and self._hint_tokens < self.budget:  # the tools' note, paid from budget
-            budget, hint = self.budget - self._hint_tokens, self._hint
+    def view(
+        self, session_id: str, cue: str | None = None, *, reserve: int = 0
+    ) -> list[BaseMessage]:
+        """What the model is shown for this session now (``cue``: what to recall for;
+        ``reserve``: tokens of the budget kept for what is sent besides, e.g. the newest
+        message's images)."""
+        budget, hint = max(1, self.budget - reserve), None
+        if self._hint and self._hint_tokens < budget:  # the tools' note, paid from budget
+            budget, hint = budget - self._hint_tokens, self._hint
         ctx = self.memory.assemble(
             session_id,
             budget,
@@ -480,11 +566,28 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             token_counter=self.token_counter,
             cue=cue,
         )
-        return to_langchain_messages(ctx, memory_role=self.memory_role, hint=hint)
+        return to_langchain_messages(
+            ctx,
+            memory_role=self.memory_role,
+            hint=hint,
+            start_on=self.start_on,
+            system_first=self.system_first,
+        )
 
     def _prepare(self, session_id: str, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+        """Record, then the view; the newest user message's images reach the model unchanged
+        (the message itself replaces its text-only turn), their cost taken off the budget."""
         self.record(session_id, messages)
-        return self.view(session_id, newest_user_text(messages) if self.cue else None)
+        newest = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+        images = _image_blocks(newest) if newest is not None and newest.id else []
+        target = self.target or get_target(self.memory.target)
+        reserve = sum(_image_cost(b, target) for b in images)
+        view = self.view(
+            session_id, newest_user_text(messages) if self.cue else None, reserve=reserve
+        )
+        if images and newest is not None:
+            view = [newest if m.id == newest.id else m for m in view]
+        return view
 
     # -- the tools ----------------------------------------------------------------------------
 
@@ -618,14 +721,42 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        return self.messages_for([])
+
+    def messages_for(self, new: Sequence[BaseMessage]) -> list[BaseMessage]:
+        """The view that leaves room in ``budget`` for ``new`` (the messages about to be sent
+        after it), so history and input together stay within the budget."""
+        budget = self.budget - self.cost_of(new)
+        if budget <= 0:
+            return []
         try:
             ctx = self.memory.assemble(
-                self.session_id, self.budget, self.target, self._now(),
+                self.session_id, budget, self.target, self._now(),
                 token_counter=self.token_counter,
             )  # fmt: skip
         except UnknownSession:
             return []
         return to_langchain_messages(ctx, memory_role=self.memory_role)
+
+    def cost_of(self, messages: Sequence[BaseMessage]) -> int:
+        """What the memory charges for these messages (text, tool calls, names, images)."""
+        count = make_counter(self.token_counter) if self.token_counter else self.memory.count_tokens
+        tgt = self.target or get_target(self.memory.target)
+        total = 0
+        for m in messages:
+            row = message_to_turn(m)
+            if row is None:
+                continue
+            total += int(
+                count(row["role"], cost_text(row["role"], row["content"], row["metadata"]))
+            )
+            if isinstance(m.content, list):
+                total += sum(
+                    _image_cost(b, tgt)
+                    for b in m.content
+                    if isinstance(b, dict) and b.get("type") in ("image", "image_url")
+                )
+        return total
 
     async def aget_messages(self) -> list[BaseMessage]:
         return await asyncio.to_thread(lambda: self.messages)
@@ -656,3 +787,36 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
     def _rows(self, messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
         at = self._now()
         return [r for r in (message_to_turn(m, at) for m in messages) if r is not None]
+
+
+class OpticalRunnableWithMessageHistory(RunnableWithMessageHistory):
+    """``RunnableWithMessageHistory`` that keeps history and the new input within the budget.
+
+    With an :class:`OpticalChatMessageHistory`, the history is assembled for what the budget
+    leaves after the input messages (the plain class reads the history first and appends the
+    input after it, so the input comes on top of the budget). Any other history is read as
+    the plain class reads it. Same arguments as ``RunnableWithMessageHistory``.
+    """
+
+    def _enter_history(self, value: Any, config: Any) -> list[BaseMessage]:
+        hist = config["configurable"]["message_history"]
+        if not isinstance(hist, OpticalChatMessageHistory):
+            return super()._enter_history(value, config)
+        return self._budgeted(hist, value, hist.messages_for)
+
+    async def _aenter_history(self, value: Any, config: Any) -> list[BaseMessage]:
+        hist = config["configurable"]["message_history"]
+        if not isinstance(hist, OpticalChatMessageHistory):
+            return await super()._aenter_history(value, config)
+        return await asyncio.to_thread(self._budgeted, hist, value, hist.messages_for)
+
+    def _budgeted(
+        self,
+        hist: OpticalChatMessageHistory,
+        value: Any,
+        view: Callable[[Sequence[BaseMessage]], list[BaseMessage]],
+    ) -> list[BaseMessage]:
+        input_val = value if not self.input_messages_key else value[self.input_messages_key]
+        new = self._get_input_messages(input_val)
+        messages = view(new)
+        return messages if self.history_messages_key else [*messages, *new]

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from optical_memory import AssembledContext, MemoryManager, Turn
+from optical_memory import AssembledContext, InvalidInput, MemoryManager, Turn
 
 from ._framing import (
     ERROR_HEAD,
@@ -39,14 +39,16 @@ from ._framing import (
     TOOLS_HINT,
     FramedMessage,
     MemoryRole,
+    StartOn,
     ToolCall,
     ToolScope,
     TurnLog,
+    align,
     answer_read,
     answer_recall,
     check_tool_scope,
     frame,
-    tool_calls_of,
+    message_key,
     tool_specs,
 )
 
@@ -73,6 +75,8 @@ def to_openai_messages(
     memory_role: MemoryRole = "user",
     system_prompt: str | None = None,
     tools_hint: str | None = None,
+    start_on: StartOn = "user",
+    system_first: bool = True,
 ) -> list[dict[str, Any]]:
     """Chat-completions messages: system prompt, the memory message with the pages, recent turns.
 
@@ -83,11 +87,17 @@ def to_openai_messages(
     ``tools_hint`` (e.g. :data:`TOOLS_HINT`, when the request offers :func:`memory_tools`): a
     text part after the memory intro; it is not in ``ctx.tokens``, so take
     ``memory.count_tokens("system", TOOLS_HINT)`` off the budget passed to ``assemble``.
+    ``start_on="user"`` (default) opens the conversation on a user message and
+    ``system_first`` (default) shows stored system turns as labelled user messages, so the
+    system prompt stays first and alone (what Anthropic-compatible servers require).
     """
     out: list[dict[str, Any]] = []
     if system_prompt:
         out.append({"role": "system", "content": system_prompt})
-    for m in frame(ctx, memory_role=memory_role, hint=tools_hint):
+    framed = frame(
+        ctx, memory_role=memory_role, hint=tools_hint, start_on=start_on, system_first=system_first
+    )
+    for m in framed:
         if m.is_memory:
             out.extend(_memory_messages(m, detail))
         else:
@@ -200,20 +210,33 @@ def record_openai_messages(
     """Store the messages of a chat-completions request that are not stored yet.
 
     Pass the whole conversation each time, as chat-completions clients do, or only the new
-    messages (a reply, say): whatever already ends the stored history is skipped, the rest is
-    stored in one transaction. System and developer messages are not stored.
+    messages (a reply, say). Sending the same conversation again stores nothing. A
+    conversation that parts from the stored one (a regenerated reply, an edited message, the
+    request of a "regenerate" without the old reply) records a new version: the stored turns
+    from where it parts are superseded (kept in the archive, see
+    ``MemoryManager.superseded``; out of the prompt) and the rest is stored, in one
+    transaction. Aligning is linear in the messages sent (see :func:`~._framing.align`).
+    Turns already on a page cannot be replaced: an edit there is stored as new turns. System
+    and developer messages are not stored.
     """
     rows = [r for r in (openai_message_to_turn(m, at) for m in messages) if r is not None]
     log = _turn_log(memory)
     with log.session(session_id) as state:
-        tail = list(state.tail)
-        if len(rows) > len(tail) and state.last_seq > len(tail):
-            tail = memory.turns(session_id, since=max(0, state.last_seq - len(rows)))
-        new = rows[_overlap(tail[-len(rows) :] if rows else [], rows) :]
-        if not new:
+        known, replace_from = align(state.keys, [_key_of_row(r) for r in rows])
+        new = rows[known:]
+        if not new and replace_from is None:
             return []
         try:
-            stored = memory.add_turns(session_id, new)
+            if replace_from is None:
+                stored = memory.add_turns(session_id, new)
+            else:
+                try:
+                    stored = memory.replace_turns(session_id, state.seqs[replace_from], new)
+                except InvalidInput:  # the part replaced is on a page already: append
+                    stored = memory.add_turns(session_id, new) if new else []
+                else:
+                    state.reset()  # the branch changed: read it again on the next request
+                    return stored
         except BaseException:
             state.reset()
             raise
@@ -221,39 +244,10 @@ def record_openai_messages(
         return stored
 
 
-def _overlap(tail: list[Turn], rows: list[dict[str, Any]]) -> int:
-    """How many leading rows are stored already.
-
-    The rows are aligned so that a run of them ends at the newest stored turn. An alignment
-    where every row before that point matches (the client resent the conversation, perhaps
-    trimmed at the front) wins, the latest first; else the one that matches every stored turn
-    seen (the client sent older messages never stored); else nothing is stored yet.
-    """
-    if not tail or not rows:
-        return 0
-    stored = [_key_of_turn(t) for t in tail]
-    incoming = [_key_of_row(r) for r in rows]
-    partial = 0
-    for end in range(len(incoming), 0, -1):
-        run = 0
-        while run < end and run < len(stored) and incoming[end - 1 - run] == stored[-1 - run]:
-            run += 1
-        if run == end:
-            return end
-        if run == len(stored) and not partial:
-            partial = end
-    return partial
-
-
-def _key_of_turn(t: Turn) -> tuple[Any, ...]:
-    calls = tuple(c.id for c in tool_calls_of(t))
-    return (t.role, t.content, t.metadata.get("tool_call_id"), calls)
-
-
-def _key_of_row(r: dict[str, Any]) -> tuple[Any, ...]:
+def _key_of_row(r: dict[str, Any]) -> int:
     meta = r["metadata"]
     calls = tuple(c.get("id") for c in meta.get("tool_calls", []))
-    return (r["role"], r["content"], meta.get("tool_call_id"), calls)
+    return message_key(r["role"], r["content"], meta.get("tool_call_id"), calls)
 
 
 _LOGS: weakref.WeakKeyDictionary[MemoryManager, TurnLog] = weakref.WeakKeyDictionary()

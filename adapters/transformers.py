@@ -139,7 +139,7 @@ class LocalVLM:
         if past is not None:
             return past
         out = self.model(**inputs.model_kwargs(0, n), use_cache=True, logits_to_keep=1)
-        self.prefix_cache.put(inputs.prefix_key, n, out.past_key_values)
+        self.prefix_cache.put(inputs.prefix_key, n, out.cache)
         return self.prefix_cache.get(inputs.prefix_key, n)
 
     def past(self, inputs: LocalInputs, session_id: str | None = None) -> tuple[Any | None, int]:
@@ -187,10 +187,9 @@ class LocalVLM:
         (:meth:`past`); the resulting cache is kept as the session's conversation cache.
         """
         past, start = self.past(inputs, session_id) if reuse_prefix else (None, 0)
-        out = self.model(
-            **inputs.model_kwargs(start), past_key_values=past, use_cache=True, **kwargs
-        )
-        self._keep(session_id, inputs, inputs.input_ids[0], out.past_key_values)
+        # transformers 5.x names the KV cache ``cache`` (``past_key_values`` goes in 5.40)
+        out = self.model(**inputs.model_kwargs(start), cache=past, use_cache=True, **kwargs)
+        self._keep(session_id, inputs, inputs.input_ids[0], out.cache)
         return out
 
     @torch.no_grad()
@@ -214,7 +213,7 @@ class LocalVLM:
         past, _ = self.past(inputs, session_id) if reuse_prefix else (None, 0)
         kwargs = inputs.generate_kwargs()
         if past is not None:
-            kwargs["past_key_values"] = past
+            kwargs["cache"] = past
         gen = self.model.generation_config
         if (
             gen.pad_token_id is None
@@ -228,7 +227,7 @@ class LocalVLM:
         sequence = out.sequences[0]  # the prompt ids first, then the new tokens
         reply = self.tokenizer.decode(sequence[inputs.length :], skip_special_tokens=True).strip()
         if reuse_prefix:
-            self._keep(session_id, inputs, sequence, out.past_key_values)
+            self._keep(session_id, inputs, sequence, out.cache)
         if record:
             self.memory.add_turns(
                 session_id,

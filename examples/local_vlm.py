@@ -1,5 +1,6 @@
 """Chat with a local DeepSeek-OCR-2 or Qwen2.5-VL over optical memory.
 
+    python examples/local_vlm.py < questions.txt         # offline: a recording fake model
     python examples/local_vlm.py /models/DeepSeek-OCR-2 --db chat.db --session me
     python examples/local_vlm.py /models/Qwen2.5-VL-3B-Instruct --device cuda --dtype bfloat16
 
@@ -9,7 +10,9 @@ generated from the system prompt, the memory pages, the recent turns as text and
 message; the KV cache of the last prompt and reply is kept, so each turn prefills only what it
 adds (until an aging pass changes the pages). Type /age to run an aging pass now,
 /pages to list the pages, /quit to leave. Nothing is downloaded: the model directory must
-hold the weights, the config and the processor files.
+hold the weights, the config and the processor files. Without a model directory nothing is
+loaded: a fake model answers with what it was shown, and a simulated clock moves 20 minutes per
+message (aging after each), so pages appear within a few messages.
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Chat with a local VLM (DeepSeek-OCR-2, Qwen2.5-VL) whose older turns are "
         "kept as page images with cached visual tokens.",
     )
-    parser.add_argument("model", type=Path, help="local model directory (weights + processor)")
+    parser.add_argument(
+        "model",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="local model directory (weights + processor); default: an offline recording fake",
+    )
     parser.add_argument("--db", default="local_vlm.db", help="SQLite file or SQLAlchemy URL")
     parser.add_argument("--session", default="local-vlm", help="conversation id")
     parser.add_argument(
@@ -41,8 +50,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def offline(args: argparse.Namespace) -> int:
+    """No model: show what a model would be sent (pages and text within the budget)."""
+    from datetime import UTC, datetime, timedelta
+
+    from optical_memory import AgingPolicy, MemoryManager
+
+    url = args.db if "://" in args.db else f"sqlite:///{Path(args.db).resolve()}"
+    clock = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)
+    target = args.target or "deepseek-ocr-2"
+    policy = AgingPolicy(keep_last_turns=args.keep_last_turns)
+    with MemoryManager(url, target=target, policy=policy) as memory:
+        for line in sys.stdin:
+            message = line.strip()
+            if not message or message == "/quit":
+                break
+            memory.add_turn(args.session, "user", message, at=clock)
+            ctx = memory.assemble(args.session, budget=args.budget, now=clock)
+            reply = (
+                f"(offline model) I was shown {len(ctx.pages)} page images and "
+                f"{len(ctx.texts)} turns as text, {ctx.tokens} tokens."
+            )
+            memory.add_turn(args.session, "assistant", reply, at=clock)
+            print(f"model> {reply}")
+            clock += timedelta(minutes=20)
+            memory.age(now=clock)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.model is None:
+        return offline(args)
     if not args.model.is_dir():
         print(f"no model directory at {args.model}", file=sys.stderr)
         return 2

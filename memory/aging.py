@@ -58,6 +58,7 @@ from .store import (
     add_visual_tokens,
     page_turns,
 )
+from .turn_text import page_text, speaker_of
 
 log = logging.getLogger("optical_memory.aging")
 
@@ -1191,9 +1192,11 @@ class Aging:
 def render_turn(t: TurnRow, *, keep_whole: bool = False) -> RenderTurn:
     """How an archived turn is drawn on a page: its speaker (a name, else the role) and text;
     ``keep_whole``: an abridged page cuts it last (see :meth:`Aging.keeps_whole`)."""
-    speaker = t.meta.get("name") if isinstance(t.meta, dict) else None
     return RenderTurn(
-        speaker=str(speaker or t.role), at=t.at, text=t.content, keep_whole=keep_whole
+        speaker=speaker_of(t.role, t.meta),
+        at=t.at,
+        text=page_text(t.role, t.content, t.meta),
+        keep_whole=keep_whole,
     )
 
 

@@ -32,6 +32,7 @@ from .store import (
     to_turn,
 )
 from .tokens import TokenCounter, approximate_tokens
+from .turn_text import cost_text, display_text, speaker_of, turn_line
 
 _TURN_BATCH = 64
 _PAGE_BATCH = 32
@@ -227,7 +228,7 @@ def assemble_context(
         """Stored counts come from the manager's counter; another counter recounts."""
         if counter is None or counter is approximate_tokens:
             return t.tokens
-        return int(counter(t.role, t.content))
+        return int(counter(t.role, cost_text(t.role, t.content, t.meta)))
 
     recent = _recent_units(s, session, budget, cost_of)
     mandatory = recent.spent(recent.mandatory)
@@ -468,8 +469,8 @@ def _block_text(pins: Sequence[TurnRow], recalled: Sequence[TurnRow]) -> str:
 
 
 def _line(t: TurnRow) -> str:
-    speaker = t.meta.get("name") if isinstance(t.meta, dict) else None
-    return f"[turn {t.seq}, {speaker or t.role}, {t.at:%Y-%m-%d %H:%M}] {t.content}"
+    text = display_text(t.role, t.content, t.meta)
+    return turn_line(t.seq, speaker_of(t.role, t.meta), t.at, text)
 
 
 def _block_cost(count: TokenCounter, pins: Sequence[TurnRow], recalled: Sequence[TurnRow]) -> int:

@@ -145,29 +145,100 @@ def qwen25_vl_cost(width: int, height: int, detail: str | None = None) -> int:
     return (h // 28) * (w // 28) + 2
 
 
-def openai_tile_cost(width: int, height: int, detail: str | None = None) -> int:
-    """OpenAI tile models (GPT-4o, 4.1): low detail 85; high detail fits 2048², scales the
-    short side down to 768, then 85 + 170 per 512² tile."""
-    if detail == "low":
-        return 85
-    w, h = float(width), float(height)
-    if max(w, h) > 2048:
-        s = 2048 / max(w, h)
-        w, h = w * s, h * s
-    if min(w, h) > 768:
-        s = 768 / min(w, h)
-        w, h = w * s, h * s
-    tiles = math.ceil(w / 512) * math.ceil(h / 512)
-    return 85 + 170 * tiles
+# OpenAI, https://platform.openai.com/docs/guides/images-vision#calculating-costs (checked
+# 2026-12): two rules. Tile models scale an image to fit 2048², then its short side to 768, and
+# charge a base plus a price per 512² tile (``detail="low"``: the base alone). Patch models
+# cover the image with 32×32 patches (at most 1536, scaling the image down to fit) and charge
+# the patch count times a per-model multiplier; ``detail`` does not change their price.
+OPENAI_TILE_PRICES: dict[str, tuple[int, int]] = {
+    "gpt-4o": (85, 170),  # also gpt-4.1, gpt-4.5
+    "gpt-4o-mini": (2833, 5667),
+    "gpt-5": (70, 140),  # also gpt-5-chat-latest and the later full-size GPT-5.x models
+    "o1": (75, 150),  # also o1-pro, o3
+}
+"""(base, per tile) tokens of the OpenAI tile models, from the page cited above."""
+OPENAI_PATCH_MULTIPLIERS: dict[str, float] = {
+    "gpt-4.1-mini": 1.62,
+    "gpt-4.1-nano": 2.46,
+    "o4-mini": 1.72,
+    # The guide lists gpt-5-mini at 1.62 and gpt-5-nano at 2.46; billing reported on
+    # https://community.openai.com/t/gpt-5-mini-image-input-token-calculation-discrepancy-with-official-faq-formula/1344040
+    # is lower (1.2, 1.5): the documented figures are kept, so a budget is never overrun.
+    "gpt-5-mini": 1.62,
+    "gpt-5-nano": 2.46,
+}
+"""Tokens per 32×32 patch of the OpenAI patch models, from the page cited above."""
+OPENAI_MAX_PATCHES = 1536
+
+
+def openai_tiles(base: int, tile: int) -> CostRule:
+    """An OpenAI tile model's rule: ``base`` (low detail), else ``base + tile`` per 512² tile
+    after fitting 2048² and scaling the short side down to 768."""
+
+    def cost(width: int, height: int, detail: str | None = None) -> int:
+        if detail == "low":
+            return base
+        w, h = float(width), float(height)
+        if max(w, h) > 2048:
+            s = 2048 / max(w, h)
+            w, h = w * s, h * s
+        if min(w, h) > 768:
+            s = 768 / min(w, h)
+            w, h = w * s, h * s
+        return base + tile * math.ceil(w / 512) * math.ceil(h / 512)
+
+    return cost
+
+
+def openai_patches(multiplier: float) -> CostRule:
+    """An OpenAI patch model's rule: 32×32 patches (at most 1536; a larger image is scaled
+    down to fit, then to whole patches), times ``multiplier``."""
+
+    def cost(width: int, height: int, detail: str | None = None) -> int:
+        w, h = float(width), float(height)
+        if math.ceil(w / 32) * math.ceil(h / 32) > OPENAI_MAX_PATCHES:
+            r = math.sqrt(32 * 32 * OPENAI_MAX_PATCHES / (w * h))
+            w, h = w * r, h * r
+            r = min(math.floor(w / 32) / (w / 32), math.floor(h / 32) / (h / 32))
+            w, h = w * r, h * r
+        patches = min(OPENAI_MAX_PATCHES, math.ceil(w / 32) * math.ceil(h / 32))
+        return math.ceil(patches * multiplier)
+
+    return cost
+
+
+openai_tile_cost: CostRule = openai_tiles(*OPENAI_TILE_PRICES["gpt-4o"])
+"""GPT-4o, GPT-4.1: 85 at low detail, else 85 + 170 per 512² tile."""
+
+# Anthropic, https://docs.claude.com/en/docs/build-with-claude/vision (checked 2026-12):
+# tokens = width · height / 750; an image whose long edge exceeds 1568 px, or that would take
+# more than about 1,600 tokens, is first scaled down (aspect kept); larger than 8000×8000 px
+# (2000×2000 when a request has more than 20 images) is refused.
+ANTHROPIC_MAX_LONG_EDGE = 1568
+ANTHROPIC_MAX_TOKENS = 1600
+ANTHROPIC_MAX_SIDE = 8000
 
 
 def anthropic_cost(width: int, height: int, detail: str | None = None) -> int:
-    """Anthropic Claude: about w·h/750 after scaling the long edge down to 1568."""
+    """Anthropic Claude: w·h/750 after scaling down to a 1568 px long edge and ~1,600 tokens."""
     w, h = float(width), float(height)
-    if max(w, h) > 1568:
-        s = 1568 / max(w, h)
+    if max(w, h) > ANTHROPIC_MAX_LONG_EDGE:
+        s = ANTHROPIC_MAX_LONG_EDGE / max(w, h)
         w, h = w * s, h * s
-    return math.ceil(w * h / 750)
+    return min(math.ceil(w * h / 750), ANTHROPIC_MAX_TOKENS)
+
+
+# Gemini, https://ai.google.dev/gemini-api/docs/tokens (2.x: 258 tokens for an image within
+# 384² on both sides, else 258 per 768² tile) and
+# https://ai.google.dev/gemini-api/docs/media-resolution (Gemini 3: a fixed budget per image set
+# by media_resolution, default high: low 280, medium 560, high 1120, ultra_high 2240), checked
+# 2026-12.
+GEMINI3_MEDIA_RESOLUTION: dict[str, int] = {
+    "low": 280,
+    "medium": 560,
+    "high": 1120,
+    "ultra_high": 2240,
+}
 
 
 def gemini_cost(width: int, height: int, detail: str | None = None) -> int:
@@ -177,10 +248,20 @@ def gemini_cost(width: int, height: int, detail: str | None = None) -> int:
     return 258 * math.ceil(width / 768) * math.ceil(height / 768)
 
 
+def gemini3_cost(width: int, height: int, detail: str | None = None) -> int:
+    """Gemini 3: the media resolution's budget whatever the size (``detail`` names it; the
+    API's default for images is high)."""
+    return GEMINI3_MEDIA_RESOLUTION.get(detail or "high", GEMINI3_MEDIA_RESOLUTION["high"])
+
+
 def _square(*sides: int, detail: tuple[str | None, ...] = ()) -> dict[Tier, TierSpec]:
     details = detail or (None,) * len(sides)
     return {t: TierSpec(s, s, d) for t, s, d in zip(IMAGE_TIERS, sides, details, strict=False)}
 
+
+# Patch models pay by area: canvases shrink with the tiers (1024² = 1024 patches).
+_OPENAI_TILE_TIERS = _square(1024, 512, 512, detail=("high", "high", "low"))
+_OPENAI_PATCH_TIERS = _square(1024, 768, 512, 384)
 
 BUILTIN_TARGETS: tuple[Target, ...] = (
     Target(
@@ -205,22 +286,69 @@ BUILTIN_TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "openai",
-        _square(1024, 512, 512, detail=("high", "high", "low")),
+        _OPENAI_TILE_TIERS,
         openai_tile_cost,
-        "OpenAI tile models (GPT-4o, GPT-4.1): 765 / 255 / 85 (low detail)",
+        "OpenAI tile models GPT-4o, GPT-4.1, GPT-4.5: 765 / 255 / 85 (low detail)",
+        aliases=("gpt-4o", "gpt-4.1", "gpt-4.5", "chatgpt-4o-latest"),
+    ),
+    Target(
+        "gpt-4o-mini",
+        _OPENAI_TILE_TIERS,
+        openai_tiles(*OPENAI_TILE_PRICES["gpt-4o-mini"]),
+        "GPT-4o mini: 2833 + 5667 per tile (low detail 2833): pages rarely pay",
+    ),
+    Target(
+        "gpt-5",
+        _OPENAI_TILE_TIERS,
+        openai_tiles(*OPENAI_TILE_PRICES["gpt-5"]),
+        "GPT-5 (and gpt-5-chat-latest, GPT-5.x full-size): 70 + 140 per tile, low detail 70",
+        aliases=("gpt-5-chat-latest", "gpt-5.1", "gpt-5.2"),
+    ),
+    Target(
+        "o3",
+        _OPENAI_TILE_TIERS,
+        openai_tiles(*OPENAI_TILE_PRICES["o1"]),
+        "OpenAI o1, o1-pro, o3: 75 + 150 per tile, low detail 75",
+        aliases=("o1", "o1-pro"),
+    ),
+    *(
+        Target(
+            name,
+            _OPENAI_PATCH_TIERS,
+            openai_patches(mult),
+            f"{name}: 32 px patches × {mult} (at most 1536 patches; detail does not matter)",
+        )
+        for name, mult in OPENAI_PATCH_MULTIPLIERS.items()
     ),
     Target(
         "anthropic",
         _square(1092, 768, 512, 384),
         anthropic_cost,
-        "Anthropic Claude: about w·h/750",
-        aliases=("claude",),
+        "Anthropic Claude: about w·h/750, at most ~1,600 per image",
+        aliases=(
+            "claude",
+            "claude-opus-4",
+            "claude-sonnet-4",
+            "claude-haiku-4",
+            "claude-opus-4.5",
+            "claude-sonnet-4.5",
+            "claude-haiku-4.5",
+            "claude-3.7-sonnet",
+        ),
     ),
     Target(
         "gemini",
         _square(1536, 768),
         gemini_cost,
         "Gemini 2.x: 258 per 768² tile",
+        aliases=("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.0-flash"),
+    ),
+    Target(
+        "gemini-3",
+        _square(1536),
+        gemini3_cost,
+        "Gemini 3 at the default media resolution (high): 1120 per image of any size",
+        aliases=("gemini-3-pro", "gemini-3-flash"),
     ),
 )
 

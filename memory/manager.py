@@ -54,6 +54,7 @@ from .render import PageRenderer
 from .salience import SalienceFn, check_salience
 from .scheduler import AgingScheduler
 from .store import (
+    FIRST_LIVE_SEQ,
     PAGE_COLUMNS_WITHOUT_PNG,
     PageRow,
     RenditionRow,
@@ -61,9 +62,11 @@ from .store import (
     TurnMarkRow,
     TurnRow,
     VisualTokenRow,
+    supersede_turns,
     to_turn,
 )
 from .tokens import TokenCounter, make_counter
+from .turn_text import cost_text
 from .validation import (
     MAX_INT,
     check_content,
@@ -279,12 +282,13 @@ class MemoryManager:
             raise InvalidInput(f"turn {i}: pass a mapping with role and content, or a tuple")
         role = check_role(role)
         content = check_content(content, self.max_content_bytes)
+        meta = check_metadata(meta)
         return {
             "role": role,
             "content": content,
             "at": check_timestamp(at),
-            "meta": check_metadata(meta),
-            "tokens": int(self._count(role, content)),
+            "meta": meta,
+            "tokens": int(self._count(role, cost_text(role, content, meta))),
             "search_text": search_text(content),  # computed before the write transaction
         }
 
@@ -321,6 +325,54 @@ class MemoryManager:
             )
             for v in values
         ]
+
+    def replace_turns(
+        self,
+        session_id: str,
+        from_turn: int,
+        turns: Iterable[Mapping[str, Any] | Sequence[Any]],
+    ) -> list[Turn]:
+        """Record a new version of the conversation from turn ``from_turn`` on (a regenerated
+        reply, an edited message): the live turns from there on are superseded (kept in the
+        archive, see :meth:`superseded`; out of prompts, pages, ``turns()`` and search) and
+        ``turns`` are appended, in one transaction.
+
+        Raises:
+            InvalidInput: ``from_turn`` is on a page already (pages are sealed; append instead).
+        """
+        self._check_open()
+        key = check_session_id(session_id)
+        check_int(from_turn, "from_turn")
+        rows = [self._validate(i, item) for i, item in enumerate(turns)]
+
+        def work(s: Session) -> list[Turn]:
+            row = self._session(s, key)
+            self._check_owner(key, row.owner, writing=True)
+            if from_turn <= row.paged_until:
+                raise InvalidInput(
+                    f"turn {from_turn} of session {key!r} is on a page already (turns up to "
+                    f"{row.paged_until} are); only later turns can be replaced, append instead"
+                )
+            supersede_turns(s, row.id, from_turn, datetime.now(UTC))
+            return self._insert_turns(s, key, rows) if rows else []
+
+        return self._db.write(work)
+
+    def superseded(self, session_id: str) -> list[Turn]:
+        """Earlier versions of turns (see :meth:`replace_turns`), each with the number it had,
+        oldest replacement first."""
+        self._check_open()
+        with self._db.read() as s:
+            row = self._session(s, session_id)
+            q = (
+                select(TurnRow)
+                .where(TurnRow.session_row_id == row.id, TurnRow.seq < FIRST_LIVE_SEQ)
+                .order_by(TurnRow.superseded_at, TurnRow.id)
+            )
+            return [
+                dataclasses.replace(to_turn(t, row.key), seq=t.superseded_seq or 0)
+                for t in s.scalars(q)
+            ]
 
     def _scope(self, sessions: Sequence[str] | None) -> list[str] | None:
         """The session ids a pass may touch: all (None), or those given. A string is refused:

@@ -331,7 +331,7 @@ def _scope_filter(
 ) -> tuple[str, str]:
     """The join and WHERE clause (over ``om_turns t``) that keep a search inside its scope:
     the authority on what may be returned, whatever the index narrowed first."""
-    join, where = "", []
+    join, where = "", ["t.seq >= 1"]  # live turns only (store.FIRST_LIVE_SEQ)
     if scope == "session":
         where.append("t.session_id = :sid")
         if before is not None:

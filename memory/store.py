@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     insert,
     select,
+    update,
 )
 from sqlalchemy import false as sa_false
 from sqlalchemy import true as sa_true
@@ -130,6 +131,11 @@ class TurnRow(Base):
     # What the full-text index reads when it differs from content (CJK set apart, no NULs);
     # NULL for most turns. Written once with the turn (see recall.search_text); not loaded.
     search_text: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
+    # A superseded turn (an earlier version: a regenerated reply, an edited message and what
+    # followed it) leaves the live sequence: its seq becomes -id (see supersede_turns), so every
+    # query over a seq range skips it; it keeps its place here and when it was replaced.
+    superseded_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
         UniqueConstraint("session_id", "seq", name="uq_om_turns_session_seq"),
@@ -246,6 +252,23 @@ PAGE_COLUMNS_WITHOUT_PNG: tuple[Any, ...] = tuple(
 def to_turn(t: TurnRow, session_key: str) -> Turn:
     """The public record of a stored turn."""
     return Turn(session_key, t.seq, t.role, t.content, t.at, t.tokens, dict(t.meta or {}))
+
+
+FIRST_LIVE_SEQ = 1
+"""Live turns are numbered from 1; a superseded turn's seq is negative (``-id``): the one
+filter that keeps earlier versions out of prompts, pages, turns() and search."""
+
+
+def supersede_turns(s: Session, session_row_id: int, from_seq: int, at: datetime) -> int:
+    """Take the live turns from ``from_seq`` on out of the live sequence (kept in the archive,
+    marked superseded at ``at``); returns how many."""
+    result = s.execute(
+        update(TurnRow)
+        .where(TurnRow.session_row_id == session_row_id, TurnRow.seq >= max(from_seq, 1))
+        .values(superseded_seq=TurnRow.seq, seq=-TurnRow.id, superseded_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
 
 
 def page_turns(s: Session, session_row_id: int, first_seq: int, last_seq: int) -> Sequence[TurnRow]:

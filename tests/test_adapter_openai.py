@@ -471,9 +471,9 @@ def test_example_chats_with_a_local_server(
     example = _load_example("openai_backend")
     monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "test")
-    monkeypatch.setenv("OPENAI_MODEL", "local-model")
     monkeypatch.setattr("sys.stdin", io.StringIO("first question\nsecond question\n\n"))
-    assert example.main(["--db", sqlite_url, "--session", "ex", "--age-every", "3600"]) == 0
+    args = ["--db", sqlite_url, "--session", "ex", "--age-every", "3600", "--model", "local-model"]
+    assert example.main(args) == 0
     assert capsys.readouterr().out.count("assistant> Answer") == 2
     assert [r["model"] for r in server.requests] == ["local-model"] * 2
     assert server.requests[1]["messages"][-1] == {"role": "user", "content": "second question"}

@@ -440,9 +440,7 @@ def test_next_turn_prefills_only_what_the_last_one_did_not_cover(env: Env, tmp_p
         assert torch.equal(nxt.input_ids[0, :start], kept.ids[:start])
         assert nxt.length - start < 40  # the message, its frame and the reply's tail
         full = env.encoder.model(**nxt.model_kwargs()).logits
-        reused = env.encoder.model(
-            **nxt.model_kwargs(start), past_key_values=past, use_cache=True
-        ).logits
+        reused = env.encoder.model(**nxt.model_kwargs(start), cache=past, use_cache=True).logits
         assert (reused - full[:, start:]).abs().max().item() <= TOL
         # forward() keeps what it computed: the same prompt again reuses all but one token
         chat.forward(nxt, session_id="chat")

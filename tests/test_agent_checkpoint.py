@@ -69,7 +69,9 @@ def test_checkpoints_hold_text_not_page_images(tmp_path: Path) -> None:
     agent = create_agent(
         model,
         tools=[lookup],
-        middleware=[OpticalMemoryMiddleware(memory, budget=2000, now=lambda: clock_t[0])],
+        middleware=[
+            OpticalMemoryMiddleware(memory, budget=2000, now=lambda: clock_t[0], prune_state=False)
+        ],
         checkpointer=SqliteSaver(conn),
     )
     cfg = {"configurable": {"thread_id": "ferry"}}

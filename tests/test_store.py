@@ -63,7 +63,8 @@ def test_turns_keep_order_role_time_metadata_and_token_count(mm: MemoryManager) 
     assert [t.role for t in turns] == ["system", "user", "assistant", "tool"]
     assert turns[0].at == at and turns[0].at.tzinfo is not None
     assert turns[1].metadata == {"name": "Ann"}
-    assert turns[1].tokens == mm.count_tokens("user", "hi") > 0
+    # a name is sent too, so it is counted (optical_memory.turn_text.cost_text)
+    assert turns[1].tokens == mm.count_tokens("user", "Ann:\nhi") > mm.count_tokens("user", "hi")
     assert mm.turns("s", since=2)[0].seq == 3
     info = {s.session_id: s for s in mm.sessions()}
     assert info["s"].turns == 4
