@@ -565,15 +565,9 @@ app.add_typer(keys_app, name="keys")
 
 
 def _service() -> Any:
-    """The service package, or one line naming the extra it needs."""
-    from .errors import MissingExtra
+    """The service package (its app raises MissingExtra, one line, without the extra)."""
+    import optical_memory.adapters.service as service
 
-    try:
-        import optical_memory.adapters.service as service
-    except MissingExtra:
-        raise
-    except ImportError as exc:  # pragma: no cover - a broken install
-        raise MissingExtra("the service", "service", exc.name) from exc
     return service
 
 
@@ -662,6 +656,8 @@ def serve(
 
     service = _service()
     import uvicorn
+
+    import optical_memory.adapters.service.app  # noqa: F401  (the extra, before any work)
 
     get_target(target)
     url = db if db else default_url()

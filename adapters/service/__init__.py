@@ -1,25 +1,26 @@
 """The memory as a service: an HTTP API, an OpenAI-compatible proxy, an MCP server and a web
 view, over one :class:`~optical_memory.MemoryManager` (``optical-memory serve``).
 
-Needs the ``service`` extra (FastAPI, uvicorn, httpx, the MCP SDK); without it, importing
-this package raises :class:`~optical_memory.MissingExtra` naming the extra.
+The app needs the ``service`` extra (FastAPI, uvicorn, httpx, the MCP SDK); without it,
+``create_app`` raises :class:`~optical_memory.MissingExtra` naming the extra. Keys and the
+configuration need nothing beyond the core.
 """
 
 from __future__ import annotations
 
-from optical_memory.errors import MissingExtra
+from typing import Any
 
-try:
-    import fastapi  # noqa: F401
-    import httpx  # noqa: F401
-    import mcp  # noqa: F401
-    import uvicorn  # noqa: F401
-except ImportError as exc:
-    raise MissingExtra("the service", "service", exc.name) from exc
-
-from .app import Service, create_app
 from .config import ServiceConfig
 from .keys import ApiKeyInfo, NotSignedIn, UnknownApiKey, create_key, list_keys, revoke_key
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Service", "create_app"):
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(name)
+
 
 __all__ = [
     "ApiKeyInfo",

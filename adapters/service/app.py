@@ -16,7 +16,15 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from optical_memory.errors import MissingExtra
+
+try:
+    import httpx  # noqa: F401
+    import mcp  # noqa: F401
+    import uvicorn  # noqa: F401
+    from fastapi import Body, Depends, FastAPI, Query, Request
+except ImportError as exc:
+    raise MissingExtra("the service", "service", exc.name) from exc
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -151,27 +159,28 @@ class BodyLimit:
             await _too_large(self.limit)(scope, receive, send)
             return
         seen = 0
-        started = False
+        answered = False  # the 413 went out: whatever the app sends after it is dropped
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal seen
+            nonlocal seen, answered
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > self.limit and not answered:
+                    answered = True
+                    await _too_large(self.limit)(scope, receive, send)
                     raise BodyTooLarge(f"request body over {self.limit:,} bytes")
             return message
 
-        async def tracked_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not answered:
+                await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracked_send)
+            await self.app(scope, limited_receive, guarded_send)
         except BodyTooLarge:
-            if not started:
-                await _too_large(self.limit)(scope, receive, send)
+            if not answered:
+                raise
 
 
 def _too_large(limit: int) -> JSONResponse:

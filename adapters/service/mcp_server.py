@@ -12,11 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import anyio
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import ImageContent, TextContent
+from optical_memory.errors import MissingExtra
 
-from optical_memory import MemoryManager
+try:
+    import anyio
+    from mcp.server.mcpserver import Context, MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.types import ImageContent, TextContent
+except ImportError as exc:
+    raise MissingExtra("the MCP server", "service", exc.name) from exc
+
+from optical_memory import MemoryManager, OpticalMemoryError
 
 from .._framing import RECALL_LIMIT, answer_read, answer_recall, frame
 
@@ -38,8 +44,12 @@ def build_mcp(resolve: Resolve) -> MCPServer:
     )
 
     async def run(ctx: Context, fn: Callable[[MemoryManager], Any]) -> Any:
-        memory = resolve(ctx)
-        return await anyio.to_thread.run_sync(fn, memory)
+        try:
+            memory = resolve(ctx)
+            return await anyio.to_thread.run_sync(fn, memory)
+        except OpticalMemoryError as exc:  # the model reads the error's name and message
+            message = str(exc.args[0]) if isinstance(exc, LookupError) and exc.args else str(exc)
+            raise ToolError(f"{type(exc).__name__}: {message}") from None
 
     @server.tool()
     async def remember(session_id: str, role: str, content: str, ctx: Context) -> str:
