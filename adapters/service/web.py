@@ -165,7 +165,11 @@ def add_web(app: FastAPI, service: Service) -> None:
                     f"{p.first_seq}–{p.last_seq}<br>{_age(p.last_at)}<br>{p.tier}, "
                     f"{p.token_cost} tokens for {p.text_tokens} text tokens</div>{figures}</div>"
                 )
-            options = "".join(f"<option>{escape(n)}</option>" for n in target_names())
+            chosen = service.config.target
+            options = "".join(
+                f"<option{' selected' if n == chosen else ''}>{escape(n)}</option>"
+                for n in target_names()
+            )
             form = (
                 f"<form id='assemble' action='{base}/prompt'><label>budget <input name='budget' "
                 "value='4096' size='6'></label> <label>target <select name='target'>"
