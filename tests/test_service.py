@@ -393,3 +393,20 @@ def test_the_proxy_replaces_old_history_with_memory_under_the_budget(svc: Svc) -
             headers={"x-memory-budget": "lots"},
         )
         assert r.status_code == 422 and r.json()["error"]["type"] == "InvalidBudget"
+
+
+def test_serve_without_the_service_extra_says_which_extra_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['fastapi'] = None\n"  # as if the extra were not installed
+        "from optical_memory.cli import main\n"
+        f"sys.argv = ['optical-memory', 'serve', '--no-auth', '--db', 'sqlite:///{tmp_path}/x.db']\n"
+        "main()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: the service needs the service extra: pip install 'optical-memory[service]'"
+    ]
