@@ -145,8 +145,6 @@ def add_proxy(app: FastAPI, service: Service) -> None:
     @app.post("/v1/chat/completions", tags=["proxy"])
     async def chat_completions(request: Request) -> Response:
         """OpenAI chat completions, with the history replaced by the assembled memory."""
-        owner = await asyncio.to_thread(service.owner_of, request)
-        mm = service.view(owner)
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -165,9 +163,12 @@ def add_proxy(app: FastAPI, service: Service) -> None:
             )
         budget = _int_header(request, BUDGET_HEADER, config.budget)
         target = request.headers.get(TARGET_HEADER) or config.target
-        messages = await asyncio.to_thread(
-            prepare_messages, mm, session_id, body["messages"], budget, target
-        )
+
+        def prepare() -> tuple[MemoryManager, list[dict[str, Any]]]:  # one thread hop
+            mm = service.view(service.owner_of(request))
+            return mm, prepare_messages(mm, session_id, body["messages"], budget, target)
+
+        mm, messages = await asyncio.to_thread(prepare)
         forward = {**body, "messages": messages}
         headers = {"content-type": "application/json"}
         if config.upstream_api_key:
