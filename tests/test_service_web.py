@@ -20,6 +20,7 @@ from PIL import Image  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from benchmarks.service import ServiceProcess  # noqa: E402
 from optical_memory import AgingPolicy, MemoryManager  # noqa: E402
@@ -82,9 +83,12 @@ def _shot(driver: webdriver.Chrome, path: Path) -> Image.Image:
 
 
 def _images_loaded(driver: webdriver.Chrome, css: str) -> list[int]:
-    return driver.execute_script(
+    """The natural widths of the images ``css`` selects, once all have loaded (0: broken)."""
+    script = (
         f"return [...document.querySelectorAll({css!r})].map(i => i.complete ? i.naturalWidth : -1)"
     )
+    WebDriverWait(driver, 30).until(lambda d: all(w >= 0 for w in d.execute_script(script)))
+    return driver.execute_script(script)
 
 
 def test_a_signed_in_owner_sees_sessions_fading_pages_turns_and_the_prompt(

@@ -153,7 +153,7 @@ def add_web(app: FastAPI, service: Service) -> None:
                     figures = "<p>still shown as text</p>"
                 else:
                     figures = "".join(
-                        f"<figure><img class='tier-img' data-tier='{t}' loading='lazy' "
+                        f"<figure><img class='tier-img' data-tier='{t}' "
                         f"width='{160 if t == p.tier else 100}' alt='page {p.page_id} at {t}' "
                         f"src='{base}/pages/{p.page_id}/image?tier={t}'><figcaption>"
                         f"{t}{' (stored)' if t == p.tier else ''}</figcaption></figure>"
