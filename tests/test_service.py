@@ -304,6 +304,16 @@ def test_turns_age_into_pages_served_as_images_and_assembled_in_three_shapes(svc
         assert alice.get(f"/v1/sessions/{sid}/turns").status_code == 404
 
 
+def test_the_aging_scheduler_runs_inside_the_service(svc: Svc) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while (health := httpx.get(svc.url + "/v1/health").json())["scheduler"]["passes"] < 1:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.2)
+    assert health["scheduler"]["running"] and health["scheduler"]["failures"] == 0
+
+
 def test_openapi_schema_and_docs_are_served(svc: Svc) -> None:
     schema = httpx.get(svc.url + "/openapi.json").json()
     for path in (

@@ -230,7 +230,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if config.age_every > 0:
-                memory.start_scheduler(every=config.age_every)
+                memory.start_scheduler(every=config.age_every, run_now=True)  # catch up at once
                 stack.callback(memory.stop_scheduler, timeout=5)
             if own_memory:
                 stack.callback(memory.close)
@@ -270,9 +270,15 @@ def http_memory(service: Service, ctx: Any) -> MemoryManager:
 
 def _add_routes(app: FastAPI) -> None:
     @app.get("/v1/health", tags=["service"])
-    def health() -> dict[str, Any]:
-        """Liveness, and which worker process answered."""
-        return {"status": "ok", "pid": os.getpid()}
+    def health(request: Request) -> dict[str, Any]:
+        """Liveness, which worker process answered, and its aging scheduler."""
+        sched = service_of(request).memory.scheduler
+        aging = (
+            {"running": sched.running, "passes": sched.passes, "failures": sched.failures}
+            if sched is not None
+            else {"running": False, "passes": 0, "failures": 0}
+        )
+        return {"status": "ok", "pid": os.getpid(), "scheduler": aging}
 
     @app.get("/v1/sessions", tags=["sessions"])
     def list_sessions(mm: Memory) -> dict[str, Any]:

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from optical_memory import InvalidBudget, InvalidInput, MemoryManager
 from optical_memory.errors import InvalidConfiguration
 
 from ..openai import newest_user_text, record_openai_messages, to_openai_messages
+from .errors import error_body
 
 if TYPE_CHECKING:
     from .app import Service
@@ -175,45 +176,62 @@ def add_proxy(app: FastAPI, service: Service) -> None:
             headers["authorization"] = f"Bearer {config.upstream_api_key}"
         url = config.upstream_url.rstrip("/") + "/chat/completions"
         client = holder["client"]
-        if not body.get("stream"):
-            resp = await client.post(url, json=forward, headers=headers)
-            if resp.status_code == 200:
-                try:
-                    reply = resp.json()["choices"][0]["message"]
-                except (ValueError, KeyError, IndexError, TypeError):
-                    reply = None
-                await record_reply(mm, session_id, reply)
-            return Response(
-                resp.content,
-                status_code=resp.status_code,
-                media_type=resp.headers.get("content-type", "application/json"),
-            )
-        upstream = await client.send(
-            client.build_request("POST", url, json=forward, headers=headers), stream=True
-        )
-        if upstream.status_code != 200:
-            content = await upstream.aread()
-            await upstream.aclose()
-            return Response(
-                content,
-                status_code=upstream.status_code,
-                media_type=upstream.headers.get("content-type"),
-            )
+        try:
+            return await _forward(client, url, forward, headers, mm, session_id, record_reply)
+        except httpx.HTTPError as exc:  # the turns are stored; the upstream did not answer
+            message = f"the upstream {config.upstream_url} did not answer: {type(exc).__name__}"
+            return JSONResponse(error_body("UpstreamUnavailable", message), status_code=502)
 
-        async def relay() -> AsyncIterator[bytes]:
-            reply = StreamedReply()
-            recorded = False
+
+async def _forward(
+    client: httpx.AsyncClient,
+    url: str,
+    forward: dict[str, Any],
+    headers: dict[str, str],
+    mm: MemoryManager,
+    session_id: str,
+    record_reply: Callable[[MemoryManager, str, dict[str, Any] | None], Awaitable[None]],
+) -> Response:
+    """Send the request upstream; pass its answer back (streamed as it comes) and record it."""
+    if not forward.get("stream"):
+        resp = await client.post(url, json=forward, headers=headers)
+        if resp.status_code == 200:
             try:
-                async for chunk in upstream.aiter_raw():
-                    reply.feed(chunk)
-                    if reply.done and not recorded:  # stored before the client sees [DONE]
-                        recorded = True
-                        await record_reply(mm, session_id, reply.message())
-                    yield chunk
-            finally:
-                await upstream.aclose()
-                if not recorded:
-                    await record_reply(mm, session_id, reply.message())
+                reply = resp.json()["choices"][0]["message"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                reply = None
+            await record_reply(mm, session_id, reply)
+        return Response(
+            resp.content,
+            status_code=resp.status_code,
+            media_type=resp.headers.get("content-type", "application/json"),
+        )
+    upstream = await client.send(
+        client.build_request("POST", url, json=forward, headers=headers), stream=True
+    )
+    if upstream.status_code != 200:
+        content = await upstream.aread()
+        await upstream.aclose()
+        return Response(
+            content,
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type"),
+        )
 
-        passed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-        return StreamingResponse(relay(), status_code=200, headers=passed)
+    async def relay() -> AsyncIterator[bytes]:
+        reply = StreamedReply()
+        recorded = False
+        try:
+            async for chunk in upstream.aiter_raw():
+                reply.feed(chunk)
+                if reply.done and not recorded:  # stored before the client sees [DONE]
+                    recorded = True
+                    await record_reply(mm, session_id, reply.message())
+                yield chunk
+        finally:
+            await upstream.aclose()
+            if not recorded:
+                await record_reply(mm, session_id, reply.message())
+
+    passed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+    return StreamingResponse(relay(), status_code=200, headers=passed)
