@@ -170,9 +170,19 @@ def test_two_owners_with_the_same_session_id_stay_apart(svc: Svc) -> None:
             assert theirs not in who.get(f"/v1/sessions/{sid}/recall", params={"cue": "boat"}).text
             ctx = who.get(f"/v1/sessions/{sid}/context", params={"format": "openai"}).json()
             assert mine in str(ctx) and theirs not in str(ctx)
-        assert alice.delete(f"/v1/sessions/{sid}").json()["turns_deleted"] == 1
+        for who, colour in ((alice, "red"), (bob, "blue")):  # and through the proxy
+            question = {"role": "user", "content": f"What colour is my boat? ({colour})"}
+            r = who.post(
+                "/v1/chat/completions", json={"model": "m", "messages": [question], "user": sid}
+            )
+            assert r.status_code == 200, r.text
+            sent = svc.upstream.received[-1]["messages"]
+            assert colour in str(sent) and ("blue" if colour == "red" else "red") not in str(sent)
+        assert alice.delete(f"/v1/sessions/{sid}").json()["turns_deleted"] == 3
         assert [t["content"] for t in bob.get(f"/v1/sessions/{sid}/turns").json()["turns"]] == [
-            "bob's boat is blue"
+            "bob's boat is blue",
+            "What colour is my boat? (blue)",
+            svc.upstream.reply,
         ]
 
 
