@@ -329,7 +329,7 @@ def proxy_overhead(url: str, key: str, upstream: FakeUpstream, calls: int) -> di
 def _pg_database(server_url: str) -> Iterator[str]:
     from sqlalchemy import create_engine, make_url, text
 
-    name = f"om_bench_{uuid.uuid4().hex[:10]}"
+    name = f"om_svcbench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))

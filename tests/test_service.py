@@ -40,6 +40,8 @@ def create_key(db: str, owner: str) -> str:
     return out.stdout.split()[-1]  # the key is the last word
 
 
+pytestmark = pytest.mark.slow  # one uvicorn process for the module, a few seconds to start
+
 LIMIT = 64 * 1024  # the module's service refuses bodies over this
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
 from datetime import datetime
@@ -29,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from optical_memory import MemoryManager, OpticalMemoryError, Turn
+from optical_memory import InvalidInput, MemoryManager, OpticalMemoryError, Turn
 
 from .config import ServiceConfig
 from .errors import BodyTooLarge, describe, error_body, status_of
@@ -60,12 +60,17 @@ class Service:
             return view
 
     def owner_of(self, request: Request, *, cookie: bool = False) -> str | None:
-        """The owner a request acts for; raises :class:`NotSignedIn` without a valid key."""
-        if not self.config.auth:
-            return self.config.owner
-        key = bearer(request)
+        """The owner a request acts for; raises :class:`NotSignedIn` without a valid key.
+        ``cookie``: the web view's sign-in cookie counts too."""
+        key = bearer(request.headers)
         if key is None and cookie:
             key = request.cookies.get(SESSION_COOKIE)
+        return self.owner_for(key)
+
+    def owner_for(self, key: str | None) -> str | None:
+        """The owner an API key acts for (the configured owner when auth is off)."""
+        if not self.config.auth:
+            return self.config.owner
         owner = owner_of_key(self.memory, key) if key else None
         if owner is None:
             raise NotSignedIn(
@@ -76,9 +81,9 @@ class Service:
         return owner
 
 
-def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The key of an ``Authorization: Bearer KEY`` header, if any."""
+    scheme, _, key = headers.get("authorization", "").partition(" ")
     return key.strip() or None if scheme.lower() == "bearer" else None
 
 
@@ -257,15 +262,7 @@ def create_app(
 
 def http_memory(service: Service, ctx: Any) -> MemoryManager:
     """The namespace of an MCP call that came over HTTP: the key in its headers."""
-    headers = ctx.headers or {}
-    if not service.config.auth:
-        return service.view(service.config.owner)
-    auth = headers.get("authorization", "")
-    scheme, _, key = auth.partition(" ")
-    owner = owner_of_key(service.memory, key.strip()) if scheme.lower() == "bearer" else None
-    if owner is None:
-        raise NotSignedIn("send Authorization: Bearer KEY with a valid key")
-    return service.view(owner)
+    return service.view(service.owner_for(bearer(ctx.headers or {})))
 
 
 def _add_routes(app: FastAPI) -> None:
@@ -336,8 +333,6 @@ def _add_routes(app: FastAPI) -> None:
     ) -> Any:
         """The prompt ``assemble`` builds: ``format`` json (segments), openai or anthropic."""
         if format not in CONTEXT_FORMATS:
-            from optical_memory import InvalidInput
-
             raise InvalidInput(
                 f"unknown format {format!r}; use one of {', '.join(CONTEXT_FORMATS)}"
             )
