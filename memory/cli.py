@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -554,6 +554,165 @@ def demo(
     console.print(f"prompt:        {prompt} (page images in {prompt.with_suffix('')})")
     console.print(f"database:      {db}")
     console.print(f"done in {seconds:.1f} s")
+
+
+# -- the service -------------------------------------------------------------------------------
+
+keys_app = typer.Typer(
+    help="API keys of the service, each bound to one owner.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _service() -> Any:
+    """The service package (its app raises MissingExtra, one line, without the extra)."""
+    import optical_memory.adapters.service as service
+
+    return service
+
+
+@keys_app.command("create")
+@_errors
+def keys_create(
+    owner: Annotated[str, typer.Option("--owner", help="The owner (namespace) the key acts for.")],
+    db: DbOption = None,
+) -> None:
+    """Create an API key for OWNER; the key is printed once, as the last word."""
+    service = _service()
+    with _memory(db) as mm:
+        key, info = service.create_key(mm, owner)
+    typer.echo(
+        f"created key {info.id} ({info.prefix}...) for owner {info.owner}; store it now: {key}"
+    )
+
+
+@keys_app.command("list")
+@_errors
+def keys_list(
+    owner: Annotated[str | None, typer.Option("--owner", help="Only this owner's keys.")] = None,
+    db: DbOption = None,
+) -> None:
+    """List the keys (never the keys themselves: their first characters)."""
+    service = _service()
+    with _memory(db, existing=True) as mm:
+        infos = service.list_keys(mm, owner)
+    table = Table(title="API keys", title_justify="left")
+    for name in ("id", "key", "owner", "created", "revoked"):
+        table.add_column(name, justify="right" if name == "id" else "left")
+    for i in infos:
+        revoked = _when(i.revoked_at) if i.revoked_at else "-"
+        table.add_row(str(i.id), f"{i.prefix}...", i.owner, _when(i.created_at), revoked)
+    _console().print(table)
+
+
+@keys_app.command("revoke")
+@_errors
+def keys_revoke(
+    key: Annotated[
+        str, typer.Argument(help="The key's id (from keys list), its prefix, or the key.")
+    ],
+    db: DbOption = None,
+) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    service = _service()
+    with _memory(db, existing=True) as mm:
+        info = service.revoke_key(mm, key)
+    typer.echo(f"revoked key {info.id} ({info.prefix}...) of owner {info.owner}")
+
+
+@app.command()
+@_errors
+def serve(
+    db: DbOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes (each ages too).")] = 1,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without API keys (loopback only).")
+    ] = False,
+    owner: Annotated[
+        str | None, typer.Option(help="With --no-auth: the owner whose namespace is served.")
+    ] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible URL the proxy forwards to (e.g. https://api.openai.com/v1)."
+        ),
+    ] = None,
+    upstream_key: Annotated[
+        str | None,
+        typer.Option(envvar="OPTICAL_MEMORY_UPSTREAM_API_KEY", help="API key for the upstream."),
+    ] = None,
+    budget: BudgetOption = 4096,
+    target: TargetOption = "deepseek-ocr",
+    age_every: Annotated[
+        float, typer.Option(help="Seconds between aging passes (0: no scheduler).")
+    ] = 300.0,
+    max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 4 << 20,
+) -> None:
+    """Serve the memory over HTTP: the /v1 API, the OpenAI-compatible proxy, MCP at /mcp and
+    the web view at /web, with the aging scheduler running inside."""
+    import os
+
+    service = _service()
+    import uvicorn
+
+    import optical_memory.adapters.service.app  # noqa: F401  (the extra, before any work)
+
+    get_target(target)
+    url = db if db else default_url()
+    config = service.ServiceConfig(
+        db=url,
+        host=host,
+        auth=not no_auth,
+        owner=owner,
+        upstream_url=upstream,
+        upstream_api_key=upstream_key,
+        budget=budget,
+        target=target,
+        age_every=age_every,
+        max_body_bytes=max_body_bytes,
+    ).check()
+    with _memory(url, target) as mm:  # migrates once, before any worker starts
+        if config.auth and not service.keys.has_active_keys(mm):
+            _fail(
+                "no API key can sign in: create one with `optical-memory keys create --owner "
+                "NAME`, or serve with --no-auth on 127.0.0.1"
+            )
+    os.environ.update(config.to_env())
+    typer.echo(
+        f"serving {normalise_url(url)} on http://{host}:{port} ({workers} workers)", err=True
+    )
+    uvicorn.run(
+        "optical_memory.adapters.service.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )
+
+
+@app.command()
+@_errors
+def mcp(
+    db: DbOption = None,
+    owner: Annotated[str | None, typer.Option(help="The owner whose namespace is served.")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(envvar="OPTICAL_MEMORY_API_KEY", help="Or an API key: serve its owner."),
+    ] = None,
+) -> None:
+    """Serve the memory as an MCP server over stdio (for agent frameworks and desktop apps)."""
+    service = _service()
+    from optical_memory.adapters.service.mcp_server import run_stdio
+
+    with _memory(db) as mm:
+        if key is not None:
+            owner = service.keys.owner_of_key(mm, key)
+            if owner is None:
+                _fail("that API key is unknown or revoked")
+        run_stdio(mm.scoped(owner) if owner is not None else mm)
 
 
 def main() -> None:

@@ -528,3 +528,34 @@ class Database:
 
     def dispose(self) -> None:
         self.close()
+
+
+# -- API keys (the service's): appended here, one table, no queries of the core use it ---------
+
+from sqlalchemy import Index as _KeyIndex  # noqa: E402
+from sqlalchemy import String as _KeyString  # noqa: E402
+from sqlalchemy.orm import Mapped, mapped_column  # noqa: E402
+
+from .store import Base, BigId, UTCDateTime  # noqa: E402
+
+
+class ApiKeyRow(Base):
+    """One API key of the HTTP service, bound to one owner. Only the key's SHA-256 is stored
+    (a key is 32 random bytes, so a plain hash cannot be reversed); ``prefix`` (the key's
+    first characters) lets ``keys list`` name a key without revealing it. A revoked key keeps
+    its row, with ``revoked_at`` set, so listing shows what was revoked and when."""
+
+    __tablename__ = "om_api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(_KeyString(256), nullable=False)
+    key_hash: Mapped[str] = mapped_column(_KeyString(64), nullable=False)
+    prefix: Mapped[str] = mapped_column(_KeyString(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (
+        _KeyIndex("ix_om_api_keys_key_hash", "key_hash", unique=True),
+        _KeyIndex("ix_om_api_keys_owner", "owner"),
+        {"sqlite_autoincrement": True},
+    )

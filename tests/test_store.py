@@ -221,8 +221,8 @@ def test_migrated_schema_equals_the_models(db_url: str) -> None:
             # (SQLite FTS5 tables, a PostgreSQL GIN index) and PostgreSQL's search_vector
             opts = {
                 "compare_type": True,
-                "include_name": lambda name, *_: not (name or "").startswith(
-                    ("om_turns_fts", "search_vector")
+                "include_name": lambda name, *_: (
+                    not (name or "").startswith(("om_turns_fts", "search_vector"))
                 ),
             }
             ctx = MigrationContext.configure(conn, opts=opts)

@@ -1,0 +1,379 @@
+"""The HTTP service: FastAPI over one :class:`MemoryManager`, with the aging scheduler inside.
+
+Every request is resolved inside one owner's namespace: the owner its API key is bound to
+(``Authorization: Bearer KEY``), or the configured owner of an unauthenticated loopback
+service. Endpoints are plain ``def`` functions (FastAPI runs them in its thread pool), since
+the library is synchronous; the proxy and MCP parts are async where they wait on the network.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
+
+from optical_memory.errors import MissingExtra
+
+try:
+    import httpx  # noqa: F401
+    import mcp  # noqa: F401
+    import uvicorn  # noqa: F401
+    from fastapi import Body, Depends, FastAPI, Query, Request
+except ImportError as exc:
+    raise MissingExtra("the service", "service", exc.name) from exc
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from optical_memory import InvalidInput, MemoryManager, OpticalMemoryError, Turn
+
+from .config import ServiceConfig
+from .errors import BodyTooLarge, describe, error_body, status_of
+from .formats import CONTEXT_FORMATS, context_as
+from .keys import NotSignedIn, owner_of_key
+
+__all__ = ["SESSION_COOKIE", "Service", "app_from_env", "create_app"]
+
+SESSION_COOKIE = "om_key"
+"""The web view's sign-in cookie (HttpOnly): the key itself, accepted on ``/web`` pages only."""
+
+
+class Service:
+    """What the app's requests share: the manager, one scoped view per owner, the config."""
+
+    def __init__(self, memory: MemoryManager, config: ServiceConfig) -> None:
+        self.memory = memory
+        self.config = config
+        self._views: dict[str | None, MemoryManager] = {}
+        self._guard = threading.Lock()
+
+    def view(self, owner: str | None) -> MemoryManager:
+        """The memory inside ``owner``'s namespace (one view per owner, reused)."""
+        with self._guard:
+            view = self._views.get(owner)
+            if view is None:
+                view = self._views[owner] = self.memory.scoped(owner)
+            return view
+
+    def owner_of(self, request: Request, *, cookie: bool = False) -> str | None:
+        """The owner a request acts for; raises :class:`NotSignedIn` without a valid key.
+        ``cookie``: the web view's sign-in cookie counts too."""
+        key = bearer(request.headers)
+        if key is None and cookie:
+            key = request.cookies.get(SESSION_COOKIE)
+        return self.owner_for(key)
+
+    def owner_for(self, key: str | None) -> str | None:
+        """The owner an API key acts for (the configured owner when auth is off)."""
+        if not self.config.auth:
+            return self.config.owner
+        owner = owner_of_key(self.memory, key) if key else None
+        if owner is None:
+            raise NotSignedIn(
+                "send Authorization: Bearer KEY with a valid key"
+                if key is None
+                else "this API key is unknown or revoked"
+            )
+        return owner
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The key of an ``Authorization: Bearer KEY`` header, if any."""
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    return key.strip() or None if scheme.lower() == "bearer" else None
+
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+def memory_of(request: Request) -> MemoryManager:
+    """FastAPI dependency: the caller's namespace."""
+    svc = service_of(request)
+    return svc.view(svc.owner_of(request))
+
+
+Memory = Annotated[MemoryManager, Depends(memory_of)]
+
+
+# -- bodies ----------------------------------------------------------------------------------
+
+
+class TurnIn(BaseModel):
+    """One turn: ``at`` must carry a timezone (ISO 8601 with ``Z`` or an offset)."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: str
+    content: str
+    at: datetime | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class TurnsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    turns: list[TurnIn] = Field(min_length=1)
+
+
+class AgeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    now: datetime | None = None
+
+
+class VerifyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    repair: bool = True
+
+
+def turn_json(t: Turn) -> dict[str, Any]:
+    return {
+        "session_id": t.session_id,
+        "seq": t.seq,
+        "role": t.role,
+        "content": t.content,
+        "at": t.at.isoformat(),
+        "tokens": t.tokens,
+        "metadata": t.metadata,
+    }
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(obj).items()}
+
+
+# -- the body limit and the error handlers ---------------------------------------------------
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes gets 413 before anything reads it (by
+    ``Content-Length``), or as soon as a chunked body passes the limit."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await _too_large(self.limit)(scope, receive, send)
+            return
+        seen = 0
+        answered = False  # the 413 went out: whatever the app sends after it is dropped
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal seen, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit and not answered:
+                    answered = True
+                    await _too_large(self.limit)(scope, receive, send)
+                    raise BodyTooLarge(f"request body over {self.limit:,} bytes")
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not answered:
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLarge:
+            if not answered:
+                raise
+
+
+def _too_large(limit: int) -> JSONResponse:
+    msg = f"request body over the service's limit of {limit:,} bytes; send less a request"
+    return JSONResponse(error_body("BodyTooLarge", msg), status_code=413)
+
+
+async def _library_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OpticalMemoryError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotSignedIn) else None
+    return JSONResponse(describe(exc), status_code=status_of(exc), headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    malformed = any(e.get("type") == "json_invalid" for e in errors)
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    message = ("the body is not valid JSON; " if malformed else "") + "; ".join(parts)
+    return JSONResponse(error_body("InvalidInput", message), status_code=400 if malformed else 422)
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def create_app(
+    memory: MemoryManager, config: ServiceConfig | None = None, *, own_memory: bool = False
+) -> FastAPI:
+    """The service's ASGI app over ``memory``. Its lifespan starts the aging scheduler (every
+    ``config.age_every`` seconds), the MCP session manager and the proxy's HTTP client;
+    ``own_memory``: close the manager when the app shuts down."""
+    from .mcp_server import build_mcp
+    from .proxy import add_proxy
+    from .web import add_web
+
+    config = (config or ServiceConfig()).check()
+    service = Service(memory, config)
+    mcp = build_mcp(lambda ctx: http_memory(service, ctx))
+    mcp_app = mcp.streamable_http_app(
+        streamable_http_path="/", stateless_http=True, json_response=True, host=config.host
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if config.age_every > 0:
+                memory.start_scheduler(every=config.age_every, run_now=True)  # catch up at once
+                stack.callback(memory.stop_scheduler, timeout=5)
+            if own_memory:
+                stack.callback(memory.close)
+            await stack.enter_async_context(mcp.session_manager.run())
+            await stack.enter_async_context(app.state.upstream_client())
+            yield
+
+    app = FastAPI(
+        title="optical-memory",
+        summary="Chat memory that forgets gracefully, over HTTP, OpenAI-compatible and MCP.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_exception_handler(OpticalMemoryError, _library_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    _add_routes(app)
+    add_proxy(app, service)
+    add_web(app, service)
+    app.mount("/mcp", mcp_app)
+    return app
+
+
+def http_memory(service: Service, ctx: Any) -> MemoryManager:
+    """The namespace of an MCP call that came over HTTP: the key in its headers."""
+    return service.view(service.owner_for(bearer(ctx.headers or {})))
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/v1/health", tags=["service"])
+    def health(request: Request) -> dict[str, Any]:
+        """Liveness, which worker process answered, and its aging scheduler."""
+        sched = service_of(request).memory.scheduler
+        aging = (
+            {"running": sched.running, "passes": sched.passes, "failures": sched.failures}
+            if sched is not None
+            else {"running": False, "passes": 0, "failures": 0}
+        )
+        return {"status": "ok", "pid": os.getpid(), "scheduler": aging}
+
+    @app.get("/v1/sessions", tags=["sessions"])
+    def list_sessions(mm: Memory) -> dict[str, Any]:
+        """The caller's sessions, oldest first."""
+        return {"sessions": [_plain(i) for i in mm.sessions()]}
+
+    @app.post("/v1/sessions/{session_id}/turns", status_code=201, tags=["sessions"])
+    def add_turns(
+        session_id: str, mm: Memory, body: Annotated[TurnIn | TurnsIn, Body()]
+    ) -> dict[str, Any]:
+        """Append one turn or ``{"turns": [...]}`` in one transaction (all or none)."""
+        items = body.turns if isinstance(body, TurnsIn) else [body]
+        stored = mm.add_turns(session_id, [t.model_dump() for t in items])
+        return {"turns": [turn_json(t) for t in stored]}
+
+    @app.get("/v1/sessions/{session_id}/turns", tags=["sessions"])
+    def get_turns(
+        session_id: str, mm: Memory, since: int = 0, limit: int | None = None
+    ) -> dict[str, Any]:
+        """The session's turns, lossless, in order (``since``: after this turn number)."""
+        return {"turns": [turn_json(t) for t in mm.turns(session_id, since=since, limit=limit)]}
+
+    @app.get("/v1/sessions/{session_id}/span", tags=["sessions"])
+    def read_span(session_id: str, mm: Memory, first_turn: int, last_turn: int) -> dict[str, Any]:
+        """Turns ``first_turn``..``last_turn`` exactly: the span a page's caption names."""
+        return {"turns": [turn_json(t) for t in mm.read(session_id, first_turn, last_turn)]}
+
+    @app.get("/v1/sessions/{session_id}/recall", tags=["sessions"])
+    def recall(
+        session_id: str,
+        mm: Memory,
+        cue: str,
+        limit: Annotated[int, Query(ge=1, le=100)] = 8,
+        scope: str = "session",
+    ) -> dict[str, Any]:
+        """Archived turns the cue's words match, best first, exactly as stored."""
+        found = mm.recall(session_id, cue, limit=limit, scope=scope)
+        return {
+            "turns": [
+                {**turn_json(r.turn), "score": r.score, "page_id": r.page_id, "tier": r.tier}
+                for r in found
+            ]
+        }
+
+    @app.get("/v1/sessions/{session_id}/context", tags=["sessions"])
+    def context(
+        session_id: str,
+        mm: Memory,
+        budget: int = 4096,
+        target: str | None = None,
+        format: str = "json",
+        cue: str | None = None,
+        now: datetime | None = None,
+        system: str | None = None,
+    ) -> Any:
+        """The prompt ``assemble`` builds: ``format`` json (segments), openai or anthropic."""
+        if format not in CONTEXT_FORMATS:
+            raise InvalidInput(
+                f"unknown format {format!r}; use one of {', '.join(CONTEXT_FORMATS)}"
+            )
+        ctx = mm.assemble(session_id, budget=budget, target=target, now=now, cue=cue)
+        return context_as(ctx, format, system_prompt=system)
+
+    @app.get("/v1/sessions/{session_id}/pages", tags=["pages"])
+    def pages(session_id: str, mm: Memory) -> dict[str, Any]:
+        """The session's pages and the tier each is stored at."""
+        return {"pages": [_plain(p) for p in mm.pages(session_id)]}
+
+    @app.get(
+        "/v1/sessions/{session_id}/pages/{page_id}/image",
+        tags=["pages"],
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def page_image(session_id: str, page_id: int, mm: Memory, tier: str | None = None) -> Response:
+        """A page's PNG at its stored tier, or at a fainter ``tier`` rendition."""
+        png = mm.page_image(session_id, page_id, tier=tier)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private"})
+
+    @app.delete("/v1/sessions/{session_id}", tags=["sessions"])
+    def forget(session_id: str, mm: Memory) -> dict[str, Any]:
+        """Delete the session and everything derived from it."""
+        return {"session_id": session_id, "turns_deleted": mm.forget(session_id)}
+
+    @app.post("/v1/age", tags=["maintenance"])
+    def age(mm: Memory, body: Annotated[AgeIn | None, Body()] = None) -> dict[str, Any]:
+        """One aging pass over the caller's sessions now (the scheduler runs them anyway)."""
+        report = mm.age(now=body.now if body else None)
+        return {**_plain(report), "pid": os.getpid()}
+
+    @app.post("/v1/verify", tags=["maintenance"])
+    def verify(mm: Memory, body: Annotated[VerifyIn | None, Body()] = None) -> dict[str, Any]:
+        """Check every page image of the caller's sessions; rebuild damaged ones."""
+        return _plain(mm.verify(repair=body.repair if body else True))
+
+
+def app_from_env() -> FastAPI:
+    """The app factory uvicorn calls in each worker process (settings from the environment)."""
+    config = ServiceConfig.from_env()
+    memory = MemoryManager(config.db, target=config.target)
+    return create_app(memory, config, own_memory=True)

@@ -1,0 +1,237 @@
+"""An OpenAI-compatible proxy at ``/v1/chat/completions`` that remembers and compresses.
+
+A chat backend points its ``base_url`` at the service and sends its whole conversation, as it
+does today. The proxy stores what is new (:func:`record_openai_messages` skips what is stored
+already), replaces the history with what ``assemble`` builds under the budget (recent turns as
+text, older ones as page images, what the newest user message recalls as exact text), keeps
+the client's own system messages in front, forwards the request to the configured upstream
+(OpenAI, vLLM, Ollama: any compatible URL), passes the answer back unchanged (server-sent
+events byte for byte when streaming) and stores the reply.
+
+Per request: the session comes from the ``X-Memory-Session`` header, else the body's ``user``
+field; ``X-Memory-Budget`` and ``X-Memory-Target`` override the configured budget and target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from optical_memory import InvalidBudget, InvalidInput, MemoryManager
+from optical_memory.errors import InvalidConfiguration
+
+from ..openai import newest_user_text, record_openai_messages, to_openai_messages
+from .errors import error_body
+
+if TYPE_CHECKING:
+    from .app import Service
+
+__all__ = ["SESSION_HEADER", "StreamedReply", "add_proxy", "prepare_messages"]
+
+SESSION_HEADER = "x-memory-session"
+BUDGET_HEADER = "x-memory-budget"
+TARGET_HEADER = "x-memory-target"
+_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding"}
+
+
+def prepare_messages(
+    memory: MemoryManager, session_id: str, messages: list[Any], budget: int, target: str
+) -> list[dict[str, Any]]:
+    """Store what is new of ``messages``, then the messages to send upstream: the client's
+    system messages, then the assembled memory (which ends with the newest turns)."""
+    record_openai_messages(memory, session_id, messages)
+    ctx = memory.assemble(session_id, budget=budget, target=target, cue=newest_user_text(messages))
+    system = [
+        m for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
+    ]
+    return system + to_openai_messages(ctx)
+
+
+class StreamedReply:
+    """Reads a chat-completions SSE stream as it passes and rebuilds the assistant message
+    (content and tool calls, by index) it adds up to."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.content: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.done = False
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for raw in lines:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                self.done = True
+                continue
+            try:
+                event = json.loads(data)
+            except ValueError:
+                continue
+            for choice in event.get("choices") or []:
+                if choice.get("index", 0) == 0:
+                    self._delta(choice.get("delta") or {})
+
+    def _delta(self, delta: dict[str, Any]) -> None:
+        if isinstance(delta.get("content"), str):
+            self.content.append(delta["content"])
+        for call in delta.get("tool_calls") or []:
+            slot = self.tool_calls.setdefault(
+                int(call.get("index", 0)),
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            if call.get("id"):
+                slot["id"] = call["id"]
+            fn = call.get("function") or {}
+            slot["function"]["name"] += fn.get("name") or ""
+            slot["function"]["arguments"] += fn.get("arguments") or ""
+
+    def message(self) -> dict[str, Any] | None:
+        """The reply as a chat-completions message, or None if the stream carried none."""
+        if not self.content and not self.tool_calls:
+            return None
+        msg: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or None}
+        if self.tool_calls:
+            msg["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return msg
+
+
+def _int_header(request: Request, name: str, default: int) -> int:
+    raw = request.headers.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidBudget(
+            f"{name} must be a positive number of tokens, got {raw!r:.40}"
+        ) from None
+    if value <= 0:
+        raise InvalidBudget(f"{name} must be a positive number of tokens, got {value}")
+    return value
+
+
+def add_proxy(app: FastAPI, service: Service) -> None:
+    """Mount ``POST /v1/chat/completions`` and the shared upstream client's lifespan."""
+    holder: dict[str, httpx.AsyncClient] = {}
+    config = service.config
+
+    @asynccontextmanager
+    async def upstream_client() -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        timeout = httpx.Timeout(600.0, connect=10.0)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+            holder["client"] = client
+            yield
+
+    app.state.upstream_client = upstream_client
+
+    async def record_reply(
+        mm: MemoryManager, session_id: str, reply: dict[str, Any] | None
+    ) -> None:
+        if reply is not None:
+            await asyncio.to_thread(record_openai_messages, mm, session_id, [reply])
+
+    @app.post("/v1/chat/completions", tags=["proxy"])
+    async def chat_completions(request: Request) -> Response:
+        """OpenAI chat completions, with the history replaced by the assembled memory."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise InvalidInput("the body is not valid JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            raise InvalidInput("a chat completion needs a JSON object with a messages list")
+        session_id = request.headers.get(SESSION_HEADER) or body.get("user")
+        if not isinstance(session_id, str) or not session_id:
+            raise InvalidInput(
+                f"name the memory session: an {SESSION_HEADER} header or the body's user field"
+            )
+        if not config.upstream_url:
+            raise InvalidConfiguration(
+                "no upstream configured: start the service with --upstream URL (e.g. "
+                "https://api.openai.com/v1)"
+            )
+        budget = _int_header(request, BUDGET_HEADER, config.budget)
+        target = request.headers.get(TARGET_HEADER) or config.target
+
+        def prepare() -> tuple[MemoryManager, list[dict[str, Any]]]:  # one thread hop
+            mm = service.view(service.owner_of(request))
+            return mm, prepare_messages(mm, session_id, body["messages"], budget, target)
+
+        mm, messages = await asyncio.to_thread(prepare)
+        forward = {**body, "messages": messages}
+        headers = {"content-type": "application/json"}
+        if config.upstream_api_key:
+            headers["authorization"] = f"Bearer {config.upstream_api_key}"
+        url = config.upstream_url.rstrip("/") + "/chat/completions"
+        client = holder["client"]
+        try:
+            return await _forward(client, url, forward, headers, mm, session_id, record_reply)
+        except httpx.HTTPError as exc:  # the turns are stored; the upstream did not answer
+            message = f"the upstream {config.upstream_url} did not answer: {type(exc).__name__}"
+            return JSONResponse(error_body("UpstreamUnavailable", message), status_code=502)
+
+
+async def _forward(
+    client: httpx.AsyncClient,
+    url: str,
+    forward: dict[str, Any],
+    headers: dict[str, str],
+    mm: MemoryManager,
+    session_id: str,
+    record_reply: Callable[[MemoryManager, str, dict[str, Any] | None], Awaitable[None]],
+) -> Response:
+    """Send the request upstream; pass its answer back (streamed as it comes) and record it."""
+    if not forward.get("stream"):
+        resp = await client.post(url, json=forward, headers=headers)
+        if resp.status_code == 200:
+            try:
+                reply = resp.json()["choices"][0]["message"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                reply = None
+            await record_reply(mm, session_id, reply)
+        return Response(
+            resp.content,
+            status_code=resp.status_code,
+            media_type=resp.headers.get("content-type", "application/json"),
+        )
+    upstream = await client.send(
+        client.build_request("POST", url, json=forward, headers=headers), stream=True
+    )
+    if upstream.status_code != 200:
+        content = await upstream.aread()
+        await upstream.aclose()
+        return Response(
+            content,
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type"),
+        )
+
+    async def relay() -> AsyncIterator[bytes]:
+        reply = StreamedReply()
+        recorded = False
+        try:
+            async for chunk in upstream.aiter_raw():
+                reply.feed(chunk)
+                if reply.done and not recorded:  # stored before the client sees [DONE]
+                    recorded = True
+                    await record_reply(mm, session_id, reply.message())
+                yield chunk
+        finally:
+            await upstream.aclose()
+            if not recorded:
+                await record_reply(mm, session_id, reply.message())
+
+    passed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+    return StreamingResponse(relay(), status_code=200, headers=passed)
