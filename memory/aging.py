@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from .captions import CAPTION_TOKENS, INTRO_TOKENS
@@ -229,12 +229,13 @@ class Aging:
     # -- the pass ------------------------------------------------------------------------------
 
     def run(
-        self, now: datetime | None = None, session_keys: Sequence[str] | None = None
+        self, now: datetime | None = None, scope: ColumnElement[bool] | None = None
     ) -> AgingReport:
+        """One pass over the sessions ``scope`` selects (a filter on SessionRow; None: all)."""
         now = now or datetime.now(UTC)
         report = AgingReport(now=now)
         started = time.perf_counter()
-        for sid in self._sessions(session_keys):
+        for sid in self._sessions(scope):
             try:
                 packed = self._pack(sid, now)
                 report.pages_created += packed.sealed
@@ -259,7 +260,7 @@ class Aging:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _sessions(self, keys: Sequence[str] | None) -> list[int]:
+    def _sessions(self, scope: ColumnElement[bool] | None) -> list[int]:
         """Sessions with work: turns beyond the text window, an open page (to seal), or pages
         that can still fade."""
         fading = (
@@ -279,8 +280,8 @@ class Aging:
                 .where(unpaged | fading | tail.exists())
                 .order_by(SessionRow.id)
             )
-            if keys is not None:
-                q = q.where(SessionRow.key.in_(list(keys)))
+            if scope is not None:
+                q = q.where(scope)
             return list(s.scalars(q))
 
     # -- pack ----------------------------------------------------------------------------------

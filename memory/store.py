@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    and_,
     insert,
     select,
 )
@@ -94,12 +96,32 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+NO_OWNER = ""
+"""How the no-owner namespace is stored in ``om_sessions.owner``: the empty string, a name no
+owner may take (``check_owner`` refuses it). NOT NULL, so the unique index on (owner, key)
+treats it as one namespace on every backend (NULLs would all be distinct)."""
+
+
+def namespace(owner: str | None) -> str:
+    """The stored form of an owner (None: the no-owner namespace)."""
+    return NO_OWNER if owner is None else owner
+
+
+def owner_of(stored: str | None) -> str | None:
+    """The public form of a stored owner (the no-owner namespace reads back as None)."""
+    return stored or None
+
+
 class SessionRow(Base):
+    """A session is (owner, key): the same key under two owners is two sessions."""
+
     __tablename__ = "om_sessions"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(LosslessText(), nullable=False)
-    owner: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    owner: Mapped[str] = mapped_column(
+        String(256), nullable=False, default=NO_OWNER, server_default=NO_OWNER
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, nullable=False, default=dict)
     next_seq: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -107,8 +129,8 @@ class SessionRow(Base):
     aged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
-        Index("ix_om_sessions_key", "key", unique=True),
-        Index("ix_om_sessions_owner", "owner"),
+        # Also serves every owner-only lookup (its leading column).
+        Index("ix_om_sessions_owner_key", "owner", "key", unique=True),
         {"sqlite_autoincrement": True},  # ids are never reused after forget
     )
 
@@ -241,6 +263,22 @@ class VisualTokenRow(Base):
 PAGE_COLUMNS_WITHOUT_PNG: tuple[Any, ...] = tuple(
     getattr(PageRow, a.key) for a in PageRow.__mapper__.column_attrs if a.key != "png"
 )
+
+
+def session_scope(
+    owner: str | None, keys: Sequence[str] | None = None, *, all_owners: bool = False
+) -> ColumnElement[bool] | None:
+    """Which sessions a maintenance run (aging, verify) may touch, as a filter on
+    ``SessionRow``: the owner's namespace (``all_owners``: every namespace), and within it the
+    given keys. None: no filter at all."""
+    where: list[ColumnElement[bool]] = []
+    if not all_owners:
+        where.append(SessionRow.owner == namespace(owner))
+    if keys is not None:
+        where.append(SessionRow.key.in_(list(keys)))
+    if not where:
+        return None
+    return and_(*where)
 
 
 def to_turn(t: TurnRow, session_key: str) -> Turn:
