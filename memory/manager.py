@@ -18,9 +18,8 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .aging import Aging, AgingPolicy, AgingReport
@@ -54,7 +53,10 @@ from .render import PageRenderer
 from .salience import SalienceFn, check_salience
 from .scheduler import AgingScheduler
 from .store import (
+    FIND_SESSION,
+    INSERT_TURN,
     PAGE_COLUMNS_WITHOUT_PNG,
+    RESERVE_SEQS,
     PageRow,
     RenditionRow,
     SessionRow,
@@ -270,8 +272,8 @@ class MemoryManager:
                 prepared.append((key, rows))
         if not prepared:
             return {}
-        return self._db.write(
-            lambda s: {key: self._insert_turns(s, key, rows) for key, rows in prepared}
+        return self._db.write_core(
+            lambda conn: {key: self._insert_turns(conn, key, rows) for key, rows in prepared}
         )
 
     def _validate(self, i: int, item: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
@@ -294,27 +296,30 @@ class MemoryManager:
             "search_text": search_text(content),  # computed before the write transaction
         }
 
-    def _insert_turns(self, s: Session, key: str, rows: list[dict[str, Any]]) -> list[Turn]:
+    def _insert_turns(self, conn: Connection, key: str, rows: list[dict[str, Any]]) -> list[Turn]:
         now = datetime.now(UTC)
         n = len(rows)
         # One statement creates the session in this owner's namespace if needed and reserves
         # n sequence numbers; another owner's session of the same id is never touched.
-        dialect_insert = pg_insert if self._db.dialect == "postgresql" else sqlite_insert
-        reserve = (
-            dialect_insert(SessionRow)
-            .values(key=key, owner=self._namespace, created_at=now, meta={}, next_seq=n)
-            .on_conflict_do_update(
-                index_elements=["owner", "key"], set_={"next_seq": SessionRow.next_seq + n}
-            )
-            .returning(SessionRow.id, SessionRow.next_seq)
-        )
-        sid, last = s.execute(reserve).one()
+        sid, last = conn.execute(
+            RESERVE_SEQS[self._db.dialect],
+            {"key": key, "owner": self._namespace, "now": now, "meta": {}, "n": n},
+        ).one()
         first = last - n + 1
         values = [
-            {**r, "session_row_id": sid, "seq": first + i, "at": r["at"] or now}
+            {
+                "session_id": sid,
+                "seq": first + i,
+                "role": r["role"],
+                "content": r["content"],
+                "at": r["at"] or now,
+                "tokens": r["tokens"],
+                "metadata": r["meta"],
+                "search_text": r["search_text"],
+            }
             for i, r in enumerate(rows)
         ]
-        s.execute(insert(TurnRow), values)
+        conn.execute(INSERT_TURN, values[0] if n == 1 else values)
         return [
             Turn(
                 key,
@@ -323,7 +328,7 @@ class MemoryManager:
                 v["content"],
                 v["at"].astimezone(UTC),
                 v["tokens"],
-                v["meta"],
+                v["metadata"],
             )
             for v in values
         ]
@@ -375,11 +380,12 @@ class MemoryManager:
                     setattr(total, f.name, a + b)
         return total
 
-    def _session(self, s: Session, session_id: str) -> SessionRow:
+    def _session(self, s: Session, session_id: str) -> Any:
+        """The session's row in this owner's namespace (its SessionRow columns), else
+        UnknownSession."""
         key = check_session_id(session_id)
-        row = s.scalars(
-            select(SessionRow).where(SessionRow.owner == self._namespace, SessionRow.key == key)
-        ).first()
+        found = s.connection().execute(FIND_SESSION, {"owner": self._namespace, "key": key})
+        row = found.first()
         if row is None:  # missing, or only another owner's: the same answer
             raise UnknownSession(f"no session {key!r}; add a turn to create it")
         return row

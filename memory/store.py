@@ -29,11 +29,14 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     and_,
+    bindparam,
     insert,
     select,
 )
 from sqlalchemy import false as sa_false
 from sqlalchemy import true as sa_true
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -194,7 +197,6 @@ class PageRow(Base):
     text_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     target: Mapped[str] = mapped_column(String(64), nullable=False)
     tier: Mapped[str] = mapped_column(String(8), nullable=False)
-    png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     token_cost: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -212,6 +214,9 @@ class PageRow(Base):
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # Last (migration 0008): on SQLite a read of any column after a blob walks its overflow
+    # chain, so the image comes after everything that is read without it.
+    png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
     __table_args__ = (
         UniqueConstraint("session_id", "first_seq", name="uq_om_pages_session_first_seq"),
@@ -230,9 +235,9 @@ class RenditionRow(Base):
         ForeignKey("om_pages.id", ondelete="CASCADE"), primary_key=True
     )
     tier: Mapped[str] = mapped_column(String(8), primary_key=True)
-    png: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     width: Mapped[int] = mapped_column(Integer, nullable=False)
     height: Mapped[int] = mapped_column(Integer, nullable=False)
+    png: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # last: see PageRow.png
 
 
 class VisualTokenRow(Base):
@@ -279,6 +284,45 @@ def session_scope(
     if not where:
         return None
     return and_(*where)
+
+
+SESSION_COLUMNS: tuple[Any, ...] = tuple(
+    getattr(SessionRow, a.key).label(a.key) for a in SessionRow.__mapper__.column_attrs
+)
+"""Every SessionRow column, labelled by attribute: a row of them reads like a SessionRow."""
+
+FIND_SESSION = select(*SESSION_COLUMNS).where(
+    SessionRow.owner == bindparam("owner"), SessionRow.key == bindparam("key")
+)
+"""One session by (stored owner, key), built once: every session-addressed call runs it."""
+
+
+def _reserve(dialect_insert: Any) -> Any:
+    return (
+        dialect_insert(SessionRow)
+        .values(
+            key=bindparam("key"),
+            owner=bindparam("owner"),
+            created_at=bindparam("now"),
+            meta=bindparam("meta"),
+            next_seq=bindparam("n"),
+        )
+        .on_conflict_do_update(
+            index_elements=["owner", "key"], set_={"next_seq": SessionRow.next_seq + bindparam("n")}
+        )
+        .returning(SessionRow.id, SessionRow.next_seq)
+    )
+
+
+RESERVE_SEQS: dict[str, Any] = {
+    "sqlite": _reserve(sqlite_insert),
+    "postgresql": _reserve(pg_insert),
+}
+"""Per dialect, built once: create the session (owner, key) if needed and reserve ``n``
+sequence numbers in one statement; returns its row id and the last number reserved."""
+
+INSERT_TURN = insert(TurnRow.__table__)
+"""Turns by column name (``session_id``, ``metadata``), one row or many, built once."""
 
 
 def to_turn(t: TurnRow, session_key: str) -> Turn:

@@ -13,7 +13,13 @@ from PIL import Image
 from sqlalchemy import text
 from workers.hardening import ThumbnailEncoder, row_counts
 
-from optical_memory import MemoryManager, UnknownSession, approximate_tokens, migrations
+from optical_memory import (
+    AgingPolicy,
+    MemoryManager,
+    UnknownSession,
+    approximate_tokens,
+    migrations,
+)
 from optical_memory.database import create_store_engine, normalise_url
 from optical_memory.store import BigId, LosslessText, UTCDateTime
 
@@ -378,3 +384,54 @@ def test_downgrade_below_0007_refuses_shared_ids_and_keeps_the_rest(db_url: str)
         assert root.scoped("alice").turns("mine")[0].content == "alice's"
         with pytest.raises(Unknown):
             root.scoped("bob").turns("mine")
+
+
+# -- 0008: blobs last --------------------------------------------------------------------------------
+
+
+def _columns(engine: sa.Engine, table: str) -> list[str]:
+    return [c["name"] for c in sa.inspect(engine).get_columns(table)]
+
+
+def test_blobs_last_keeps_every_page_and_the_prompt(db_url: str) -> None:
+    """A store written at 0007 (png in the middle of its rows) moves png last on SQLite: every
+    page, rendition and id is kept, page ids are not handed out again, and the prompt that
+    assemble builds is the same, fingerprint for fingerprint."""
+    engine = create_store_engine(normalise_url(db_url))
+    try:
+        migrations.upgrade(engine, "0007")
+    finally:
+        engine.dispose()
+    later = T0 + timedelta(days=3)
+    with MemoryManager(db_url, migrate=False, policy=AgingPolicy(min_fill=0)) as mm:
+        mm.add_turns("s", make_history(120, lambda i: f"turn {i} " + "words " * 50, T0))
+        mm.add_turns("gone", make_history(40, lambda i: f"gone {i} " + "words " * 50, T0))
+        assert not mm.age(now=later).errors
+        mm.forget("gone")  # its pages had the highest ids
+        engine = mm.database.engine
+        assert migrations.current_revision(engine) == "0007"
+        if mm.database.dialect == "sqlite":
+            assert _columns(engine, "om_pages").index("png") < _columns(engine, "om_pages").index(
+                "width"
+            )
+        prints = {b: mm.assemble("s", b, now=later).fingerprint() for b in (300, 1500, 8000)}
+        pages = mm.pages("s")
+        images = {p.page_id: mm.page_image("s", p.page_id) for p in pages if p.tier != "text"}
+        before = row_counts(mm)
+        with engine.connect() as conn:
+            top = conn.execute(text("SELECT max(id) FROM om_pages")).scalar_one()
+    with MemoryManager(db_url, policy=AgingPolicy(min_fill=0)) as mm:  # migrates to head
+        engine = mm.database.engine
+        assert migrations.current_revision(engine) == migrations.head_revision()
+        if mm.database.dialect == "sqlite":
+            assert _columns(engine, "om_pages")[-1] == "png"
+            assert _columns(engine, "om_page_renditions")[-1] == "png"
+        assert row_counts(mm) == before
+        assert mm.pages("s") == pages
+        got = {p.page_id: mm.page_image("s", p.page_id) for p in pages if p.tier != "text"}
+        assert got == images
+        assert {b: mm.assemble("s", b, now=later).fingerprint() for b in prints} == prints
+        assert mm.verify(repair=False).ok
+        mm.add_turns("s", make_history(60, lambda i: f"new {i} " + "words " * 50, later))
+        assert not mm.age(now=later + timedelta(days=2)).errors
+        assert min(p.page_id for p in mm.pages("s") if p.first_seq > 120) > top
