@@ -84,6 +84,7 @@ BULK_BATCH = 2_000
 OM = "optical-memory"
 LC = "langchain-sql"
 LC_WAL = "langchain-sql+wal"
+RAW = "raw-driver"  # the same SQL on the driver alone (sqlite3, psycopg): the floor
 
 CSV_COLUMNS = (
     "section",
@@ -576,6 +577,7 @@ def bench_optical(
                 warmup=2,
             )
             asm.latency("read_cue", cue_times)
+            bench_assemble_floor(cfg, backend, mm, now, rows, n)
         finally:
             store.close()
 
@@ -1026,6 +1028,234 @@ def aging_extra_section(cfg: Config, rows: Sequence[Row]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Store hot paths against their floors: the same SQL on the bare driver, in the same run
+
+
+ADD_SQL = {
+    "sqlite": (
+        "INSERT INTO om_sessions (key, owner, created_at, metadata, next_seq) "
+        "VALUES (?, '', ?, '{}', ?) ON CONFLICT (owner, key) DO UPDATE "
+        "SET next_seq = om_sessions.next_seq + ? RETURNING id, next_seq",
+        "INSERT INTO om_turns (session_id, seq, role, content, at, tokens, metadata, "
+        "search_text) VALUES (?, ?, ?, ?, ?, ?, '{}', NULL)",
+    ),
+    "postgresql": (
+        "INSERT INTO om_sessions (key, owner, created_at, metadata, next_seq) "
+        "VALUES (%s, '', %s, '{}'::json, %s) ON CONFLICT (owner, key) DO UPDATE "
+        "SET next_seq = om_sessions.next_seq + %s RETURNING id, next_seq",
+        "INSERT INTO om_turns (session_id, seq, role, content, at, tokens, metadata, "
+        "search_text) VALUES (%s, %s, %s, %s, %s, %s, '{}'::json, NULL)",
+    ),
+}
+
+
+def raw_connection(backend: Backend, url: str) -> Any:
+    """A bare driver connection to the database at ``url``, tuned as optical-memory tunes its
+    own (SQLite: WAL, synchronous=NORMAL, mmap), transactions issued by hand."""
+    if backend.name == "sqlite":
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "mmap_size=268435456"):
+            conn.execute(f"PRAGMA {pragma}")
+        return conn
+    import psycopg
+    from sqlalchemy import make_url
+
+    u = make_url(url)
+    return psycopg.connect(
+        host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database
+    )
+
+
+def raw_add(backend: Backend, conn: Any, key: str, t: ChatTurn) -> None:
+    """One add_turn's two statements and its commit, on the bare driver."""
+    reserve, insert = ADD_SQL[backend.name]
+    when: Any = t.at
+    if backend.name == "sqlite":
+        when = t.at.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
+        conn.execute("BEGIN IMMEDIATE")
+    cur = conn.cursor()
+    sid, seq = cur.execute(reserve, (key, when, 1, 1)).fetchone()
+    cur.execute(insert, (sid, seq, t.role, t.content, when, len(t.content) // 4 + 3))
+    if backend.name == "sqlite":
+        conn.execute("COMMIT")
+    else:
+        conn.commit()
+
+
+def cpu_and_wall(fn: Callable[[Any], Any], items: Sequence[Any]) -> tuple[list[float], float]:
+    """Wall times of ``fn(item)`` for each item (ms) and the mean CPU time of this process per
+    call (ms): what a call costs the application's own cores, the server's aside."""
+    cpu = time.process_time()
+    times = [timed(lambda item=item: fn(item))[0] for item in items]
+    return times, (time.process_time() - cpu) * 1000 / max(1, len(items))
+
+
+def bench_add_floor(cfg: Config, backend: Backend, rows: list[Row]) -> None:
+    """add_turn against the same two statements on the bare driver and against LangChain's
+    SQLChatMessageHistory.add_message: p50 wall time and CPU per call, each on a fresh
+    database, one session of a few hundred turns."""
+    k = max(50, min(cfg.add_samples, 600))
+    turns = make_turns(k + 20, end=END, every=timedelta(seconds=1), seed=3)
+    warm, timed_turns = turns[:20], turns[20:]
+    # Two databases of the same schema: a writer on one file would make the other
+    # connection drop its page cache at every turn (WAL change detection), on both sides.
+    with backend.database("addfloor") as url, backend.database("addfloorraw") as raw_url:
+        MemoryManager(raw_url).close()  # the schema the raw driver writes to
+        mm = MemoryManager(url, target=TARGET)
+        conn = raw_connection(backend, raw_url)
+        try:
+            for t in warm:
+                mm.add_turn(SESSION, t.role, t.content, at=t.at)
+                raw_add(backend, conn, "raw", t)
+            log(f"{backend.name}: add_turn against the same SQL on the bare driver")
+            # Interleaved in blocks of 10, so both see the same machine load.
+            om_times: list[float] = []
+            raw_times: list[float] = []
+            om_cpu = raw_cpu = 0.0
+            for i in range(0, len(timed_turns), 10):
+                block = timed_turns[i : i + 10]
+                times, cpu = cpu_and_wall(
+                    lambda t: mm.add_turn(SESSION, t.role, t.content, at=t.at), block
+                )
+                om_times += times
+                om_cpu += cpu * len(block)
+                times, cpu = cpu_and_wall(lambda t: raw_add(backend, conn, "raw", t), block)
+                raw_times += times
+                raw_cpu += cpu * len(block)
+            for system, times, cpu in ((OM, om_times, om_cpu), (RAW, raw_times, raw_cpu)):
+                rec = Recorder(rows, "add_floor", backend.name, system, k)
+                rec.latency("add", times)
+                rec("add_cpu", cpu / len(timed_turns), "ms", k)
+        finally:
+            conn.close()
+            mm.close()
+    if not cfg.baseline:
+        return
+    with backend.database("addfloorlc") as url:
+        store = LcStore(wal_engine(url) if backend.name == "sqlite" else url)
+        try:
+            for t in warm:
+                store.single(store.prepare(t))
+            msgs = [store.prepare(t) for t in timed_turns]
+            times, cpu = cpu_and_wall(store.single, msgs)
+            rec = Recorder(rows, "add_floor", backend.name, LC, k)
+            rec.latency("add", times)
+            rec("add_cpu", cpu, "ms", k)
+        finally:
+            store.close()
+
+
+def bench_assemble_floor(
+    cfg: Config, backend: Backend, mm: MemoryManager, now: datetime, rows: list[Row], n: int
+) -> None:
+    """The SQL one assemble call sends (captured from the engine), replayed on the bare
+    driver in one transaction with the same parameters: the floor for assembly's reads."""
+    from sqlalchemy import event
+
+    captured: list[tuple[str, Any]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if not statement.lstrip().upper().startswith(("BEGIN", "PRAGMA", "SET", "SHOW")):
+            captured.append((statement, parameters))
+
+    engine = mm.database.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        mm.assemble(SESSION, budget=BUDGET, target=TARGET, now=now)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    conn = raw_connection(backend, mm.url)
+
+    def replay() -> None:
+        if backend.name == "sqlite":
+            conn.execute("BEGIN")
+        cur = conn.cursor()
+        for sql, params in captured:
+            cur.execute(sql, params)
+            cur.fetchall()
+        if backend.name == "sqlite":
+            conn.execute("COMMIT")
+        else:
+            conn.rollback()
+
+    def library() -> None:
+        mm.assemble(SESSION, budget=BUDGET, target=TARGET, now=now)
+
+    om_times: list[float] = []
+    raw_times: list[float] = []
+    try:
+        replay()
+        gc.collect()
+        for _ in range(cfg.assemble_samples):  # interleaved: both see the same machine load
+            om_times.append(timed(library)[0])
+            raw_times.append(timed(replay)[0])
+    finally:
+        conn.close()
+    Recorder(rows, "assemble_floor", backend.name, OM, n).latency("read", om_times)
+    rec = Recorder(rows, "assemble_floor", backend.name, RAW, n)
+    rec.latency("read", raw_times)
+    rec("statements", len(captured), "statements")
+
+
+def floor_lines(t: Table, names: Sequence[str], sizes: Sequence[int], has_lc: bool) -> list[str]:
+    """The store rows of the report: each hot path beside its floor from the same run."""
+    body = []
+    for b in names:
+        k = next((r.turns for r in t.index.values() if r.section == "add_floor"), "")
+        om50, raw50 = t.v("add_floor", b, OM, k, "add_p50"), t.v("add_floor", b, RAW, k, "add_p50")
+        omc, rawc = t.v("add_floor", b, OM, k, "add_cpu"), t.v("add_floor", b, RAW, k, "add_cpu")
+        lc50, lcc = t.v("add_floor", b, LC, k, "add_p50"), t.v("add_floor", b, LC, k, "add_cpu")
+        body.append(
+            [
+                b,
+                "add_turn p50 / CPU per call",
+                f"{fmt_ms(om50)} / {fmt_ms(omc)} ms",
+                f"{fmt_ms(raw50)} / {fmt_ms(rawc)} ms",
+                f"{fmt_ratio(ratio(om50, raw50))} / {fmt_ratio(ratio(omc, rawc))}",
+                f"{fmt_ms(lc50)} / {fmt_ms(lcc)} ms" if has_lc else "–",
+                f"{fmt_ratio(ratio(om50, lc50))} / {fmt_ratio(ratio(omc, lcc))}" if has_lc else "–",
+            ]
+        )
+        big = max(sizes)
+        om = t.v("assemble_floor", b, OM, big, "read_p50")
+        raw = t.v("assemble_floor", b, RAW, big, "read_p50")
+        body.append(
+            [
+                b,
+                f"assemble p50, {big:,} turns",
+                f"{fmt_ms(om)} ms",
+                f"{fmt_ms(raw)} ms ({t.v('assemble_floor', b, RAW, big, 'statements'):.0f} statements)",
+                fmt_ratio(ratio(om, raw)),
+                "–",
+                "–",
+            ]
+        )
+    return [
+        "## store hot paths against their floors",
+        "",
+        "The floor is the same SQL on the bare driver (sqlite3 or psycopg, the same pragmas), "
+        "measured in this run, interleaved with the library's calls so both see the same load: "
+        "for add_turn the two statements and the commit it sends; for assemble every statement "
+        "one call sent, replayed with its parameters in one transaction. CPU: this process's CPU time per call (the server's aside). LangChain: "
+        "SQLChatMessageHistory.add_message on a fresh database (SQLite with WAL).",
+        "",
+        md_table(
+            [
+                "backend",
+                "measure",
+                "optical-memory",
+                "raw driver (floor)",
+                "ratio to floor",
+                "LangChain",
+                "ratio to LangChain",
+            ],
+            body,
+        ),
+        "",
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
 # Report
 
 
@@ -1324,6 +1554,8 @@ def report(cfg: Config, rows: Sequence[Row], backends: Sequence[Backend], env: s
 
     out += aging_section(cfg, t, names)
 
+    out += floor_lines(t, names, sizes, has_lc)
+
     # bytes
     body = []
     for b in names:
@@ -1486,6 +1718,7 @@ def run(cfg: Config) -> tuple[list[Row], str]:
                     bench_optical(cfg, backend, n, turns, rows)
                     if cfg.baseline:
                         bench_baseline(cfg, backend, n, turns, rows)
+                bench_add_floor(cfg, backend, rows)
                 bench_aging(cfg, backend, rows)
             if cfg.contention_samples:
                 bench_contention(cfg, backends[0], rows)

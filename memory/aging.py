@@ -279,18 +279,14 @@ class Aging:
     # -- the pass ------------------------------------------------------------------------------
 
     def run(
-        self,
-        now: datetime | None = None,
-        session_keys: Sequence[str] | None = None,
-        *,
-        owner: str | None = None,
+        self, now: datetime | None = None, scope: ColumnElement[bool] | None = None
     ) -> AgingReport:
-        """One pass over the sessions with work: all of them, or those of ``session_keys``,
-        and (``owner`` not None) only that owner's, chosen by the query itself."""
+        """One pass over the sessions with work that ``scope`` selects (a filter on SessionRow,
+        e.g. one owner's sessions, chosen by the query itself; None: all)."""
         now = now or datetime.now(UTC)
         report = AgingReport(now=now)
         started = time.perf_counter()
-        for sid in self._sessions(session_keys, owner, now):
+        for sid in self._sessions(scope, now):
             try:
                 packed = self._pack(sid, now)
                 if packed is None:  # packed by another worker meanwhile: next pass
@@ -318,13 +314,12 @@ class Aging:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _sessions(
-        self, keys: Sequence[str] | None, owner: str | None = None, now: datetime | None = None
-    ) -> list[int]:
+    def _sessions(self, scope: ColumnElement[bool] | None, now: datetime | None = None) -> list[int]:
         """Sessions with work at ``now``, in one query (the "due pages" query): turns beyond
         the text window, an open page that may be sealed, or a page due for a change (see
-        :meth:`_due`); within ``owner`` when given (one bound parameter, whatever the number of
-        its sessions). A pass with nothing due costs this one query and opens no write."""
+        :meth:`_due`); within ``scope`` when given (a filter on SessionRow: one owner's
+        sessions cost one bound parameter, whatever their number). A pass with nothing due
+        costs this one query and opens no write."""
         unpaged = SessionRow.next_seq - self.policy.keep_last_turns > SessionRow.paged_until
         with self.db.read() as s:
             q = (
@@ -332,10 +327,8 @@ class Aging:
                 .where(unpaged | self._due(now or datetime.now(UTC)))
                 .order_by(SessionRow.id)
             )
-            if keys is not None:
-                q = q.where(SessionRow.key.in_(list(keys)))
-            if owner is not None:
-                q = q.where(SessionRow.owner == owner)
+            if scope is not None:
+                q = q.where(scope)
             return list(s.scalars(q))
 
     def _due(self, now: datetime) -> ColumnElement[bool]:

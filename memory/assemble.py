@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row, and_, or_, select
+from sqlalchemy import Row, bindparam, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .captions import INTRO_TOKENS, page_caption
@@ -28,7 +29,6 @@ from .store import (
     RenditionRow,
     SessionRow,
     TurnRow,
-    page_turns,
     to_turn,
 )
 from .tokens import TokenCounter, approximate_tokens
@@ -36,6 +36,64 @@ from .turn_text import cost_text, display_text, speaker_of, turn_line
 
 _TURN_BATCH = 64
 _PAGE_BATCH = 32
+
+# The reads of assembly, built once with bound parameters and run on the read transaction's
+# connection: no statement is rebuilt per call and no ORM object is loaded (rows instead,
+# whose fields carry the models' attribute names).
+_TURN_COLUMNS = (
+    TurnRow.id,
+    TurnRow.session_row_id.label("session_row_id"),
+    TurnRow.seq,
+    TurnRow.role,
+    TurnRow.content,
+    TurnRow.at,
+    TurnRow.tokens,
+    TurnRow.meta.label("meta"),
+)
+_PAGE_COLUMNS = tuple(c.label(c.key) for c in PAGE_COLUMNS_WITHOUT_PNG)
+_SID = bindparam("sid")
+_RECENT = (
+    select(*_TURN_COLUMNS)
+    .where(
+        TurnRow.session_row_id == _SID,
+        TurnRow.seq <= bindparam("upper"),
+        TurnRow.seq > bindparam("after"),
+    )
+    .order_by(TurnRow.seq.desc())
+    .limit(_TURN_BATCH)
+)
+_BY_SEQ = (
+    select(*_TURN_COLUMNS)
+    .where(TurnRow.session_row_id == _SID, TurnRow.seq.in_(bindparam("seqs", expanding=True)))
+    .order_by(TurnRow.seq.desc())
+)
+_SPAN = (
+    select(*_TURN_COLUMNS)
+    .where(
+        TurnRow.session_row_id == _SID,
+        TurnRow.seq >= bindparam("first"),
+        TurnRow.seq <= bindparam("last"),
+    )
+    .order_by(TurnRow.seq)
+)
+_NEWEST_PAGES = (
+    select(*_PAGE_COLUMNS)
+    .where(PageRow.session_row_id == _SID)
+    .order_by(PageRow.first_seq.desc())
+    .limit(_PAGE_BATCH)
+)
+_PAGES_BEFORE = _NEWEST_PAGES.where(PageRow.first_seq < bindparam("before"))
+_RENDITION_SIZES = select(
+    RenditionRow.page_id, RenditionRow.tier, RenditionRow.width, RenditionRow.height
+).where(RenditionRow.page_id.in_(bindparam("ids", expanding=True)))
+_STORED_PNGS = select(PageRow.id, PageRow.png).where(
+    PageRow.id.in_(bindparam("ids", expanding=True))
+)
+_FADED_PNGS = select(RenditionRow.page_id, RenditionRow.png).where(
+    RenditionRow.tier == bindparam("tier"),
+    RenditionRow.page_id.in_(bindparam("ids", expanding=True)),
+)
+TurnData = Row[Any]  # a turn as assembly reads it: the _TURN_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -223,20 +281,21 @@ def assemble_context(
     which comes after it.
     """
     count = counter or approximate_tokens
+    conn = s.connection()  # the read transaction's: same snapshot, no ORM on the hot reads
 
-    def cost_of(t: TurnRow) -> int:
+    def cost_of(t: TurnData) -> int:
         """Stored counts come from the manager's counter; another counter recounts."""
         if counter is None or counter is approximate_tokens:
             return t.tokens
         return int(counter(t.role, cost_text(t.role, t.content, t.meta)))
 
-    recent = _recent_units(s, session, budget, cost_of)
+    recent = _recent_units(conn, session, budget, cost_of)
     mandatory = recent.spent(recent.mandatory)
-    pins = _pinned(s, session, recent, cost_of, budget - mandatory)
+    pins = _pinned(s, conn, session, recent, cost_of, budget - mandatory)
     pin_cost = _block_cost(count, pins, []) if pins else 0
     reserve = int(budget * shares.recall) if cue is not None else 0
 
-    candidates = _page_candidates(s, session.id, target, budget - mandatory - pin_cost)
+    candidates = _page_candidates(conn, session.id, target, budget - mandatory - pin_cost)
     candidates.reverse()  # oldest first
     ref = session.aged_at or now
     for c in candidates:
@@ -255,11 +314,11 @@ def assemble_context(
     spent = recent.spent(shown_units)
     candidates = _fade_to_fit(candidates, budget - spent - pin_cost - reserve)
 
-    recalled: list[TurnRow] = []
+    recalled: list[TurnData] = []
     if cue is not None and reserve > 0:
         shown = {t.seq for u in recent.units[:shown_units] for t in u[0]} | {t.seq for t in pins}
         shown |= _legible_seqs(candidates)
-        recalled = _recall_block(s, session, cue, shown, reserve, count)
+        recalled = _recall_block(s, conn, session, cue, shown, reserve, count)
         # What the block leaves of the reserve goes to more recent text (after the pages).
         pages_cost = sum(c.cost for c in candidates)
         pages_cost += INTRO_TOKENS if any(c.is_image for c in candidates) else 0
@@ -282,7 +341,7 @@ def assemble_context(
     )
     texts = [t for u in reversed(recent.units[:shown_units]) for t in u[0]]
     segments, image_tokens, replaced = _build_segments(
-        s, session, candidates, block, texts, cost_of
+        conn, session, candidates, block, texts, cost_of
     )
 
     first_shown = min(
@@ -308,7 +367,7 @@ def assemble_context(
     )
 
 
-Unit = tuple[list[TurnRow], int]  # turns shown together (a tool call and its results), cost
+Unit = tuple[list[TurnData], int]  # turns shown together (a tool call and its results), cost
 
 
 @dataclass
@@ -333,7 +392,7 @@ class _Recent:
 
 
 def _recent_units(
-    s: Session, session: SessionRow, budget: int, cost_of: Callable[[TurnRow], int]
+    conn: Connection, session: SessionRow, budget: int, cost_of: Callable[[TurnData], int]
 ) -> _Recent:
     """Unpaged turns, newest first, as whole units (a tool call stays with its results),
     gathered until they fill ``budget``; reading stops there, so the cost follows the budget."""
@@ -341,17 +400,10 @@ def _recent_units(
     total = 0
     mandatory = 0
     upper = session.next_seq
-    pending: list[TurnRow] = []  # a unit being gathered backwards
+    pending: list[TurnData] = []  # a unit being gathered backwards
     while upper > session.paged_until:
-        batch = s.scalars(
-            select(TurnRow)
-            .where(
-                TurnRow.session_row_id == session.id,
-                TurnRow.seq <= upper,
-                TurnRow.seq > session.paged_until,
-            )
-            .order_by(TurnRow.seq.desc())
-            .limit(_TURN_BATCH)
+        batch = conn.execute(
+            _RECENT, {"sid": session.id, "upper": upper, "after": session.paged_until}
         ).all()
         if not batch:
             break
@@ -375,21 +427,18 @@ def _recent_units(
 
 def _pinned(
     s: Session,
+    conn: Connection,
     session: SessionRow,
     recent: _Recent,
-    cost_of: Callable[[TurnRow], int],
+    cost_of: Callable[[TurnData], int],
     room: int,
-) -> list[TurnRow]:
+) -> list[TurnData]:
     """Pinned turns not already in the recent text, newest first while they fit; in order."""
     seqs = set(pinned_seqs(s, session))
     if not seqs:
         return []
     seqs -= {t.seq for u in recent.units for t in u[0]}
-    rows = s.scalars(
-        select(TurnRow)
-        .where(TurnRow.session_row_id == session.id, TurnRow.seq.in_(sorted(seqs)))
-        .order_by(TurnRow.seq.desc())
-    ).all()
+    rows = conn.execute(_BY_SEQ, {"sid": session.id, "seqs": sorted(seqs)}).all()
     kept, spent = [], _BLOCK_OVERHEAD
     for t in rows:
         if spent + cost_of(t) <= room:
@@ -409,12 +458,13 @@ def _legible_seqs(candidates: list[_Candidate]) -> set[int]:
 
 def _recall_block(
     s: Session,
+    conn: Connection,
     session: SessionRow,
     cue: str,
     shown: set[int],
     reserve: int,
     count: TokenCounter,
-) -> list[TurnRow]:
+) -> list[TurnData]:
     """Turns the cue recalls that the prompt would not show legibly, each with the turn next
     to it for context, best first while the block fits ``reserve``; in order."""
     hits = [
@@ -426,15 +476,8 @@ def _recall_block(
         return []
     wanted = set(hits)
     wanted |= {_partner(seq, session.next_seq) for seq in hits}
-    rows = {
-        t.seq: t
-        for t in s.scalars(
-            select(TurnRow).where(
-                TurnRow.session_row_id == session.id, TurnRow.seq.in_(sorted(wanted))
-            )
-        )
-    }
-    chosen: dict[int, TurnRow] = {}
+    rows = {t.seq: t for t in conn.execute(_BY_SEQ, {"sid": session.id, "seqs": sorted(wanted)})}
+    chosen: dict[int, TurnData] = {}
     for seq in hits:
         unit = [rows[q] for q in sorted({seq, _partner(seq, session.next_seq)}) if q in rows]
         unit = [t for t in unit if t.seq not in chosen and (t.seq == seq or t.seq not in shown)]
@@ -458,7 +501,7 @@ _RECALLED_HEADER = (
 _BLOCK_OVERHEAD = approximate_tokens("user", _RECALLED_HEADER)
 
 
-def _block_text(pins: Sequence[TurnRow], recalled: Sequence[TurnRow]) -> str:
+def _block_text(pins: Sequence[TurnData], recalled: Sequence[TurnData]) -> str:
     """The recalled block as the model reads it: headers, then one line per turn."""
     parts = []
     if pins:
@@ -468,12 +511,12 @@ def _block_text(pins: Sequence[TurnRow], recalled: Sequence[TurnRow]) -> str:
     return "\n\n".join(parts)
 
 
-def _line(t: TurnRow) -> str:
+def _line(t: TurnData) -> str:
     text = display_text(t.role, t.content, t.meta)
     return turn_line(t.seq, speaker_of(t.role, t.meta), t.at, text)
 
 
-def _block_cost(count: TokenCounter, pins: Sequence[TurnRow], recalled: Sequence[TurnRow]) -> int:
+def _block_cost(count: TokenCounter, pins: Sequence[TurnData], recalled: Sequence[TurnData]) -> int:
     return int(count("user", _block_text(pins, recalled)))
 
 
@@ -508,22 +551,23 @@ def _fade_to_fit(candidates: list[_Candidate], room: int) -> list[_Candidate]:
 
 
 def _build_segments(
-    s: Session,
+    conn: Connection,
     session: SessionRow,
     candidates: list[_Candidate],
     block: RecalledSegment | None,
-    texts: list[TurnRow],
-    cost_of: Callable[[TurnRow], int],
+    texts: list[TurnData],
+    cost_of: Callable[[TurnData], int],
 ) -> tuple[list[Segment], int, int]:
     """Pages oldest first (text pages as their turns), the recalled block, then the recent
     text; with the image tokens and the text tokens the images stand for."""
-    pngs = _images(s, [c for c in candidates if c.is_image])
+    pngs = _images(conn, [c for c in candidates if c.is_image])
     segments: list[Segment] = []
     image_tokens = replaced = 0
     for c in candidates:
         o = c.option
         if not c.is_image:
-            for t in page_turns(s, c.row.session_row_id, c.row.first_seq, c.row.last_seq):
+            span = {"sid": c.row.session_row_id, "first": c.row.first_seq, "last": c.row.last_seq}
+            for t in conn.execute(_SPAN, span):
                 segments.append(TextSegment(to_turn(t, session.key), cost_of(t), page_id=c.row.id))
             continue
         assert o.width is not None and o.height is not None
@@ -554,33 +598,27 @@ def _build_segments(
     return segments, image_tokens, replaced
 
 
-def _page_candidates(s: Session, sid: int, target: Target, remaining: int) -> list[_Candidate]:
+def _page_candidates(
+    conn: Connection, sid: int, target: Target, remaining: int
+) -> list[_Candidate]:
     """Newest pages first, while the sum of their cheapest forms still fits."""
     out: list[_Candidate] = []
+    costs: dict[tuple[Tier, int, int], tuple[str | None, int]] = {}  # pages share sizes
     floor = 0
     before: int | None = None
     while floor <= remaining:
-        q = (
-            select(*PAGE_COLUMNS_WITHOUT_PNG)
-            .where(PageRow.session_row_id == sid)
-            .order_by(PageRow.first_seq.desc())
-        )
-        if before is not None:
-            q = q.where(PageRow.first_seq < before)
-        rows = s.execute(q.limit(_PAGE_BATCH)).all()
+        if before is None:
+            rows = conn.execute(_NEWEST_PAGES, {"sid": sid}).all()
+        else:
+            rows = conn.execute(_PAGES_BEFORE, {"sid": sid, "before": before}).all()
         if not rows:
             break
-        ids = [r.id for r in rows]
         renditions: dict[int, list[tuple[str, int, int]]] = {}
-        for pid, tier, w, h in s.execute(
-            select(
-                RenditionRow.page_id, RenditionRow.tier, RenditionRow.width, RenditionRow.height
-            ).where(RenditionRow.page_id.in_(ids))
-        ):
+        for pid, tier, w, h in conn.execute(_RENDITION_SIZES, {"ids": [r.id for r in rows]}):
             renditions.setdefault(pid, []).append((tier, w, h))
         for r in rows:
             before = r.first_seq
-            options = _options(r, renditions.get(r.id, []), target)
+            options = _options(r, renditions.get(r.id, []), target, costs)
             out.append(_Candidate(r, options))
             floor += min(o.cost for o in options)
             if floor > remaining:
@@ -589,7 +627,10 @@ def _page_candidates(s: Session, sid: int, target: Target, remaining: int) -> li
 
 
 def _options(
-    row: Row[Any], renditions: list[tuple[str, int, int]], target: Target
+    row: Row[Any],
+    renditions: list[tuple[str, int, int]],
+    target: Target,
+    costs: dict[tuple[Tier, int, int], tuple[str | None, int]],
 ) -> list[_Option]:
     """How a page can be shown, sharpest first; images only where they cost less than text."""
     stored = Tier.parse(row.tier)
@@ -602,23 +643,27 @@ def _options(
     for tier, w, h in forms:
         if tier not in IMAGE_TIERS or w is None or h is None:
             continue
-        detail = target.spec(tier).detail
-        cost = target.image_cost(w, h, detail)
+        known = costs.get((tier, w, h))
+        if known is None:
+            detail = target.spec(tier).detail
+            known = costs[(tier, w, h)] = (detail, target.image_cost(w, h, detail))
+        detail, cost = known
         if cost < row.text_tokens and (not opts or cost < opts[-1].cost):
             opts.append(_Option(tier, cost, w, h, detail))
     return opts or [_Option(Tier.TEXT, row.text_tokens)]
 
 
-def _images(s: Session, shown: list[_Candidate]) -> dict[int, bytes]:
-    """The PNG of every page shown as an image, in two queries: stored tiers, renditions."""
-    stored = [c.row.id for c in shown if c.option.tier.label == c.row.tier]
-    faded = [(c.row.id, c.option.tier.label) for c in shown if c.option.tier.label != c.row.tier]
+def _images(conn: Connection, shown: list[_Candidate]) -> dict[int, bytes]:
+    """The PNG of every page shown as an image: one query for the stored tiers, one per
+    fainter tier shown (plain ``IN`` lists on the primary keys)."""
     out: dict[int, bytes] = {}
+    stored = [c.row.id for c in shown if c.option.tier.label == c.row.tier]
     if stored:
-        out.update(s.execute(select(PageRow.id, PageRow.png).where(PageRow.id.in_(stored))).all())
-    if faded:
-        q = select(RenditionRow.page_id, RenditionRow.png).where(
-            or_(*(and_(RenditionRow.page_id == pid, RenditionRow.tier == t) for pid, t in faded))
-        )
-        out.update(s.execute(q).all())
+        out.update(conn.execute(_STORED_PNGS, {"ids": stored}).all())
+    faded: dict[str, list[int]] = {}
+    for c in shown:
+        if c.option.tier.label != c.row.tier:
+            faded.setdefault(c.option.tier.label, []).append(c.row.id)
+    for tier, ids in faded.items():
+        out.update(conn.execute(_FADED_PNGS, {"tier": tier, "ids": ids}).all())
     return out

@@ -80,6 +80,13 @@ TargetOption = Annotated[
     ),
 ]
 BudgetOption = Annotated[int, typer.Option("--budget", "-b", help="Prompt budget in tokens.")]
+OwnerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--owner",
+        help="Work inside this owner's namespace (default: the sessions without an owner).",
+    ),
+]
 
 
 # -- plumbing ----------------------------------------------------------------------------------
@@ -120,9 +127,14 @@ def _one_line(text: str) -> str:
 
 @contextmanager
 def _memory(
-    db: str | None, target: str = "deepseek-ocr", *, existing: bool = False
+    db: str | None,
+    target: str = "deepseek-ocr",
+    *,
+    existing: bool = False,
+    owner: str | None = None,
 ) -> Iterator[MemoryManager]:
-    """The memory at ``db``; ``existing``: a command that only reads refuses to create one."""
+    """The memory at ``db`` inside ``owner``'s namespace; ``existing``: a command that only
+    reads refuses to create one."""
     get_target(target)  # fail fast on an unknown target, before opening anything
     url = db if db else default_url()
     if existing:
@@ -132,7 +144,7 @@ def _memory(
                 f"no database at {path}; check --db (or ${URL_ENV}), or import a conversation "
                 "to create one"
             )
-    with MemoryManager(url, target=target) as mm:
+    with MemoryManager(url, target=target, owner=owner) as mm:
         yield mm
 
 
@@ -274,12 +286,13 @@ def import_(
     format: Annotated[
         str, typer.Option("--format", "-f", help=f"auto, {', '.join(FORMATS)}.")
     ] = "auto",
+    owner: OwnerOption = None,
     db: DbOption = None,
 ) -> None:
     """Import a conversation file in one transaction: every turn, or none."""
     _check_choice(format, ("auto", *FORMATS), "format")
     convs = load_conversations(file, format=format, session=session)  # parse it all first
-    with _memory(db) as mm:
+    with _memory(db, owner=owner) as mm:
         added = mm.add_sessions(convs)
     table = Table(title=f"imported {file.name}", title_justify="left")
     for name in ("session", "turns", "first", "last"):
@@ -293,9 +306,9 @@ def import_(
 
 @app.command()
 @_errors
-def sessions(db: DbOption = None) -> None:
-    """List the sessions."""
-    with _memory(db, existing=True) as mm:
+def sessions(db: DbOption = None, owner: OwnerOption = None) -> None:
+    """List the sessions of one owner (default: those without an owner)."""
+    with _memory(db, existing=True, owner=owner) as mm:
         infos = mm.sessions()
         table = Table(title="sessions", title_justify="left")
         for name in ("session", "turns", "pages", "created", "owner"):
@@ -315,10 +328,11 @@ def sessions(db: DbOption = None) -> None:
 @_errors
 def show(
     session: Annotated[str, typer.Argument(help="Session id.")],
+    owner: OwnerOption = None,
     db: DbOption = None,
 ) -> None:
     """A session's tiers, tokens and pages."""
-    with _memory(db, existing=True) as mm:
+    with _memory(db, existing=True, owner=owner) as mm:
         rows = mm.tier_summary(session)
         pages = mm.pages(session)
         target = mm.target.name
@@ -333,10 +347,11 @@ def show(
 def render(
     session: Annotated[str, typer.Argument(help="Session id.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the PNGs into.")],
+    owner: OwnerOption = None,
     db: DbOption = None,
 ) -> None:
     """Write a session's page images (stored tier and renditions) and a contact sheet."""
-    with _memory(db, existing=True) as mm:
+    with _memory(db, existing=True, owner=owner) as mm:
         written, sheet = write_page_images(mm, session, out)
     _console().print(f"{len(written)} page images and a contact sheet written to {out}")
     _console().print(f"contact sheet: {sheet}")
@@ -348,11 +363,13 @@ def age(
     now: Annotated[
         str | None, typer.Option(help="Pretend it is this time (ISO 8601; naive means UTC).")
     ] = None,
+    owner: OwnerOption = None,
     db: DbOption = None,
 ) -> None:
-    """Run one aging pass: pack old turns into pages and fade pages by age."""
+    """Run one aging pass: pack old turns into pages and fade pages by age (every owner's
+    sessions, or with --owner that owner's)."""
     when = _parse_time(now, "--now") if now else None
-    with _memory(db) as mm:
+    with _memory(db, owner=owner) as mm:
         report = mm.age(now=when)
     console = _console()
     moved = ", ".join(f"{n} to {tier}" for tier, n in sorted(report.pages_moved.items())) or "none"
@@ -372,11 +389,13 @@ def verify(
     repair: Annotated[
         bool, typer.Option("--repair/--check", help="Rebuild what is damaged, or only report.")
     ] = True,
+    owner: OwnerOption = None,
     db: DbOption = None,
 ) -> None:
     """Check every page image, rendition and cached visual-token entry; rebuild the damaged
-    ones from the archived turns. Exit status 1 when problems remain."""
-    with _memory(db, existing=True) as mm:
+    ones from the archived turns (every owner's, or with --owner that owner's). Exit status 1
+    when problems remain."""
+    with _memory(db, existing=True, owner=owner) as mm:
         report = mm.verify(repair=repair)
         remaining = mm.verify(repair=False).problems if repair and report.problems else []
     for problem in report.problems:
@@ -403,6 +422,7 @@ def assemble(
         typer.Option("--out", "-o", help="Write prompt.json and its PNGs here instead of stdout."),
     ] = None,
     now: Annotated[str | None, typer.Option(help="Assemble as of this time (ISO 8601).")] = None,
+    owner: OwnerOption = None,
     db: DbOption = None,
 ) -> None:
     """Assemble a session's prompt under a token budget and print it as JSON."""
@@ -410,7 +430,7 @@ def assemble(
     get_target(target)
     when = _parse_time(now, "--now") if now else None
     to_data = formatter(format)  # a missing extra fails here, before any work
-    with _memory(db, existing=True) as mm:
+    with _memory(db, existing=True, owner=owner) as mm:
         ctx = mm.assemble(session, budget=budget, target=target, now=when)
     if out is not None:
         typer.echo(f"wrote {write_context(ctx, out, format)}")
@@ -423,10 +443,11 @@ def assemble(
 def forget(
     session: Annotated[str, typer.Argument(help="Session id.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    owner: OwnerOption = None,
     db: DbOption = None,
 ) -> None:
     """Delete a session and everything derived from it (turns, pages, images, caches)."""
-    with _memory(db, existing=True) as mm:
+    with _memory(db, existing=True, owner=owner) as mm:
         info = next((i for i in mm.sessions() if i.session_id == session), None)
         if info is None:
             mm.turns(session, limit=1)  # raises UnknownSession with the library's message

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
-from sqlalchemy import LargeBinary, Text, cast, delete, select, update
+from sqlalchemy import ColumnElement, LargeBinary, Text, cast, delete, select, update
 from sqlalchemy.orm import Session
 
 from .errors import UnknownTarget
@@ -156,24 +156,21 @@ class _Findings:
 
 def verify_pages(
     aging: Aging,
-    session_keys: Sequence[str] | None = None,
+    scope: ColumnElement[bool] | None = None,
     *,
     repair: bool = True,
     now: datetime | None = None,
-    owner: str | None = None,
 ) -> VerifyReport:
-    """Check every page of the given sessions (all when None), within ``owner`` when given
-    (scoped by the query: one bound parameter, whatever the number of its sessions); with
+    """Check every page of the sessions ``scope`` selects (a filter on SessionRow, e.g. one
+    owner's sessions by query: one bound parameter, whatever their number; None: all); with
     ``repair``, rebuild broken images and renditions from the turns and drop or re-encode
     broken caches."""
     now = now or datetime.now(UTC)
     report = VerifyReport()
     with aging.db.read() as s:
         q = select(PageRow.id).join(SessionRow, SessionRow.id == PageRow.session_row_id)
-        if session_keys is not None:
-            q = q.where(SessionRow.key.in_(list(session_keys)))
-        if owner is not None:
-            q = q.where(SessionRow.owner == owner)
+        if scope is not None:
+            q = q.where(scope)
         page_ids = list(s.scalars(q.order_by(PageRow.id)))
     for page_id in page_ids:
         found = inspect_page(aging, page_id, report)

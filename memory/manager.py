@@ -18,9 +18,8 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .aging import Aging, AgingPolicy, AgingReport
@@ -54,14 +53,20 @@ from .render import PageRenderer
 from .salience import SalienceFn, check_salience
 from .scheduler import AgingScheduler
 from .store import (
+    FIND_SESSION,
     FIRST_LIVE_SEQ,
+    INSERT_TURN,
     PAGE_COLUMNS_WITHOUT_PNG,
+    RESERVE_SEQS,
     PageRow,
     RenditionRow,
     SessionRow,
     TurnMarkRow,
     TurnRow,
     VisualTokenRow,
+    namespace,
+    owner_of,
+    session_scope,
     supersede_turns,
     to_turn,
 )
@@ -95,8 +100,11 @@ class MemoryManager:
             Default: langchain-core's approximation (4 characters a token, 3 per message).
         max_content_bytes: largest turn accepted, in UTF-8 bytes (default 1 MiB).
         encoder: a :class:`VisualEncoder` whose visual tokens the aging pass caches.
-        owner: scope every call to this owner (tenant or user); another owner's session is
-            reported as UnknownSession, exactly like one that does not exist.
+        owner: the namespace (tenant or user) every call works in. A session is (owner,
+            session id): the same id under two owners is two sessions, and another owner's
+            session is reported as UnknownSession, exactly like one that does not exist.
+            None (default): the no-owner namespace for every call that names a session;
+            ``age()`` and ``verify()`` without ``sessions`` then span every owner.
         migrate: apply database migrations on open (default True).
         shares: how ``assemble`` splits a tight budget between recent text, the pages and
             what a cue recalls (default :class:`AssemblyShares`: half for the past, a fifth of
@@ -267,8 +275,8 @@ class MemoryManager:
                 prepared.append((key, rows))
         if not prepared:
             return {}
-        return self._db.write(
-            lambda s: {key: self._insert_turns(s, key, rows) for key, rows in prepared}
+        return self._db.write_core(
+            lambda conn: {key: self._insert_turns(conn, key, rows) for key, rows in prepared}
         )
 
     def _validate(self, i: int, item: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
@@ -292,27 +300,30 @@ class MemoryManager:
             "search_text": search_text(content),  # computed before the write transaction
         }
 
-    def _insert_turns(self, s: Session, key: str, rows: list[dict[str, Any]]) -> list[Turn]:
+    def _insert_turns(self, conn: Connection, key: str, rows: list[dict[str, Any]]) -> list[Turn]:
         now = datetime.now(UTC)
         n = len(rows)
-        # One statement creates the session if needed and reserves n sequence numbers.
-        dialect_insert = pg_insert if self._db.dialect == "postgresql" else sqlite_insert
-        reserve = (
-            dialect_insert(SessionRow)
-            .values(key=key, owner=self.owner, created_at=now, meta={}, next_seq=n)
-            .on_conflict_do_update(
-                index_elements=["key"], set_={"next_seq": SessionRow.next_seq + n}
-            )
-            .returning(SessionRow.id, SessionRow.owner, SessionRow.next_seq)
-        )
-        sid, owner, last = s.execute(reserve).one()
-        self._check_owner(key, owner, writing=True)  # raising rolls the reservation back
+        # One statement creates the session in this owner's namespace if needed and reserves
+        # n sequence numbers; another owner's session of the same id is never touched.
+        sid, last = conn.execute(
+            RESERVE_SEQS[self._db.dialect],
+            {"key": key, "owner": self._namespace, "now": now, "meta": {}, "n": n},
+        ).one()
         first = last - n + 1
         values = [
-            {**r, "session_row_id": sid, "seq": first + i, "at": r["at"] or now}
+            {
+                "session_id": sid,
+                "seq": first + i,
+                "role": r["role"],
+                "content": r["content"],
+                "at": r["at"] or now,
+                "tokens": r["tokens"],
+                "metadata": r["meta"],
+                "search_text": r["search_text"],
+            }
             for i, r in enumerate(rows)
         ]
-        s.execute(insert(TurnRow), values)
+        conn.execute(INSERT_TURN, values[0] if n == 1 else values)
         return [
             Turn(
                 key,
@@ -321,7 +332,7 @@ class MemoryManager:
                 v["content"],
                 v["at"].astimezone(UTC),
                 v["tokens"],
-                v["meta"],
+                v["metadata"],
             )
             for v in values
         ]
@@ -347,14 +358,13 @@ class MemoryManager:
 
         def work(s: Session) -> list[Turn]:
             row = self._session(s, key)
-            self._check_owner(key, row.owner, writing=True)
             if from_turn <= row.paged_until:
                 raise InvalidInput(
                     f"turn {from_turn} of session {key!r} is on a page already (turns up to "
                     f"{row.paged_until} are); only later turns can be replaced, append instead"
                 )
             supersede_turns(s, row.id, from_turn, datetime.now(UTC))
-            return self._insert_turns(s, key, rows) if rows else []
+            return self._insert_turns(s.connection(), key, rows) if rows else []
 
         return self._db.write(work)
 
@@ -374,11 +384,20 @@ class MemoryManager:
                 for t in s.scalars(q)
             ]
 
-    def _scope(self, sessions: Sequence[str] | None) -> list[str] | None:
-        """The session ids a pass may touch: all (None), or those given. A string is refused:
-        it is one id, not a list of them. The owner is not applied here: the pass's own query
-        keeps to it (``owner=``), so an owner with any number of sessions costs one bound
-        parameter, not one per session."""
+    @property
+    def _namespace(self) -> str:
+        """This manager's owner as stored (the no-owner namespace for None)."""
+        return namespace(self.owner)
+
+    def _maintenance(self, run: Any, sessions: Sequence[str] | None) -> Any:
+        """``run(scope)`` for an aging or verify run: the sessions it may touch, as a filter.
+
+        Owner-scoped: the owner's sessions (by query, no id list), or the named ones among
+        them. Unscoped (owner None): every owner's sessions when none are named (maintenance
+        spans the whole database); named ids are looked up in the no-owner namespace, as every
+        session-addressed call of an unscoped manager is. A string is refused: it is one id,
+        not a list of them. Long lists run in chunks (one bound parameter per id; a
+        PostgreSQL statement takes at most 65,535), the reports added up."""
         if sessions is not None:
             if isinstance(sessions, str | bytes | Mapping) or not isinstance(sessions, Iterable):
                 raise InvalidInput(
@@ -386,14 +405,17 @@ class MemoryManager:
                     f"not {type(sessions).__name__}"
                 )
             sessions = [check_session_id(k) for k in sessions]
-        return sessions
+        if sessions is None:
+            return run(session_scope(self.owner, all_owners=self.owner is None))
+        chunks = [sessions[i : i + SCOPE_CHUNK] for i in range(0, len(sessions), SCOPE_CHUNK)]
+        return self._in_chunks(run, [session_scope(self.owner, c) for c in chunks or [[]]])
 
-    def _in_chunks(self, run: Any, keys: list[str] | None) -> Any:
-        """``run(keys)`` over at most SCOPE_CHUNK ids at a time (one bound parameter each; a
-        PostgreSQL statement takes at most 65,535), the reports added up."""
-        if keys is None or len(keys) <= SCOPE_CHUNK:
-            return run(keys)
-        reports = [run(keys[i : i + SCOPE_CHUNK]) for i in range(0, len(keys), SCOPE_CHUNK)]
+    @staticmethod
+    def _in_chunks(run: Any, scopes: list[Any]) -> Any:
+        """``run(scope)`` for each scope, the reports added up."""
+        if len(scopes) == 1:
+            return run(scopes[0])
+        reports = [run(scope) for scope in scopes]
         total = reports[0]
         for r in reports[1:]:
             for f in dataclasses.fields(total):
@@ -409,22 +431,14 @@ class MemoryManager:
                     setattr(total, f.name, a + b)
         return total
 
-    def _check_owner(self, key: str, owner: str | None, *, writing: bool = False) -> None:
-        """Another owner's session is reported exactly like a missing one: no owner learns
-        which ids other owners use (a write can only say the id is not available)."""
-        if self.owner is not None and owner != self.owner:
-            if writing:
-                raise UnknownSession(
-                    f"session id {key!r} is not available to this owner; choose another id"
-                )
-            raise UnknownSession(f"no session {key!r}; add a turn to create it")
-
-    def _session(self, s: Session, session_id: str) -> SessionRow:
+    def _session(self, s: Session, session_id: str) -> Any:
+        """The session's row in this owner's namespace (its SessionRow columns), else
+        UnknownSession."""
         key = check_session_id(session_id)
-        row = s.scalars(select(SessionRow).where(SessionRow.key == key)).first()
-        if row is None:
+        found = s.connection().execute(FIND_SESSION, {"owner": self._namespace, "key": key})
+        row = found.first()
+        if row is None:  # missing, or only another owner's: the same answer
             raise UnknownSession(f"no session {key!r}; add a turn to create it")
-        self._check_owner(key, row.owner)
         return row
 
     # -- reading ---------------------------------------------------------------------------------
@@ -446,15 +460,19 @@ class MemoryManager:
                 q = q.limit(limit)
             return [to_turn(t, row.key) for t in s.scalars(q)]
 
-    def sessions(self) -> list[SessionInfo]:
-        """Sessions in this manager's scope, oldest first."""
+    def sessions(self, *, all_owners: bool = False) -> list[SessionInfo]:
+        """Sessions in this manager's namespace (its owner's; unscoped: those without an
+        owner), oldest first. ``all_owners``: every namespace, for maintenance and admin
+        listings; each entry names its owner, and ``scoped(owner)`` addresses it."""
         self._check_open()
+        if not isinstance(all_owners, bool):
+            raise InvalidInput(f"all_owners must be a bool, got {type(all_owners).__name__}")
         with self._db.read() as s:
             q = select(SessionRow).order_by(SessionRow.id)
-            if self.owner is not None:
-                q = q.where(SessionRow.owner == self.owner)
+            if not all_owners:
+                q = q.where(SessionRow.owner == self._namespace)
             return [
-                SessionInfo(r.key, r.owner, r.created_at, r.next_seq, dict(r.meta or {}))
+                SessionInfo(r.key, owner_of(r.owner), r.created_at, r.next_seq, dict(r.meta or {}))
                 for r in s.scalars(q)
             ]
 
@@ -554,10 +572,9 @@ class MemoryManager:
                     VisualTokenRow.encoder_key == encoder_key,
                 )
             )
-            if self.owner is not None:
-                q = q.join(SessionRow, SessionRow.id == PageRow.session_row_id).where(
-                    SessionRow.owner == self.owner
-                )
+            q = q.join(SessionRow, SessionRow.id == PageRow.session_row_id).where(
+                SessionRow.owner == self._namespace
+            )
             row = s.execute(q).first()
         if row is None:
             return None
@@ -645,19 +662,20 @@ class MemoryManager:
     def age(
         self, now: datetime | None = None, *, sessions: Sequence[str] | None = None
     ) -> AgingReport:
-        """One synchronous aging pass (normally the scheduler runs it)."""
+        """One synchronous aging pass (normally the scheduler runs it): over this owner's
+        sessions, or the named ones among them. An unscoped manager (owner None) ages every
+        owner's sessions, or with ``sessions`` the named ones without an owner."""
         self._check_open()
         now = check_timestamp(now, "now")
-        run = partial(self._aging.run, now, owner=self.owner)
-        return self._in_chunks(run, self._scope(sessions))
+        return self._maintenance(partial(self._aging.run, now), sessions)
 
     def verify(self, *, repair: bool = True, sessions: Sequence[str] | None = None) -> VerifyReport:
         """Check every stored page image, rendition and cached visual-token entry (PNG
         signature, checksums, full decode, canvas of its tier); with ``repair``, rebuild what
-        is broken from the archived turns. Turns themselves are never changed."""
+        is broken from the archived turns. Turns themselves are never changed. Scoped as
+        :meth:`age`: an unscoped manager checks every owner's pages."""
         self._check_open()
-        check = partial(verify_pages, self._aging, repair=repair, owner=self.owner)
-        return self._in_chunks(check, self._scope(sessions))
+        return self._maintenance(partial(verify_pages, self._aging, repair=repair), sessions)
 
     def assemble(
         self,

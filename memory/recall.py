@@ -338,11 +338,8 @@ def _scope_filter(
             where.append("t.seq < :before")
     else:
         join = "JOIN om_sessions o ON o.id = t.session_id"
-        if session.owner is None:
-            where.append("o.owner IS NULL")
-        else:
-            where.append("o.owner = :owner")
-            params["owner"] = session.owner
+        where.append("o.owner = :owner")  # the session's namespace ('' for no owner)
+        params["owner"] = session.owner
         if before is not None:
             where.append("(t.session_id <> :sid OR t.seq < :before)")
     if before is not None:
@@ -463,10 +460,9 @@ def _scope_ids(
     how to count the turns in scope."""
     if scope == "session":
         return [session.id], lambda: int(session.next_seq)
-    owned = (
-        SessionRow.owner.is_(None) if session.owner is None else SessionRow.owner == session.owner
-    )
-    rows = s.execute(select(SessionRow.id, SessionRow.next_seq).where(owned)).all()
+    rows = s.execute(
+        select(SessionRow.id, SessionRow.next_seq).where(SessionRow.owner == session.owner)
+    ).all()
     ids = [int(r.id) for r in rows] if len(rows) <= MAX_SCOPE_SESSIONS else None
     return ids, lambda: sum(int(r.next_seq) for r in rows)
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -27,12 +28,16 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    and_,
+    bindparam,
     insert,
     select,
     update,
 )
 from sqlalchemy import false as sa_false
 from sqlalchemy import true as sa_true
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -95,12 +100,32 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+NO_OWNER = ""
+"""How the no-owner namespace is stored in ``om_sessions.owner``: the empty string, a name no
+owner may take (``check_owner`` refuses it). NOT NULL, so the unique index on (owner, key)
+treats it as one namespace on every backend (NULLs would all be distinct)."""
+
+
+def namespace(owner: str | None) -> str:
+    """The stored form of an owner (None: the no-owner namespace)."""
+    return NO_OWNER if owner is None else owner
+
+
+def owner_of(stored: str | None) -> str | None:
+    """The public form of a stored owner (the no-owner namespace reads back as None)."""
+    return stored or None
+
+
 class SessionRow(Base):
+    """A session is (owner, key): the same key under two owners is two sessions."""
+
     __tablename__ = "om_sessions"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(LosslessText(), nullable=False)
-    owner: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    owner: Mapped[str] = mapped_column(
+        String(256), nullable=False, default=NO_OWNER, server_default=NO_OWNER
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, nullable=False, default=dict)
     next_seq: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -108,8 +133,8 @@ class SessionRow(Base):
     aged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
-        Index("ix_om_sessions_key", "key", unique=True),
-        Index("ix_om_sessions_owner", "owner"),
+        # Also serves every owner-only lookup (its leading column).
+        Index("ix_om_sessions_owner_key", "owner", "key", unique=True),
         {"sqlite_autoincrement": True},  # ids are never reused after forget
     )
 
@@ -178,7 +203,6 @@ class PageRow(Base):
     text_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
     target: Mapped[str] = mapped_column(String(64), nullable=False)
     tier: Mapped[str] = mapped_column(String(8), nullable=False)
-    png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     token_cost: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -196,6 +220,9 @@ class PageRow(Base):
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # Last (migration 0008): on SQLite a read of any column after a blob walks its overflow
+    # chain, so the image comes after everything that is read without it.
+    png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
     __table_args__ = (
         UniqueConstraint("session_id", "first_seq", name="uq_om_pages_session_first_seq"),
@@ -214,9 +241,9 @@ class RenditionRow(Base):
         ForeignKey("om_pages.id", ondelete="CASCADE"), primary_key=True
     )
     tier: Mapped[str] = mapped_column(String(8), primary_key=True)
-    png: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     width: Mapped[int] = mapped_column(Integer, nullable=False)
     height: Mapped[int] = mapped_column(Integer, nullable=False)
+    png: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # last: see PageRow.png
 
 
 class VisualTokenRow(Base):
@@ -247,6 +274,61 @@ class VisualTokenRow(Base):
 PAGE_COLUMNS_WITHOUT_PNG: tuple[Any, ...] = tuple(
     getattr(PageRow, a.key) for a in PageRow.__mapper__.column_attrs if a.key != "png"
 )
+
+
+def session_scope(
+    owner: str | None, keys: Sequence[str] | None = None, *, all_owners: bool = False
+) -> ColumnElement[bool] | None:
+    """Which sessions a maintenance run (aging, verify) may touch, as a filter on
+    ``SessionRow``: the owner's namespace (``all_owners``: every namespace), and within it the
+    given keys. None: no filter at all."""
+    where: list[ColumnElement[bool]] = []
+    if not all_owners:
+        where.append(SessionRow.owner == namespace(owner))
+    if keys is not None:
+        where.append(SessionRow.key.in_(list(keys)))
+    if not where:
+        return None
+    return and_(*where)
+
+
+SESSION_COLUMNS: tuple[Any, ...] = tuple(
+    getattr(SessionRow, a.key).label(a.key) for a in SessionRow.__mapper__.column_attrs
+)
+"""Every SessionRow column, labelled by attribute: a row of them reads like a SessionRow."""
+
+FIND_SESSION = select(*SESSION_COLUMNS).where(
+    SessionRow.owner == bindparam("owner"), SessionRow.key == bindparam("key")
+)
+"""One session by (stored owner, key), built once: every session-addressed call runs it."""
+
+
+def _reserve(dialect_insert: Any) -> Any:
+    return (
+        dialect_insert(SessionRow)
+        .values(
+            key=bindparam("key"),
+            owner=bindparam("owner"),
+            created_at=bindparam("now"),
+            meta=bindparam("meta"),
+            next_seq=bindparam("n"),
+        )
+        .on_conflict_do_update(
+            index_elements=["owner", "key"], set_={"next_seq": SessionRow.next_seq + bindparam("n")}
+        )
+        .returning(SessionRow.id, SessionRow.next_seq)
+    )
+
+
+RESERVE_SEQS: dict[str, Any] = {
+    "sqlite": _reserve(sqlite_insert),
+    "postgresql": _reserve(pg_insert),
+}
+"""Per dialect, built once: create the session (owner, key) if needed and reserve ``n``
+sequence numbers in one statement; returns its row id and the last number reserved."""
+
+INSERT_TURN = insert(TurnRow.__table__)
+"""Turns by column name (``session_id``, ``metadata``), one row or many, built once."""
 
 
 def to_turn(t: TurnRow, session_key: str) -> Turn:

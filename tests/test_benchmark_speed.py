@@ -118,6 +118,27 @@ def check_backend(rows: list[dict[str, str]], backend: str) -> None:
             )
             > 0
         )
+    # the store's hot paths beside their floor (the same SQL on the bare driver), same run
+    for system in (speed.OM, speed.RAW, speed.LC):
+        for metric in ("add_p50", "add_cpu"):
+            found = [
+                r
+                for r in rows
+                if (r["section"], r["backend"], r["system"], r["metric"])
+                == ("add_floor", backend, system, metric)
+            ]
+            assert len(found) == 1 and float(found[0]["value"]) > 0, (system, metric)
+    for n in SIZES:
+        for system in (speed.OM, speed.RAW):
+            v = value(
+                rows,
+                section="assemble_floor",
+                backend=backend,
+                system=system,
+                turns=n,
+                metric="read_p50",
+            )
+            assert math.isfinite(v) and v > 0
     for tier in TIERS:
         moved = value(
             rows, section="aging", backend=backend, turns=AGING_TURNS, tier=tier, metric="pages"
@@ -159,6 +180,7 @@ def test_quick_run_sqlite(tmp_path: Path) -> None:
         "## assemble vs history length",
         "## aging throughput",
         "## database bytes per 10,000 turns",
+        "## store hot paths against their floors",
     ):
         assert title in text
     assert text.count("|---|") >= 5  # the markdown tables

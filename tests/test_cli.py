@@ -247,14 +247,40 @@ def test_nothing_half_imported_across_sessions(seeded: str, tmp_path: Path) -> N
 
 
 def test_add_sessions_is_one_transaction(db_url: str) -> None:
-    """A failure while writing the second session rolls back the first (the import path)."""
-    from optical_memory.errors import UnknownSession
+    """A failure while writing the second session rolls back the first (the import path).
+    The database itself refuses the second session's turn (a trigger), as a constraint would."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
     with MemoryManager(db_url, owner="bob") as bob:
         bob.add_turn("bobs", "user", "mine")
-    with MemoryManager(db_url, owner="alice") as alice, pytest.raises(UnknownSession):
-        alice.add_sessions({"new": [("user", "hello")], "bobs": [("user", "intrusion")]})
-    assert [(s[0], s[1]) for s in snapshot(db_url)] == [("bobs", 1)]
+        with bob.database.engine.begin() as conn:
+            if bob.database.dialect == "sqlite":
+                conn.execute(
+                    text(
+                        "CREATE TRIGGER refuse BEFORE INSERT ON om_turns "
+                        "WHEN NEW.content = 'intrusion' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                    )
+                )
+            else:
+                conn.execute(
+                    text(
+                        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                        "IF NEW.content = 'intrusion' THEN RAISE EXCEPTION 'refused'; END IF; "
+                        "RETURN NEW; END $$"
+                    )
+                )
+                conn.execute(
+                    text(
+                        "CREATE TRIGGER refuse BEFORE INSERT ON om_turns "
+                        "FOR EACH ROW EXECUTE FUNCTION refuse()"
+                    )
+                )
+    with MemoryManager(db_url, owner="bob") as bob, pytest.raises(DBAPIError, match="refused"):
+        bob.add_sessions({"new": [("user", "hello")], "bobs": [("user", "intrusion")]})
+    with MemoryManager(db_url, owner="bob") as bob:
+        assert [(s.session_id, s.turns) for s in bob.sessions()] == [("bobs", 1)]
+        assert [t.content for t in bob.turns("bobs")] == ["mine"]
 
 
 def test_demo_unknown_target_writes_nothing(tmp_path: Path) -> None:

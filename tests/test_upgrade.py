@@ -6,13 +6,20 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from helpers import make_history
 from PIL import Image
 from sqlalchemy import text
 from workers.hardening import ThumbnailEncoder, row_counts
 
-from optical_memory import MemoryManager, approximate_tokens, migrations
+from optical_memory import (
+    AgingPolicy,
+    MemoryManager,
+    UnknownSession,
+    approximate_tokens,
+    migrations,
+)
 from optical_memory.database import create_store_engine, normalise_url
 from optical_memory.store import BigId, LosslessText, UTCDateTime
 
@@ -182,14 +189,18 @@ def test_upgrade_from_0001_keeps_everything(db_url: str) -> None:
     old = _write_at_0001(db_url)
     with MemoryManager(db_url) as mm:  # migrates to head on open
         assert migrations.current_revision(mm.database.engine) == migrations.head_revision()
-        for key, rows in (("alpha ' \" ; --", old["alpha"]), ("beta/../x", old["beta"])):
-            got = mm.turns(key)
+        bob = mm.scoped("bob")
+        for key, rows, view in (
+            ("alpha ' \" ; --", old["alpha"], mm),
+            ("beta/../x", old["beta"], bob),
+        ):
+            got = view.turns(key)
             assert [(t.seq, t.role, t.content, t.at, t.tokens, t.metadata) for t in got] == [
                 (r["seq"], r["role"], r["content"], r["at"], r["tokens"], r["metadata"])
                 for r in rows
             ]
         assert mm.turns("gamma") == []
-        assert {s.session_id: s.owner for s in mm.sessions()} == {
+        assert {s.session_id: s.owner for s in mm.sessions(all_owners=True)} == {
             "alpha ' \" ; --": None,
             "beta/../x": "bob",
             "gamma": None,
@@ -233,9 +244,9 @@ def test_upgrade_from_0001_keeps_everything(db_url: str) -> None:
 
 def test_opening_twice_is_a_no_op(db_url: str) -> None:
     _write_at_0001(db_url)
-    with MemoryManager(db_url) as mm:
+    with MemoryManager(db_url, owner="bob") as mm:
         before = mm.turns("beta/../x")
-    with MemoryManager(db_url) as mm:
+    with MemoryManager(db_url, owner="bob") as mm:
         assert mm.turns("beta/../x") == before
         assert migrations.current_revision(mm.database.engine) == migrations.head_revision()
 
@@ -284,3 +295,143 @@ def test_down_to_0001_and_back_keeps_turns_pages_and_caches(db_url: str) -> None
         report = mm.verify()  # ... and rebuilt from the turns
         assert report.pages_repaired == len([p for p in pages if p.tier not in ("text", "tiny")])
         assert mm.verify(repair=False).ok
+
+
+# -- 0007: owners become namespaces ----------------------------------------------------------------
+
+OWNERS_0006 = {"free ' one": None, "alice-chat": "alice", "bob-chat": "bob", "bob-two": "bob"}
+
+
+def _write_at_0006(url: str) -> dict[str, int]:
+    """Sessions of several owners (and none) as 0006 stored them: keys unique across owners,
+    NULL for no owner; their turns go through 0004's full-text triggers. The newest session is
+    then deleted, so SQLite's AUTOINCREMENT mark is above every id left."""
+    engine = create_store_engine(normalise_url(url))
+    try:
+        migrations.upgrade(engine, "0006")
+        ids = {}
+        with engine.begin() as conn:
+            for key, owner in [*OWNERS_0006.items(), ("gone", "carol")]:
+                ids[key] = conn.execute(
+                    SESSIONS_0001.insert().returning(SESSIONS_0001.c.id),
+                    {
+                        "key": key,
+                        "owner": owner,
+                        "created_at": T0,
+                        "metadata": {"k": key},
+                        "next_seq": 12,
+                    },
+                ).scalar_one()
+                conn.execute(TURNS_0001.insert(), _turns(ids[key], 12, f"{key} platypus"))
+            conn.execute(text("DELETE FROM om_turns WHERE session_id = :s"), {"s": ids["gone"]})
+            conn.execute(text("DELETE FROM om_sessions WHERE id = :s"), {"s": ids["gone"]})
+        return ids
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_0006_keeps_every_session_under_its_owner(db_url: str) -> None:
+    ids = _write_at_0006(db_url)
+    with MemoryManager(db_url) as root:
+        assert migrations.current_revision(root.database.engine) == migrations.head_revision()
+        listed = root.sessions(all_owners=True)
+        assert {s.session_id: s.owner for s in listed} == OWNERS_0006
+        assert all(s.turns == 12 and s.metadata == {"k": s.session_id} for s in listed)
+        with root.database.engine.connect() as conn:
+            rows = dict(conn.execute(text("SELECT key, id FROM om_sessions")).all())
+        assert rows == {k: v for k, v in ids.items() if k != "gone"}  # row ids kept
+        for key, owner in OWNERS_0006.items():
+            view = root.scoped(owner)
+            assert [t.seq for t in view.turns(key)] == list(range(1, 13))
+            # the full-text index still covers the old turns, inside each namespace
+            hits = view.recall(key, "platypus", scope="owner", limit=50)
+            assert {h.turn.session_id for h in hits} == {
+                k for k, o in OWNERS_0006.items() if o == owner
+            }
+            for other in {None, "alice", "bob"} - {owner}:
+                with pytest.raises(UnknownSession):
+                    root.scoped(other).turns(key)
+        # The ids are now per owner: bob can open his own "alice-chat", alice keeps hers.
+        bob = root.scoped("bob")
+        assert bob.add_turn("alice-chat", "user", "bob's own").seq == 1
+        assert len(root.scoped("alice").turns("alice-chat")) == 12
+        # A deleted session's id is never handed out again (SQLite: AUTOINCREMENT kept).
+        new = root.scoped("carol").add_turn("gone", "user", "again")
+        assert new.seq == 1
+        with root.database.engine.connect() as conn:
+            newest = conn.execute(text("SELECT max(id) FROM om_sessions")).scalar_one()
+        assert newest > ids["gone"]
+
+
+def test_downgrade_below_0007_refuses_shared_ids_and_keeps_the_rest(db_url: str) -> None:
+    from optical_memory.errors import UnknownSession as Unknown
+
+    with MemoryManager(db_url) as root:
+        root.add_turn("free", "user", "no owner")
+        root.scoped("alice").add_turn("mine", "user", "alice's")
+        root.scoped("bob").add_turn("mine", "user", "bob's")
+        engine = root.database.engine
+        with pytest.raises(RuntimeError, match="several owners have a session 'mine'"):
+            migrations.downgrade(engine, "0006")
+        assert migrations.current_revision(engine) == migrations.head_revision()
+        root.scoped("bob").forget("mine")
+        migrations.downgrade(engine, "0006")
+        with engine.connect() as conn:
+            owners = dict(conn.execute(text("SELECT key, owner FROM om_sessions")).all())
+        assert owners == {"free": None, "mine": "alice"}
+        migrations.upgrade(engine)
+        assert root.turns("free")[0].content == "no owner"
+        assert root.scoped("alice").turns("mine")[0].content == "alice's"
+        with pytest.raises(Unknown):
+            root.scoped("bob").turns("mine")
+
+
+# -- 0008: blobs last --------------------------------------------------------------------------------
+
+
+def _columns(engine: sa.Engine, table: str) -> list[str]:
+    return [c["name"] for c in sa.inspect(engine).get_columns(table)]
+
+
+def test_blobs_last_keeps_every_page_and_the_prompt(db_url: str) -> None:
+    """A store written at 0007 (png in the middle of its rows) moves png last on SQLite: every
+    page, rendition and id is kept, page ids are not handed out again, and the prompt that
+    assemble builds is the same, fingerprint for fingerprint."""
+    engine = create_store_engine(normalise_url(db_url))
+    try:
+        migrations.upgrade(engine, "0007")
+    finally:
+        engine.dispose()
+    later = T0 + timedelta(days=3)
+    with MemoryManager(db_url, migrate=False, policy=AgingPolicy(min_fill=0)) as mm:
+        mm.add_turns("s", make_history(120, lambda i: f"turn {i} " + "words " * 50, T0))
+        mm.add_turns("gone", make_history(40, lambda i: f"gone {i} " + "words " * 50, T0))
+        assert not mm.age(now=later).errors
+        mm.forget("gone")  # its pages had the highest ids
+        engine = mm.database.engine
+        assert migrations.current_revision(engine) == "0007"
+        if mm.database.dialect == "sqlite":
+            assert _columns(engine, "om_pages").index("png") < _columns(engine, "om_pages").index(
+                "width"
+            )
+        prints = {b: mm.assemble("s", b, now=later).fingerprint() for b in (300, 1500, 8000)}
+        pages = mm.pages("s")
+        images = {p.page_id: mm.page_image("s", p.page_id) for p in pages if p.tier != "text"}
+        before = row_counts(mm)
+        with engine.connect() as conn:
+            top = conn.execute(text("SELECT max(id) FROM om_pages")).scalar_one()
+    with MemoryManager(db_url, policy=AgingPolicy(min_fill=0)) as mm:  # migrates to head
+        engine = mm.database.engine
+        assert migrations.current_revision(engine) == migrations.head_revision()
+        if mm.database.dialect == "sqlite":
+            assert _columns(engine, "om_pages")[-1] == "png"
+            assert _columns(engine, "om_page_renditions")[-1] == "png"
+        assert row_counts(mm) == before
+        assert mm.pages("s") == pages
+        got = {p.page_id: mm.page_image("s", p.page_id) for p in pages if p.tier != "text"}
+        assert got == images
+        assert {b: mm.assemble("s", b, now=later).fingerprint() for b in prints} == prints
+        assert mm.verify(repair=False).ok
+        mm.add_turns("s", make_history(60, lambda i: f"new {i} " + "words " * 50, later))
+        assert not mm.age(now=later + timedelta(days=2)).errors
+        assert min(p.page_id for p in mm.pages("s") if p.first_seq > 120) > top
