@@ -1,7 +1,7 @@
 """``om_api_keys``: the HTTP service's API keys, each bound to one owner; only a hash stored.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from optical_memory.store import BigId, UTCDateTime
 
 revision = "0009"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

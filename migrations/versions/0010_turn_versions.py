@@ -5,7 +5,7 @@ sequence: its ``seq`` becomes ``-id``, its place is kept in ``superseded_seq`` a
 ``superseded_at``. Existing rows are all live (both columns NULL).
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0009
 Create Date: 2026-12-01
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 from optical_memory.store import UTCDateTime
 
 revision = "0010"
-down_revision = "0006"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
