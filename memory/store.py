@@ -220,7 +220,7 @@ class PageRow(Base):
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
-    # Last (migration 0008): on SQLite a read of any column after a blob walks its overflow
+    # Last (migration 0009): on SQLite a read of any column after a blob walks its overflow
     # chain, so the image comes after everything that is read without it.
     png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 

@@ -386,7 +386,7 @@ def test_downgrade_below_0007_refuses_shared_ids_and_keeps_the_rest(db_url: str)
             root.scoped("bob").turns("mine")
 
 
-# -- 0008: blobs last --------------------------------------------------------------------------------
+# -- 0009: blobs last --------------------------------------------------------------------------------
 
 
 def _columns(engine: sa.Engine, table: str) -> list[str]:
@@ -394,12 +394,12 @@ def _columns(engine: sa.Engine, table: str) -> list[str]:
 
 
 def test_blobs_last_keeps_every_page_and_the_prompt(db_url: str) -> None:
-    """A store written at 0007 (png in the middle of its rows) moves png last on SQLite: every
+    """A store written at 0008 (png in the middle of its rows) moves png last on SQLite: every
     page, rendition and id is kept, page ids are not handed out again, and the prompt that
     assemble builds is the same, fingerprint for fingerprint."""
     engine = create_store_engine(normalise_url(db_url))
     try:
-        migrations.upgrade(engine, "0007")
+        migrations.upgrade(engine, "0008")
     finally:
         engine.dispose()
     later = T0 + timedelta(days=3)
@@ -409,7 +409,7 @@ def test_blobs_last_keeps_every_page_and_the_prompt(db_url: str) -> None:
         assert not mm.age(now=later).errors
         mm.forget("gone")  # its pages had the highest ids
         engine = mm.database.engine
-        assert migrations.current_revision(engine) == "0007"
+        assert migrations.current_revision(engine) == "0008"
         if mm.database.dialect == "sqlite":
             assert _columns(engine, "om_pages").index("png") < _columns(engine, "om_pages").index(
                 "width"

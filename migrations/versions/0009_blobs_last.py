@@ -15,8 +15,8 @@ these tables (the full-text index's are on ``om_turns``).
 PostgreSQL: nothing to do. Its large values live out of line (TOAST) and are only fetched when
 selected, so the column order does not cost a read.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-17
 """
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -4,8 +4,8 @@ A superseded turn stays in ``om_turns`` (the archive keeps every version) but le
 sequence: its ``seq`` becomes ``-id``, its place is kept in ``superseded_seq`` and the time in
 ``superseded_at``. Existing rows are all live (both columns NULL).
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-01
 """
 
@@ -16,8 +16,8 @@ from alembic import op
 
 from optical_memory.store import UTCDateTime
 
-revision = "0010"
-down_revision = "0009"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
