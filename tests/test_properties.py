@@ -241,6 +241,14 @@ def test_add_sessions(store: Store, sessions: Any) -> None:
     store.check("add_sessions", lambda: store.mm.add_sessions(sessions))
 
 
+@SETTINGS
+@given(sid=session_ids, from_turn=ints, turns=turn_lists)
+def test_replace_turns(store: Store, sid: Any, from_turn: Any, turns: Any) -> None:
+    out = store.check("replace_turns", lambda: store.mm.replace_turns(sid, from_turn, turns))
+    if not isinstance(out, OpticalMemoryError) and out:
+        assert store.mm.turns(sid)[-len(out) :] == out
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 
@@ -256,6 +264,7 @@ def test_turns(store: Store, sid: Any, since: Any, limit: Any) -> None:
 @given(owner=owners)
 def test_sessions_and_scoped(store: Store, owner: Any) -> None:
     store.check("sessions", store.mm.sessions)
+    store.check("sessions(all_owners)", lambda: store.mm.sessions(all_owners=owner))
     view = store.check("scoped", lambda: store.mm.scoped(owner))
     if isinstance(view, MemoryManager):
         listed = store.check("scoped.sessions", view.sessions)
@@ -264,6 +273,14 @@ def test_sessions_and_scoped(store: Store, owner: Any) -> None:
             store.check("scoped.turns", lambda sid=sid: view.turns(sid))
             store.check("scoped.add_turn", lambda sid=sid: view.add_turn(sid, "user", "hi"))
         view.close()
+
+
+@SETTINGS
+@given(sid=session_ids)
+def test_superseded(store: Store, sid: Any) -> None:
+    out = store.check("superseded", lambda: store.mm.superseded(sid))
+    if isinstance(out, list):
+        assert all(t.seq >= 1 for t in out)
 
 
 @SETTINGS
