@@ -11,7 +11,8 @@ One pass has three steps per session:
   newest page ever changes in packing: the sealed prefix stays byte-stable.
 - *plan*: each sealed page's tier under the time and pressure policies, and *consolidation*:
   adjacent sparse pages reaching the same faint tier (small, tiny) in this pass are re-packed
-  into dense ones, as a person's separate days become "last month".
+  into dense ones, as a person's separate days become "last month" (under a token budget, only
+  while the session is over it).
 - *apply*: re-render from the archived turns and commit each page's tier change, and each
   merge, on its own, with a version check.
 
@@ -110,7 +111,8 @@ class AgingPolicy:
         it is used as ``sitting_gap``, with a DeprecationWarning.
     page_fill: fraction of a legible page's capacity to fill (1.0 = full).
     consolidate: merge adjacent sparse pages as they reach the same faint tier (small, tiny)
-        in the same pass, while their turns fit one page; False keeps one page per cut.
+        in the same pass, while their turns fit one page; under a ``budget``, only while the
+        session is over it (the least text first); False keeps one page per cut.
     """
 
     keep_last_turns: int = 8
