@@ -11,7 +11,8 @@ One pass has three steps per session:
   newest page ever changes in packing: the sealed prefix stays byte-stable.
 - *plan*: each sealed page's tier under the time and pressure policies, and *consolidation*:
   adjacent sparse pages reaching the same faint tier (small, tiny) in this pass are re-packed
-  into dense ones, as a person's separate days become "last month".
+  into dense ones, as a person's separate days become "last month" (under a token budget, only
+  while the session is over it).
 - *apply*: re-render from the archived turns and commit each page's tier change, and each
   merge, on its own, with a version check.
 
@@ -41,7 +42,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from .captions import CAPTION_TOKENS, INTRO_TOKENS
+from .captions import INTRO_TOKENS, page_caption
 from .database import Database
 from .encoder import EncodedPage, VisualEncoder
 from .errors import InvalidConfiguration
@@ -58,6 +59,7 @@ from .store import (
     add_visual_tokens,
     page_turns,
 )
+from .tokens import approximate_tokens
 from .turn_text import page_text, speaker_of
 
 log = logging.getLogger("optical_memory.aging")
@@ -109,7 +111,8 @@ class AgingPolicy:
         it is used as ``sitting_gap``, with a DeprecationWarning.
     page_fill: fraction of a legible page's capacity to fill (1.0 = full).
     consolidate: merge adjacent sparse pages as they reach the same faint tier (small, tiny)
-        in the same pass, while their turns fit one page; False keeps one page per cut.
+        in the same pass, while their turns fit one page; under a ``budget``, only while the
+        session is over it (the least text first); False keeps one page per cut.
     """
 
     keep_last_turns: int = 8
@@ -222,6 +225,18 @@ class Drawing:
 
 
 @dataclass(frozen=True)
+class _Block:
+    """Adjacent pages that consolidation under pressure would show as one: page indices
+    ``first..last``, their turns' footprint, text tokens, and cost in the pass's estimate."""
+
+    first: int
+    last: int
+    fill: int
+    text_tokens: int
+    cost: int
+
+
+@dataclass(frozen=True)
 class PageImage:
     """An image already stored (a rendition), promoted on a tier move instead of drawn again."""
 
@@ -250,6 +265,9 @@ class _Cut:
 
 
 FAINT_TIERS = (Tier.SMALL, Tier.TINY)  # where sparse pages consolidate
+_CAPTION_REF = datetime(
+    2000, 1, 1, tzinfo=UTC
+)  # a caption's age at its longest ("less than an hour")
 
 
 class Aging:
@@ -697,10 +715,13 @@ class Aging:
                 if t > wanted[i] and p.imageable and not p.open:
                     due[i] = t
                     wanted[i] = self._paying(t, p.text_tokens, wanted[i])
+        excess: int | None = None  # under pressure: the estimate's tokens over the budget
         if self.policy.budget is not None:
-            self._apply_pressure(pages, wanted, int(unpaged or 0))
+            excess = self._apply_pressure(pages, wanted, int(unpaged or 0)) - self.policy.budget
         merges = (
-            self._consolidate(sid, pages, current, wanted, due) if self.policy.consolidate else []
+            self._consolidate(sid, pages, current, wanted, due, excess)
+            if self.policy.consolidate
+            else []
         )
         merged = {pid for m in merges for pid, _ in m.pages}
         plans: list[tuple[int, PagePlan | MergePlan]] = [(m.first_seq, m) for m in merges]
@@ -721,8 +742,11 @@ class Aging:
         current: list[Tier],
         wanted: list[Tier],
         due: list[Tier],
+        excess: int | None = None,
     ) -> list[MergePlan]:
-        """Merges of adjacent sparse pages at a faint tier, planned only at tier moves.
+        """Merges of adjacent sparse pages at a faint tier, planned only at tier moves (under
+        the time ladder), or only while the session is over its budget (under pressure,
+        ``excess`` given: see :meth:`_merges_to_fit`).
 
         A page takes part at tier T (small or tiny) when it moves to T in this pass, or is at T
         next to one that does; a page still text because an image of it alone would not pay is
@@ -740,6 +764,8 @@ class Aging:
                 at[i] = wanted[i]
             elif wanted[i] is Tier.TEXT and due[i] in FAINT_TIERS:
                 at[i] = due[i]  # alone it does not pay; in a merge it may
+        if excess is not None:
+            return self._merges_to_fit(sid, pages, wanted, at, excess)
         moving = [
             at[i] is not None and (current[i] is not at[i] or pages[i].target != self.target.name)
             for i in range(n)
@@ -799,6 +825,83 @@ class Aging:
                     )
         return merges
 
+    def _merges_to_fit(
+        self, sid: int, pages: Sequence, wanted: list[Tier], at: list[Tier | None], excess: int
+    ) -> list[MergePlan]:
+        """Under pressure, merges serve the budget: none while the session fits (``excess``,
+        the pass's estimate over the budget, is not positive); while it does not, two adjacent
+        blocks of pages at the same faint tier (``at``) whose turns fit one page merge, the
+        pair with the least text first (ties: the oldest), so that merged pages stay as legible
+        as the budget allows, each merge taking the estimate one image and one caption lower,
+        until the session fits. Merging more would only leave the budget unspent (a merged
+        page holds more text on the same canvas, so it is abridged sooner), and a pass that
+        fits plans no merge: the next pass changes nothing."""
+        if excess <= 0:
+            return []
+        spans: list[tuple[int, int]] = []  # index spans of adjacent pages at the same tier
+        for i, tier in enumerate(at):
+            if tier is None:
+                continue
+            if spans and spans[-1][1] == i - 1 and at[i - 1] is tier:
+                spans[-1] = (spans[-1][0], i)
+            else:
+                spans.append((i, i))
+        spans = [r for r in spans if r[1] > r[0]]
+        if not spans:
+            return []
+        fills = self._page_fills(sid, [(pages[a].first_seq, pages[b].last_seq) for a, b in spans])
+        blocks = [
+            _Block(
+                i,
+                i,
+                sum(fills.get(q, 0) for q in range(pages[i].first_seq, pages[i].last_seq + 1)),
+                pages[i].text_tokens,
+                self._shown_cost(
+                    wanted[i], pages[i].text_tokens, pages[i].first_seq, pages[i].last_seq
+                ),
+            )
+            for a, b in spans
+            for i in range(a, b + 1)
+        ]
+        intro = 0 if any(w is not Tier.TEXT for w in wanted) else INTRO_TOKENS
+        while excess > 0:
+            best: tuple[tuple[int, int], int, _Block, int] | None = None
+            for k, (x, y) in enumerate(pairwise(blocks)):
+                tier = at[x.first]
+                if y.first != x.last + 1 or at[y.first] is not tier or tier is None:
+                    continue  # not neighbours at the same tier
+                fill = x.fill + y.fill
+                text_tokens = x.text_tokens + y.text_tokens
+                if fill > self.capacity or self._cost(tier, text_tokens) >= text_tokens:
+                    continue
+                first_seq, last_seq = pages[x.first].first_seq, pages[y.last].last_seq
+                cost = self._shown_cost(tier, text_tokens, first_seq, last_seq)
+                saving = x.cost + y.cost - cost - intro
+                if saving > 0 and (best is None or (fill, x.first) < best[0]):
+                    best = (
+                        (fill, x.first),
+                        k,
+                        _Block(x.first, y.last, fill, text_tokens, cost),
+                        saving,
+                    )
+            if best is None:
+                break
+            _, k, block, saving = best
+            blocks[k : k + 2] = [block]
+            excess -= saving
+            intro = 0
+        return [
+            MergePlan(
+                sid,
+                tuple((pages[i].id, pages[i].version) for i in range(b.first, b.last + 1)),
+                pages[b.first].first_seq,
+                pages[b.last].last_seq,
+                tier,
+            )
+            for b in blocks
+            if b.last > b.first and (tier := at[b.first]) is not None
+        ]
+
     def _page_fills(self, sid: int, spans: Sequence[tuple[int, int]]) -> dict[int, int]:
         """Footprint of each turn in the given seq spans: seq -> footprint."""
         out: dict[int, int] = {}
@@ -811,9 +914,14 @@ class Aging:
     def _cost(self, tier: Tier, text_tokens: int) -> int:
         return text_tokens if tier is Tier.TEXT else self.target.tier_cost(tier)
 
-    def _shown_cost(self, tier: Tier, text_tokens: int) -> int:
-        """A page's cost in an assembled prompt: an image comes with its caption."""
-        return text_tokens if tier is Tier.TEXT else self.target.tier_cost(tier) + CAPTION_TOKENS
+    def _shown_cost(self, tier: Tier, text_tokens: int, first_seq: int, last_seq: int) -> int:
+        """A page's cost in an assembled prompt: an image comes with its caption (counted as
+        assembly counts it, at the longest age it can say: the estimate never grows with a
+        page's age, so a pass that fits does not stop fitting by itself)."""
+        if tier is Tier.TEXT:
+            return text_tokens
+        caption = page_caption(first_seq, last_seq, _CAPTION_REF, _CAPTION_REF)
+        return self.target.tier_cost(tier) + approximate_tokens("system", caption)
 
     def _paying(self, tier: Tier, text_tokens: int, fallback: Tier) -> Tier:
         """``tier`` if its image costs less than the page's text; else stay at ``fallback``."""
@@ -821,35 +929,39 @@ class Aging:
             return tier
         return fallback
 
-    def _apply_pressure(self, pages: Sequence, wanted: list[Tier], unpaged: int) -> None:
-        """Fade the oldest pages first, one step at a time, until the session fits."""
+    def _apply_pressure(self, pages: Sequence, wanted: list[Tier], unpaged: int) -> int:
+        """Fade the oldest pages first, one step at a time, until the session fits; returns
+        the session's estimated cost afterwards (over the budget when fading alone cannot
+        make it fit: then consolidation merges, see :meth:`_merges_to_fit`).
+
+        The estimate is what assembly spends showing it all: the unpaged turns (the text
+        window, protected) as text, each page at its wanted tier (an image with its caption),
+        and the memory intro once there is an image."""
         budget = self.policy.budget
         assert budget is not None
-        # Budget what assembly will show: images come with a caption each and one intro.
-        total = unpaged + sum(
-            self._shown_cost(w, p.text_tokens) for p, w in zip(pages, wanted, strict=True)
-        )
+
+        def shown(p: Any, tier: Tier) -> int:
+            return self._shown_cost(tier, p.text_tokens, p.first_seq, p.last_seq)
+
+        total = unpaged + sum(shown(p, w) for p, w in zip(pages, wanted, strict=True))
         if any(w is not Tier.TEXT for w in wanted):
             total += INTRO_TOKENS
         for i, p in enumerate(pages):  # oldest first
             if total <= budget:
-                return
+                break
             if not p.imageable or p.open:
                 continue  # the open page stays text until sealed (assembly may fade it)
             while total > budget and wanted[i] < Tier.TINY:
-                cost_now = self._shown_cost(wanted[i], p.text_tokens)
-                fainter = [
-                    t
-                    for t in IMAGE_TIERS
-                    if t > wanted[i] and self._shown_cost(t, p.text_tokens) < cost_now
-                ]
+                cost_now = shown(p, wanted[i])
+                fainter = [t for t in IMAGE_TIERS if t > wanted[i] and shown(p, t) < cost_now]
                 if not fainter:
                     break
                 step = fainter[0]
                 if not any(w is not Tier.TEXT for w in wanted):
                     total += INTRO_TOKENS  # the first image brings the memory intro
-                total -= cost_now - self._shown_cost(step, p.text_tokens)
+                total -= cost_now - shown(p, step)
                 wanted[i] = step
+        return total
 
     # -- apply ---------------------------------------------------------------------------------
     #

@@ -347,3 +347,62 @@ def test_two_workers_never_merge_the_same_pages_twice(db_url: str) -> None:
         _assert_tiling(mm, "s", 18)
         with mm.database.read() as s:
             assert list(s.scalars(select(VisualTokenRow.page_id))) == [page.page_id]
+
+
+def _pressure_history(mm: MemoryManager, sittings: int, n: int = 8) -> None:
+    """``sittings`` short sittings three days apart, each aged as a scheduler would once it
+    has ended (its page sealed), under the manager's policy."""
+    for k in range(sittings):
+        turns = _sitting(k, n)
+        mm.add_turns("s", turns)
+        mm.age(now=turns[-1]["at"] + 2 * GAP)
+
+
+def test_under_pressure_merging_stops_once_the_session_fits_and_the_budget_is_spent(
+    sqlite_url: str,
+) -> None:
+    """Pressure with consolidation spends the budget: merges only until the pages and the
+    protected tail fit, so the prompt uses most of the budget (not a fraction of it), stays
+    within it, shows every turn, and a second pass changes nothing."""
+    tiny = get_target("deepseek-ocr").tier_cost(Tier.TINY)
+    sittings = 14
+    # Every sitting's page at tiny would cost about 14 x (73 + a 16-token caption) plus the
+    # tail and the intro: over this budget, so about half of them must merge, and no more.
+    budget = 900
+    policy = AgingPolicy(by_time=None, budget=budget, keep_last_turns=4)
+    with MemoryManager(sqlite_url, policy=policy) as mm:
+        _pressure_history(mm, sittings)
+        added = mm.turns("s")
+        later = START + sittings * EVERY + timedelta(days=1)
+        mm.age(now=later)
+        pages = mm.pages("s")
+        assert all(p.tier == "tiny" for p in pages)  # fading alone could not make it fit
+        assert 1 < len(pages) < sittings  # merged, but not into a few huge pages
+        assert len(pages) * tiny > budget / 2
+        ctx = mm.assemble("s", budget=budget, now=later)
+        assert ctx.tokens <= budget
+        assert ctx.tokens >= 0.8 * budget, (ctx.tokens, len(pages))
+        assert ctx.omitted_turns == 0 and len(ctx.pages) == len(pages)
+        assert all(p.tier == p.stored_tier for p in ctx.pages)
+        before = _snapshot(mm)
+        again = mm.age(now=later + timedelta(hours=2))
+        assert not again.changed and again.merges == 0 and not again.pages_moved
+        assert _snapshot(mm) == before
+        assert mm.turns("s") == added  # lossless
+
+
+def test_under_pressure_pages_that_fit_by_fading_do_not_merge(sqlite_url: str) -> None:
+    """A session that fits once its oldest pages fade keeps one page per sitting: under a
+    budget, a tier move alone does not merge (it would leave the budget unspent)."""
+    sittings = 8
+    policy = AgingPolicy(by_time=None, budget=1200, keep_last_turns=4)
+    with MemoryManager(sqlite_url, policy=policy) as mm:
+        _pressure_history(mm, sittings)
+        later = START + sittings * EVERY + timedelta(days=1)
+        report = mm.age(now=later)
+        pages = mm.pages("s")
+        assert len(pages) == sittings and report.merges == 0
+        assert {p.tier for p in pages} & {"small", "tiny"}  # pages did fade to faint tiers
+        assert not all(p.tier == "tiny" for p in pages)  # only as far as needed
+        ctx = mm.assemble("s", budget=1200, now=later)
+        assert 0.8 * 1200 <= ctx.tokens <= 1200 and ctx.omitted_turns == 0
