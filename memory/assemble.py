@@ -275,10 +275,10 @@ def assemble_context(
     recall, segments.
 
     Everything fits: all of it is shown, text first. Otherwise the past (pages, pins, recall)
-    keeps up to ``shares.memory`` of the budget. With a cue, ``shares.recall`` of the budget is
-    reserved whether or not the cue finds anything, so the pages chosen (the prompt's prefix)
-    do not depend on the cue; what the recall block leaves unused goes to more recent text,
-    which comes after it.
+    keeps up to ``shares.memory`` of the budget. The pages are chosen as without a cue, so the
+    prompt's prefix never depends on one. With a cue, ``shares.recall`` of the budget is taken
+    from the recent text beyond the protected turns for turns the cue recalls; what the recall
+    block leaves unused goes back to more recent text, which comes after it.
     """
     count = counter or approximate_tokens
     conn = s.connection()  # the read transaction's: same snapshot, no ORM on the hot reads
@@ -304,24 +304,29 @@ def assemble_context(
     demand = sum(c.cost for c in candidates)
     demand += INTRO_TOKENS if any(c.is_image for c in candidates) else 0
 
-    everything = recent.complete and recent.spent() + pin_cost + demand + reserve <= budget
+    # The pages are placed as they would be without a cue, so a cue never changes (or
+    # pushes out) the prompt's page prefix; the recall reserve comes out of the recent text
+    # beyond the protected turns, and what the block leaves goes back to that text.
+    everything = recent.complete and recent.spent() + pin_cost + demand <= budget
     if everything or not candidates:
-        text_cap = budget - pin_cost - reserve
+        text_cap = budget - pin_cost
     else:
-        past = min(int(budget * shares.memory), demand + reserve + pin_cost)
-        text_cap = budget - max(past, pin_cost + reserve)
-    shown_units = recent.fit(text_cap)
+        past = min(int(budget * shares.memory), demand + pin_cost)
+        text_cap = budget - max(past, pin_cost)
+    plain_units = recent.fit(text_cap)
+    candidates = _fade_to_fit(candidates, budget - recent.spent(plain_units) - pin_cost)
+    shown_units = recent.fit(text_cap - reserve)
     spent = recent.spent(shown_units)
-    candidates = _fade_to_fit(candidates, budget - spent - pin_cost - reserve)
 
     recalled: list[TurnData] = []
     if cue is not None and reserve > 0:
-        shown = {t.seq for u in recent.units[:shown_units] for t in u[0]} | {t.seq for t in pins}
-        shown |= _legible_seqs(candidates)
-        recalled = _recall_block(s, conn, session, cue, shown, reserve, count)
-        # What the block leaves of the reserve goes to more recent text (after the pages).
         pages_cost = sum(c.cost for c in candidates)
         pages_cost += INTRO_TOKENS if any(c.is_image for c in candidates) else 0
+        room = min(reserve, budget - pages_cost - spent - pin_cost)
+        shown = {t.seq for u in recent.units[:shown_units] for t in u[0]} | {t.seq for t in pins}
+        shown |= _legible_seqs(candidates)
+        recalled = _recall_block(s, conn, session, cue, shown, max(room, 0), count)
+        # What the block leaves of the reserve goes to more recent text (after the pages).
         block_cost = _block_cost(count, pins, recalled) if pins or recalled else 0
         more = recent.fit(budget - pages_cost - block_cost, start=shown_units)
         if more > shown_units:

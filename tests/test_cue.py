@@ -163,3 +163,22 @@ def test_shares_are_configurable_and_checked(faded: MemoryManager) -> None:
 
 def test_recalled_segment_is_public() -> None:
     assert RecalledSegment.__dataclass_fields__["kind"].default == "recalled"
+
+
+def test_a_cue_never_changes_the_pages_shown(tmp_path) -> None:
+    """Under the pressure policy the pass fades the pages until they fit the budget; a cued
+    prompt shows exactly the pages the plain one shows (the recall reserve comes out of the
+    recent text, never the pages), still recalls the fact, and stays within the budget."""
+    for budget in (800, 1500):
+        with MemoryManager(
+            tmp_path / f"m{budget}.db", policy=AgingPolicy(keep_last_turns=10, budget=budget)
+        ) as m:
+            m.add_turns("s", _history())
+            m.add_turn("s", "user", QUESTION, NOW)
+            for hours in (0, 2, 30):
+                m.age(now=NOW + timedelta(hours=hours))
+            plain = m.assemble("s", budget=budget, now=NOW)
+            cued = m.assemble("s", budget=budget, now=NOW, cue=QUESTION)
+            assert _pages(plain) and _pages(cued) == _pages(plain), budget
+            assert cued.recalled is not None and "XK4471902" in cued.recalled.text
+            assert cued.tokens <= budget
