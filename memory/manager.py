@@ -53,6 +53,7 @@ from .render import PageRenderer
 from .salience import SalienceFn, check_salience
 from .scheduler import AgingScheduler
 from .store import (
+    ADD_ONE_TURN_PG,
     FIND_SESSION,
     FIRST_LIVE_SEQ,
     INSERT_TURN,
@@ -303,6 +304,8 @@ class MemoryManager:
     def _insert_turns(self, conn: Connection, key: str, rows: list[dict[str, Any]]) -> list[Turn]:
         now = datetime.now(UTC)
         n = len(rows)
+        if n == 1 and self._db.dialect == "postgresql":
+            return [self._insert_one_pg(conn, key, rows[0], now)]
         # One statement creates the session in this owner's namespace if needed and reserves
         # n sequence numbers; another owner's session of the same id is never touched.
         sid, last = conn.execute(
@@ -336,6 +339,27 @@ class MemoryManager:
             )
             for v in values
         ]
+
+    def _insert_one_pg(self, conn: Connection, key: str, r: dict[str, Any], now: datetime) -> Turn:
+        """One turn on PostgreSQL: the session, its seq and the turn in one statement."""
+        at = r["at"] or now
+        _, seq = conn.execute(
+            ADD_ONE_TURN_PG,
+            {
+                "key": key,
+                "owner": self._namespace,
+                "now": now,
+                "meta": {},
+                "n": 1,
+                "turn_role": r["role"],
+                "turn_content": r["content"],
+                "turn_at": at,
+                "turn_tokens": r["tokens"],
+                "turn_metadata": r["meta"],
+                "turn_search_text": r["search_text"],
+            },
+        ).one()
+        return Turn(key, seq, r["role"], r["content"], at.astimezone(UTC), r["tokens"], r["meta"])
 
     def replace_turns(
         self,
