@@ -1,13 +1,14 @@
 """add_turn's round trips: PostgreSQL sends one statement (the session's seq reserved and the
-turn inserted by one data-modifying CTE), SQLite its two built statements; the turns come back
-exactly, numbered in order, in their owner's namespace, whichever path wrote them."""
+turn inserted by one data-modifying CTE), SQLite its two built statements on the driver's own
+cursor; the turns come back exactly, numbered in order, in their owner's namespace, and stored
+as the same bytes as the many-turn path (SQLAlchemy Core) stores them."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from optical_memory import MemoryManager
 from optical_memory.errors import ContentTooLarge
@@ -33,7 +34,8 @@ def _statements(mm: MemoryManager, fn) -> list[str]:  # type: ignore[no-untyped-
 def test_add_turn_round_trips_and_numbering(mm: MemoryManager) -> None:
     at = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
     sent = _statements(mm, lambda: mm.add_turn("s", "user", "first\x00 東京", at=at))
-    assert len(sent) == (1 if mm.database.dialect == "postgresql" else 2)
+    # PostgreSQL: one statement through SQLAlchemy; SQLite: none (both go to the driver).
+    assert len(sent) == (1 if mm.database.dialect == "postgresql" else 0)
     mm.add_turns("s", [("assistant", "second"), ("user", "third")])  # the many-turn path
     t4 = mm.add_turn("s", "tool", "fourth", metadata={"tool_call_id": "c1", "name": "f"})
     other = mm.scoped("bob").add_turn("s", "user", "bob's first")
@@ -51,3 +53,22 @@ def test_rejected_turn_writes_nothing(mm: MemoryManager) -> None:
         mm.add_turn("s", "user", "x" * (mm.max_content_bytes + 1))
     assert mm.add_turn("s", "assistant", "next").seq == 2
     assert [t.content for t in mm.turns("s")] == ["kept", "next"]
+
+
+def test_one_turn_stored_as_the_many_turn_path_stores_it(mm: MemoryManager) -> None:
+    at = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    meta = {"name": "Zoë", "tool_calls": [{"id": "c1", "args": {"x": [1, 2.5, None]}}]}
+    content = "nul\x00 and 東京 and émoji 🙂"
+    mm.add_turn("one", "assistant", content, at=at, metadata=meta)
+    mm.add_turns("many", [{"role": "assistant", "content": content, "at": at, "metadata": meta}])
+    with mm.database.engine.connect() as conn:
+        stored = conn.execute(
+            text(
+                "SELECT s.key, t.seq, t.role, t.content, t.at, t.tokens, "
+                "CAST(t.metadata AS TEXT), t.search_text FROM om_turns t "
+                "JOIN om_sessions s ON s.id = t.session_id ORDER BY s.key"
+            )
+        ).all()
+    assert [r[0] for r in stored] == ["many", "one"]
+    assert tuple(stored[0])[1:] == tuple(stored[1])[1:]
+    assert mm.turns("one")[0].metadata == meta and mm.turns("one")[0].content == content
