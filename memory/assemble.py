@@ -24,7 +24,6 @@ from .ladder import IMAGE_TIERS, Target, Tier
 from .recall import pinned_seqs, search
 from .records import Turn
 from .store import (
-    PAGE_COLUMNS_WITHOUT_PNG,
     PageRow,
     RenditionRow,
     SessionRow,
@@ -35,7 +34,7 @@ from .tokens import TokenCounter, approximate_tokens
 from .turn_text import cost_text, display_text, speaker_of, turn_line
 
 _TURN_BATCH = 64
-_PAGE_BATCH = 32
+_PAGE_BATCH = 64  # a 4k-token budget's candidates in one read (and one of their renditions)
 
 # The reads of assembly, built once with bound parameters and run on the read transaction's
 # connection: no statement is rebuilt per call and no ORM object is loaded (rows instead,
@@ -50,7 +49,22 @@ _TURN_COLUMNS = (
     TurnRow.tokens,
     TurnRow.meta.label("meta"),
 )
-_PAGE_COLUMNS = tuple(c.label(c.key) for c in PAGE_COLUMNS_WITHOUT_PNG)
+# Only what assembly uses of a page (each datetime column read is parsed on every row).
+_PAGE_COLUMNS = tuple(
+    c.label(c.key)
+    for c in (
+        PageRow.id,
+        PageRow.session_row_id,
+        PageRow.tier,
+        PageRow.width,
+        PageRow.height,
+        PageRow.text_tokens,
+        PageRow.first_seq,
+        PageRow.last_seq,
+        PageRow.first_at,
+        PageRow.last_at,
+    )
+)
 _SID = bindparam("sid")
 _RECENT = (
     select(*_TURN_COLUMNS)
@@ -201,36 +215,53 @@ class AssembledContext:
         return h.hexdigest()
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Option:
     tier: Tier
     cost: int
     width: int | None = None
     height: int | None = None
     detail: str | None = None
+    label: str = field(init=False)  # the tier's label, compared with stored rows' tiers
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", self.tier.label)
 
 
-@dataclass
 class _Candidate:
-    row: Row[Any]  # a page row without its image bytes
-    options: list[_Option]
-    chosen: int = 0
-    caption: str = ""
-    caption_tokens: int = 0
+    """A page that may be shown, with how it is shown as now chosen. ``cost`` and
+    ``is_image`` are kept up to date by :meth:`fade` (read in every step of fading)."""
+
+    __slots__ = ("caption", "caption_tokens", "chosen", "cost", "is_image", "options", "row")
+
+    def __init__(self, row: Row[Any], options: Sequence[_Option]) -> None:
+        self.row = row  # a page row without its image bytes
+        self.options = options  # sharpest first; shared by pages of the same shape
+        self.chosen = 0
+        self.caption = ""
+        self.caption_tokens = 0
+        self.is_image = options[0].tier is not Tier.TEXT
+        self.cost = options[0].cost  # what the page costs as now chosen (set_caption adds it)
 
     @property
     def option(self) -> _Option:
         return self.options[self.chosen]
 
-    @property
-    def is_image(self) -> bool:
-        return self.option.tier is not Tier.TEXT
+    def set_caption(self, caption: str) -> None:
+        """An image comes with its caption: its tokens are part of the page's cost."""
+        self.caption = caption
+        self.caption_tokens = approximate_tokens("system", caption)
+        self._update()
 
-    @property
-    def cost(self) -> int:
-        """What the page costs in the prompt as now chosen: an image comes with its caption."""
-        o = self.option
-        return o.cost + self.caption_tokens if self.is_image else o.cost
+    def fade(self) -> None:
+        """Show the page in its next fainter form."""
+        self.chosen += 1
+        self._update()
+
+    def _update(self) -> None:
+        o = self.options[self.chosen]
+        self.is_image = o.tier is not Tier.TEXT
+        self.cost = o.cost + self.caption_tokens if self.is_image else o.cost
 
 
 DEFAULT_MEMORY_SHARE = 0.5
@@ -240,6 +271,7 @@ DEFAULT_RECALL_SHARE = 0.2
 """With a cue, the share of the budget reserved for turns the cue recalls (part of the past's)."""
 RECALL_CANDIDATES = 12  # hits a cue is searched for; the reserve decides how many are shown
 FAINT_TIERS = frozenset({Tier.SMALL.label, Tier.TINY.label})  # abridged or barely legible
+_TEXT_LABEL = Tier.TEXT.label
 
 
 @dataclass(frozen=True)
@@ -299,8 +331,7 @@ def assemble_context(
     candidates.reverse()  # oldest first
     ref = session.aged_at or now
     for c in candidates:
-        c.caption = page_caption(c.row.first_seq, c.row.last_seq, c.row.last_at, ref)
-        c.caption_tokens = approximate_tokens("system", c.caption)
+        c.set_caption(page_caption(c.row.first_seq, c.row.last_seq, c.row.last_at, ref))
     demand = sum(c.cost for c in candidates)
     demand += INTRO_TOKENS if any(c.is_image for c in candidates) else 0
 
@@ -456,7 +487,7 @@ def _legible_seqs(candidates: list[_Candidate]) -> set[int]:
     """Turns the chosen pages show legibly: as text, or on an image that is not faint."""
     out: set[int] = set()
     for c in candidates:
-        if c.option.tier.label not in FAINT_TIERS:
+        if c.option.label not in FAINT_TIERS:
             out.update(range(c.row.first_seq, c.row.last_seq + 1))
     return out
 
@@ -544,7 +575,7 @@ def _fade_to_fit(candidates: list[_Candidate], room: int) -> list[_Candidate]:
                 continue
             was_image = c.is_image
             pages_cost -= c.cost
-            c.chosen += 1
+            c.fade()
             pages_cost += c.cost
             images += c.is_image - was_image
         else:
@@ -579,7 +610,7 @@ def _build_segments(
         segments.append(
             PageSegment(
                 page_id=c.row.id,
-                tier=o.tier.label,
+                tier=o.label,
                 stored_tier=c.row.tier,
                 png=pngs[c.row.id],
                 width=o.width,
@@ -609,6 +640,7 @@ def _page_candidates(
     """Newest pages first, while the sum of their cheapest forms still fits."""
     out: list[_Candidate] = []
     costs: dict[tuple[Tier, int, int], tuple[str | None, int]] = {}  # pages share sizes
+    shapes: dict[tuple[Any, ...], list[_Option]] = {}  # and most share all their forms
     floor = 0
     before: int | None = None
     while floor <= remaining:
@@ -623,9 +655,14 @@ def _page_candidates(
             renditions.setdefault(pid, []).append((tier, w, h))
         for r in rows:
             before = r.first_seq
-            options = _options(r, renditions.get(r.id, []), target, costs)
+            forms = renditions.get(r.id, [])
+            shape = (r.tier, r.width, r.height, *sorted(forms))
+            images = shapes.get(shape)
+            if images is None:
+                images = shapes[shape] = _image_forms(r, forms, target, costs)
+            options = _options(r, images)
             out.append(_Candidate(r, options))
-            floor += min(o.cost for o in options)
+            floor += options[-1].cost  # the cheapest: options get cheaper as they fade
             if floor > remaining:
                 break
     return out
@@ -633,18 +670,29 @@ def _page_candidates(
 
 def _options(
     row: Row[Any],
-    renditions: list[tuple[str, int, int]],
+    forms: Sequence[_Option],
+) -> list[_Option]:
+    """How a page can be shown, sharpest first; images only where they cost less than text
+    (and less than every sharper form)."""
+    text = row.text_tokens
+    opts = [_Option(Tier.TEXT, text)] if row.tier == _TEXT_LABEL else []
+    opts.extend(o for o in forms if o.cost < text)
+    return opts or [_Option(Tier.TEXT, text)]
+
+
+def _image_forms(
+    row: Row[Any],
+    renditions: Sequence[tuple[str, int, int]],
     target: Target,
     costs: dict[tuple[Tier, int, int], tuple[str | None, int]],
 ) -> list[_Option]:
-    """How a page can be shown, sharpest first; images only where they cost less than text."""
+    """A page's image forms, sharpest first, each cheaper than every sharper one (whatever
+    the page's text costs: :func:`_options` cuts those that do not pay)."""
     stored = Tier.parse(row.tier)
-    opts: list[_Option] = []
     forms = sorted(((Tier.parse(t), w, h) for t, w, h in renditions), key=lambda f: f[0])
-    if stored is Tier.TEXT:
-        opts.append(_Option(Tier.TEXT, row.text_tokens))
-    else:
+    if stored is not Tier.TEXT:
         forms.insert(0, (stored, row.width, row.height))
+    out: list[_Option] = []
     for tier, w, h in forms:
         if tier not in IMAGE_TIERS or w is None or h is None:
             continue
@@ -653,22 +701,22 @@ def _options(
             detail = target.spec(tier).detail
             known = costs[(tier, w, h)] = (detail, target.image_cost(w, h, detail))
         detail, cost = known
-        if cost < row.text_tokens and (not opts or cost < opts[-1].cost):
-            opts.append(_Option(tier, cost, w, h, detail))
-    return opts or [_Option(Tier.TEXT, row.text_tokens)]
+        if not out or cost < out[-1].cost:
+            out.append(_Option(tier, cost, w, h, detail))
+    return out
 
 
 def _images(conn: Connection, shown: list[_Candidate]) -> dict[int, bytes]:
     """The PNG of every page shown as an image: one query for the stored tiers, one per
     fainter tier shown (plain ``IN`` lists on the primary keys)."""
     out: dict[int, bytes] = {}
-    stored = [c.row.id for c in shown if c.option.tier.label == c.row.tier]
+    stored = [c.row.id for c in shown if c.option.label == c.row.tier]
     if stored:
         out.update(conn.execute(_STORED_PNGS, {"ids": stored}).all())
     faded: dict[str, list[int]] = {}
     for c in shown:
-        if c.option.tier.label != c.row.tier:
-            faded.setdefault(c.option.tier.label, []).append(c.row.id)
+        if c.option.label != c.row.tier:
+            faded.setdefault(c.option.label, []).append(c.row.id)
     for tier, ids in faded.items():
         out.update(conn.execute(_FADED_PNGS, {"tier": tier, "ids": ids}).all())
     return out

@@ -33,11 +33,11 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import create_engine, delete, event, func, insert, inspect, make_url, select
@@ -361,6 +361,43 @@ def _display(url: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class DriverStatement:
+    """A Core statement compiled once for one dialect and run on the driver's own cursor of
+    a connection inside its transaction: what a hot write sends without SQLAlchemy's
+    per-call execution machinery. Values go through the columns' own bind processing (the
+    same stored bytes as a Core execute); driver errors are raised as SQLAlchemy's, so the
+    write's retries and typed errors see them as before. Only for statements whose every
+    value is given (no Python-side defaults are applied)."""
+
+    def __init__(self, statement: Any, engine: Engine, keys: Sequence[str] | None = None) -> None:
+        dialect = engine.dialect
+        compiled = statement.compile(dialect=dialect, column_keys=keys)
+        if dialect.paramstyle not in ("qmark", "numeric"):
+            raise InvalidConfiguration(
+                f"DriverStatement needs positional binds, not {dialect.paramstyle}"
+            )
+        self.sql = str(compiled)
+        self._names = tuple(compiled.positiontup or ())
+        processors = {
+            name: bind.type.dialect_impl(dialect).bind_processor(dialect)
+            for name, bind in compiled.binds.items()
+        }
+        self._steps = tuple((n, processors.get(n)) for n in self._names)
+        self._error = dialect.loaded_dbapi.Error
+
+    def run(self, conn: Connection, values: Mapping[str, Any]) -> Any:
+        """Execute with ``values`` on ``conn``'s driver connection; the first row, if any."""
+        params = tuple(p(values[n]) if p else values[n] for n, p in self._steps)
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(self.sql, params)
+            return cursor.fetchone()
+        except self._error as exc:
+            raise DBAPIError.instance(self.sql, params, exc, self._error) from exc
+        finally:
+            cursor.close()
 
 
 class Database:

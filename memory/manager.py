@@ -24,7 +24,13 @@ from sqlalchemy.orm import Session
 
 from .aging import Aging, AgingPolicy, AgingReport
 from .assemble import AssembledContext, AssemblyShares, assemble_context
-from .database import DEFAULT_BUSY_TIMEOUT, Database, default_url, normalise_url
+from .database import (
+    DEFAULT_BUSY_TIMEOUT,
+    Database,
+    DriverStatement,
+    default_url,
+    normalise_url,
+)
 from .encoder import EncodedPage, VisualEncoder
 from .errors import (
     InvalidBudget,
@@ -53,6 +59,7 @@ from .render import PageRenderer
 from .salience import SalienceFn, check_salience
 from .scheduler import AgingScheduler
 from .store import (
+    ADD_ONE_TURN_PG,
     FIND_SESSION,
     FIRST_LIVE_SEQ,
     INSERT_TURN,
@@ -84,6 +91,7 @@ from .validation import (
 )
 
 DEFAULT_MAX_CONTENT_BYTES = 1 << 20
+_TURN_KEYS = ("session_id", "seq", "role", "content", "at", "tokens", "metadata", "search_text")
 CLOSE_WAIT = 2.0  # seconds close() waits for a running background pass
 SCOPE_CHUNK = 10_000  # session ids per aging or verify run (bound parameters per statement)
 
@@ -150,6 +158,7 @@ class MemoryManager:
             raise InvalidConfiguration("shares must be an AssemblyShares")
         self.shares = shares or AssemblyShares()
         self.max_content_bytes = max_content_bytes
+        self._sqlite_add: tuple[DriverStatement, DriverStatement] | None = None
         self.encoder = encoder
         self.renderer = renderer or PageRenderer()
         self.owner = check_owner(owner)
@@ -303,6 +312,10 @@ class MemoryManager:
     def _insert_turns(self, conn: Connection, key: str, rows: list[dict[str, Any]]) -> list[Turn]:
         now = datetime.now(UTC)
         n = len(rows)
+        if n == 1 and self._db.dialect == "postgresql":
+            return [self._insert_one_pg(conn, key, rows[0], now)]
+        if n == 1 and self._db.dialect == "sqlite":
+            return [self._insert_one_sqlite(conn, key, rows[0], now)]
         # One statement creates the session in this owner's namespace if needed and reserves
         # n sequence numbers; another owner's session of the same id is never touched.
         sid, last = conn.execute(
@@ -336,6 +349,65 @@ class MemoryManager:
             )
             for v in values
         ]
+
+    def _insert_one_sqlite(
+        self, conn: Connection, key: str, r: dict[str, Any], now: datetime
+    ) -> Turn:
+        """One turn on SQLite: the same two built statements on the driver's cursor."""
+        if self._sqlite_add is None:
+            engine = self._db.engine
+            self._sqlite_add = (
+                DriverStatement(RESERVE_SEQS["sqlite"], engine),
+                DriverStatement(INSERT_TURN, engine, _TURN_KEYS),
+            )
+        reserve, insert_turn = self._sqlite_add
+        sid, seq = reserve.run(
+            conn,
+            {
+                "key": key,
+                "owner": self._namespace,
+                "now": now,
+                "meta": {},
+                "n": 1,
+                "paged_until": 0,
+            },
+        )
+        at = r["at"] or now
+        insert_turn.run(
+            conn,
+            {
+                "session_id": sid,
+                "seq": seq,
+                "role": r["role"],
+                "content": r["content"],
+                "at": at,
+                "tokens": r["tokens"],
+                "metadata": r["meta"],
+                "search_text": r["search_text"],
+            },
+        )
+        return Turn(key, seq, r["role"], r["content"], at.astimezone(UTC), r["tokens"], r["meta"])
+
+    def _insert_one_pg(self, conn: Connection, key: str, r: dict[str, Any], now: datetime) -> Turn:
+        """One turn on PostgreSQL: the session, its seq and the turn in one statement."""
+        at = r["at"] or now
+        _, seq = conn.execute(
+            ADD_ONE_TURN_PG,
+            {
+                "key": key,
+                "owner": self._namespace,
+                "now": now,
+                "meta": {},
+                "n": 1,
+                "turn_role": r["role"],
+                "turn_content": r["content"],
+                "turn_at": at,
+                "turn_tokens": r["tokens"],
+                "turn_metadata": r["meta"],
+                "turn_search_text": r["search_text"],
+            },
+        ).one()
+        return Turn(key, seq, r["role"], r["content"], at.astimezone(UTC), r["tokens"], r["meta"])
 
     def replace_turns(
         self,

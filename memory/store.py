@@ -331,6 +331,29 @@ INSERT_TURN = insert(TurnRow.__table__)
 """Turns by column name (``session_id``, ``metadata``), one row or many, built once."""
 
 
+def _add_one_turn_pg() -> Any:
+    turns = TurnRow.__table__
+    reserved = _reserve(pg_insert).cte("reserved")
+    names = ("role", "content", "at", "tokens", "metadata", "search_text")
+    values = select(
+        reserved.c.id,
+        reserved.c.next_seq,
+        *(bindparam(f"turn_{c}", type_=turns.c[c].type) for c in names),
+    )
+    return (
+        insert(turns)
+        .from_select(["session_id", "seq", *names], values)
+        .returning(turns.c.session_id, turns.c.seq)
+    )
+
+
+ADD_ONE_TURN_PG = _add_one_turn_pg()
+"""PostgreSQL, built once: :data:`RESERVE_SEQS` (with ``n`` = 1) and the turn's insert as one
+statement (a data-modifying CTE): one round trip for ``add_turn`` instead of two. The turn's
+values are ``turn_role``, ``turn_content``, ``turn_at``, ``turn_tokens``, ``turn_metadata``,
+``turn_search_text``; returns its session row id and seq."""
+
+
 def to_turn(t: TurnRow, session_key: str) -> Turn:
     """The public record of a stored turn."""
     return Turn(session_key, t.seq, t.role, t.content, t.at, t.tokens, dict(t.meta or {}))
