@@ -163,7 +163,9 @@ class TurnRow(Base):
     superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # The turn's images, in order, as descriptors (sha256, media_type, width, height, size;
     # see attachments.py); their bytes are in om_attachments. NULL for a turn without any.
-    attachments: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    attachments: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON(none_as_null=True), nullable=True
+    )
 
     __table_args__ = (
         UniqueConstraint("session_id", "seq", name="uq_om_turns_session_seq"),
