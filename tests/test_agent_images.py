@@ -55,3 +55,7 @@ def test_the_newest_user_image_reaches_the_model_unchanged(sqlite_url: str) -> N
     assert not any(isinstance(m.content, list) and block in m.content for m in later)
     assert any("What is in this photo? [image 600×400 png]" in m.text for m in later)
     assert memory.turns("img")[-4].attachments == stored.attachments  # still there
+    # graph state holds no image but the user's own (no page, no copy from the archive)
+    state = agent.get_state(cfg).values["messages"]
+    blocks = [b for m in state if isinstance(m.content, list) for b in m.content]
+    assert [b for b in blocks if b.get("type") in ("image", "image_url")] in ([], [block])

@@ -7,6 +7,7 @@ import base64
 import io
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from helpers import make_history
@@ -218,3 +219,12 @@ def test_a_0010_database_upgrades_with_everything_kept(db_url: str) -> None:
         t = mm.add_turn("s", "user", "now with a picture", attachments=[png])
         assert mm.turns("s", since=80) == [t] and t.attachments[0].data == png
         assert isinstance(t.attachments[0], Attachment)
+
+
+def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Images in turns") :]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "images.db").exists()
