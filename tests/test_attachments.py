@@ -228,3 +228,16 @@ def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "images.db").exists()
+
+
+def test_the_anthropic_format_sends_the_newest_users_image(sqlite_url: str) -> None:
+    from optical_memory.adapters.service.formats import to_anthropic_messages
+
+    png = image((320, 240))
+    with MemoryManager(sqlite_url, target="anthropic") as mm:
+        mm.add_turn("s", "user", "and this one?", attachments=[png])
+        body = to_anthropic_messages(mm.assemble("s", 3000))
+        blocks = body["messages"][-1]["content"]
+        assert blocks[0] == {"type": "text", "text": "and this one?"}
+        assert blocks[1]["source"]["media_type"] == "image/png"
+        assert base64.b64decode(blocks[1]["source"]["data"]) == png
