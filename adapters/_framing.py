@@ -26,6 +26,7 @@ from typing import Any, Literal
 from optical_memory import (
     MEMORY_INTRO,
     AssembledContext,
+    Attachment,
     MemoryManager,
     OpticalMemoryError,
     PageSegment,
@@ -34,7 +35,13 @@ from optical_memory import (
     UnknownSession,
     approximate_tokens,
 )
-from optical_memory.turn_text import SYSTEM_NOTE_HEAD, display_text, speaker_of, tool_result_head
+from optical_memory.turn_text import (
+    SYSTEM_NOTE_HEAD,
+    display_text,
+    speaker_of,
+    tool_result_head,
+    with_image_labels,
+)
 from optical_memory.turn_text import turn_line as core_turn_line
 
 MemoryRole = Literal["user", "system"]
@@ -115,6 +122,7 @@ class FramedMessage:
     tool_call_id: str | None = None
     name: str | None = None
     turn: Turn | None = None
+    images: tuple[Attachment, ...] = ()  # sent as images (the newest user turn's)
 
     @property
     def is_memory(self) -> bool:
@@ -180,8 +188,9 @@ def frame(
         parts.insert(1 if last_page >= 0 else 0, MemoryPart(text=hint))
     if parts:
         out.append(FramedMessage(memory_role, parts[0].text or "", parts=tuple(parts)))
-    turns = [s.turn for s in segments[last_page + 1 :] if isinstance(s, TextSegment)]
-    msgs = list(_turn_messages(turns))
+    recent = [s for s in segments[last_page + 1 :] if isinstance(s, TextSegment)]
+    shown = {s.turn.seq for s in recent if s.shows_images}
+    msgs = list(_turn_messages([s.turn for s in recent], shown))
     if system_first:
         msgs = [_system_note(m) if m.role == "system" else m for m in msgs]
     if start_on == "user" and not (out and out[0].role == "user"):
@@ -200,14 +209,15 @@ def transcript(turns: list[Turn]) -> str:
     lines = [f"Turns {turns[0].seq}–{turns[-1].seq}, as text:"]
     for t in turns:
         speaker = speaker_of(t.role, t.metadata)
-        text = display_text(t.role, t.content, t.metadata)
+        text = display_text(t.role, t.content, t.metadata, t.attachments)
         lines.append(f"{speaker}: {text}" if text else f"{speaker}:")
     return "\n".join(lines)
 
 
-def _turn_messages(turns: list[Turn]) -> Iterator[FramedMessage]:
+def _turn_messages(turns: list[Turn], shown: set[int] | None = None) -> Iterator[FramedMessage]:
     """Turns as messages; a call keeps only the calls answered right after it, and a result
-    with no call before it is shown as plain text (what chat APIs accept)."""
+    with no call before it is shown as plain text (what chat APIs accept). The turns in
+    ``shown`` carry their images as images; every other turn's images are labels in its text."""
     i = 0
     while i < len(turns):
         t = turns[i]
@@ -221,14 +231,15 @@ def _turn_messages(turns: list[Turn]) -> Iterator[FramedMessage]:
                 j += 1
             answered = {r.metadata.get("tool_call_id") for r in results}
             kept = tuple(c for c in calls if c.id in answered)
-            yield FramedMessage("assistant", t.content, tool_calls=kept, name=name, turn=t)
+            text = with_image_labels(t.content, t.attachments)
+            yield FramedMessage("assistant", text, tool_calls=kept, name=name, turn=t)
             ids = {c.id for c in kept}
             for r in results:
                 tcid = _str_or_none(r.metadata.get("tool_call_id"))
                 if tcid in ids:
                     yield FramedMessage(
                         "tool",
-                        r.content,
+                        with_image_labels(r.content, r.attachments),
                         tool_call_id=tcid,
                         name=_str_or_none(r.metadata.get("name")),
                         turn=r,
@@ -239,13 +250,18 @@ def _turn_messages(turns: list[Turn]) -> Iterator[FramedMessage]:
             continue
         if t.role == "tool":
             yield _orphan(t)
+        elif shown and t.seq in shown and t.attachments:
+            yield FramedMessage(t.role, t.content, name=name, turn=t, images=t.attachments)
         else:
-            yield FramedMessage(t.role, t.content, name=name, turn=t)
+            yield FramedMessage(
+                t.role, with_image_labels(t.content, t.attachments), name=name, turn=t
+            )
         i += 1
 
 
 def _orphan(t: Turn) -> FramedMessage:
-    return FramedMessage("user", f"{tool_result_head(t.metadata)}\n{t.content}", turn=t)
+    text = with_image_labels(t.content, t.attachments)
+    return FramedMessage("user", f"{tool_result_head(t.metadata)}\n{text}", turn=t)
 
 
 def tool_calls_of(t: Turn) -> tuple[ToolCall, ...]:
@@ -282,14 +298,22 @@ class _SessionLog:
         self.seqs.clear()
 
 
-def message_key(role: str, content: str, tool_call_id: object, call_ids: tuple[object, ...]) -> int:
-    """What identifies a message that carries no id: role, text, tool call ids."""
-    return hash((role, content, tool_call_id or None, call_ids))
+def message_key(
+    role: str,
+    content: str,
+    tool_call_id: object,
+    call_ids: tuple[object, ...],
+    images: tuple[str, ...] = (),
+) -> int:
+    """What identifies a message that carries no id: role, text, tool call ids, the sha256
+    of each image."""
+    return hash((role, content, tool_call_id or None, call_ids, images))
 
 
 def turn_key(t: Turn) -> int:
     calls = tuple(c.id for c in tool_calls_of(t))
-    return message_key(t.role, t.content, t.metadata.get("tool_call_id"), calls)
+    images = tuple(a.sha256 for a in t.attachments)
+    return message_key(t.role, t.content, t.metadata.get("tool_call_id"), calls, images)
 
 
 MAX_ALIGN_CANDIDATES = 16
@@ -497,7 +521,7 @@ def check_tool_scope(scope: object) -> ToolScope:
 
 def turn_line(t: Turn, *, with_session: bool = False) -> str:
     """One archived turn as the tools answer it: ``[turn N, speaker, date] text``."""
-    text = display_text(t.role, t.content, t.metadata)
+    text = display_text(t.role, t.content, t.metadata, t.attachments)
     where = t.session_id if with_session else None
     return core_turn_line(t.seq, speaker_of(t.role, t.metadata), t.at, text, session=where)
 

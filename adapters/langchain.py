@@ -31,6 +31,7 @@ from typing import Annotated, Any
 
 from optical_memory import (
     AssembledContext,
+    InvalidAttachment,
     InvalidBudget,
     InvalidInput,
     MemoryManager,
@@ -113,8 +114,10 @@ def message_to_turn(message: BaseMessage, at: datetime | None = None) -> dict[st
     """A message as a turn for ``MemoryManager.add_turns`` (None for what is not a turn).
 
     Text is stored as is; tool calls, the tool call id, the speaker name and the message id go
-    into metadata. Non-text blocks (e.g. a user's images) are not archived; their types are
-    noted in ``metadata["omitted_blocks"]``.
+    into metadata. Inline images (base64 ``image`` blocks in any common shape, ``image_url``
+    blocks with a ``data:`` URL) become the turn's ``attachments``, stored exactly; other
+    non-text blocks (remote image URLs, audio) are not archived, their types noted in
+    ``metadata["omitted_blocks"]``.
     """
     if message.type == "remove" or _is_memory_message(message):
         return None
@@ -147,16 +150,37 @@ def message_to_turn(message: BaseMessage, at: datetime | None = None) -> dict[st
         meta["tool_call_id"] = message.tool_call_id
         if message.status == "error":
             meta["status"] = "error"
+    images: list[bytes] = []
     if isinstance(message.content, list):
-        omitted = [
-            b.get("type", "?") if isinstance(b, dict) else "?"
-            for b in message.content
-            if not isinstance(b, str) and not (isinstance(b, dict) and b.get("type") == "text")
-        ]
+        omitted = []
+        for b in message.content:
+            if isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text"):
+                continue
+            data = _inline_image(b) if isinstance(b, dict) else None
+            if data is not None:
+                images.append(data)
+            else:
+                omitted.append(b.get("type", "?") if isinstance(b, dict) else "?")
         omitted = [t for t in omitted if t not in ("tool_use", "tool_call")]  # kept as tool_calls
         if omitted:
             meta["omitted_blocks"] = omitted
-    return {"role": role, "content": str(message.text), "at": at, "metadata": meta}
+    row: dict[str, Any] = {"role": role, "content": str(message.text), "at": at, "metadata": meta}
+    if images:
+        row["attachments"] = images
+    return row
+
+
+def _inline_image(block: dict[str, Any]) -> bytes | None:
+    """The bytes of an image block given inline (base64), None for anything else."""
+    if block.get("type") not in ("image", "image_url"):
+        return None
+    data, _ = _image_source(block)
+    if data is None:
+        return None
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidAttachment("an image block's base64 data is not valid base64") from None
 
 
 def _is_memory_message(message: BaseMessage) -> bool:
@@ -184,7 +208,8 @@ def to_langchain_messages(
     A page the target prices by ``detail`` (the OpenAI targets) is an OpenAI ``image_url``
     block with its ``detail``, which ``ChatOpenAI`` passes through as is (langchain-core's
     converter drops a standard block's ``detail``, and the page would be billed at high
-    detail); other pages are standard ``image`` blocks.
+    detail); other pages are standard ``image`` blocks. The newest user turn's images go with
+    it as standard ``image`` blocks (bytes exact); older turns' images are labels in their text.
     """
     framed = frame(
         ctx, memory_role=memory_role, hint=hint, start_on=start_on, system_first=system_first
@@ -246,6 +271,14 @@ def _to_message(m: FramedMessage) -> BaseMessage:
         )
     if m.role == "system":
         return SystemMessage(content=m.content, id=mid, name=m.name)
+    if m.images:
+        parts: list[str | dict[str, Any]] = (
+            [{"type": "text", "text": m.content}] if m.content else []
+        )
+        parts += [
+            {"type": "image", "base64": a.base64, "mime_type": a.media_type} for a in m.images
+        ]
+        return HumanMessage(content=parts, id=mid, name=m.name)
     return HumanMessage(content=m.content, id=mid, name=m.name)
 
 
@@ -576,12 +609,14 @@ class OpticalMemoryMiddleware(AgentMiddleware):
 
     def _prepare(self, session_id: str, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
         """Record, then the view; the newest user message's images reach the model unchanged
-        (the message itself replaces its text-only turn), their cost taken off the budget."""
+        (the message itself replaces its turn in the view). Inline images are stored with the
+        turn and counted by ``assemble``; the cost of the others (remote URLs) is taken off
+        the budget."""
         self.record(session_id, messages)
         newest = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
         images = _image_blocks(newest) if newest is not None and newest.id else []
         target = self.target or get_target(self.memory.target)
-        reserve = sum(_image_cost(b, target) for b in images)
+        reserve = sum(_image_cost(b, target) for b in images if _inline_image(b) is None)
         view = self.view(
             session_id, newest_user_text(messages) if self.cue else None, reserve=reserve
         )
@@ -732,7 +767,7 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
         try:
             ctx = self.memory.assemble(
                 self.session_id, budget, self.target, self._now(),
-                token_counter=self.token_counter,
+                token_counter=self.token_counter, newest_images=False,
             )  # fmt: skip
         except UnknownSession:
             return []

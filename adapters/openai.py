@@ -20,6 +20,9 @@ The agent tools come as function-tool schemas, with a handler that answers a cal
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import json
 import re
 import threading
@@ -28,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from optical_memory import AssembledContext, InvalidInput, MemoryManager, Turn
+from optical_memory import AssembledContext, InvalidAttachment, InvalidInput, MemoryManager, Turn
 
 from ._framing import (
     ERROR_HEAD,
@@ -90,6 +93,10 @@ def to_openai_messages(
     ``start_on="user"`` (default) opens the conversation on a user message and
     ``system_first`` (default) shows stored system turns as labelled user messages, so the
     system prompt stays first and alone (what Anthropic-compatible servers require).
+
+    The newest user turn's images (recorded from its ``image_url`` parts, see
+    :func:`record_openai_messages`) go with it as ``image_url`` parts, the bytes exactly as
+    sent, and ``ctx.tokens`` counts them; older turns' images appear as labels in their text.
     """
     out: list[dict[str, Any]] = []
     if system_prompt:
@@ -142,6 +149,10 @@ def _turn_message(m: FramedMessage) -> dict[str, Any]:
     elif m.role == "tool":
         msg["tool_call_id"] = m.tool_call_id or ""
         msg["content"] = m.content
+    elif m.images:  # the newest user turn: its images as the user sent them, bytes exact
+        parts: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content else []
+        parts += [{"type": "image_url", "image_url": {"url": a.data_url}} for a in m.images]
+        msg["content"] = parts
     else:
         msg["content"] = m.content
     if m.name and m.role in ("user", "assistant", "system"):
@@ -160,7 +171,7 @@ def newest_user_text(messages: Sequence[Mapping[str, Any] | Any]) -> str | None:
     for msg in reversed(list(messages)):
         m = _as_dict(msg)
         if m.get("role") == "user":
-            text, _ = _text_of(m.get("content"))
+            text, _, _ = _text_of(m.get("content"))
             return text or None
     return None
 
@@ -171,7 +182,9 @@ def openai_message_to_turn(
     """A chat-completions message (dict or the ``openai`` client's object) as a turn.
 
     System and developer messages are instructions, not conversation: None. Text parts are
-    joined; other parts (images, audio) are not archived, their types noted in metadata.
+    joined; inline images (``image_url`` parts with a ``data:`` URL) become the turn's
+    ``attachments``, stored exactly; other parts (remote image URLs, audio) are not archived,
+    their types noted in ``metadata["omitted_blocks"]``.
     """
     msg = _as_dict(message)
     role = msg.get("role")
@@ -181,7 +194,7 @@ def openai_message_to_turn(
         role = "tool"
     if role not in ("user", "assistant", "tool"):
         raise ValueError(f"not a chat-completions message role: {role!r}")
-    content, omitted = _text_of(msg.get("content"))
+    content, omitted, images = _text_of(msg.get("content"))
     if not content and role == "assistant" and isinstance(msg.get("refusal"), str):
         content = msg["refusal"]
     meta: dict[str, Any] = {}
@@ -197,7 +210,10 @@ def openai_message_to_turn(
             meta["name"] = str(msg["name"])
     if omitted:
         meta["omitted_blocks"] = omitted
-    return {"role": role, "content": content, "at": at, "metadata": meta}
+    row: dict[str, Any] = {"role": role, "content": content, "at": at, "metadata": meta}
+    if images:
+        row["attachments"] = images
+    return row
 
 
 def record_openai_messages(
@@ -217,7 +233,9 @@ def record_openai_messages(
     ``MemoryManager.superseded``; out of the prompt) and the rest is stored, in one
     transaction. Aligning is linear in the messages sent (see :func:`~._framing.align`).
     Turns already on a page cannot be replaced: an edit there is stored as new turns. System
-    and developer messages are not stored.
+    and developer messages are not stored. Inline images are stored as the turn's
+    attachments; one that is not a decodable image raises ``InvalidAttachment`` and nothing
+    is stored.
     """
     rows = [r for r in (openai_message_to_turn(m, at) for m in messages) if r is not None]
     log = _turn_log(memory)
@@ -247,7 +265,8 @@ def record_openai_messages(
 def _key_of_row(r: dict[str, Any]) -> int:
     meta = r["metadata"]
     calls = tuple(c.get("id") for c in meta.get("tool_calls", []))
-    return message_key(r["role"], r["content"], meta.get("tool_call_id"), calls)
+    images = tuple(hashlib.sha256(b).hexdigest() for b in r.get("attachments", ()))
+    return message_key(r["role"], r["content"], meta.get("tool_call_id"), calls, images)
 
 
 _LOGS: weakref.WeakKeyDictionary[MemoryManager, TurnLog] = weakref.WeakKeyDictionary()
@@ -271,20 +290,38 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     raise TypeError(f"expected a chat-completions message dict, got {type(obj).__name__}")
 
 
-def _text_of(content: Any) -> tuple[str, list[str]]:
+def _text_of(content: Any) -> tuple[str, list[str], list[bytes]]:
+    """The text parts joined, the types of the parts not archived, the inline images' bytes."""
     if content is None:
-        return "", []
+        return "", [], []
     if isinstance(content, str):
-        return content, []
+        return content, [], []
     texts: list[str] = []
     omitted: list[str] = []
+    images: list[bytes] = []
     for part in content:
         p = _as_dict(part) if not isinstance(part, str) else {"type": "text", "text": part}
         if p.get("type") == "text":
             texts.append(str(p.get("text", "")))
+            continue
+        data = _inline_image(p) if p.get("type") == "image_url" else None
+        if data is not None:
+            images.append(data)
         else:
             omitted.append(str(p.get("type", "?")))
-    return "\n".join(texts), omitted
+    return "\n".join(texts), omitted, images
+
+
+def _inline_image(part: Mapping[str, Any]) -> bytes | None:
+    """The bytes of an ``image_url`` part given as a base64 ``data:`` URL (None: a remote URL)."""
+    iu = part.get("image_url")
+    url = _as_dict(iu).get("url") if iu is not None and not isinstance(iu, str) else iu
+    if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
+        return None
+    try:
+        return base64.b64decode(url.split(";base64,", 1)[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidAttachment("an image_url part's data: URL is not valid base64") from None
 
 
 # -- the agent tools -----------------------------------------------------------------------------

@@ -275,7 +275,9 @@ class LocalAssembler:
         if self.system_prompt:
             reserve += self.memory.count_tokens("system", self.system_prompt)
         try:
-            return self.memory.assemble(session_id, budget=max(1, budget - reserve), now=now)
+            return self.memory.assemble(  # a text chat template: images as labels
+                session_id, budget=max(1, budget - reserve), now=now, newest_images=False
+            )
         except UnknownSession:
             return None
 

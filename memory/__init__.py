@@ -18,11 +18,13 @@ from .assemble import (
 from .captions import MEMORY_INTRO
 from .encoder import EncodedPage, VisualEncoder
 from .errors import (
+    AttachmentTooLarge,
     ContentTooLarge,
     DatabaseCorrupt,
     DatabaseTooNew,
     DatabaseUnavailable,
     ForgetIncomplete,
+    InvalidAttachment,
     InvalidBudget,
     InvalidContent,
     InvalidInput,
@@ -53,7 +55,7 @@ from .ladder import (
     unregister_target,
 )
 from .manager import MemoryManager
-from .records import PageInfo, SessionInfo, Turn
+from .records import Attachment, PageInfo, SessionInfo, Turn
 from .render import PageRenderer
 from .tokens import approximate_tokens
 
@@ -65,12 +67,15 @@ __all__ = [
     "AgingReport",
     "AssembledContext",
     "AssemblyShares",
+    "Attachment",
+    "AttachmentTooLarge",
     "ContentTooLarge",
     "DatabaseCorrupt",
     "DatabaseTooNew",
     "DatabaseUnavailable",
     "ForgetIncomplete",
     "EncodedPage",
+    "InvalidAttachment",
     "InvalidBudget",
     "InvalidContent",
     "InvalidInput",

@@ -1300,7 +1300,7 @@ def render_turn(t: TurnRow, *, keep_whole: bool = False) -> RenderTurn:
     return RenderTurn(
         speaker=speaker_of(t.role, t.meta),
         at=t.at,
-        text=page_text(t.role, t.content, t.meta),
+        text=page_text(t.role, t.content, t.meta, t.attachments),
         keep_whole=keep_whole,
     )
 

@@ -28,6 +28,7 @@ from .store import (
     RenditionRow,
     SessionRow,
     TurnRow,
+    load_attachments,
     to_turn,
 )
 from .tokens import TokenCounter, approximate_tokens
@@ -48,6 +49,7 @@ _TURN_COLUMNS = (
     TurnRow.at,
     TurnRow.tokens,
     TurnRow.meta.label("meta"),
+    TurnRow.attachments,
 )
 # Only what assembly uses of a page (each datetime column read is parsed on every row).
 _PAGE_COLUMNS = tuple(
@@ -112,12 +114,19 @@ TurnData = Row[Any]  # a turn as assembly reads it: the _TURN_COLUMNS
 
 @dataclass(frozen=True)
 class TextSegment:
-    """One turn shown as text."""
+    """One turn shown as text. The newest user turn's images (``turn.attachments``) are sent
+    as images (``shows_images``; their cost on the target in ``image_tokens``, part of
+    ``tokens``); every other turn's images are shown as labels in its text."""
 
     turn: Turn
     tokens: int
     page_id: int | None = None  # set when the turn is on a page still shown as text
     kind: Literal["text"] = "text"
+    image_tokens: int = 0
+
+    @property
+    def shows_images(self) -> bool:
+        return self.image_tokens > 0
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,8 @@ class AssembledContext:
             else:
                 t = seg.turn
                 h.update(b"T%d:%s\0%s\0" % (t.seq, t.role.encode(), t.content.encode("utf-8")))
+                for a in t.attachments:
+                    h.update(b"I%d:%s\0" % (seg.shows_images, a.sha256.encode()))
         return h.hexdigest()
 
 
@@ -301,6 +312,7 @@ def assemble_context(
     counter: TokenCounter | None = None,
     cue: str | None = None,
     shares: AssemblyShares = AssemblyShares(),
+    newest_images: bool = True,
 ) -> AssembledContext:
     """Build the budgeted view of one session (inside one read transaction), in phases:
     recent text, pins, page candidates, the split between text and the past, fade to fit,
@@ -311,6 +323,8 @@ def assemble_context(
     prompt's prefix never depends on one. With a cue, ``shares.recall`` of the budget is taken
     from the recent text beyond the protected turns for turns the cue recalls; what the recall
     block leaves unused goes back to more recent text, which comes after it.
+    With ``newest_images``, the newest user turn's images are sent as images, at the
+    target's cost (always shown, as the turn itself is).
     """
     count = counter or approximate_tokens
     conn = s.connection()  # the read transaction's: same snapshot, no ORM on the hot reads
@@ -319,9 +333,15 @@ def assemble_context(
         """Stored counts come from the manager's counter; another counter recounts."""
         if counter is None or counter is approximate_tokens:
             return t.tokens
-        return int(counter(t.role, cost_text(t.role, t.content, t.meta)))
+        return int(counter(t.role, cost_text(t.role, t.content, t.meta, t.attachments)))
 
-    recent = _recent_units(conn, session, budget, cost_of)
+    def images_of(t: TurnData) -> int:
+        """What the newest user turn's images cost on the target, sent as images."""
+        if not newest_images or not t.attachments:
+            return 0
+        return sum(target.image_cost(d["width"], d["height"], None) for d in t.attachments)
+
+    recent = _recent_units(conn, session, budget, cost_of, images_of)
     mandatory = recent.spent(recent.mandatory)
     pins = _pinned(s, conn, session, recent, cost_of, budget - mandatory)
     pin_cost = _block_cost(count, pins, []) if pins else 0
@@ -365,9 +385,11 @@ def assemble_context(
             spent = recent.spent(shown_units)
             in_text = {t.seq for u in recent.units[:shown_units] for t in u[0]}
             recalled = [t for t in recalled if t.seq not in in_text]
+    texts = [t for u in reversed(recent.units[:shown_units]) for t in u[0]]
+    images = load_attachments(conn, [*pins, *recalled, *texts])
     block = (
         RecalledSegment(
-            turns=tuple(to_turn(t, session.key) for t in pins + recalled),
+            turns=tuple(to_turn(t, session.key, images) for t in pins + recalled),
             pinned=tuple(t.seq for t in pins),
             text=_block_text(pins, recalled),
             tokens=_block_cost(count, pins, recalled),
@@ -375,9 +397,8 @@ def assemble_context(
         if pins or recalled
         else None
     )
-    texts = [t for u in reversed(recent.units[:shown_units]) for t in u[0]]
     segments, image_tokens, replaced = _build_segments(
-        conn, session, candidates, block, texts, cost_of
+        conn, session, candidates, block, texts, cost_of, images, recent.newest_user, images_of
     )
 
     first_shown = min(
@@ -413,6 +434,7 @@ class _Recent:
     units: list[Unit]
     mandatory: int  # the first units up to the newest user turn: always shown
     complete: bool  # every unpaged turn was gathered (nothing older is left out)
+    newest_user: int | None = None  # seq of the newest user turn, when it is unpaged
 
     def spent(self, n: int | None = None) -> int:
         return sum(cost for _, cost in self.units[: len(self.units) if n is None else n])
@@ -428,13 +450,19 @@ class _Recent:
 
 
 def _recent_units(
-    conn: Connection, session: SessionRow, budget: int, cost_of: Callable[[TurnData], int]
+    conn: Connection,
+    session: SessionRow,
+    budget: int,
+    cost_of: Callable[[TurnData], int],
+    images_of: Callable[[TurnData], int],
 ) -> _Recent:
     """Unpaged turns, newest first, as whole units (a tool call stays with its results),
-    gathered until they fill ``budget``; reading stops there, so the cost follows the budget."""
+    gathered until they fill ``budget``; reading stops there, so the cost follows the budget.
+    The newest user turn's unit also pays for its images (``images_of``)."""
     units: list[Unit] = []
     total = 0
     mandatory = 0
+    newest_user: int | None = None
     upper = session.next_seq
     pending: list[TurnData] = []  # a unit being gathered backwards
     while upper > session.paged_until:
@@ -449,16 +477,19 @@ def _recent_units(
             if t.role == "tool":
                 continue  # walking back, a tool result needs the call before it: keep gathering
             cost = sum(cost_of(u) for u in pending)
+            user = next((u for u in reversed(pending) if u.role == "user"), None)
+            if not mandatory and user is not None:
+                mandatory = len(units) + 1
+                newest_user = user.seq
+                cost += images_of(user)
             units.append((pending, cost))
             total += cost
             pending = []
-            if not mandatory and any(u.role == "user" for u in units[-1][0]):
-                mandatory = len(units)
             if total > budget and mandatory:
-                return _Recent(units, mandatory, False)
+                return _Recent(units, mandatory, False, newest_user)
     if pending:  # tool results whose call is on a page: shown only with it
-        return _Recent(units, mandatory or len(units), False)
-    return _Recent(units, mandatory or len(units), True)
+        return _Recent(units, mandatory or len(units), False, newest_user)
+    return _Recent(units, mandatory or len(units), True, newest_user)
 
 
 def _pinned(
@@ -548,7 +579,7 @@ def _block_text(pins: Sequence[TurnData], recalled: Sequence[TurnData]) -> str:
 
 
 def _line(t: TurnData) -> str:
-    text = display_text(t.role, t.content, t.meta)
+    text = display_text(t.role, t.content, t.meta, t.attachments)
     return turn_line(t.seq, speaker_of(t.role, t.meta), t.at, text)
 
 
@@ -593,6 +624,9 @@ def _build_segments(
     block: RecalledSegment | None,
     texts: list[TurnData],
     cost_of: Callable[[TurnData], int],
+    images: dict[str, Any],
+    newest_user: int | None,
+    images_of: Callable[[TurnData], int],
 ) -> tuple[list[Segment], int, int]:
     """Pages oldest first (text pages as their turns), the recalled block, then the recent
     text; with the image tokens and the text tokens the images stand for."""
@@ -603,8 +637,11 @@ def _build_segments(
         o = c.option
         if not c.is_image:
             span = {"sid": c.row.session_row_id, "first": c.row.first_seq, "last": c.row.last_seq}
-            for t in conn.execute(_SPAN, span):
-                segments.append(TextSegment(to_turn(t, session.key), cost_of(t), page_id=c.row.id))
+            rows = conn.execute(_SPAN, span).all()
+            more = load_attachments(conn, rows)
+            for t in rows:
+                turn = to_turn(t, session.key, more)
+                segments.append(TextSegment(turn, cost_of(t), page_id=c.row.id))
             continue
         assert o.width is not None and o.height is not None
         segments.append(
@@ -630,7 +667,10 @@ def _build_segments(
         replaced += c.row.text_tokens
     if block is not None:
         segments.append(block)
-    segments.extend(TextSegment(to_turn(t, session.key), cost_of(t)) for t in texts)
+    for t in texts:
+        extra = images_of(t) if t.seq == newest_user else 0
+        turn = to_turn(t, session.key, images)
+        segments.append(TextSegment(turn, cost_of(t) + extra, image_tokens=extra))
     return segments, image_tokens, replaced
 
 

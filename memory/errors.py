@@ -31,6 +31,14 @@ class ContentTooLarge(InvalidInput):
     """Content is over the manager's ``max_content_bytes``."""
 
 
+class InvalidAttachment(InvalidInput):
+    """An attachment is not an image Pillow can decode, or is not given as bytes."""
+
+
+class AttachmentTooLarge(InvalidAttachment):
+    """An attachment is over the manager's ``max_attachment_bytes`` (or a turn has too many)."""
+
+
 class InvalidTimestamp(InvalidInput):
     """Timestamps must be timezone-aware datetimes."""
 

@@ -24,6 +24,12 @@ from sqlalchemy.orm import Session
 
 from .aging import Aging, AgingPolicy, AgingReport
 from .assemble import AssembledContext, AssemblyShares, assemble_context
+from .attachments import (
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    AttachmentInput,
+    check_attachments,
+    descriptor,
+)
 from .database import (
     DEFAULT_BUSY_TIMEOUT,
     Database,
@@ -65,12 +71,15 @@ from .store import (
     INSERT_TURN,
     PAGE_COLUMNS_WITHOUT_PNG,
     RESERVE_SEQS,
+    AttachmentRow,
     PageRow,
     RenditionRow,
     SessionRow,
     TurnMarkRow,
     TurnRow,
     VisualTokenRow,
+    insert_attachments,
+    load_attachments,
     namespace,
     owner_of,
     session_scope,
@@ -107,6 +116,8 @@ class MemoryManager:
         token_counter: text token counter: ``f(role, content)``, ``f(text)`` or a tokenizer.
             Default: langchain-core's approximation (4 characters a token, 3 per message).
         max_content_bytes: largest turn accepted, in UTF-8 bytes (default 1 MiB).
+        max_attachment_bytes: largest image a turn may carry, in bytes (default 20 MiB:
+            :data:`~optical_memory.attachments.DEFAULT_MAX_ATTACHMENT_BYTES`).
         encoder: a :class:`VisualEncoder` whose visual tokens the aging pass caches.
         owner: the namespace (tenant or user) every call works in. A session is (owner,
             session id): the same id under two owners is two sessions, and another owner's
@@ -141,15 +152,14 @@ class MemoryManager:
         shares: AssemblyShares | None = None,
         salience: SalienceFn | None = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
     ) -> None:
-        if (
-            isinstance(max_content_bytes, bool)
-            or not isinstance(max_content_bytes, int)
-            or max_content_bytes <= 0
+        for name, limit in (
+            ("max_content_bytes", max_content_bytes),
+            ("max_attachment_bytes", max_attachment_bytes),
         ):
-            raise InvalidConfiguration(
-                f"max_content_bytes must be a positive int, got {max_content_bytes!r:.40}"
-            )
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+                raise InvalidConfiguration(f"{name} must be a positive int, got {limit!r:.40}")
         self.salience = check_salience(salience)
         self.url = normalise_url(url if url is not None else default_url())
         self.target = get_target(target)
@@ -159,6 +169,7 @@ class MemoryManager:
         self.shares = shares or AssemblyShares()
         self.max_content_bytes = max_content_bytes
         self._sqlite_add: tuple[DriverStatement, DriverStatement] | None = None
+        self.max_attachment_bytes = max_attachment_bytes
         self.encoder = encoder
         self.renderer = renderer or PageRenderer()
         self.owner = check_owner(owner)
@@ -240,19 +251,26 @@ class MemoryManager:
         at: datetime | None = None,
         *,
         metadata: Mapping[str, Any] | None = None,
+        attachments: Iterable[AttachmentInput] | None = None,
     ) -> Turn:
-        """Append one turn; the session is created on first use."""
-        return self.add_turns(
-            session_id, [{"role": role, "content": content, "at": at, "metadata": metadata}]
-        )[0]
+        """Append one turn; the session is created on first use.
+
+        ``attachments``: the turn's images (bytes, or ``{"data", "media_type"}``), stored
+        exactly and returned in ``Turn.attachments``; each must decode with Pillow and be at
+        most ``max_attachment_bytes`` (else :class:`InvalidAttachment`, nothing written)."""
+        item = {"role": role, "content": content, "at": at, "metadata": metadata}
+        if attachments is not None:
+            item["attachments"] = attachments
+        return self.add_turns(session_id, [item])[0]
 
     def add_turns(
         self, session_id: str, turns: Iterable[Mapping[str, Any] | Sequence[Any]]
     ) -> list[Turn]:
         """Append many turns in one transaction: all are stored, or none.
 
-        Each item is a mapping with ``role``, ``content`` and optional ``at`` and ``metadata``,
-        or a ``(role, content)`` / ``(role, content, at)`` tuple.
+        Each item is a mapping with ``role``, ``content`` and optional ``at``, ``metadata`` and
+        ``attachments`` (see :meth:`add_turn`), or a ``(role, content)`` /
+        ``(role, content, at)`` tuple.
         """
         self._check_open()
         key = check_session_id(session_id)
@@ -291,30 +309,36 @@ class MemoryManager:
     def _validate(self, i: int, item: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
         if isinstance(item, Mapping):
             role, content = item.get("role"), item.get("content")
-            at, meta = item.get("at"), item.get("metadata")
+            at, meta, images = item.get("at"), item.get("metadata"), item.get("attachments")
         elif isinstance(item, Sequence) and not isinstance(item, str) and 2 <= len(item) <= 3:
             role, content = item[0], item[1]
-            at, meta = (item[2] if len(item) == 3 else None), None
+            at, meta, images = (item[2] if len(item) == 3 else None), None, None
         else:
             raise InvalidInput(f"turn {i}: pass a mapping with role and content, or a tuple")
         role = check_role(role)
         content = check_content(content, self.max_content_bytes)
         meta = check_metadata(meta)
+        at = check_timestamp(at)
+        try:
+            found = check_attachments(images, self.max_attachment_bytes)
+        except InvalidInput as exc:
+            raise type(exc)(f"turn {i}: {exc}") from None
         return {
             "role": role,
             "content": content,
-            "at": check_timestamp(at),
+            "at": at,
             "meta": meta,
-            "tokens": int(self._count(role, cost_text(role, content, meta))),
+            "images": found,
+            "tokens": int(self._count(role, cost_text(role, content, meta, found))),
             "search_text": search_text(content),  # computed before the write transaction
         }
 
     def _insert_turns(self, conn: Connection, key: str, rows: list[dict[str, Any]]) -> list[Turn]:
         now = datetime.now(UTC)
         n = len(rows)
-        if n == 1 and self._db.dialect == "postgresql":
-            return [self._insert_one_pg(conn, key, rows[0], now)]
-        if n == 1 and self._db.dialect == "sqlite":
+        if n == 1 and not rows[0]["images"]:  # the hot path: one plain turn
+            if self._db.dialect == "postgresql":
+                return [self._insert_one_pg(conn, key, rows[0], now)]
             return [self._insert_one_sqlite(conn, key, rows[0], now)]
         # One statement creates the session in this owner's namespace if needed and reserves
         # n sequence numbers; another owner's session of the same id is never touched.
@@ -323,6 +347,7 @@ class MemoryManager:
             {"key": key, "owner": self._namespace, "now": now, "meta": {}, "n": n},
         ).one()
         first = last - n + 1
+        insert_attachments(conn, self._db.dialect, sid, (a for r in rows for a in r["images"]))
         values = [
             {
                 "session_id": sid,
@@ -333,6 +358,7 @@ class MemoryManager:
                 "tokens": r["tokens"],
                 "metadata": r["meta"],
                 "search_text": r["search_text"],
+                "attachments": [descriptor(a) for a in r["images"]] or None,
             }
             for i, r in enumerate(rows)
         ]
@@ -346,8 +372,9 @@ class MemoryManager:
                 v["at"].astimezone(UTC),
                 v["tokens"],
                 v["metadata"],
+                r["images"],
             )
-            for v in values
+            for v, r in zip(values, rows, strict=True)
         ]
 
     def _insert_one_sqlite(
@@ -451,9 +478,11 @@ class MemoryManager:
                 .where(TurnRow.session_row_id == row.id, TurnRow.seq < FIRST_LIVE_SEQ)
                 .order_by(TurnRow.superseded_at, TurnRow.id)
             )
+            found = s.scalars(q).all()
+            images = load_attachments(s.connection(), found)
             return [
-                dataclasses.replace(to_turn(t, row.key), seq=t.superseded_seq or 0)
-                for t in s.scalars(q)
+                dataclasses.replace(to_turn(t, row.key, images), seq=t.superseded_seq or 0)
+                for t in found
             ]
 
     @property
@@ -530,7 +559,9 @@ class MemoryManager:
             )
             if limit is not None:
                 q = q.limit(limit)
-            return [to_turn(t, row.key) for t in s.scalars(q)]
+            found = s.scalars(q).all()
+            images = load_attachments(s.connection(), found)
+            return [to_turn(t, row.key, images) for t in found]
 
     def sessions(self, *, all_owners: bool = False) -> list[SessionInfo]:
         """Sessions in this manager's namespace (its owner's; unscoped: those without an
@@ -691,7 +722,9 @@ class MemoryManager:
         self._check_open()
         with self._db.read() as s:
             row = self._session(s, session_id)
-            return [to_turn(t, row.key) for t in read_span(s, row, first_turn, last_turn)]
+            found = read_span(s, row, first_turn, last_turn)
+            images = load_attachments(s.connection(), found)
+            return [to_turn(t, row.key, images) for t in found]
 
     def pin(self, session_id: str, turn: int) -> None:
         """Pin a turn (by number): it stays legible in assembled prompts while pinned."""
@@ -759,6 +792,7 @@ class MemoryManager:
         token_counter: TokenCounter | Any | None = None,
         cue: str | None = None,
         shares: AssemblyShares | None = None,
+        newest_images: bool = True,
     ) -> AssembledContext:
         """Recent turns as text and older pages as images, within ``budget`` tokens on ``target``.
 
@@ -768,7 +802,10 @@ class MemoryManager:
         prompt would show faded or not at all come back as exact text, in one block after the
         pages, within ``shares.recall`` of the budget. Pinned turns are always in that block.
         ``shares`` (default: the manager's) splits a tight budget between recent text and the
-        past; see :class:`AssemblyShares`.
+        past; see :class:`AssemblyShares`. ``newest_images`` (default True): the newest user
+        turn's images are sent as images (``TextSegment.shows_images``), counted at the
+        target's image cost; False (e.g. a history read before the next question is added):
+        shown as labels like every other turn's.
         """
         self._check_open()
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
@@ -791,6 +828,7 @@ class MemoryManager:
                 counter=counter,
                 cue=cue,
                 shares=shares or self.shares,
+                newest_images=bool(newest_images),
             )
 
     def count_tokens(self, role: str, content: str) -> int:
@@ -825,6 +863,7 @@ class MemoryManager:
             s.execute(delete(RenditionRow).where(RenditionRow.page_id.in_(page_ids)))
             s.execute(delete(PageRow).where(PageRow.session_row_id == row.id))
             s.execute(delete(TurnRow).where(TurnRow.session_row_id == row.id))
+            s.execute(delete(AttachmentRow).where(AttachmentRow.session_row_id == row.id))
             purge_session(s, row.id)  # marks, and the index's old segments
             s.execute(delete(SessionRow).where(SessionRow.id == row.id))
             self._db.note_purge(s)  # durable: a crash or a long reader leaves it to finish
@@ -860,6 +899,7 @@ class MemoryManager:
                     t.name
                     for t in (
                         TurnRow.__table__,
+                        AttachmentRow.__table__,
                         TurnMarkRow.__table__,
                         VisualTokenRow.__table__,
                         RenditionRow.__table__,
@@ -904,9 +944,12 @@ class MemoryManager:
         at: datetime | None = None,
         *,
         metadata: Mapping[str, Any] | None = None,
+        attachments: Iterable[AttachmentInput] | None = None,
     ) -> Turn:
+        if attachments is not None:
+            attachments = list(attachments)
         return await asyncio.to_thread(
-            self.add_turn, session_id, role, content, at, metadata=metadata
+            self.add_turn, session_id, role, content, at, metadata=metadata, attachments=attachments
         )
 
     async def aadd_turns(
@@ -930,6 +973,7 @@ class MemoryManager:
         token_counter: Any = None,
         cue: str | None = None,
         shares: AssemblyShares | None = None,
+        newest_images: bool = True,
     ) -> AssembledContext:
         return await asyncio.to_thread(
             partial(
@@ -941,6 +985,7 @@ class MemoryManager:
                 token_counter=token_counter,
                 cue=cue,
                 shares=shares,
+                newest_images=newest_images,
             )
         )
 

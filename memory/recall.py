@@ -49,8 +49,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from .errors import InvalidInput
-from .records import Recollection, Turn
-from .store import LosslessText, SessionRow, TurnMarkRow, TurnRow, UTCDateTime
+from .records import Attachment, Recollection, Turn
+from .store import LosslessText, SessionRow, TurnMarkRow, TurnRow, UTCDateTime, load_attachments
 
 # -- the index, as migration 0004 built it ------------------------------------------------------
 
@@ -256,11 +256,12 @@ _HIT_COLUMNS = {
     "content": LosslessText(),
     "at": UTCDateTime(),
     "metadata": JSON(),
+    "attachments": JSON(),
     "tokens": Integer(),
 }
 _FETCH = (
     "SELECT h.turn_id, h.score, s.key, t.seq, t.role, t.content, t.at, t.tokens, "
-    "t.metadata, p.id AS page_id, p.tier "
+    "t.metadata, t.attachments, t.session_id AS session_row_id, p.id AS page_id, p.tier "
     "FROM ({hits}) h "
     "JOIN om_turns t ON t.id = h.turn_id "
     "JOIN om_sessions s ON s.id = t.session_id "
@@ -305,7 +306,9 @@ def search(
         params["n"] = _scope_ids(s, session, scope)[1]()
         hits = _pg_hits(_pg_queries(parsed, params), join, where)
         stmt = text(_FETCH.format(hits=hits)).columns(**_HIT_COLUMNS)
-        return [_hit(r, float(r.score)) for r in s.execute(stmt, params)]
+        rows = s.execute(stmt, params).all()
+        images = load_attachments(s.connection(), rows)
+        return [_hit(r, float(r.score), images) for r in rows]
     ranked = dict(_sqlite_rank(s, session, parsed, scope, limit, before, join, where, params))
     if not ranked:
         return []
@@ -316,12 +319,15 @@ def search(
         .bindparams(bindparam("ids", expanding=True))
         .columns(**_HIT_COLUMNS)
     )
-    found = [_hit(r, ranked[r.turn_id]) for r in s.execute(stmt, params)]
+    rows = s.execute(stmt, params).all()
+    images = load_attachments(s.connection(), rows)
+    found = [_hit(r, ranked[r.turn_id], images) for r in rows]
     return sorted(found, key=lambda h: (-h.recollection.score, -h.turn_id))
 
 
-def _hit(r: Any, score: float) -> Hit:
-    turn = Turn(r.key, r.seq, r.role, r.content, r.at, r.tokens, dict(r.metadata or {}))
+def _hit(r: Any, score: float, images: dict[str, Attachment]) -> Hit:
+    found = tuple(images[d["sha256"]] for d in r.attachments or ())
+    turn = Turn(r.key, r.seq, r.role, r.content, r.at, r.tokens, dict(r.metadata or {}), found)
     tier = r.tier if r.page_id is not None else "text"
     return Hit(r.turn_id, Recollection(turn, score, r.page_id, tier))
 

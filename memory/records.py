@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -10,8 +11,35 @@ ROLES: tuple[str, ...] = ("user", "assistant", "system", "tool")
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """An image of a turn, exactly as it was added: its bytes, what they are, their pixels.
+
+    Stored once per session by content (``sha256``), whatever turns carry it."""
+
+    media_type: str
+    data: bytes = field(repr=False)
+    width: int
+    height: int
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        """Bytes of the image."""
+        return len(self.data)
+
+    @property
+    def base64(self) -> str:
+        return base64.b64encode(self.data).decode("ascii")
+
+    @property
+    def data_url(self) -> str:
+        """The image as a ``data:`` URL, the form chat APIs take inline images in."""
+        return f"data:{self.media_type};base64,{self.base64}"
+
+
+@dataclass(frozen=True)
 class Turn:
-    """One message, exactly as it was added."""
+    """One message, exactly as it was added (its images in ``attachments``, in order)."""
 
     session_id: str
     seq: int
@@ -20,6 +48,7 @@ class Turn:
     at: datetime
     tokens: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ it is complete even on a connection where foreign keys are off.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +42,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .encoder import EncodedPage
-from .records import Turn
+from .records import Attachment, Turn
 
 # A primary key that is INTEGER on SQLite (rowid alias, autoincrement) and BIGINT elsewhere.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -161,11 +161,35 @@ class TurnRow(Base):
     # query over a seq range skips it; it keeps its place here and when it was replaced.
     superseded_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
     superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The turn's images, in order, as descriptors (sha256, media_type, width, height, size;
+    # see attachments.py); their bytes are in om_attachments. NULL for a turn without any.
+    attachments: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON(none_as_null=True), nullable=True
+    )
 
     __table_args__ = (
         UniqueConstraint("session_id", "seq", name="uq_om_turns_session_seq"),
         {"sqlite_autoincrement": True},
     )
+
+
+class AttachmentRow(Base):
+    """An image of a session's turns, stored once per session by content: turns name it by
+    its sha256 (``TurnRow.attachments``). Per session, so ``forget`` deletes a session's
+    images with it and no refcount is needed (migration 0011)."""
+
+    __tablename__ = "om_attachments"
+
+    session_row_id: Mapped[int] = mapped_column(
+        "session_id", ForeignKey("om_sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # last: see PageRow.png
 
 
 class TurnMarkRow(Base):
@@ -351,12 +375,65 @@ ADD_ONE_TURN_PG = _add_one_turn_pg()
 """PostgreSQL, built once: :data:`RESERVE_SEQS` (with ``n`` = 1) and the turn's insert as one
 statement (a data-modifying CTE): one round trip for ``add_turn`` instead of two. The turn's
 values are ``turn_role``, ``turn_content``, ``turn_at``, ``turn_tokens``, ``turn_metadata``,
-``turn_search_text``; returns its session row id and seq."""
+``turn_search_text`` (a turn without images: those go through the many-turn path); returns its session row id and seq."""
 
 
-def to_turn(t: TurnRow, session_key: str) -> Turn:
-    """The public record of a stored turn."""
-    return Turn(session_key, t.seq, t.role, t.content, t.at, t.tokens, dict(t.meta or {}))
+def to_turn(t: Any, session_key: str, images: Mapping[str, Attachment] | None = None) -> Turn:
+    """The public record of a stored turn (a TurnRow or a row with its columns); ``images``:
+    the session's attachments by sha256 (see :func:`load_attachments`), for a turn that has
+    any."""
+    found: tuple[Attachment, ...] = ()
+    if t.attachments:
+        found = tuple((images or {})[d["sha256"]] for d in t.attachments)
+    return Turn(session_key, t.seq, t.role, t.content, t.at, t.tokens, dict(t.meta or {}), found)
+
+
+def load_attachments(conn: Any, rows: Iterable[Any]) -> dict[str, Attachment]:
+    """The attachments the given turns (TurnRows or rows with ``attachments`` and
+    ``session_row_id``) name, by sha256: one query, none for turns without images."""
+    wanted: dict[int, set[str]] = {}
+    for t in rows:
+        for d in t.attachments or ():
+            wanted.setdefault(t.session_row_id, set()).add(d["sha256"])
+    out: dict[str, Attachment] = {}
+    for sid, shas in wanted.items():
+        q = select(
+            AttachmentRow.sha256,
+            AttachmentRow.media_type,
+            AttachmentRow.width,
+            AttachmentRow.height,
+            AttachmentRow.data,
+        ).where(AttachmentRow.session_row_id == sid, AttachmentRow.sha256.in_(sorted(shas)))
+        for sha, media, w, h, data in conn.execute(q):
+            out[sha] = Attachment(media, bytes(data), w, h, sha)
+    return out
+
+
+def insert_attachments(conn: Any, dialect: str, sid: int, items: Iterable[Attachment]) -> None:
+    """Store a session's images by content; one already stored is left as it is."""
+    now = datetime.now(UTC)
+    values = {
+        a.sha256: {
+            "session_id": sid,
+            "sha256": a.sha256,
+            "media_type": a.media_type,
+            "width": a.width,
+            "height": a.height,
+            "size": a.size,
+            "created_at": now,
+            "data": a.data,
+        }
+        for a in items
+    }
+    if not values:
+        return
+    ins = sqlite_insert if dialect == "sqlite" else pg_insert
+    conn.execute(
+        ins(AttachmentRow.__table__).on_conflict_do_nothing(
+            index_elements=["session_id", "sha256"]
+        ),
+        list(values.values()),
+    )
 
 
 FIRST_LIVE_SEQ = 1

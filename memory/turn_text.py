@@ -9,12 +9,20 @@ on a page (:func:`page_text`) shows its tool calls too, from this one module.
 Pages draw a call compactly: ``[calls name(arguments)]``, the arguments cut with ``…`` past
 :data:`PAGE_ARGUMENT_CHARS` characters. The archive keeps them whole: ``turns()``, ``read`` and
 recall return the turn exactly as it was added.
+
+A turn's images (``Turn.attachments``) are shown as text as a labelled placeholder,
+``[image 640×480 png]`` (:func:`image_label`), wherever the turn is shown as text: on pages,
+in transcripts, the recalled block and older recent turns. Only the newest user turn's
+images are sent as images (see ``assemble``). Pages draw the label, not a thumbnail: a
+thumbnail small enough to pay on a page (a few visual tokens) shows nothing a model can read,
+and drawing one would need a second layout kind on the page; the archive keeps every image
+exactly, and ``read``/recall return it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +31,36 @@ SYSTEM_NOTE_HEAD = "[system]"
 """The label of a stored system turn shown inside the conversation (as a user message)."""
 PAGE_ARGUMENT_CHARS = 120
 """The most characters of one tool call's arguments a page draws; longer ones end with ``…``."""
+
+
+Images = Sequence[Any]
+"""A turn's images as text functions take them: ``Attachment`` records or their stored
+descriptors (mappings with ``media_type``, ``width`` and ``height``)."""
+
+
+def image_label(media_type: str, width: int, height: int) -> str:
+    """An image shown as text: ``[image 640×480 png]``."""
+    kind = media_type.split("/", 1)[-1] if media_type else "?"
+    return f"[image {width}×{height} {kind}]"
+
+
+def image_labels(images: Images | None) -> str:
+    """The labels of a turn's images, one after another (empty for none)."""
+    labels = []
+    for a in images or ():
+        if isinstance(a, Mapping):
+            labels.append(image_label(str(a.get("media_type", "")), a["width"], a["height"]))
+        else:
+            labels.append(image_label(a.media_type, a.width, a.height))
+    return " ".join(labels)
+
+
+def with_image_labels(content: str, images: Images | None) -> str:
+    """The content followed by its images' labels (the content alone when it has none)."""
+    labels = image_labels(images)
+    if not labels:
+        return content
+    return f"{content} {labels}" if content else labels
 
 
 @dataclass(frozen=True)
@@ -75,8 +113,12 @@ def _listed(calls: tuple[CallText, ...], limit: int | None) -> str:
     return "[calls " + ", ".join(f"{c.name}({args(c.arguments)})" for c in calls) + "]"
 
 
-def display_text(role: str, content: str, meta: Mapping[str, Any] | None) -> str:
-    """A turn as one text: its content, then its tool calls whole (``[calls name(args)]``)."""
+def display_text(
+    role: str, content: str, meta: Mapping[str, Any] | None, images: Images | None = None
+) -> str:
+    """A turn as one text: its content, its images' labels, then its tool calls whole
+    (``[calls name(args)]``)."""
+    content = with_image_labels(content, images)
     calls = calls_of(role, meta)
     if not calls:
         return content
@@ -84,9 +126,12 @@ def display_text(role: str, content: str, meta: Mapping[str, Any] | None) -> str
     return f"{content} {listed}" if content else listed
 
 
-def page_text(role: str, content: str, meta: Mapping[str, Any] | None) -> str:
+def page_text(
+    role: str, content: str, meta: Mapping[str, Any] | None, images: Images | None = None
+) -> str:
     """A turn as a page draws it: :func:`display_text` with each call's arguments cut with
     ``…`` past :data:`PAGE_ARGUMENT_CHARS` characters."""
+    content = with_image_labels(content, images)
     calls = calls_of(role, meta)
     if not calls:
         return content
@@ -94,12 +139,16 @@ def page_text(role: str, content: str, meta: Mapping[str, Any] | None) -> str:
     return f"{content} {listed}" if content else listed
 
 
-def cost_text(role: str, content: str, meta: Mapping[str, Any] | None) -> str:
-    """Everything a chat API is sent of a turn, as one string to count: the content, the
-    speaker's name, the tool calls in their wire form (id, name, the arguments as a JSON
-    string) and a tool result's label and call id. It bounds every form the adapters send
-    (a message with its tool calls, a labelled result, a transcript line) from above."""
+def cost_text(
+    role: str, content: str, meta: Mapping[str, Any] | None, images: Images | None = None
+) -> str:
+    """Everything a chat API is sent of a turn as text, as one string to count: the content,
+    its images' labels, the speaker's name, the tool calls in their wire form (id, name, the
+    arguments as a JSON string) and a tool result's label and call id. It bounds every text
+    form the adapters send (a message with its tool calls, a labelled result, a transcript
+    line) from above; images sent as images are counted by the target (see ``assemble``)."""
     m = meta if isinstance(meta, Mapping) else {}
+    content = with_image_labels(content, images)
     parts = [content]
     name = m.get("name")
     if role == "tool":

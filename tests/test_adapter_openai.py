@@ -33,7 +33,6 @@ from optical_memory.adapters.openai import (
 )
 
 FILLER = "The survey team logged the river gauge at dawn and again at dusk. " * 5
-PNG_DATA_URL = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()[:8]
 MESSAGE = TypeAdapter(ChatCompletionMessageParam)
 
 
@@ -319,7 +318,7 @@ def test_record_tool_calls_round_trip(sqlite_url: str) -> None:
             "role": "user",
             "content": [
                 {"type": "text", "text": "level at B7?"},
-                {"type": "image_url", "image_url": {"url": PNG_DATA_URL}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/b7.png"}},
             ],
         },
         {
@@ -345,7 +344,7 @@ def test_record_tool_calls_round_trip(sqlite_url: str) -> None:
     record_openai_messages(mm, "t", sent)
     turns = mm.turns("t")
     assert turns[0].content == "level at B7?"
-    assert turns[0].metadata["omitted_blocks"] == ["image_url"]
+    assert turns[0].metadata["omitted_blocks"] == ["image_url"]  # a remote image: not archived
     assert turns[1].metadata["tool_calls"][0] == {
         "id": "c1",
         "name": "gauge",

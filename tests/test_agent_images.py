@@ -1,4 +1,5 @@
-"""The newest user message's images reach the model unchanged, paid for from the budget."""
+"""The newest user message's images reach the model unchanged, paid for from the budget,
+and stay in the archive byte-exact."""
 
 from __future__ import annotations
 
@@ -43,9 +44,18 @@ def test_the_newest_user_image_reaches_the_model_unchanged(sqlite_url: str) -> N
     sent = model.received[-1]
     assert block in sent[-1].content  # exactly the block the user sent
     assert count_tokens_with_images(sent[1:], target="anthropic") <= budget  # image paid for
-    # the turn is archived as text (the image's type noted), and the next request is text only
+    # the image is archived with its turn, byte-exact; the next request shows it as a label
     stored = memory.turns("img")[-2]
     assert stored.content == "What is in this photo?"
-    assert stored.metadata["omitted_blocks"] == ["image"]
+    assert "omitted_blocks" not in stored.metadata
+    assert [a.data for a in stored.attachments] == [base64.b64decode(block["base64"])]
+    assert (stored.attachments[0].width, stored.attachments[0].height) == (600, 400)
     agent.invoke({"messages": [HumanMessage("Thanks.")]}, cfg)
-    assert not any(isinstance(m.content, list) and block in m.content for m in model.received[-1])
+    later = model.received[-1]
+    assert not any(isinstance(m.content, list) and block in m.content for m in later)
+    assert any("What is in this photo? [image 600×400 png]" in m.text for m in later)
+    assert memory.turns("img")[-4].attachments == stored.attachments  # still there
+    # graph state holds no image but the user's own (no page, no copy from the archive)
+    state = agent.get_state(cfg).values["messages"]
+    blocks = [b for m in state if isinstance(m.content, list) for b in m.content]
+    assert [b for b in blocks if b.get("type") in ("image", "image_url")] in ([], [block])

@@ -3,12 +3,15 @@ tokens, leaving no trace in the SQLite file or in any table."""
 
 from __future__ import annotations
 
+import io
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from helpers import make_history, raw_sqlite_bytes
+from PIL import Image, PngImagePlugin
 from sqlalchemy import make_url, text
 from workers.hardening import ThumbnailEncoder, row_counts
 
@@ -28,6 +31,46 @@ def _fill(mm: MemoryManager, sid: str, marker: str, n: int = 90) -> None:
             metadata=lambda i: {"note": f"{marker}-{i}"} if marker else {},
         ),
     )
+
+
+def _marked_png(marker: str, seed: int) -> bytes:
+    """A noisy PNG that carries ``marker`` in a text chunk: distinctive bytes to scan for."""
+    rnd = random.Random(seed)
+    im = Image.frombytes("RGB", (96, 64), bytes(rnd.randrange(256) for _ in range(96 * 64 * 3)))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("note", marker)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def test_forget_removes_a_turns_images_from_the_sqlite_file(sqlite_url: str) -> None:
+    marker = f"OMSECRET{uuid.uuid4().hex}"
+    path = Path(make_url(sqlite_url).database)
+    secret_png, kept_png = _marked_png(marker, 1), _marked_png("kept", 2)
+    with MemoryManager(sqlite_url) as mm:
+        mm.add_turns("kept", make_history(30, lambda i: f"kept {i} " + "words " * 30, T0))
+        mm.add_turn("kept", "user", "my cat", attachments=[kept_png])
+        mm.add_turns("secret", make_history(30, lambda i: f"secret {i} " + "words " * 30, T0))
+        mm.add_turn("secret", "user", "my passport", attachments=[secret_png])
+        mm.add_turn("secret", "user", "again", attachments=[secret_png])
+        mm.add_turn("kept", "user", "my dog", attachments=[_marked_png("dog", 3)])
+        assert not mm.age(now=LATER).errors
+        windows = _windows([secret_png], width=32, every=101)
+        assert len(windows) > 50
+        raw = raw_sqlite_bytes(path)
+        assert marker.encode() in raw  # the scan sees the image while it is there
+        seen = sum(w in raw for w in windows)  # (a few slices straddle overflow pages)
+        assert seen >= 0.9 * len(windows), f"scan found only {seen}/{len(windows)} windows"
+
+        assert mm.forget("secret") == 32
+        raw = raw_sqlite_bytes(path)
+        assert marker.encode() not in raw
+        left = [w for w in windows if w in raw]
+        assert not left, f"{len(left)} slices of the forgotten image remain in the file"
+        assert mm.turns("kept")[30].attachments[0].data == kept_png
+    raw = raw_sqlite_bytes(path)
+    assert marker.encode() not in raw and not [w for w in windows if w in raw]
 
 
 def _derived_blobs(mm: MemoryManager, sid: str) -> list[bytes]:
@@ -119,6 +162,7 @@ def test_forget_leaves_no_rows_on_postgresql(pg_url: str) -> None:
     with MemoryManager(pg_url, encoder=encoder) as mm:
         _fill(mm, "kept", "", n=60)
         _fill(mm, secret, marker, n=60)
+        mm.add_turn(secret, "user", "a scan", attachments=[_marked_png(marker, 1)])
         assert not mm.age(now=LATER, sessions=[secret]).errors
         encoder.marker = ""
         assert not mm.age(now=LATER).errors
@@ -135,11 +179,13 @@ def test_forget_leaves_no_rows_on_postgresql(pg_url: str) -> None:
         assert pids
         counts = row_counts(mm)
         assert counts["om_page_renditions"] and counts["om_visual_tokens"]
+        with mm.database.engine.connect() as conn:
+            assert conn.execute(text("SELECT COUNT(*) FROM om_attachments")).scalar_one() == 1
         tables = _om_tables(mm)
         assert set(counts) <= set(tables)
         assert _rows_mentioning(mm, tables, marker) > 0  # the scan sees the data while it is there
 
-        assert mm.forget(secret) == 60
+        assert mm.forget(secret) == 61
         with mm.database.engine.connect() as conn:
             q = conn.execute
             assert (
@@ -149,7 +195,7 @@ def test_forget_leaves_no_rows_on_postgresql(pg_url: str) -> None:
                 ).scalar_one()
                 == 0
             )
-            for table in ("om_turns", "om_pages"):
+            for table in ("om_turns", "om_pages", "om_attachments"):
                 assert (
                     q(
                         text(f"SELECT COUNT(*) FROM {table} WHERE session_id = :s"), {"s": sid}

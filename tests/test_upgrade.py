@@ -21,7 +21,7 @@ from optical_memory import (
     migrations,
 )
 from optical_memory.database import create_store_engine, normalise_url
-from optical_memory.store import BigId, LosslessText, UTCDateTime
+from optical_memory.store import AttachmentRow, BigId, LosslessText, UTCDateTime
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -400,6 +400,12 @@ def test_blobs_last_keeps_every_page_and_the_prompt(db_url: str) -> None:
     engine = create_store_engine(normalise_url(db_url))
     try:
         migrations.upgrade(engine, "0008")
+        # This code reads and writes a turn's images (0011: om_turns.attachments and
+        # om_attachments): the 0008 store has them while it is written through the manager,
+        # and loses them before the upgrade.
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE om_turns ADD COLUMN attachments JSON"))
+            AttachmentRow.__table__.create(conn)
     finally:
         engine.dispose()
     later = T0 + timedelta(days=3)
@@ -420,6 +426,9 @@ def test_blobs_last_keeps_every_page_and_the_prompt(db_url: str) -> None:
         before = row_counts(mm)
         with engine.connect() as conn:
             top = conn.execute(text("SELECT max(id) FROM om_pages")).scalar_one()
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE om_turns DROP COLUMN attachments"))
+            AttachmentRow.__table__.drop(conn)
     with MemoryManager(db_url, policy=AgingPolicy(min_fill=0)) as mm:  # migrates to head
         engine = mm.database.engine
         assert migrations.current_revision(engine) == migrations.head_revision()

@@ -76,4 +76,8 @@ def _blocks(m: FramedMessage) -> tuple[str, list[dict[str, Any]]]:
         return "assistant", blocks or [{"type": "text", "text": ""}]
     if m.role == "system":
         return "system", []
-    return "user", [{"type": "text", "text": m.content}]
+    user: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content else []
+    for a in m.images:  # the newest user turn's images, bytes exact
+        source = {"type": "base64", "media_type": a.media_type, "data": a.base64}
+        user.append({"type": "image", "source": source})
+    return "user", user or [{"type": "text", "text": ""}]
