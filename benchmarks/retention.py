@@ -322,7 +322,13 @@ def content_key(turns: Sequence[RenderTurn]) -> tuple:
 def render_turn(turn: Any) -> RenderTurn:
     """A stored turn as the aging pass renders it (same speaker label, same clock)."""
     return aging.render_turn(
-        SimpleNamespace(meta=turn.metadata, role=turn.role, at=turn.at, content=turn.content)
+        SimpleNamespace(
+            meta=turn.metadata,
+            role=turn.role,
+            at=turn.at,
+            content=turn.content,
+            attachments=turn.attachments,
+        )
     )
 
 

@@ -313,7 +313,9 @@ def expected_tiny(mm: MemoryManager, session: str, keep: set[int]) -> tuple[list
     turns = [t for t in mm.turns(session) if first.first_seq <= t.seq <= first.last_seq]
     rts = [
         render_turn(
-            SimpleNamespace(meta=t.metadata, role=t.role, at=t.at, content=t.content),
+            SimpleNamespace(
+                meta=t.metadata, role=t.role, at=t.at, content=t.content, attachments=()
+            ),
             keep_whole=t.seq in keep,
         )
         for t in turns
