@@ -36,6 +36,9 @@ def build_mcp(resolve: Resolve) -> MCPServer:
     """The MCP server; ``resolve(ctx)`` gives the memory (namespace) a tool call acts on."""
     server = MCPServer(
         "optical-memory",
+        # The SDK configures the root logger at this level: at its default (INFO) every
+        # upstream request of the proxy was logged (httpx, through rich), a few ms each.
+        log_level="WARNING",
         instructions=(
             "Long-term chat memory. remember stores a turn; get_context gives what to show the "
             "model (recent turns as text, older ones as page images); recall and read_span "
