@@ -318,7 +318,9 @@ def proxy_overhead(url: str, key: str, upstream: FakeUpstream, calls: int) -> di
     f = statistics.median(floor) * 1000
     return {
         "direct_p50_ms": d,
+        "direct_p99_ms": _pct(direct, 0.99) * 1000,
         "proxy_p50_ms": p,
+        "proxy_p99_ms": _pct(proxied, 0.99) * 1000,
         "added_p50_ms": p - d,
         "floor_p50_ms": f,
         "calls": calls,
@@ -346,21 +348,25 @@ def bench(db: str, label: str, args: argparse.Namespace) -> None:
         key = create_key(db, "bench")
         serve_args = ["--upstream", upstream.url, "--workers", str(args.workers)]
         with ServiceProcess(db, *serve_args, "--age-every", "0") as svc:
-            result = load(svc.url, key, args.clients, args.requests)
+            if not args.proxy_only:
+                result = load(svc.url, key, args.clients, args.requests)
+                print(
+                    f"{label}: {result['clients']} clients x {result['requests']} "
+                    f"add-and-assemble rounds: p50 {result['p50_ms']:.1f} ms, p99 "
+                    f"{result['p99_ms']:.1f} ms, {result['rounds_per_s']:.0f} rounds/s, "
+                    f"errors {result['errors']}, turns lost {result['turns_lost']}",
+                    flush=True,
+                )
+                for e in result["first_errors"]:
+                    print(f"  error: {e}")
             over = proxy_overhead(svc.url, key, upstream, args.proxy_calls)
     print(
-        f"{label}: {result['clients']} clients x {result['requests']} add-and-assemble rounds: "
-        f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-        f"{result['rounds_per_s']:.0f} rounds/s, errors {result['errors']}, "
-        f"turns lost {result['turns_lost']}"
-    )
-    for e in result["first_errors"]:
-        print(f"  error: {e}")
-    print(
         f"{label}: proxy over {over['calls']} calls: upstream direct p50 "
-        f"{over['direct_p50_ms']:.1f} ms, through the proxy p50 {over['proxy_p50_ms']:.1f} ms: "
-        f"added {over['added_p50_ms']:.1f} ms (goal <= 10 ms); the service's floor (an "
-        f"authenticated 404, no store work) p50 {over['floor_p50_ms']:.1f} ms"
+        f"{over['direct_p50_ms']:.1f} ms (p99 {over['direct_p99_ms']:.1f}), through the proxy "
+        f"p50 {over['proxy_p50_ms']:.1f} ms (p99 {over['proxy_p99_ms']:.1f}): added "
+        f"{over['added_p50_ms']:.1f} ms (goal <= 10 ms); the service's floor (an "
+        f"authenticated 404, no store work) p50 {over['floor_p50_ms']:.1f} ms",
+        flush=True,
     )
 
 
@@ -372,6 +378,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--proxy-calls", type=int, default=40)
     parser.add_argument("--pg-url", default=os.environ.get("OPTICAL_MEMORY_TEST_PG_URL"))
     parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument(
+        "--proxy-only", action="store_true", help="skip the load; measure the proxy alone"
+    )
     args = parser.parse_args(argv)
     if not args.no_sqlite:
         with tempfile.TemporaryDirectory() as tmp:

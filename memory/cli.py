@@ -670,6 +670,9 @@ def serve(
         float, typer.Option(help="Seconds between aging passes (0: no scheduler).")
     ] = 300.0,
     max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 4 << 20,
+    key_cache_seconds: Annotated[
+        float, typer.Option(help="How long a revoked key may still be served (0: none).")
+    ] = 5.0,
 ) -> None:
     """Serve the memory over HTTP: the /v1 API, the OpenAI-compatible proxy, MCP at /mcp and
     the web view at /web, with the aging scheduler running inside."""
@@ -693,6 +696,7 @@ def serve(
         target=target,
         age_every=age_every,
         max_body_bytes=max_body_bytes,
+        key_cache_seconds=key_cache_seconds,
     ).check()
     with _memory(url, target) as mm:  # migrates once, before any worker starts
         if config.auth and not service.keys.has_active_keys(mm):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ def create_key(db: str, owner: str) -> str:
 pytestmark = pytest.mark.slow  # one uvicorn process for the module, a few seconds to start
 
 LIMIT = 64 * 1024  # the module's service refuses bodies over this
+KEY_CACHE = 0.5  # seconds the module's service remembers a key's owner
 
 
 @dataclass
@@ -64,7 +66,10 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Svc]:
     db = f"sqlite:///{file}"
     keys = {owner: create_key(db, owner) for owner in ("alice", "bob", "carol")}
     with FakeUpstream() as upstream:
-        args = ["--upstream", upstream.url, "--max-body-bytes", str(LIMIT), "--age-every", "3600"]
+        args = [
+            *("--upstream", upstream.url, "--max-body-bytes", str(LIMIT)),
+            *("--age-every", "3600", "--key-cache-seconds", str(KEY_CACHE)),
+        ]
         with ServiceProcess(db, *args) as proc:
             yield Svc(proc.url, db, file, keys, upstream)
 
@@ -110,12 +115,42 @@ def test_requests_without_a_valid_key_get_401_and_revoked_keys_are_refused(svc: 
             ).status_code
             == 201
         )
+        assert carol.get(f"/v1/sessions/{sid}/turns").status_code == 200  # the key is cached
         revoked = cli("keys", "revoke", svc.keys["carol"][:10], "--db", svc.db)
         assert revoked.exit_code == 0, revoked.output
-        r = carol.get(f"/v1/sessions/{sid}/turns")
+        # refused once the service's memory of the key (KEY_CACHE seconds) runs out
+        deadline = time.monotonic() + KEY_CACHE + 30
+        while (r := carol.get(f"/v1/sessions/{sid}/turns")).status_code == 200:
+            assert time.monotonic() < deadline, "a revoked key was still served"
+            time.sleep(0.05)
         assert r.status_code == 401 and r.json()["error"]["type"] == "NotSignedIn"
         r = carol.post("/v1/chat/completions", json={"model": "m", "messages": [], "user": sid})
         assert r.status_code == 401
+
+
+def test_the_key_is_checked_before_the_body_is_read(svc: Svc) -> None:
+    """Without a valid key, a malformed, wrong-shaped or oversized body gets 401, not 400,
+    413 or 422: nobody learns what the service would make of a body they may not send."""
+    sid = _sid()
+    bad_bodies = [b'{"model": "m", "messages": ', b"[1, 2]", b"x" * (LIMIT + 1)]
+    with httpx.Client(base_url=svc.url, timeout=30) as anon:
+        for auth in ({}, {"authorization": "Bearer om_not-a-key"}):
+            for path in ("/v1/chat/completions", f"/v1/sessions/{sid}/turns"):
+                for body in bad_bodies:
+                    r = anon.post(
+                        path, content=body, headers={**auth, "content-type": "application/json"}
+                    )
+                    assert r.status_code == 401, (path, body[:20], r.text)
+                    assert r.json()["error"]["type"] == "NotSignedIn"
+                    assert r.headers["www-authenticate"] == "Bearer"
+    with svc.client("alice") as alice:  # with a key, the same bodies get their own answers
+        r = alice.post(
+            "/v1/chat/completions",
+            content=bad_bodies[0],
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 422 and r.json()["error"]["type"] == "InvalidInput"
+        assert alice.get(f"/v1/sessions/{sid}/turns").status_code == 404  # nothing written
 
 
 # -- owners are namespaces -----------------------------------------------------------------------
@@ -153,39 +188,102 @@ def test_another_owners_session_is_404_on_every_endpoint(svc: Svc) -> None:
 
 
 def test_two_owners_with_the_same_session_id_stay_apart(svc: Svc) -> None:
-    """Needs owner namespaces (issue 18, point 1) in the store."""
+    """Two fresh owners write the same session id; each sees only its own through every
+    endpoint: the API, the aging and checking of pages, the web view and the proxy."""
     sid = _sid()
-    with svc.client("alice") as alice, svc.client("bob") as bob:
-        r = alice.post(
-            f"/v1/sessions/{sid}/turns", json={"role": "user", "content": "alice's boat is red"}
-        )
-        assert r.status_code == 201
-        r = bob.post(
-            f"/v1/sessions/{sid}/turns", json={"role": "user", "content": "bob's boat is blue"}
-        )
-        assert r.status_code == 201, r.text
-        for who, mine, theirs in [(alice, "red", "blue"), (bob, "blue", "red")]:
-            turns = who.get(f"/v1/sessions/{sid}/turns").json()["turns"]
-            assert [t["content"].split()[-1] for t in turns] == [mine]
-            span = who.get(f"/v1/sessions/{sid}/span", params={"first_turn": 1, "last_turn": 1})
-            assert theirs not in span.text
-            assert theirs not in who.get(f"/v1/sessions/{sid}/recall", params={"cue": "boat"}).text
-            ctx = who.get(f"/v1/sessions/{sid}/context", params={"format": "openai"}).json()
-            assert mine in str(ctx) and theirs not in str(ctx)
-        for who, colour in ((alice, "red"), (bob, "blue")):  # and through the proxy
+    run = uuid.uuid4().hex[:6]
+    owners = {"vermilion": f"dora-{run}", "cerulean": f"eve-{run}"}  # words found nowhere else
+    keys = {colour: create_key(svc.db, owner) for colour, owner in owners.items()}
+    old = datetime.now(UTC) - timedelta(days=3)
+
+    def history(colour: str, n: int) -> list[dict[str, str]]:
+        return [
+            {
+                "role": "user" if i % 2 == 0 else "assistant",
+                "content": f"turn {i}: the {colour} boat sails from the harbour. " * 12,
+                "at": (old + timedelta(minutes=i)).isoformat(),
+            }
+            for i in range(n)
+        ]
+
+    sizes = {"vermilion": 40, "cerulean": 44}  # the counts tell the two sessions apart
+    clients = {
+        c: httpx.Client(base_url=svc.url, headers={"authorization": f"Bearer {k}"}, timeout=60)
+        for c, k in keys.items()
+    }
+    try:
+        red, blue = clients["vermilion"], clients["cerulean"]
+        for colour, c in clients.items():
+            r = c.post(f"/v1/sessions/{sid}/turns", json={"turns": history(colour, sizes[colour])})
+            assert r.status_code == 201, r.text
+        aged = red.post("/v1/age", json={}).json()  # one owner's pass ages its own sessions only
+        assert aged["pages_created"] > 0
+        assert blue.get(f"/v1/sessions/{sid}/pages").json()["pages"] == []
+        assert blue.post("/v1/age", json={}).json()["pages_created"] > 0
+        pages = {
+            c: cl.get(f"/v1/sessions/{sid}/pages").json()["pages"] for c, cl in clients.items()
+        }
+        ids = {c: {p["page_id"] for p in ps} for c, ps in pages.items()}
+        assert ids["vermilion"] and ids["cerulean"] and not ids["vermilion"] & ids["cerulean"]
+        for colour, c in clients.items():
+            other = "cerulean" if colour == "vermilion" else "vermilion"
+            listed = c.get("/v1/sessions").json()["sessions"]
+            assert [(s["session_id"], s["owner"], s["turns"]) for s in listed] == [
+                (sid, owners[colour], sizes[colour])
+            ]
+            reads = [
+                c.get(f"/v1/sessions/{sid}/turns"),
+                c.get(f"/v1/sessions/{sid}/span", params={"first_turn": 1, "last_turn": 40}),
+                c.get(f"/v1/sessions/{sid}/recall", params={"cue": f"{other} boat harbour"}),
+                c.get(f"/v1/sessions/{sid}/context", params={"format": "json"}),
+                c.get(f"/v1/sessions/{sid}/context", params={"format": "openai"}),
+                c.get(f"/v1/sessions/{sid}/context", params={"format": "anthropic"}),
+            ]
+            for r in reads:
+                assert r.status_code == 200 and colour in r.text and other not in r.text, r.url
+            assert len(reads[0].json()["turns"]) == sizes[colour]
+            assert reads[2].json()["turns"]  # the cue's other words still find its own turns
+            mine, theirs = min(ids[colour]), min(ids[other])
+            img = c.get(f"/v1/sessions/{sid}/pages/{mine}/image")
+            assert img.status_code == 200 and img.content[:4] == b"\x89PNG"
+            r = c.get(f"/v1/sessions/{sid}/pages/{theirs}/image")  # same session id, not its page
+            assert r.status_code == 404 and r.json()["error"]["type"] == "UnknownPage"
+            checked = c.post("/v1/verify", json={"repair": False}).json()
+            assert checked["pages_checked"] == len(pages[colour]) and checked["problems"] == []
+            # the web view, signed in with the owner's key as its cookie
+            web = httpx.Client(base_url=svc.url, cookies={"om_key": keys[colour]}, timeout=60)
+            with web:
+                listing = web.get("/web")
+                assert listing.status_code == 200 and f">{sizes[colour]}<" in listing.text
+                shown = web.get(f"/web/sessions/{sid}")
+                assert f"data-page-id='{mine}'" in shown.text
+                assert f"data-page-id='{theirs}'" not in shown.text
+                page = web.get(f"/web/sessions/{sid}/pages/{mine}")
+                assert colour in page.text and other not in page.text
+                assert "no page" in web.get(f"/web/sessions/{sid}/pages/{theirs}").text
+                assert web.get(f"/web/sessions/{sid}/pages/{theirs}/image").status_code == 404
+                prompt = web.get(f"/web/sessions/{sid}/prompt", params={"budget": 8000})
+                assert colour in prompt.text and other not in prompt.text
+            # and through the proxy: what goes upstream is this owner's memory only
             question = {"role": "user", "content": f"What colour is my boat? ({colour})"}
-            r = who.post(
+            r = c.post(
                 "/v1/chat/completions", json={"model": "m", "messages": [question], "user": sid}
             )
             assert r.status_code == 200, r.text
-            sent = svc.upstream.received[-1]["messages"]
-            assert colour in str(sent) and ("blue" if colour == "red" else "red") not in str(sent)
-        assert alice.delete(f"/v1/sessions/{sid}").json()["turns_deleted"] == 3
-        assert [t["content"] for t in bob.get(f"/v1/sessions/{sid}/turns").json()["turns"]] == [
-            "bob's boat is blue",
-            "What colour is my boat? (blue)",
-            svc.upstream.reply,
+            sent = str(svc.upstream.received[-1]["messages"])
+            assert colour in sent and other not in sent
+        deleted = red.delete(f"/v1/sessions/{sid}").json()["turns_deleted"]
+        assert deleted == sizes["vermilion"] + 2  # its history, the question and the reply
+        assert red.get(f"/v1/sessions/{sid}/turns").status_code == 404
+        left = blue.get(f"/v1/sessions/{sid}/turns").json()["turns"]
+        assert len(left) == sizes["cerulean"] + 2 and left[-2]["content"].endswith("(cerulean)")
+        assert left[-1]["content"] == svc.upstream.reply
+        assert [p["page_id"] for p in blue.get(f"/v1/sessions/{sid}/pages").json()["pages"]] == [
+            p["page_id"] for p in pages["cerulean"]
         ]
+    finally:
+        for c in clients.values():
+            c.close()
 
 
 # -- bad input -------------------------------------------------------------------------------

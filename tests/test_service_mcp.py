@@ -72,19 +72,35 @@ async def test_stdio_tools_remember_recall_read_assemble_and_forget(tmp_path: Pa
 
 
 async def test_stdio_two_owners_with_the_same_session_id_stay_apart(tmp_path: Path) -> None:
-    """Needs owner namespaces (issue 18, point 1) in the store."""
+    """Each of the five tools, called by two owners on the same session id, acts on that
+    owner's session only; forgetting one leaves the other whole."""
     db = f"sqlite:///{tmp_path / 'mcp.db'}"
     async with Client(_stdio(db, "alice")) as alice, Client(_stdio(db, "bob")) as bob:
         clients = {"alice": alice, "bob": bob}
+        said = {"alice": ["I am alice.", "alice rows"], "bob": ["I am bob.", "bob sails", "ok"]}
         for owner, client in clients.items():
-            args = {"session_id": "chat-1", "role": "user", "content": f"I am {owner}."}
-            r = await client.call_tool("remember", args)
-            assert not r.is_error, _texts(r)
+            for text in said[owner]:
+                args = {"session_id": "chat-1", "role": "user", "content": text}
+                r = await client.call_tool("remember", args)
+                assert not r.is_error, _texts(r)
         for (owner, client), other in zip(clients.items(), ("bob", "alice"), strict=True):
             r = await client.call_tool("get_context", {"session_id": "chat-1"})
-            assert _texts(r) == [f"user: I am {owner}."]
+            assert _texts(r) == [f"user: {t}" for t in said[owner]]
             r = await client.call_tool("recall", {"session_id": "chat-1", "query": other})
-            assert f"I am {other}" not in _texts(r)[0]
+            assert "nothing found" in _texts(r)[0] and f"I am {other}" not in _texts(r)[0]
+            r = await client.call_tool("recall", {"session_id": "chat-1", "query": owner})
+            assert f"I am {owner}." in _texts(r)[0]
+            span = {"session_id": "chat-1", "first_turn": 1, "last_turn": len(said[owner])}
+            text = _texts(await client.call_tool("read_span", span))[0]
+            assert all(t in text for t in said[owner]) and other not in text
+        r = await alice.call_tool("forget", {"session_id": "chat-1"})
+        assert _texts(r) == ["forgot session chat-1: 2 turns"]
+        r = await alice.call_tool("get_context", {"session_id": "chat-1"})
+        assert r.is_error and "UnknownSession" in _texts(r)[0]
+        r = await bob.call_tool("get_context", {"session_id": "chat-1"})
+        assert _texts(r) == [f"user: {t}" for t in said["bob"]]
+    with MemoryManager(db) as mm:
+        assert [t.content for t in mm.scoped("bob").turns("chat-1")] == said["bob"]
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +137,15 @@ async def test_streamable_http_tools_act_for_the_keys_owner(
     async with _http(url, keys["bob"]) as bob:
         r = await bob.call_tool("get_context", {"session_id": sid})
         assert r.is_error and "UnknownSession" in _texts(r)[0]
+        args = {"session_id": sid, "role": "user", "content": "Bob's code is 9021."}
+        assert not (await bob.call_tool("remember", args)).is_error  # the same id, his own
+        r = await bob.call_tool("get_context", {"session_id": sid})
+        assert _texts(r) == ["user: Bob's code is 9021."]
+        r = await bob.call_tool("recall", {"session_id": sid, "query": "code"})
+        assert "9021" in _texts(r)[0] and "4417" not in _texts(r)[0]
+    async with _http(url, keys["alice"]) as alice:
+        r = await alice.call_tool("get_context", {"session_id": sid})
+        assert _texts(r) == ["user: Alice's code is 4417."]
     async with _http(url, "om_wrong") as stranger:
         r = await stranger.call_tool("get_context", {"session_id": sid})
         assert r.is_error and "NotSignedIn" in _texts(r)[0]

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from optical_memory.errors import MissingExtra
 
 try:
+    import anyio
     import httpx  # noqa: F401
     import mcp  # noqa: F401
     import uvicorn  # noqa: F401
@@ -32,14 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from optical_memory import InvalidInput, MemoryManager, OpticalMemoryError, Turn
 
 from .config import ServiceConfig
-from .errors import BodyTooLarge, describe, error_body, status_of
+from .errors import BodyTooLarge, describe, error_body, headers_of, status_of
 from .formats import CONTEXT_FORMATS, context_as
-from .keys import NotSignedIn, owner_of_key
+from .keys import KeyCache, NotSignedIn
 
-__all__ = ["SESSION_COOKIE", "Service", "app_from_env", "create_app"]
+__all__ = ["OWNER_SCOPE_KEY", "SESSION_COOKIE", "KeyCheck", "Service", "app_from_env", "create_app"]
 
 SESSION_COOKIE = "om_key"
 """The web view's sign-in cookie (HttpOnly): the key itself, accepted on ``/web`` pages only."""
+OWNER_SCOPE_KEY = "optical_memory.owner"
+"""Where :class:`KeyCheck` leaves the owner a request acts for, in its ASGI scope."""
 
 
 class Service:
@@ -50,6 +53,7 @@ class Service:
         self.config = config
         self._views: dict[str | None, MemoryManager] = {}
         self._guard = threading.Lock()
+        self.keys = KeyCache(memory, config.key_cache_seconds)
 
     def view(self, owner: str | None) -> MemoryManager:
         """The memory inside ``owner``'s namespace (one view per owner, reused)."""
@@ -71,7 +75,22 @@ class Service:
         """The owner an API key acts for (the configured owner when auth is off)."""
         if not self.config.auth:
             return self.config.owner
-        owner = owner_of_key(self.memory, key) if key else None
+        return self._signed_in(key, self.keys.owner(key) if key else None)
+
+    async def resolve(self, key: str | None) -> str | None:
+        """:meth:`owner_for` without blocking the event loop: a key seen lately is answered
+        from memory, another is looked up in a worker thread."""
+        if not self.config.auth:
+            return self.config.owner
+        if not key:
+            return self._signed_in(key, None)
+        owner = self.keys.cached(key)
+        if owner is None:
+            owner = await anyio.to_thread.run_sync(self.keys.owner, key)
+        return self._signed_in(key, owner)
+
+    @staticmethod
+    def _signed_in(key: str | None, owner: str | None) -> str:
         if owner is None:
             raise NotSignedIn(
                 "send Authorization: Bearer KEY with a valid key"
@@ -91,10 +110,17 @@ def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
+def owner_in(request: Request) -> str | None:
+    """The owner a request acts for: as :class:`KeyCheck` found it before the body was read
+    (else checked now)."""
+    if OWNER_SCOPE_KEY in request.scope:
+        return request.scope[OWNER_SCOPE_KEY]
+    return service_of(request).owner_of(request)
+
+
 def memory_of(request: Request) -> MemoryManager:
     """FastAPI dependency: the caller's namespace."""
-    svc = service_of(request)
-    return svc.view(svc.owner_of(request))
+    return service_of(request).view(owner_in(request))
 
 
 Memory = Annotated[MemoryManager, Depends(memory_of)]
@@ -188,6 +214,34 @@ class BodyLimit:
                 raise
 
 
+class KeyCheck:
+    """ASGI middleware: every ``/v1`` request but ``/v1/health`` is signed in first, before
+    anything reads its body, so a request without a valid key gets 401 whatever it sends
+    (not 400/422 for a body it had no right to send). The owner goes into the scope
+    (:data:`OWNER_SCOPE_KEY`)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path.startswith("/v1/") or path == "/v1/health":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            owner = await self.service.resolve(bearer(headers))
+        except OpticalMemoryError as exc:  # NotSignedIn, or the store is unavailable
+            response = JSONResponse(
+                describe(exc), status_code=status_of(exc), headers=headers_of(exc)
+            )
+            await response(scope, receive, send)
+            return
+        scope[OWNER_SCOPE_KEY] = owner
+        await self.app(scope, receive, send)
+
+
 def _too_large(limit: int) -> JSONResponse:
     msg = f"request body over the service's limit of {limit:,} bytes; send less a request"
     return JSONResponse(error_body("BodyTooLarge", msg), status_code=413)
@@ -195,8 +249,7 @@ def _too_large(limit: int) -> JSONResponse:
 
 async def _library_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OpticalMemoryError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotSignedIn) else None
-    return JSONResponse(describe(exc), status_code=status_of(exc), headers=headers)
+    return JSONResponse(describe(exc), status_code=status_of(exc), headers=headers_of(exc))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -253,6 +306,7 @@ def create_app(
     app.add_exception_handler(OpticalMemoryError, _library_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(KeyCheck, service=service)  # outermost: before the body limit too
     _add_routes(app)
     add_proxy(app, service)
     add_web(app, service)

@@ -28,6 +28,8 @@ class ServiceConfig:
     ``upstream_api_key``; ``budget``/``target``: the proxy's defaults, overridden per request
     by the ``X-Memory-Budget``/``X-Memory-Target`` headers. ``age_every``: seconds between the
     scheduler's aging passes (0: no scheduler). ``max_body_bytes``: larger requests get 413.
+    ``key_cache_seconds``: how long a process remembers which owner a key acts for (a revoked
+    key is refused at the latest this long after ``keys revoke``; 0: look up every request).
     """
 
     db: str | None = None
@@ -40,6 +42,7 @@ class ServiceConfig:
     target: str = "deepseek-ocr"
     age_every: float = 300.0
     max_body_bytes: int = 4 * 1024 * 1024
+    key_cache_seconds: float = 5.0
 
     def check(self) -> ServiceConfig:
         """Refuse settings that would expose an open memory or make no sense."""
@@ -48,8 +51,10 @@ class ServiceConfig:
                 f"refusing to serve without API keys on {self.host}: bind to 127.0.0.1, or "
                 "create a key with `optical-memory keys create --owner NAME`"
             )
-        if self.budget <= 0 or self.max_body_bytes <= 0 or self.age_every < 0:
-            raise InvalidConfiguration("budget and max body size must be positive, age_every >= 0")
+        if self.budget <= 0 or self.max_body_bytes <= 0:
+            raise InvalidConfiguration("budget and max body size must be positive")
+        if self.age_every < 0 or self.key_cache_seconds < 0:
+            raise InvalidConfiguration("age_every and key_cache_seconds must be >= 0")
         return self
 
     def to_env(self) -> dict[str, str]:

@@ -22,7 +22,7 @@ from optical_memory import (
 
 from .keys import NotSignedIn, UnknownApiKey
 
-__all__ = ["BodyTooLarge", "describe", "error_body", "status_of"]
+__all__ = ["BodyTooLarge", "describe", "error_body", "headers_of", "status_of"]
 
 
 class BodyTooLarge(InvalidInput):
@@ -44,8 +44,16 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (DatabaseUnavailable, 503),
     (StoreReadOnly, 503),
     (StoreFull, 507),
-    (ForgetIncomplete, 500),
+    (ForgetIncomplete, 503),
 ]
+_RETRY_AFTER: list[tuple[type[BaseException], int]] = [(StoreBusy, 1), (ForgetIncomplete, 10)]
+"""Seconds to wait before trying again, sent as ``Retry-After`` with the 503."""
+_HTTP_HINTS: dict[type[BaseException], str] = {
+    ForgetIncomplete: (
+        " Over HTTP: the session is deleted already (a DELETE again answers 404); the "
+        "service's next write, or its next start, finishes the purge."
+    ),
+}
 
 
 def status_of(exc: BaseException) -> int:
@@ -56,11 +64,27 @@ def status_of(exc: BaseException) -> int:
     return 500
 
 
+def headers_of(exc: BaseException) -> dict[str, str] | None:
+    """The headers an error's answer carries: ``WWW-Authenticate`` with a 401,
+    ``Retry-After`` where trying again later helps."""
+    if isinstance(exc, NotSignedIn):
+        return {"WWW-Authenticate": "Bearer"}
+    for cls, seconds in _RETRY_AFTER:
+        if isinstance(exc, cls):
+            return {"Retry-After": str(seconds)}
+    return None
+
+
 def error_body(name: str, message: str) -> dict[str, Any]:
     """``{"error": {"type": "UnknownSession", "message": "…"}}``."""
     return {"error": {"type": name, "message": message}}
 
 
 def describe(exc: OpticalMemoryError) -> dict[str, Any]:
+    """The JSON body of a library error: its class name and message (and what it means over
+    HTTP, where the library's advice names a Python call)."""
     message = str(exc.args[0]) if isinstance(exc, LookupError) and exc.args else str(exc)
+    for cls, hint in _HTTP_HINTS.items():
+        if isinstance(exc, cls):
+            message += hint
     return error_body(type(exc).__name__, message)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,6 +26,7 @@ __all__ = [
     "KEY_PREFIX",
     "NotSignedIn",
     "ApiKeyInfo",
+    "KeyCache",
     "UnknownApiKey",
     "create_key",
     "has_active_keys",
@@ -125,6 +130,56 @@ def owner_of_key(memory: MemoryManager, key: str) -> str | None:
             )
         ).first()
         return row.owner if row is not None else None
+
+
+class KeyCache:
+    """Which owner an API key acts for, remembered for ``ttl`` seconds per key, so a request
+    with a key seen lately costs no database query. A revoked key is refused at the latest
+    ``ttl`` seconds after ``keys revoke`` (from another process too); unknown and revoked
+    keys are never remembered, so a key just created works at once. ``ttl`` 0: ask the
+    database on every request. Keys are held by their hash, as in the table."""
+
+    def __init__(
+        self,
+        memory: MemoryManager,
+        ttl: float,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.memory = memory
+        self.ttl = ttl
+        self.max_keys = max_keys
+        self._clock = clock
+        self._known: OrderedDict[str, tuple[str, float]] = OrderedDict()  # hash -> owner, until
+        self._guard = threading.Lock()
+
+    def cached(self, key: str) -> str | None:
+        """The owner remembered for ``key``, or None (never seen, expired, or ttl 0): then
+        :meth:`owner` asks the database. Never blocks on the database."""
+        digest = _hash(key)
+        with self._guard:
+            hit = self._known.get(digest)
+            if hit is None:
+                return None
+            if self._clock() >= hit[1]:
+                del self._known[digest]
+                return None
+            return hit[0]
+
+    def owner(self, key: str) -> str | None:
+        """The owner an active key is bound to (remembered, or read and then remembered), or
+        None for an unknown or revoked key."""
+        owner = self.cached(key)
+        if owner is not None:
+            return owner
+        owner = owner_of_key(self.memory, key)
+        if owner is not None and self.ttl > 0:
+            with self._guard:
+                self._known[_hash(key)] = (owner, self._clock() + self.ttl)
+                while len(self._known) > self.max_keys:
+                    self._known.popitem(last=False)  # the oldest entry
+        return owner
 
 
 def has_active_keys(memory: MemoryManager) -> bool:

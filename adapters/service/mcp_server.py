@@ -36,6 +36,9 @@ def build_mcp(resolve: Resolve) -> MCPServer:
     """The MCP server; ``resolve(ctx)`` gives the memory (namespace) a tool call acts on."""
     server = MCPServer(
         "optical-memory",
+        # The SDK configures the root logger at this level: at its default (INFO) every
+        # upstream request of the proxy was logged (httpx, through rich), a few ms each.
+        log_level="WARNING",
         instructions=(
             "Long-term chat memory. remember stores a turn; get_context gives what to show the "
             "model (recent turns as text, older ones as page images); recall and read_span "
@@ -44,9 +47,8 @@ def build_mcp(resolve: Resolve) -> MCPServer:
     )
 
     async def run(ctx: Context, fn: Callable[[MemoryManager], Any]) -> Any:
-        try:
-            memory = resolve(ctx)
-            return await anyio.to_thread.run_sync(fn, memory)
+        try:  # one thread hop: the key's lookup (when not remembered) and the work
+            return await anyio.to_thread.run_sync(lambda: fn(resolve(ctx)))
         except OpticalMemoryError as exc:  # the model reads the error's name and message
             message = str(exc.args[0]) if isinstance(exc, LookupError) and exc.args else str(exc)
             raise ToolError(f"{type(exc).__name__}: {message}") from None

@@ -18,7 +18,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
@@ -27,13 +27,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from optical_memory import InvalidBudget, InvalidInput, MemoryManager
 from optical_memory.errors import InvalidConfiguration
 
-from ..openai import newest_user_text, record_openai_messages, to_openai_messages
+from ..openai import (
+    newest_user_text,
+    openai_message_to_turn,
+    record_openai_messages,
+    to_openai_messages,
+)
+from .app import Service, owner_in
 from .errors import error_body
 
-if TYPE_CHECKING:
-    from .app import Service
-
-__all__ = ["SESSION_HEADER", "StreamedReply", "add_proxy", "prepare_messages"]
+__all__ = ["SESSION_HEADER", "StreamedReply", "add_proxy", "prepare_messages", "store_reply"]
 
 SESSION_HEADER = "x-memory-session"
 BUDGET_HEADER = "x-memory-budget"
@@ -141,11 +144,12 @@ def add_proxy(app: FastAPI, service: Service) -> None:
         mm: MemoryManager, session_id: str, reply: dict[str, Any] | None
     ) -> None:
         if reply is not None:
-            await asyncio.to_thread(record_openai_messages, mm, session_id, [reply])
+            await asyncio.to_thread(store_reply, mm, session_id, reply)
 
     @app.post("/v1/chat/completions", tags=["proxy"])
     async def chat_completions(request: Request) -> Response:
         """OpenAI chat completions, with the history replaced by the assembled memory."""
+        mm = service.view(owner_in(request))  # signed in before the body is read (KeyCheck)
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -164,23 +168,31 @@ def add_proxy(app: FastAPI, service: Service) -> None:
             )
         budget = _int_header(request, BUDGET_HEADER, config.budget)
         target = request.headers.get(TARGET_HEADER) or config.target
-
-        def prepare() -> tuple[MemoryManager, list[dict[str, Any]]]:  # one thread hop
-            mm = service.view(service.owner_of(request))
-            return mm, prepare_messages(mm, session_id, body["messages"], budget, target)
-
-        mm, messages = await asyncio.to_thread(prepare)
-        forward = {**body, "messages": messages}
+        # One thread hop stores what is new and assembles (two short transactions).
+        body["messages"] = await asyncio.to_thread(
+            prepare_messages, mm, session_id, body["messages"], budget, target
+        )
         headers = {"content-type": "application/json"}
         if config.upstream_api_key:
             headers["authorization"] = f"Bearer {config.upstream_api_key}"
         url = config.upstream_url.rstrip("/") + "/chat/completions"
         client = holder["client"]
         try:
-            return await _forward(client, url, forward, headers, mm, session_id, record_reply)
+            return await _forward(client, url, body, headers, mm, session_id, record_reply)
         except httpx.HTTPError as exc:  # the turns are stored; the upstream did not answer
-            message = f"the upstream {config.upstream_url} did not answer: {type(exc).__name__}"
+            message = (
+                f"the upstream {config.upstream_url} did not answer ({type(exc).__name__}); "
+                "the conversation is stored, and sending it again stores nothing twice"
+            )
             return JSONResponse(error_body("UpstreamUnavailable", message), status_code=502)
+
+
+def store_reply(memory: MemoryManager, session_id: str, reply: dict[str, Any]) -> None:
+    """Append the upstream's reply: it is new by construction, so it is added as one turn
+    without first reading what is stored (the next request's look at the session sees it)."""
+    turn = openai_message_to_turn({**reply, "role": reply.get("role") or "assistant"})
+    if turn is not None:
+        memory.add_turns(session_id, [turn])
 
 
 async def _forward(
