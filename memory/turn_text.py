@@ -118,12 +118,7 @@ def display_text(
 ) -> str:
     """A turn as one text: its content, its images' labels, then its tool calls whole
     (``[calls name(args)]``)."""
-    content = with_image_labels(content, images)
-    calls = calls_of(role, meta)
-    if not calls:
-        return content
-    listed = _listed(calls, None)
-    return f"{content} {listed}" if content else listed
+    return _with_calls(role, content, meta, images, None)
 
 
 def page_text(
@@ -131,11 +126,22 @@ def page_text(
 ) -> str:
     """A turn as a page draws it: :func:`display_text` with each call's arguments cut with
     ``…`` past :data:`PAGE_ARGUMENT_CHARS` characters."""
+    return _with_calls(role, content, meta, images, PAGE_ARGUMENT_CHARS)
+
+
+def _with_calls(
+    role: str,
+    content: str,
+    meta: Mapping[str, Any] | None,
+    images: Images | None,
+    cut: int | None,
+) -> str:
+    """The content, its images' labels and its tool calls (arguments cut past ``cut``)."""
     content = with_image_labels(content, images)
     calls = calls_of(role, meta)
     if not calls:
         return content
-    listed = _listed(calls, PAGE_ARGUMENT_CHARS)
+    listed = _listed(calls, cut)
     return f"{content} {listed}" if content else listed
 
 

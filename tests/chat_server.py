@@ -22,9 +22,9 @@ class RecordingChatServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "body": body})
-                data = json.dumps(outer.completion(body)).encode()
-                self.send_response(200)
+                status, answer = outer.answer(self.path, body)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -39,6 +39,11 @@ class RecordingChatServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Record the request and answer it (a subclass may check or script the answer)."""
+        self.requests.append({"path": path, "body": body})
+        return 200, self.completion(body)
 
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         n = len(self.requests)

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import threading
 import types
 import typing
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import openai
 import pytest
 import typing_extensions
+from chat_server import RecordingChatServer
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import TypeAdapter
 
@@ -104,35 +102,15 @@ def check_messages(messages: list[dict[str, Any]]) -> None:
 # -- a local chat-completions server -------------------------------------------------------------
 
 
-class FakeServer:
-    """Checks each request's messages and answers; scripted tool calls on chosen turns."""
+class FakeServer(RecordingChatServer):
+    """Checks each request's messages and answers; scripted tool calls on chosen turns. Its
+    ``requests`` are the bodies of the requests that passed the checks."""
 
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
+        super().__init__()
+        self.requests: list[dict[str, Any]] = []  # type: ignore[assignment]
         self.errors: list[str] = []
         self.tool_call_on: set[int] = set()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, answer = outer.answer(self.path, body)
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         try:
@@ -174,14 +152,8 @@ class FakeServer:
 
 @pytest.fixture
 def server() -> Iterator[FakeServer]:
-    s = FakeServer()
-    s.thread.start()
-    try:
+    with FakeServer() as s:
         yield s
-    finally:
-        s.httpd.shutdown()
-        s.httpd.server_close()
-        s.thread.join(timeout=5)
 
 
 def aged_memory(url: str, *, turns: int = 14, tools: bool = True) -> tuple[MemoryManager, datetime]:
