@@ -20,6 +20,8 @@ from PIL import Image  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from benchmarks.service import ServiceProcess  # noqa: E402
@@ -82,6 +84,17 @@ def _shot(driver: webdriver.Chrome, path: Path) -> Image.Image:
     return image
 
 
+def _navigate_by(driver: webdriver.Chrome, element: WebElement) -> None:
+    """Click ``element`` and wait until the browser has left the page it was on: a click returns
+    before the next page has loaded, so reading right after it can find the old page or nothing."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
+
+
 def _images_loaded(driver: webdriver.Chrome, css: str) -> list[int]:
     """The natural widths of the images ``css`` selects, once all have loaded (0: broken)."""
     script = (
@@ -100,7 +113,7 @@ def test_a_signed_in_owner_sees_sessions_fading_pages_turns_and_the_prompt(
         browser.get(svc.url + "/web")
         assert browser.find_element(By.ID, "sign-in")  # not signed in: the form
         browser.find_element(By.ID, "key").send_keys(key)
-        browser.find_element(By.ID, "sign-in").click()
+        _navigate_by(browser, browser.find_element(By.ID, "sign-in"))
 
         assert browser.find_element(By.ID, "owner").text == "alice"
         sessions = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#sessions a.session")]
@@ -108,7 +121,7 @@ def test_a_signed_in_owner_sees_sessions_fading_pages_turns_and_the_prompt(
         assert "bob's private words" not in browser.page_source
         _shot(browser, tmp_path / "sessions.png")
 
-        browser.find_element(By.LINK_TEXT, "voyage").click()
+        _navigate_by(browser, browser.find_element(By.LINK_TEXT, "voyage"))
         pages = browser.find_elements(By.CSS_SELECTOR, ".page[data-page-id]")
         tiers = {p.get_attribute("data-tier") for p in pages}
         assert len(tiers - {"text"}) >= 2, tiers  # pages at several tiers: the fading, visible
@@ -122,7 +135,7 @@ def test_a_signed_in_owner_sees_sessions_fading_pages_turns_and_the_prompt(
         _shot(browser, tmp_path / "session.png")
 
         first = pages[0].get_attribute("data-page-id")
-        browser.find_element(By.LINK_TEXT, f"page {first}").click()
+        _navigate_by(browser, browser.find_element(By.LINK_TEXT, f"page {first}"))
         text = browser.find_element(By.ID, "page-turns").text
         assert "day 0, note 0: the ferry to Ilha 0" in text
         assert _images_loaded(browser, "#page-image")[0] > 0
@@ -132,7 +145,7 @@ def test_a_signed_in_owner_sees_sessions_fading_pages_turns_and_the_prompt(
         budget = browser.find_element(By.NAME, "budget")
         budget.clear()
         budget.send_keys("1500")
-        browser.find_element(By.CSS_SELECTOR, "#assemble button").click()
+        _navigate_by(browser, browser.find_element(By.CSS_SELECTOR, "#assemble button"))
         summary = browser.find_element(By.ID, "prompt-summary").text
         used = int(summary.split(" of ")[0])
         assert 0 < used <= 1500 and "1500 tokens" in summary
