@@ -237,11 +237,11 @@ def record_openai_messages(
     attachments; one that is not a decodable image raises ``InvalidAttachment`` and nothing
     is stored.
     """
-    rows = [r for r in (openai_message_to_turn(m, at) for m in messages) if r is not None]
+    kept = [m for m in messages if _role_of(m) not in ("system", "developer")]
     log = _turn_log(memory)
     with log.session(session_id) as state:
-        known, replace_from = align(state.keys, [_key_of_row(r) for r in rows])
-        new = rows[known:]
+        known, replace_from = align(state.keys, [_key_of_message(m, at) for m in kept])
+        new = [r for r in (openai_message_to_turn(m, at) for m in kept[known:]) if r is not None]
         if not new and replace_from is None:
             return []
         try:
@@ -260,6 +260,23 @@ def record_openai_messages(
             raise
         TurnLog.note(state, stored)
         return stored
+
+
+def _role_of(m: Any) -> object:
+    return m.get("role") if isinstance(m, Mapping) else getattr(m, "role", None)
+
+
+def _key_of_message(m: Any, at: datetime | None) -> int:
+    """The message's key (:func:`message_key`) as its turn would have it. A plain text
+    message (the common case: the whole conversation is sent again on every request) is
+    keyed without building its turn first."""
+    if isinstance(m, Mapping) and m.get("role") in ("user", "assistant"):
+        content = m.get("content")
+        if isinstance(content, str) and content and not m.get("tool_calls"):
+            return message_key(m["role"], content, None, ())
+    row = openai_message_to_turn(m, at)
+    assert row is not None  # system and developer messages are filtered out before
+    return _key_of_row(row)
 
 
 def _key_of_row(r: dict[str, Any]) -> int:

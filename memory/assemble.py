@@ -24,6 +24,7 @@ from .ladder import IMAGE_TIERS, Target, Tier
 from .recall import pinned_seqs, search
 from .records import Turn
 from .store import (
+    TURN_COLUMNS,
     PageRow,
     RenditionRow,
     SessionRow,
@@ -40,17 +41,6 @@ _PAGE_BATCH = 64  # a 4k-token budget's candidates in one read (and one of their
 # The reads of assembly, built once with bound parameters and run on the read transaction's
 # connection: no statement is rebuilt per call and no ORM object is loaded (rows instead,
 # whose fields carry the models' attribute names).
-_TURN_COLUMNS = (
-    TurnRow.id,
-    TurnRow.session_row_id.label("session_row_id"),
-    TurnRow.seq,
-    TurnRow.role,
-    TurnRow.content,
-    TurnRow.at,
-    TurnRow.tokens,
-    TurnRow.meta.label("meta"),
-    TurnRow.attachments,
-)
 # Only what assembly uses of a page (each datetime column read is parsed on every row).
 _PAGE_COLUMNS = tuple(
     c.label(c.key)
@@ -69,22 +59,22 @@ _PAGE_COLUMNS = tuple(
 )
 _SID = bindparam("sid")
 _RECENT = (
-    select(*_TURN_COLUMNS)
+    select(*TURN_COLUMNS)
     .where(
         TurnRow.session_row_id == _SID,
         TurnRow.seq <= bindparam("upper"),
         TurnRow.seq > bindparam("after"),
     )
     .order_by(TurnRow.seq.desc())
-    .limit(_TURN_BATCH)
+    .limit(bindparam("n"))
 )
 _BY_SEQ = (
-    select(*_TURN_COLUMNS)
+    select(*TURN_COLUMNS)
     .where(TurnRow.session_row_id == _SID, TurnRow.seq.in_(bindparam("seqs", expanding=True)))
     .order_by(TurnRow.seq.desc())
 )
 _SPAN = (
-    select(*_TURN_COLUMNS)
+    select(*TURN_COLUMNS)
     .where(
         TurnRow.session_row_id == _SID,
         TurnRow.seq >= bindparam("first"),
@@ -109,7 +99,7 @@ _FADED_PNGS = select(RenditionRow.page_id, RenditionRow.png).where(
     RenditionRow.tier == bindparam("tier"),
     RenditionRow.page_id.in_(bindparam("ids", expanding=True)),
 )
-TurnData = Row[Any]  # a turn as assembly reads it: the _TURN_COLUMNS
+TurnData = Row[Any]  # a turn as assembly reads it: the TURN_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -465,19 +455,27 @@ def _recent_units(
     newest_user: int | None = None
     upper = session.next_seq
     pending: list[TurnData] = []  # a unit being gathered backwards
+    size = _TURN_BATCH
     while upper > session.paged_until:
         batch = conn.execute(
-            _RECENT, {"sid": session.id, "upper": upper, "after": session.paged_until}
+            _RECENT, {"sid": session.id, "upper": upper, "after": session.paged_until, "n": size}
         ).all()
+        size *= 2  # a long tail of short turns in a few reads
         if not batch:
             break
         upper = batch[-1].seq - 1
         for t in batch:
-            pending.insert(0, t)
             if t.role == "tool":
+                pending.insert(0, t)
                 continue  # walking back, a tool result needs the call before it: keep gathering
-            cost = sum(cost_of(u) for u in pending)
-            user = next((u for u in reversed(pending) if u.role == "user"), None)
+            if pending:
+                pending.insert(0, t)
+                cost = sum(cost_of(u) for u in pending)
+                user = next((u for u in reversed(pending) if u.role == "user"), None)
+            else:  # most units are one turn
+                pending = [t]
+                cost = cost_of(t)
+                user = t if t.role == "user" else None
             if not mandatory and user is not None:
                 mandatory = len(units) + 1
                 newest_user = user.seq

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -71,6 +71,7 @@ from .store import (
     INSERT_TURN,
     PAGE_COLUMNS_WITHOUT_PNG,
     RESERVE_SEQS,
+    TURN_COLUMNS,
     AttachmentRow,
     PageRow,
     RenditionRow,
@@ -100,6 +101,11 @@ from .validation import (
 )
 
 DEFAULT_MAX_CONTENT_BYTES = 1 << 20
+_TURNS_SINCE = (
+    select(*TURN_COLUMNS)
+    .where(TurnRow.session_row_id == bindparam("sid"), TurnRow.seq > bindparam("since"))
+    .order_by(TurnRow.seq)
+)
 _TURN_KEYS = ("session_id", "seq", "role", "content", "at", "tokens", "metadata", "search_text")
 CLOSE_WAIT = 2.0  # seconds close() waits for a running background pass
 SCOPE_CHUNK = 10_000  # session ids per aging or verify run (bound parameters per statement)
@@ -552,15 +558,10 @@ class MemoryManager:
             check_int(limit, "limit")
         with self._db.read() as s:
             row = self._session(s, session_id)
-            q = (
-                select(TurnRow)
-                .where(TurnRow.session_row_id == row.id, TurnRow.seq > since)
-                .order_by(TurnRow.seq)
-            )
-            if limit is not None:
-                q = q.limit(limit)
-            found = s.scalars(q).all()
-            images = load_attachments(s.connection(), found)
+            q = _TURNS_SINCE if limit is None else _TURNS_SINCE.limit(limit)
+            conn = s.connection()
+            found = conn.execute(q, {"sid": row.id, "since": since}).all()
+            images = load_attachments(conn, found)
             return [to_turn(t, row.key, images) for t in found]
 
     def sessions(self, *, all_owners: bool = False) -> list[SessionInfo]:

@@ -232,7 +232,8 @@ def _pg_hits(queries: list[str], join: str, where: str) -> str:
     held = ", ".join(f"({PG_VECTOR} @@ {q})::int AS m{i}" for i, q in enumerate(queries))
     freq = ", ".join(f"sum(m{i}) OVER () AS d{i}" for i in range(len(queries)))
     score = " + ".join(
-        f"m{i} * greatest(ln((CAST(:n AS float8) - d{i} + 0.5) / (d{i} + 0.5)), 1e-6)" for i in range(len(queries))
+        f"m{i} * greatest(ln((CAST(:n AS float8) - d{i} + 0.5) / (d{i} + 0.5)), 1e-6)"
+        for i in range(len(queries))
     )
     return (
         f"SELECT turn_id, {score} + 0.01 * cd AS score FROM ("
@@ -306,7 +307,7 @@ def search(
         params["n"] = _scope_ids(s, session, scope)[1]()
         hits = _pg_hits(_pg_queries(parsed, params), join, where)
         stmt = text(_FETCH.format(hits=hits)).columns(**_HIT_COLUMNS)
-        rows = s.execute(stmt, params).all()
+        rows = s.connection().execute(stmt, params).all()
         images = load_attachments(s.connection(), rows)
         return [_hit(r, float(r.score), images) for r in rows]
     ranked = dict(_sqlite_rank(s, session, parsed, scope, limit, before, join, where, params))
@@ -319,7 +320,7 @@ def search(
         .bindparams(bindparam("ids", expanding=True))
         .columns(**_HIT_COLUMNS)
     )
-    rows = s.execute(stmt, params).all()
+    rows = s.connection().execute(stmt, params).all()
     images = load_attachments(s.connection(), rows)
     found = [_hit(r, ranked[r.turn_id], images) for r in rows]
     return sorted(found, key=lambda h: (-h.recollection.score, -h.turn_id))
@@ -382,7 +383,7 @@ def _sqlite_rank(
     q = dict(params)
     narrow = ""
     if before is not None and not use_join:
-        q["cap"] = s.scalar(
+        q["cap"] = s.connection().scalar(
             select(TurnRow.id)
             .where(TurnRow.session_row_id == session.id, TurnRow.seq >= before)
             .order_by(TurnRow.seq)
@@ -405,10 +406,10 @@ def _sqlite_rank(
         arms.append(f"SELECT {tid} AS id, -bm25({FTS_TABLE}, 1.0, 0.0) AS score {matched('q')}")
         if not common:
             sql = f"{arms[0]} ORDER BY score DESC, id DESC LIMIT :k"
-            return [(int(i), float(r)) for i, r in s.execute(text(sql), q)]
+            return [(int(i), float(r)) for i, r in s.connection().execute(text(sql), q)]
     for n, term in enumerate(common):
         q[f"q{n}"] = sqlite_match([term], scope_ids)
-    counts = s.execute(
+    counts = s.connection().execute(
         text(
             "SELECT "
             + ", ".join(f"(SELECT count(*) {matched(f'q{n}')})" for n in range(len(common)))
@@ -426,7 +427,7 @@ def _sqlite_rank(
         f"SELECT id, sum(score) AS score FROM ({' UNION ALL '.join(arms)}) "
         "GROUP BY id ORDER BY score DESC, id DESC LIMIT :k"
     )
-    return [(int(i), float(r)) for i, r in s.execute(text(sql), q)]
+    return [(int(i), float(r)) for i, r in s.connection().execute(text(sql), q)]
 
 
 # Terms known to be common, per database: a term in COMMON_TURNS turns stays common (short of
@@ -449,7 +450,7 @@ def _split_common(
             f"LIMIT {COMMON_TURNS}))"
             for i in unknown
         )
-        row = s.execute(text(f"SELECT {probes}"), {f"p{i}": _phrase(terms[i]) for i in unknown})
+        row = s.connection().execute(text(f"SELECT {probes}"), {f"p{i}": _phrase(terms[i]) for i in unknown})
         for i, n in zip(unknown, row.one(), strict=True):
             if n >= COMMON_TURNS:
                 common.add(i)
@@ -466,7 +467,7 @@ def _scope_ids(
     how to count the turns in scope."""
     if scope == "session":
         return [session.id], lambda: int(session.next_seq)
-    rows = s.execute(
+    rows = s.connection().execute(
         select(SessionRow.id, SessionRow.next_seq).where(SessionRow.owner == session.owner)
     ).all()
     ids = [int(r.id) for r in rows] if len(rows) <= MAX_SCOPE_SESSIONS else None
@@ -541,16 +542,18 @@ def set_pinned(s: Session, session: SessionRow, seq: object, pinned: bool) -> No
     )
 
 
+_PINNED_SEQS = (
+    select(TurnRow.seq)
+    .join(TurnMarkRow, TurnMarkRow.turn_id == TurnRow.id)
+    .where(TurnMarkRow.session_row_id == bindparam("sid"), TurnMarkRow.pinned)
+    .order_by(TurnRow.seq)
+)
+
+
 def pinned_seqs(s: Session, session: SessionRow) -> list[int]:
-    """The numbers of the session's pinned turns, in order."""
-    return list(
-        s.scalars(
-            select(TurnRow.seq)
-            .join(TurnMarkRow, TurnMarkRow.turn_id == TurnRow.id)
-            .where(TurnMarkRow.session_row_id == session.id, TurnMarkRow.pinned)
-            .order_by(TurnRow.seq)
-        )
-    )
+    """The numbers of the session's pinned turns, in order (built once, run on the read
+    transaction's connection: every ``assemble`` asks)."""
+    return list(s.connection().execute(_PINNED_SEQS, {"sid": session.id}).scalars())
 
 
 # One statement on both backends (SQLite >= 3.24 upserts; the SELECT needs its WHERE there).

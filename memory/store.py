@@ -72,6 +72,23 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        """On SQLite, one C call per value instead of SQLAlchemy's regex parse and a second
+        step: the hot reads (assembly, the turn log) parse a timestamp on every row."""
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        slow = super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> datetime | None:
+            if value is None:
+                return None
+            try:
+                return datetime.fromisoformat(value).replace(tzinfo=UTC)
+            except (TypeError, ValueError):  # not the stored form: the general path
+                return slow(value) if slow else value
+
+        return process
+
 
 _NUL_MARK = "\ue000om-json:"
 
@@ -376,6 +393,21 @@ ADD_ONE_TURN_PG = _add_one_turn_pg()
 statement (a data-modifying CTE): one round trip for ``add_turn`` instead of two. The turn's
 values are ``turn_role``, ``turn_content``, ``turn_at``, ``turn_tokens``, ``turn_metadata``,
 ``turn_search_text`` (a turn without images: those go through the many-turn path); returns its session row id and seq."""
+
+
+TURN_COLUMNS = (
+    TurnRow.id,
+    TurnRow.session_row_id.label("session_row_id"),
+    TurnRow.seq,
+    TurnRow.role,
+    TurnRow.content,
+    TurnRow.at,
+    TurnRow.tokens,
+    TurnRow.meta.label("meta"),
+    TurnRow.attachments,
+)
+"""What the hot reads select of a turn (plain rows, no ORM objects: several times cheaper a
+row); :func:`to_turn` and :func:`load_attachments` take these rows as they take TurnRows."""
 
 
 def to_turn(t: Any, session_key: str, images: Mapping[str, Attachment] | None = None) -> Turn:
