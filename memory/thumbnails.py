@@ -25,8 +25,9 @@ A thumbnail is :data:`THUMB_LINES` text lines tall at most (it grows with the pa
 short page set large shows larger thumbnails), its aspect kept, set at the left of the lines
 that follow the turn's text; text flows on beside it. The thumbnails of one turn (or of turns
 close together) sit side by side, taking at most :data:`MAX_FLOAT_SHARE` of the line width;
-images beyond that show their label only. The packer counts a thumbnail's area in its
-footprint (:func:`footprint_px`), so a page with thumbnails fits like any other.
+the ones beyond that go below them, once they end. The packer counts a thumbnail's area, and
+one line more, in its footprint (:func:`footprint_px`), so a page with thumbnails fits like any
+other (it never overflows; it may be set a little larger than a full text page).
 
 Drawing is deterministic: the stored bytes are decoded (first frame; a JPEG at a reduced DCT
 scale still at least 4× the box), laid on white where transparent, converted to greyscale ("L", the pages' mode) and resampled with Lanczos to the
