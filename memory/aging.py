@@ -33,7 +33,7 @@ import logging
 import numbers
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -47,7 +47,8 @@ from .database import Database
 from .encoder import EncodedPage, VisualEncoder
 from .errors import InvalidConfiguration
 from .ladder import IMAGE_TIERS, Target, Tier
-from .render import PageRenderer, RenderedImage, RenderTurn
+from .records import Attachment
+from .render import PageRenderer, RenderedImage, RenderTurn, TurnImage
 from .salience import SalienceFn, check_salience, keeps_whole
 from .store import (
     PageRow,
@@ -57,6 +58,7 @@ from .store import (
     TurnRow,
     VisualTokenRow,
     add_visual_tokens,
+    load_attachments,
     page_turns,
 )
 from .tokens import approximate_tokens
@@ -262,6 +264,7 @@ class _Cut:
     open_page: dict[str, Any] | None
     open_turns: list[TurnRow] | None
     open_marks: dict[int, tuple[bool, int]]
+    open_images: dict[str, Attachment] = field(default_factory=dict)
 
 
 FAINT_TIERS = (Tier.SMALL, Tier.TINY)  # where sparse pages consolidate
@@ -420,7 +423,7 @@ class Aging:
         drawing = None
         if cut.open_page is not None and cut.open_page["imageable"]:
             assert cut.open_turns is not None
-            drawing = self._draw(cut.open_turns, cut.open_marks, Tier.TEXT)
+            drawing = self._draw(cut.open_turns, cut.open_marks, Tier.TEXT, cut.open_images)
         return self.db.write(lambda s: self._commit_cut(s, cut, drawing, now))
 
     def _read_cut(self, sid: int, now: datetime) -> _Cut | None:
@@ -484,6 +487,7 @@ class Aging:
             pages = []
             open_page = open_turns = None
             open_marks: dict[int, tuple[bool, int]] = {}
+            open_images: dict[str, Attachment] = {}
             for (group, _full), seal in zip(groups, sealed, strict=True):
                 values = self._new_page(sid, group, now)
                 values["open"] = not seal
@@ -491,6 +495,8 @@ class Aging:
                 if not seal:
                     open_page, open_turns = values, group
                     open_marks = page_marks(s, sid, group[0].seq, group[-1].seq)
+                    if values["imageable"]:
+                        open_images = load_attachments(s.connection(), group)
         return _Cut(
             session_row_id=sid,
             paged_until=row.paged_until,
@@ -502,6 +508,7 @@ class Aging:
             open_page=open_page,
             open_turns=open_turns,
             open_marks=open_marks,
+            open_images=open_images,
         )
 
     def _commit_cut(
@@ -1003,10 +1010,11 @@ class Aging:
             promoted = self._promotion(s, plan, head.target, marks)
             if promoted is None:
                 turns = page_turns(s, head.session_row_id, head.first_seq, head.last_seq)
+                images = load_attachments(s.connection(), turns)
         if promoted is not None:
             drawing = self._encode_missing(promoted)
         else:
-            drawing = self._draw(turns, marks, plan.new_tier)
+            drawing = self._draw(turns, marks, plan.new_tier, images)
         return self.db.write(lambda s: self._commit(s, plan, drawing, now))
 
     def _promotion(
@@ -1100,14 +1108,19 @@ class Aging:
         turns: Sequence[TurnRow],
         marks: dict[int, tuple[bool, int]],
         tier: Tier,
+        attachments: Mapping[str, Attachment],
     ) -> Drawing:
         """Render the turns at ``tier`` and every fainter image tier (a page still shown as
         text gets every image tier ready as renditions, so that assembly can show it as an
         image when a budget is tight, never rendering itself), and encode each form the page
-        may be shown in. Touches no database."""
+        may be shown in; ``attachments``: the turns' images by sha256, read in the same
+        snapshot as the turns, drawn as thumbnails. Touches no database."""
         tiers = [t for t in IMAGE_TIERS if t >= tier]
         images = self.renderer.render(
-            [render_turn(t, keep_whole=self.keeps_whole(t, marks.get(t.seq))) for t in turns],
+            [
+                render_turn(t, keep_whole=self.keeps_whole(t, marks.get(t.seq)), images=attachments)
+                for t in turns
+            ],
             self.target.layout,
             [self.target.spec(t).size for t in tiers],
         )
@@ -1228,7 +1241,8 @@ class Aging:
                 return None
             turns = page_turns(s, plan.session_row_id, plan.first_seq, plan.last_seq)
             marks = page_marks(s, plan.session_row_id, plan.first_seq, plan.last_seq)
-        drawing = self._draw(turns, marks, plan.tier)
+            images = load_attachments(s.connection(), turns)
+        drawing = self._draw(turns, marks, plan.tier, images)
 
         def commit(s: Session) -> tuple[int, int, int] | None:
             rows = self._merge_rows(s, plan, claim=True)
@@ -1294,14 +1308,28 @@ class Aging:
         return keeps_whole(float(score), recalls=recalls)
 
 
-def render_turn(t: TurnRow, *, keep_whole: bool = False) -> RenderTurn:
-    """How an archived turn is drawn on a page: its speaker (a name, else the role) and text;
-    ``keep_whole``: an abridged page cuts it last (see :meth:`Aging.keeps_whole`)."""
+def render_turn(
+    t: TurnRow, *, keep_whole: bool = False, images: Mapping[str, Attachment] | None = None
+) -> RenderTurn:
+    """How an archived turn is drawn on a page: its speaker (a name, else the role), text
+    (its images' labels included) and images; ``keep_whole``: an abridged page cuts it last
+    (see :meth:`Aging.keeps_whole`). ``images``: the session's attachments by sha256 (see
+    :func:`~optical_memory.store.load_attachments`), to draw thumbnails; without them the
+    images are sized only (what the packer measures: the same layout)."""
+    found = images or {}
     return RenderTurn(
         speaker=speaker_of(t.role, t.meta),
         at=t.at,
         text=page_text(t.role, t.content, t.meta, t.attachments),
         keep_whole=keep_whole,
+        images=tuple(
+            TurnImage(
+                int(d["width"]),
+                int(d["height"]),
+                found[d["sha256"]].data if d["sha256"] in found else None,
+            )
+            for d in t.attachments or ()
+        ),
     )
 
 

@@ -36,6 +36,15 @@ from functools import lru_cache
 from itertools import accumulate
 
 from .glyphs import Metrics, Style
+from .thumbnails import (
+    MAX_FLOAT_SHARE,
+    TurnImage,
+    box_size,
+    float_lines,
+    footprint_px,
+    gap_px,
+    pays,
+)
 
 __all__ = [
     "ELLIPSIS",
@@ -49,6 +58,8 @@ __all__ = [
     "RenderTurn",
     "Run",
     "Style",
+    "Thumb",
+    "TurnImage",
     "capacity",
     "chars_per_line",
     "clean",
@@ -82,7 +93,9 @@ class RenderTurn:
     ``keep_whole`` asks an abridged page (see :class:`~optical_memory.render.PageRenderer`) to
     keep this turn's text whole while the others are cut; it changes nothing on a page that is
     not abridged. ``kept_whole`` is set by the renderer on the turns of an abridged page that
-    were kept whole: their label opens with :data:`KEPT_MARK`.
+    were kept whole: their label opens with :data:`KEPT_MARK`. ``images``: the turn's
+    images, drawn as thumbnails after its text where they pay (see :mod:`.thumbnails`); their
+    labels are in ``text``.
     """
 
     speaker: str  # label to show, e.g. "user", "assistant", "Caroline"
@@ -90,6 +103,7 @@ class RenderTurn:
     text: str
     keep_whole: bool = False  # salient (or pinned, or recalled): cut last when abridging
     kept_whole: bool = False  # drawn whole on an abridged page, its label marked
+    images: tuple[TurnImage, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,16 +127,30 @@ class Line:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Thumb:
+    """A thumbnail on a page: its top-left corner at ``x`` (px) on the top of line ``line``,
+    ``width`` × ``height`` px, showing ``image``."""
+
+    line: int
+    x: float
+    width: int
+    height: int
+    image: TurnImage
+
+
 @dataclass(frozen=True)
 class Layout:
     """A page laid out at ``font_px``: line ``i`` sits at ``margin + i * line_height`` (top of
-    the line, px); ``truncated`` when the text did not fit and the last line ends in ``…``."""
+    the line, px); ``truncated`` when the text did not fit and the last line ends in ``…``;
+    ``thumbs``: the images drawn as thumbnails (text flows on beside them)."""
 
     font_px: float
     line_height: int
     margin: int
     lines: tuple[Line, ...]
     truncated: bool
+    thumbs: tuple[Thumb, ...] = ()
 
     @property
     def text_lines(self) -> list[str]:
@@ -225,19 +253,23 @@ def label(turn: RenderTurn, with_date: bool) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LabelledTurn:
-    """A turn ready to flow: its label (with the date where the day changes) and hard lines."""
+    """A turn ready to flow: its label (with the date where the day changes), hard lines, and
+    the images to draw as thumbnails after them (where they pay)."""
 
     label: str
     lines: list[HardLine]
+    images: tuple[TurnImage, ...] = ()
 
 
-def prepare(turns: Sequence[RenderTurn]) -> list[LabelledTurn]:
-    """Labels (with the date where the day changes) and hard lines of each turn."""
+def prepare(turns: Sequence[RenderTurn], *, thumbnails: bool = False) -> list[LabelledTurn]:
+    """Labels (with the date where the day changes) and hard lines of each turn; with
+    ``thumbnails``, its images too (else they show as their labels in the text only)."""
     out = []
     prev_day = None
     for turn in turns:
         day = (turn.at.year, turn.at.month, turn.at.day)
-        out.append(LabelledTurn(label(turn, day != prev_day), hard_lines(turn.text)))
+        images = turn.images if thumbnails else ()
+        out.append(LabelledTurn(label(turn, day != prev_day), hard_lines(turn.text), images))
         prev_day = day
     return out
 
@@ -276,7 +308,9 @@ def footprint(turn: RenderTurn, m: Metrics, canvas: tuple[int, int]) -> int:
 
     Measured in average characters of English prose at ``m``'s size (so wide glyphs count
     more than one); the separator and the label (without the date) are included, and a hard
-    line break counts as half a line, a mono (code) line as whole lines.
+    line break counts as half a line, a mono (code) line as whole lines. An image drawn as a
+    thumbnail on the large rendition (see :mod:`.thumbnails`) adds the area it takes from the
+    text (:func:`~optical_memory.thumbnails.footprint_px`).
     """
     line_w = canvas[0] - 2 * margin(canvas)
     sans = m.widths[Style.SANS]
@@ -297,6 +331,9 @@ def footprint(turn: RenderTurn, m: Metrics, canvas: tuple[int, int]) -> int:
             px += w
         else:
             px += max(1, math.ceil(w / line_w - 1e-9)) * line_w
+    for image in turn.images:
+        if pays(box_size(image, m.line_height, line_w), 1.0):
+            px += footprint_px(image, m.line_height, line_w)
     return max(1, math.ceil(px / m.avg_char))
 
 
@@ -320,9 +357,15 @@ class _OpenRun:
 
 
 class _Flow:
-    """Greedy line filling with cheap width sums; raises _Overflow past ``max_lines``."""
+    """Greedy line filling with cheap width sums; raises _Overflow past ``max_lines``.
 
-    def __init__(self, m: Metrics, width: int, margin: int, max_lines: int) -> None:
+    Thumbnails float: :meth:`images` queues a turn's images, and the next line that starts
+    (once an earlier float has ended) gets them at its left, side by side; that line and the
+    ones beside them start further right (``line_left``)."""
+
+    def __init__(
+        self, m: Metrics, width: int, margin: int, max_lines: int, thumb_scale: float = 1.0
+    ) -> None:
         self.m = m
         self.w = m.widths
         self.left = float(margin)
@@ -330,14 +373,60 @@ class _Flow:
         self.line_w = self.right - self.left
         self.max_lines = max_lines
         self.lines: list[Line] = []
+        self.thumb_scale = thumb_scale
+        self.thumbs: list[Thumb] = []
+        self.pending: list[tuple[TurnImage, int, int]] = []
+        self.float_until = 0  # lines before this one have a float at their left
+        self.float_w = 0.0  # its width, with the gap after it
         self._reset(soft=False)
 
     # line state -----------------------------------------------------------------------------
     def _reset(self, soft: bool) -> None:
-        self.x = self.left
         self.runs: list[_OpenRun] = []
         self.empty = True
         self.soft = soft
+        n = len(self.lines)
+        if self.pending and n >= self.float_until:
+            self._anchor(n)
+        self.line_left = self.left + (self.float_w if n < self.float_until else 0.0)
+        self.x = self.line_left
+
+    # thumbnails -------------------------------------------------------------------------------
+    def images(self, images: Sequence[TurnImage]) -> None:
+        """Queue the images that pay as thumbnails; placed at the next line start."""
+        lh = self.m.line_height
+        for image in images:
+            w, h = box_size(image, lh, self.line_w)
+            if pays((w, h), self.thumb_scale):
+                self.pending.append((image, w, h))
+        if self.pending and self.empty and len(self.lines) >= self.float_until:
+            self._reset(self.soft)  # the current line has not started: the float goes on it
+
+    def _anchor(self, n: int) -> None:
+        """Set the queued thumbnails that fit side by side at the left of line ``n``."""
+        gap = gap_px(self.m.line_height)
+        cap = self.line_w * MAX_FLOAT_SHARE + EPS
+        x, lines = self.left, 0
+        placed = []
+        for image, w, h in self.pending:
+            if placed and x + w - self.left > cap:
+                break
+            placed.append(Thumb(n, x, w, h, image))
+            x += w + gap
+            lines = max(lines, float_lines(h, self.m.line_height))
+        if n + lines > self.max_lines:
+            raise _Overflow
+        del self.pending[: len(placed)]
+        self.thumbs += placed
+        self.float_until, self.float_w = n + lines, x - self.left
+
+    def close(self) -> None:
+        """Place the thumbnails still queued at the end (blank lines beside an earlier float
+        until it ends); raises _Overflow when they do not fit."""
+        if self.pending and not self.empty:
+            self.end_line()
+        while self.pending:
+            self.end_line()  # a blank line beside the float that holds them back
 
     def end_line(self, soft: bool = False) -> None:
         runs = tuple(Run(r.x, r.style, "".join(r.parts)) for r in self.runs)
@@ -373,7 +462,7 @@ class _Flow:
         w = sum(p.width for p in pieces)
         if self.empty and self.soft:
             gap, gap_text = 0.0, ""
-        fits_line = w <= self.line_w + EPS
+        fits_line = w <= self.right - self.line_left + EPS
         if self.x + gap + w <= self.right + EPS:
             self._emit(pieces, gap, gap_text)
         elif fits_line and self.empty:
@@ -451,11 +540,15 @@ def flow(
     canvas: tuple[int, int],
     *,
     truncate: bool = False,
+    thumb_scale: float = 1.0,
 ) -> Layout | None:
     """Lay prepared turns out on ``canvas`` at ``m``'s font size; None if they do not fit
-    (unless ``truncate``: then the page is cut and its last line ends in ``…``)."""
+    (unless ``truncate``: then the page is cut and its last line ends in ``…``).
+
+    Images the items carry are drawn as thumbnails where they pay on an image
+    ``thumb_scale`` times the canvas (see :func:`~optical_memory.thumbnails.pays`)."""
     left = margin(canvas)
-    filler = _Flow(m, canvas[0], left, max_lines(m, canvas))
+    filler = _Flow(m, canvas[0], left, max_lines(m, canvas), thumb_scale)
     sans = m.widths[Style.SANS]
     space = sans[" "]
     mono_space = m.widths[Style.MONO][" "]
@@ -484,6 +577,9 @@ def flow(
                     filler.words(Style.SANS, seg.text, 0.0, "")
                 else:
                     filler.words(Style.SANS, seg.text, space, " ")
+            if item.images:
+                filler.images(item.images)
+        filler.close()
     except _Overflow:
         if not truncate:
             return None
@@ -491,7 +587,7 @@ def flow(
     lines = list(filler.finish())
     if truncated and lines:
         lines[-1] = _ellipsize(m, lines[-1], left, canvas[0] - left)
-    return Layout(m.px, m.line_height, left, tuple(lines), truncated)
+    return Layout(m.px, m.line_height, left, tuple(lines), truncated, tuple(filler.thumbs))
 
 
 def too_big(items: Sequence[LabelledTurn], m: Metrics, canvas: tuple[int, int]) -> bool:
@@ -530,12 +626,18 @@ def _ellipsize(m: Metrics, line: Line, left: float, right: float) -> Line:
 # Fitting
 
 
-def fits(items: Sequence[LabelledTurn], m: Metrics, canvas: tuple[int, int]) -> Layout | None:
+def fits(
+    items: Sequence[LabelledTurn],
+    m: Metrics,
+    canvas: tuple[int, int],
+    *,
+    thumb_scale: float = 1.0,
+) -> Layout | None:
     """The layout at ``m``'s size if the items fit the canvas whole, else None (the cheap
     width test first, then the real flow)."""
     if too_big(items, m, canvas):
         return None
-    return flow(items, m, canvas)
+    return flow(items, m, canvas, thumb_scale=thumb_scale)
 
 
 def fit(
@@ -546,16 +648,17 @@ def fit(
     min_px: int,
     max_px: int,
     floor_px: int,
+    thumb_scale: float = 1.0,
 ) -> Layout:
     """The layout at the largest font size that fits (binary search on cheap width sums).
 
     Sizes from ``min_px`` up to ``max_px`` are tried first; a page that does not fit at
     ``min_px`` shrinks down to ``floor_px``, and one that does not fit even there is cut.
-    ``metrics`` gives the metrics at a size.
+    ``metrics`` gives the metrics at a size; ``thumb_scale``: see :func:`flow`.
     """
 
     def attempt(px: int) -> Layout | None:
-        return fits(items, metrics(px), canvas)
+        return fits(items, metrics(px), canvas, thumb_scale=thumb_scale)
 
     best = attempt(min_px)
     lo, hi = min_px + 1, max_px
@@ -569,6 +672,6 @@ def fit(
         else:
             best, lo = found, mid + 1
     if best is None:
-        best = flow(items, metrics(floor_px), canvas, truncate=True)
+        best = flow(items, metrics(floor_px), canvas, truncate=True, thumb_scale=thumb_scale)
     assert best is not None
     return best

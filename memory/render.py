@@ -28,6 +28,13 @@ cut uniformly, as if nothing were marked. A turn kept whole is marked on the pag
 abridged drawings; :attr:`PagePlan.kept_whole` names those turns. A page with no turn marked
 ``keep_whole`` is abridged exactly as before.
 
+A turn's images (:attr:`RenderTurn.images`) are drawn as small greyscale thumbnails after its
+text, text flowing on beside them, on every drawing where they pay (see :mod:`.thumbnails`):
+the large one, and a downsampled one where each still keeps
+:data:`~optical_memory.thumbnails.MIN_THUMB_PX` on its short side (else that size is laid
+out again, on the same canvas, with the images' labels alone). Abridged drawings show the
+labels only. A page without images is drawn exactly as it was before thumbnails existed.
+
 Right-to-left scripts are drawn with Pillow's basic layout engine, in logical order and without
 Arabic shaping (raqm is not used, so output does not depend on which libraqm is installed and
 width measurement stays exact). Hebrew therefore reads reversed and Arabic letters appear in
@@ -52,6 +59,7 @@ from . import layout as _lay
 from .errors import InvalidInput
 from .glyphs import FALLBACK_FONTS_ENV, FREETYPE_LOCK, FontSet, Metrics, Style
 from .layout import ELLIPSIS, EPS, KEPT_MARK, Layout, Line, RenderTurn, Run
+from .thumbnails import TurnImage, draw_thumbnail, pays
 
 __all__ = [
     "FALLBACK_FONTS_ENV",
@@ -65,6 +73,7 @@ __all__ = [
     "RenderedImage",
     "Run",
     "Style",
+    "TurnImage",
 ]
 
 # The smallest text a faint tier shows, in px of the image: RapidOCR (a neural reader, closer to
@@ -204,15 +213,21 @@ class PageRenderer:
         """
         with self._lock:
             m = self._fonts.metrics(font_px)
-            return _lay.flow(_lay.prepare(turns), m, canvas, truncate=truncate)
+            items = _lay.prepare(turns, thumbnails=True)
+            return _lay.flow(items, m, canvas, truncate=truncate)
 
     def fit(self, turns: Sequence[RenderTurn], canvas: tuple[int, int]) -> Layout:
         """The layout at the largest font size (<= max_font_px) at which ``turns`` fit
         ``canvas``; below min_font_px down to ``floor_font_px``, then cut."""
         with self._lock:
-            return self._fit(_lay.prepare(turns), canvas)
+            return self._fit(_lay.prepare(turns, thumbnails=True), canvas)
 
-    def _fit(self, items: Sequence[_lay.LabelledTurn], canvas: tuple[int, int]) -> Layout:
+    def _fit(
+        self,
+        items: Sequence[_lay.LabelledTurn],
+        canvas: tuple[int, int],
+        thumb_scale: float = 1.0,
+    ) -> Layout:
         return _lay.fit(
             items,
             canvas,
@@ -220,6 +235,7 @@ class PageRenderer:
             min_px=self.min_font_px,
             max_px=self.max_font_px,
             floor_px=self.floor_font_px,
+            thumb_scale=thumb_scale,
         )
 
     # drawing ------------------------------------------------------------------------------------
@@ -232,6 +248,11 @@ class PageRenderer:
     def _draw(self, lay: Layout, canvas: tuple[int, int]) -> Image.Image:
         m = self._fonts.metrics(lay.font_px)
         img = Image.new("L", canvas, 255)
+        for thumb in lay.thumbs:
+            top = lay.margin + thumb.line * lay.line_height
+            img.paste(
+                draw_thumbnail(thumb.image, (thumb.width, thumb.height)), (round(thumb.x), top)
+            )
         core = ImageDraw.Draw(img).draw
         for i, line in enumerate(lay.lines):
             base = lay.margin + i * lay.line_height + m.ascent
@@ -288,8 +309,12 @@ class PageRenderer:
         size: tuple[int, int],
     ) -> PagePlan:
         """The page as laid out on ``canvas`` (``lay``) if downsampling it to ``size`` keeps the
-        text at least ``min_effective_px`` tall, else as :meth:`_abridged` draws it."""
+        text at least ``min_effective_px`` tall, else as :meth:`_abridged` draws it. A
+        thumbnail that would fall below ``MIN_THUMB_PX`` at ``size`` is left out: the page is
+        laid out again on ``canvas`` with its label alone."""
         scale = min(size[0] / canvas[0], size[1] / canvas[1])
+        if any(not pays((t.width, t.height), scale) for t in lay.thumbs):
+            lay = self._fit(_lay.prepare(turns, thumbnails=True), canvas, scale)
         if not self.min_effective_px or lay.font_px * scale >= self.min_effective_px - EPS:
             return PagePlan(canvas, tuple(turns), lay, False)
         return self._abridged(turns, size)
@@ -366,7 +391,8 @@ class PageRenderer:
         and benchmarks that need to know what text each image shows, and where)."""
         canvas, size = (int(canvas[0]), int(canvas[1])), (int(size[0]), int(size[1]))
         with self._lock:
-            return self._plan(turns, canvas, self._fit(_lay.prepare(turns), canvas), size)
+            lay = self._fit(_lay.prepare(turns, thumbnails=True), canvas)
+            return self._plan(turns, canvas, lay, size)
 
     # rendering ----------------------------------------------------------------------------------
     def render(
@@ -392,7 +418,7 @@ class PageRenderer:
             if size[0] < 1 or size[1] < 1:
                 raise InvalidInput(f"bad image size {size}")
         with self._lock:
-            lay = self._fit(_lay.prepare(turns), canvas)
+            lay = self._fit(_lay.prepare(turns, thumbnails=True), canvas)
             img = self._draw(lay, canvas)
             plans = {size: self._plan(turns, canvas, lay, size) for size in wanted}
             drawn = {

@@ -13,10 +13,11 @@ recall return the turn exactly as it was added.
 A turn's images (``Turn.attachments``) are shown as text as a labelled placeholder,
 ``[image 640×480 png]`` (:func:`image_label`), wherever the turn is shown as text: on pages,
 in transcripts, the recalled block and older recent turns. Only the newest user turn's
-images are sent as images (see ``assemble``). Pages draw the label, not a thumbnail: a
-thumbnail small enough to pay on a page (a few visual tokens) shows nothing a model can read,
-and drawing one would need a second layout kind on the page; the archive keeps every image
-exactly, and ``read``/recall return it.
+images are sent as images (see ``assemble``). Pages draw the label always and, beside it, a
+small greyscale thumbnail where one pays: at least ``MIN_THUMB_PX`` on its short side in the
+image the model is sent (the large tier, and fainter ones downsampled from it; abridged faint
+tiers show the label alone; see :mod:`.thumbnails`). The archive keeps every image exactly,
+and ``read``/recall return it.
 """
 
 from __future__ import annotations
