@@ -28,9 +28,11 @@ from .store import (
     PageRow,
     RenditionRow,
     SessionRow,
+    TurnData,
     TurnRow,
     load_attachments,
     to_turn,
+    turn_data,
 )
 from .tokens import TokenCounter, approximate_tokens
 from .turn_text import cost_text, display_text, speaker_of, turn_line
@@ -99,7 +101,6 @@ _FADED_PNGS = select(RenditionRow.page_id, RenditionRow.png).where(
     RenditionRow.tier == bindparam("tier"),
     RenditionRow.page_id.in_(bindparam("ids", expanding=True)),
 )
-TurnData = Row[Any]  # a turn as assembly reads it: the TURN_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -457,9 +458,12 @@ def _recent_units(
     pending: list[TurnData] = []  # a unit being gathered backwards
     size = _TURN_BATCH
     while upper > session.paged_until:
-        batch = conn.execute(
-            _RECENT, {"sid": session.id, "upper": upper, "after": session.paged_until, "n": size}
-        ).all()
+        batch = turn_data(
+            conn.execute(
+                _RECENT,
+                {"sid": session.id, "upper": upper, "after": session.paged_until, "n": size},
+            )
+        )
         size *= 2  # a long tail of short turns in a few reads
         if not batch:
             break
@@ -503,7 +507,7 @@ def _pinned(
     if not seqs:
         return []
     seqs -= {t.seq for u in recent.units for t in u[0]}
-    rows = conn.execute(_BY_SEQ, {"sid": session.id, "seqs": sorted(seqs)}).all()
+    rows = turn_data(conn.execute(_BY_SEQ, {"sid": session.id, "seqs": sorted(seqs)}))
     kept, spent = [], _BLOCK_OVERHEAD
     for t in rows:
         if spent + cost_of(t) <= room:
@@ -532,6 +536,8 @@ def _recall_block(
 ) -> list[TurnData]:
     """Turns the cue recalls that the prompt would not show legibly, each with the turn next
     to it for context, best first while the block fits ``reserve``; in order."""
+    if all(seq in shown for seq in range(1, session.next_seq + 1)):
+        return []  # every turn is in the prompt as text already: nothing to recall
     hits = [
         h.recollection.turn.seq
         for h in search(s, session, cue, limit=RECALL_CANDIDATES)
@@ -541,7 +547,8 @@ def _recall_block(
         return []
     wanted = set(hits)
     wanted |= {_partner(seq, session.next_seq) for seq in hits}
-    rows = {t.seq: t for t in conn.execute(_BY_SEQ, {"sid": session.id, "seqs": sorted(wanted)})}
+    found = turn_data(conn.execute(_BY_SEQ, {"sid": session.id, "seqs": sorted(wanted)}))
+    rows = {t.seq: t for t in found}
     chosen: dict[int, TurnData] = {}
     for seq in hits:
         unit = [rows[q] for q in sorted({seq, _partner(seq, session.next_seq)}) if q in rows]
@@ -635,7 +642,7 @@ def _build_segments(
         o = c.option
         if not c.is_image:
             span = {"sid": c.row.session_row_id, "first": c.row.first_seq, "last": c.row.last_seq}
-            rows = conn.execute(_SPAN, span).all()
+            rows = turn_data(conn.execute(_SPAN, span))
             more = load_attachments(conn, rows)
             for t in rows:
                 turn = to_turn(t, session.key, more)

@@ -86,6 +86,7 @@ from .store import (
     session_scope,
     supersede_turns,
     to_turn,
+    turn_data,
 )
 from .tokens import TokenCounter, make_counter
 from .turn_text import cost_text
@@ -560,7 +561,7 @@ class MemoryManager:
             row = self._session(s, session_id)
             q = _TURNS_SINCE if limit is None else _TURNS_SINCE.limit(limit)
             conn = s.connection()
-            found = conn.execute(q, {"sid": row.id, "since": since}).all()
+            found = turn_data(conn.execute(q, {"sid": row.id, "since": since}))
             images = load_attachments(conn, found)
             return [to_turn(t, row.key, images) for t in found]
 

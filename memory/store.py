@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -86,6 +86,24 @@ class UTCDateTime(TypeDecorator[datetime]):
                 return datetime.fromisoformat(value).replace(tzinfo=UTC)
             except (TypeError, ValueError):  # not the stored form: the general path
                 return slow(value) if slow else value
+
+        return process
+
+
+class FastJSON(TypeDecorator[Any]):
+    """JSON whose SQLite reads skip the generic path for the commonest value, an empty
+    object (most turns' metadata): the hot reads decode it on every row."""
+
+    impl = JSON
+    cache_ok = True
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        general = super().result_processor(dialect, coltype)
+        if dialect.name != "sqlite" or general is None:
+            return general
+
+        def process(value: Any) -> Any:
+            return {} if value == "{}" else general(value)
 
         return process
 
@@ -169,7 +187,9 @@ class TurnRow(Base):
     content: Mapped[str] = mapped_column(LosslessText(), nullable=False)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     tokens: Mapped[int] = mapped_column(Integer, nullable=False)
-    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, nullable=False, default=dict)
+    meta: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", FastJSON(), nullable=False, default=dict
+    )
     # What the full-text index reads when it differs from content (CJK set apart, no NULs);
     # NULL for most turns. Written once with the turn (see recall.search_text); not loaded.
     search_text: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
@@ -407,7 +427,29 @@ TURN_COLUMNS = (
     TurnRow.attachments,
 )
 """What the hot reads select of a turn (plain rows, no ORM objects: several times cheaper a
-row); :func:`to_turn` and :func:`load_attachments` take these rows as they take TurnRows."""
+row), read back as :class:`TurnData` with :func:`turn_data`."""
+
+
+class TurnData(NamedTuple):
+    """A stored turn as the hot reads hold it: the :data:`TURN_COLUMNS`, in order. A plain
+    tuple: reading a field of a SQLAlchemy ``Row`` by name costs about a microsecond, and
+    assembly reads several fields of every turn it considers. :func:`to_turn` and
+    :func:`load_attachments` take these as they take TurnRows."""
+
+    id: int
+    session_row_id: int
+    seq: int
+    role: str
+    content: str
+    at: datetime
+    tokens: int
+    meta: dict[str, Any]
+    attachments: list[dict[str, Any]] | None
+
+
+def turn_data(result: Iterable[Any]) -> list[TurnData]:
+    """The rows of a :data:`TURN_COLUMNS` select as :class:`TurnData`."""
+    return list(map(TurnData._make, result))
 
 
 def to_turn(t: Any, session_key: str, images: Mapping[str, Attachment] | None = None) -> Turn:
