@@ -572,13 +572,22 @@ class MemoryManager:
         self._check_open()
         if not isinstance(all_owners, bool):
             raise InvalidInput(f"all_owners must be a bool, got {type(all_owners).__name__}")
+        # Live turns: the numbers given out less the superseded versions (seq -id, below
+        # FIRST_LIVE_SEQ), counted on the (session, seq) index.
+        superseded = (
+            select(func.count())
+            .where(TurnRow.session_row_id == SessionRow.id, TurnRow.seq < FIRST_LIVE_SEQ)
+            .scalar_subquery()
+        )
         with self._db.read() as s:
-            q = select(SessionRow).order_by(SessionRow.id)
+            q = select(SessionRow, superseded).order_by(SessionRow.id)
             if not all_owners:
                 q = q.where(SessionRow.owner == self._namespace)
             return [
-                SessionInfo(r.key, owner_of(r.owner), r.created_at, r.next_seq, dict(r.meta or {}))
-                for r in s.scalars(q)
+                SessionInfo(
+                    r.key, owner_of(r.owner), r.created_at, r.next_seq - old, dict(r.meta or {})
+                )
+                for r, old in s.execute(q)
             ]
 
     def pages(self, session_id: str) -> list[PageInfo]:

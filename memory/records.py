@@ -58,7 +58,7 @@ class SessionInfo:
     session_id: str
     owner: str | None
     created_at: datetime
-    turns: int
+    turns: int  # live turns: a superseded version (see MemoryManager.superseded) is not counted
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

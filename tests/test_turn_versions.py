@@ -130,3 +130,15 @@ def test_middleware_fork_from_a_checkpoint_supersedes_the_abandoned_branch(
     assert [t.content for t in memory.superseded("f")] == [
         "Question 1.", "Reply 1.", "Question 2.", "Reply 2."
     ]  # fmt: skip
+
+
+def test_a_session_listing_counts_the_live_turns_not_the_versions(db_url: str) -> None:
+    memory = MemoryManager(db_url)
+    record_openai_messages(memory, "s", chat(3), at=T0)  # 6 turns
+    regenerated = chat(3)[:-1] + [{"role": "assistant", "content": "Answer 2, again."}]
+    record_openai_messages(memory, "s", regenerated, at=T0)  # the last reply: a new version
+    edited = chat(3)[:3] + [{"role": "user", "content": "Question 1, edited."}]
+    record_openai_messages(memory, "s", edited, at=T0)  # turns 3 on: superseded
+    (info,) = memory.sessions()
+    assert info.turns == len(memory.turns("s")) == 3
+    assert len(memory.superseded("s")) == 5  # the old reply, then the 4 turns after the edit
