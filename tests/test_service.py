@@ -7,7 +7,9 @@ One service process serves the whole module (started once by the ``svc`` fixture
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import sqlite3
 import time
 import uuid
@@ -22,6 +24,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from PIL import Image  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from benchmarks.service import FakeUpstream, ServiceProcess  # noqa: E402
@@ -331,6 +334,31 @@ def test_oversized_and_malformed_bodies_get_4xx_json_and_write_nothing(svc: Svc)
         assert r.status_code == 413 and r.json()["error"]["type"] == "BodyTooLarge"
         r = alice.get(path)
         assert r.status_code == 404  # nothing was written, not even the session
+
+
+def test_a_turns_images_go_in_as_base64_and_come_back_exactly(svc: Svc) -> None:
+    sid = _sid()
+    path = f"/v1/sessions/{sid}/turns"
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(buf, "PNG")
+    png = buf.getvalue()
+    image = {"data": base64.b64encode(png).decode(), "media_type": "image/png"}
+    with svc.client("alice") as alice:
+        bad = [
+            {"role": "user", "content": "x", "attachments": [{"data": "not base64!"}]},
+            {"role": "user", "content": "x", "attachments": [{"data": "aGVsbG8="}]},  # "hello"
+        ]
+        for body in bad:
+            r = alice.post(path, json=body)
+            assert r.status_code == 422 and r.json()["error"]["type"] == "InvalidAttachment"
+        assert alice.get(path).status_code == 404  # nothing was written
+        r = alice.post(path, json={"role": "user", "content": "my cat", "attachments": [image]})
+        assert r.status_code == 201, r.text
+        (turn,) = alice.get(path).json()["turns"]
+    (sent,) = turn["attachments"]
+    assert base64.b64decode(sent["data"]) == png
+    assert (sent["media_type"], sent["width"], sent["height"]) == ("image/png", 32, 24)
+    assert sent["sha256"] == hashlib.sha256(png).hexdigest()
 
 
 # -- the API round trip ----------------------------------------------------------------------

@@ -8,6 +8,8 @@ the library is synchronous; the proxy and MCP parts are async where they wait on
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -30,7 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from optical_memory import InvalidInput, MemoryManager, OpticalMemoryError, Turn
+from optical_memory import InvalidAttachment, InvalidInput, MemoryManager, OpticalMemoryError, Turn
 
 from .config import ServiceConfig
 from .errors import BodyTooLarge, describe, error_body, headers_of, status_of
@@ -129,14 +131,41 @@ Memory = Annotated[MemoryManager, Depends(memory_of)]
 # -- bodies ----------------------------------------------------------------------------------
 
 
+class AttachmentIn(BaseModel):
+    """An image of a turn: its bytes as base64 (``media_type`` is checked against them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str
+    media_type: str | None = None
+
+
 class TurnIn(BaseModel):
-    """One turn: ``at`` must carry a timezone (ISO 8601 with ``Z`` or an offset)."""
+    """One turn: ``at`` must carry a timezone (ISO 8601 with ``Z`` or an offset); its images
+    in ``attachments``, stored exactly and returned with the turn."""
 
     model_config = ConfigDict(extra="forbid")
     role: str
     content: str
     at: datetime | None = None
     metadata: dict[str, Any] | None = None
+    attachments: list[AttachmentIn] | None = None
+
+    def as_item(self) -> dict[str, Any]:
+        """The turn as ``MemoryManager.add_turns`` takes it (images as bytes)."""
+        item = self.model_dump(exclude={"attachments"})
+        if self.attachments:
+            item["attachments"] = [_image_bytes(a, i) for i, a in enumerate(self.attachments)]
+        return item
+
+
+def _image_bytes(a: AttachmentIn, i: int) -> dict[str, Any]:
+    try:
+        data = base64.b64decode(a.data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidAttachment(
+            f"attachment {i}: data must be the image's bytes as base64 (RFC 4648, no line breaks)"
+        ) from None
+    return {"data": data, "media_type": a.media_type} if a.media_type else {"data": data}
 
 
 class TurnsIn(BaseModel):
@@ -163,6 +192,16 @@ def turn_json(t: Turn) -> dict[str, Any]:
         "at": t.at.isoformat(),
         "tokens": t.tokens,
         "metadata": t.metadata,
+        "attachments": [
+            {
+                "media_type": a.media_type,
+                "width": a.width,
+                "height": a.height,
+                "sha256": a.sha256,
+                "data": a.base64,
+            }
+            for a in t.attachments
+        ],
     }
 
 
@@ -342,7 +381,7 @@ def _add_routes(app: FastAPI) -> None:
     ) -> dict[str, Any]:
         """Append one turn or ``{"turns": [...]}`` in one transaction (all or none)."""
         items = body.turns if isinstance(body, TurnsIn) else [body]
-        stored = mm.add_turns(session_id, [t.model_dump() for t in items])
+        stored = mm.add_turns(session_id, [t.as_item() for t in items])
         return {"turns": [turn_json(t) for t in stored]}
 
     @app.get("/v1/sessions/{session_id}/turns", tags=["sessions"])
