@@ -578,6 +578,11 @@ def bench_optical(
             )
             asm.latency("read_cue", cue_times)
             bench_assemble_floor(cfg, backend, mm, now, rows, n)
+            # recall() alone (after the floor: each call also writes its rehearsal).
+            recall_times, _ = sample_calls(
+                lambda: mm.recall(SESSION, CUE), cfg.assemble_samples, warmup=2
+            )
+            asm.latency("recall", recall_times)
         finally:
             store.close()
 
@@ -1515,6 +1520,12 @@ def report(cfg: Config, rows: Sequence[Row], backends: Sequence[Backend], env: s
             f"{fmt_ms(with_cue)} ms = **{fmt_ratio(grew_cue(b))}** of assemble without "
             "(goal <= 2x)"
         )
+        recall_p50 = t.v("assemble", b, OM, big, "recall_p50")
+        if recall_p50 == recall_p50:  # measured (not NaN)
+            growth.append(
+                f"- {b}: recall({CUE!r}) at {big:,} turns, with its rehearsal write: p50 "
+                f"**{fmt_ms(recall_p50)} ms** (goal <= 5 ms on SQLite)"
+            )
     for b in names:
         against = [lo] + ([sorted(sizes)[-2]] if len(sizes) > 2 else [])
         for small in against:
