@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from optical_memory import AgingPolicy, MemoryManager, PageRenderer, get_target
+from optical_memory.draw_pool import usable_cores
 from optical_memory.ladder import IMAGE_TIERS, Tier
 from optical_memory.render import RenderTurn
 
@@ -130,6 +131,8 @@ class Config:
     aging_only: bool = False  # only the aging rows (no sizes, no baseline)
     idle_pass: bool = False  # time an aging pass with nothing to do over idle_sessions
     idle_sessions: int = 1_001
+    draw_pool: int = 0  # workers of the first pass measured against in-process (0: not measured)
+    draw_pool_repeats: int = 2  # runs of each, alternated
 
 
 # --------------------------------------------------------------------------------------------------
@@ -695,6 +698,136 @@ def bench_render(mm: MemoryManager, rows: list[Row], max_pages: int = 8) -> None
         rec("render_ms", statistics.mean(times), "ms", len(times), tier.label)
         rec("png_bytes", statistics.mean(png_bytes), "B", len(times), tier.label)
         rec("canvas", size[0], "px", "", tier.label)
+
+
+def bench_draw_pool(cfg: Config, backend: Backend, rows: list[Row]) -> None:
+    """The first pass over one session of ``cfg.aging_turns`` fresh turns (packing, and every
+    page drawn at the four image tiers as renditions: the pack row of the aging table), drawn
+    in-process (``draw_workers=1``) and by a pool of ``cfg.draw_pool`` worker processes,
+    alternated ``cfg.draw_pool_repeats`` times on fresh databases. Each manager first ages a
+    small warm-up session (its pool started, the glyph caches filled: the start is timed
+    apart), so the timed pass is a long-running manager's. The pages of both are compared."""
+    import hashlib
+
+    n = cfg.aging_turns
+    every = min(timedelta(seconds=1), timedelta(minutes=50) / n)
+    turns = [
+        {"role": t.role, "content": t.content, "at": t.at}
+        for t in make_turns(n, end=END, every=every, seed=11)
+    ]
+    warm = [
+        {"role": t.role, "content": t.content, "at": t.at}
+        for t in make_turns(300, end=END, every=timedelta(seconds=1), seed=12)
+    ]
+    now = turns[-1]["at"] + timedelta(minutes=1)
+    rec = Recorder(rows, "draw_pool", backend.name, OM, n)
+    prints: dict[int, set[str]] = {}
+    load = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
+    for i in range(cfg.draw_pool_repeats):
+        for workers in (1, cfg.draw_pool) if i % 2 == 0 else (cfg.draw_pool, 1):
+            with backend.database(f"pool{workers}x{i}") as url:
+                mm = MemoryManager(url, target=TARGET, draw_workers=workers)
+                try:
+                    mm.add_turns("warm", warm)
+                    mm.add_turns(SESSION, turns)
+                    log(f"{backend.name}: first pass, draw_workers={workers} (run {i + 1})")
+                    started = mm.age(now=now, sessions=["warm"])
+                    cpu = time.process_time()  # this process's CPU: all threads, no workers
+                    rep = mm.age(now=now, sessions=[SESSION])
+                    cpu = time.process_time() - cpu
+                    if started.errors or rep.errors:
+                        raise RuntimeError(f"aging failed: {started.errors + rep.errors}")
+                    drawn = rep.pages_prepared + sum(rep.pages_moved.values())
+                    tier = f"workers={workers}"
+                    rec("start_seconds", started.seconds, "s", tier=tier)
+                    rec("pages", drawn, "pages", tier=tier)
+                    rec("seconds", rep.seconds, "s", tier=tier)
+                    rec("pages_per_s", ratio(drawn, rep.seconds), "pages/s", tier=tier)
+                    rec("parent_cpu_ms_per_page", ratio(cpu * 1000, drawn), "ms", tier=tier)
+                    digest = hashlib.sha256()
+                    for page in mm.pages(SESSION):
+                        for lab in (t.label for t in IMAGE_TIERS):
+                            digest.update(mm.page_image(SESSION, page.page_id, lab))
+                    prints.setdefault(workers, set()).add(digest.hexdigest())
+                finally:
+                    mm.close()
+            if hasattr(os, "getloadavg"):
+                load.append(os.getloadavg()[0])
+    same = len(prints.get(1, set()) | prints.get(cfg.draw_pool, set())) == 1
+    rec("same_bytes", float(same), "bool")
+    if load:
+        rec("load_avg_1min_max", max(load), "load")
+        rec("load_avg_1min_min", min(load), "load")
+
+
+def draw_pool_section(cfg: Config, rows: Sequence[Row]) -> list[str]:
+    """The first pass drawn in-process and by a pool (when measured)."""
+    if not cfg.draw_pool:
+        return []
+    out: list[str] = []
+    by: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        if r.section == "draw_pool":
+            by.setdefault((r.backend, r.tier), []).append(r)
+    for b in sorted({b for b, _ in by}):
+        body = []
+        best: dict[int, float] = {}
+        for workers in (1, cfg.draw_pool):
+            got = by.get((b, f"workers={workers}"), [])
+
+            def vals(metric: str, got: list[Row] = got) -> list[float]:
+                return [float(r.value) for r in got if r.metric == metric]
+
+            rates = vals("pages_per_s")
+            if not rates:
+                continue
+            best[workers] = max(rates)
+            body.append(
+                [
+                    "in-process" if workers == 1 else f"pool of {workers}",
+                    f"{statistics.mean(vals('pages')):.0f}",
+                    " / ".join(f"{v:.2f}" for v in vals("seconds")),
+                    " / ".join(f"{v:.2f}" for v in rates),
+                    f"{max(rates):.2f}",
+                    fmt_ratio(ratio(max(rates), best.get(1, math.nan))),
+                    fmt_ms(statistics.mean(vals("parent_cpu_ms_per_page"))),
+                    " / ".join(f"{v:.2f}" for v in vals("start_seconds")),
+                ]
+            )
+        rest = {r.metric: r.value for r in by.get((b, ""), [])}
+        same = "yes" if rest.get("same_bytes") == 1.0 else "NO"
+        loads = (
+            f"; 1-min load average {rest['load_avg_1min_min']:.2f}-{rest['load_avg_1min_max']:.2f}"
+            if "load_avg_1min_max" in rest
+            else ""
+        )
+        out += [
+            f"## first pass: in-process against a draw pool ({b})",
+            "",
+            f"One session of {cfg.aging_turns:,} fresh turns, its first pass (packing, every "
+            "page drawn at the four image tiers), by a manager that has already aged a warm-up "
+            "session (its pool started: 'warm-up s'); runs alternated, each on a fresh "
+            f"database, on {usable_cores()} usable cores{loads}. Same page bytes: {same}. "
+            "'CPU of this process': what the pass costs the process that runs it (reads, "
+            "commits, and the drawing unless a pool draws): with n workers the pass cannot "
+            "go faster than one page per that time, nor n times faster than in-process.",
+            "",
+            md_table(
+                [
+                    "drawing",
+                    "pages",
+                    "seconds (each run)",
+                    "pages/s (each run)",
+                    "best pages/s",
+                    "× in-process",
+                    "CPU of this process per page",
+                    "warm-up s",
+                ],
+                body,
+            ),
+            "",
+        ]
+    return out
 
 
 CONTENTION_AGERS = 2
@@ -1667,6 +1800,16 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "(quick: 101; statements, write transactions, and the sessions query alone as floor)",
     )
     p.add_argument(
+        "--draw-pool",
+        type=int,
+        nargs="?",
+        const=2,
+        default=0,
+        metavar="WORKERS",
+        help="also time the first pass on SQLite drawn in-process and by a pool of WORKERS "
+        "processes (default 2), alternated, twice each (quick: once)",
+    )
+    p.add_argument(
         "--aging-only",
         action="store_true",
         help="only the aging rows (throughput, and --aging-contention if given): no sizes",
@@ -1679,6 +1822,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     )
     if not sizes or min(sizes) < 10:
         p.error("--sizes: each size must be at least 10 turns")
+    if a.draw_pool == 1 or a.draw_pool < 0:
+        p.error("--draw-pool: a pool has at least 2 workers")
     pg = None if a.no_pg else (a.pg_url or os.environ.get(PG_ENV) or None)
     return Config(
         sizes=tuple(sorted(set(sizes))),
@@ -1697,6 +1842,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         aging_only=a.aging_only,
         idle_pass=a.aging_idle,
         idle_sessions=101 if a.quick else IDLE_SESSIONS,
+        draw_pool=max(0, a.draw_pool),
+        draw_pool_repeats=1 if a.quick else 2,
     )
 
 
@@ -1736,6 +1883,8 @@ def run(cfg: Config) -> tuple[list[Row], str]:
             if cfg.idle_pass:
                 for backend in backends:
                     bench_idle_pass(cfg, backend, rows)
+            if cfg.draw_pool:
+                bench_draw_pool(cfg, backends[0], rows)
             env = environment(backends)
             if cfg.aging_only:
                 head = ["# optical-memory aging benchmark", "", env, ""]
@@ -1743,7 +1892,7 @@ def run(cfg: Config) -> tuple[list[Row], str]:
                 text = "\n".join(head + body)
             else:
                 text = report(cfg, rows, backends, env)
-            text += "\n" + "\n".join(aging_extra_section(cfg, rows))
+            text += "\n" + "\n".join(aging_extra_section(cfg, rows) + draw_pool_section(cfg, rows))
         finally:
             for b in backends:
                 if isinstance(b, PostgresBackend):

@@ -24,6 +24,12 @@ rows changed is skipped (``AgingReport.pages_skipped``) and planned again by the
 PostgreSQL the commit claims its rows with ``FOR UPDATE SKIP LOCKED``, so concurrent workers
 commit each change exactly once (two may draw the same page; one commit wins).
 
+Drawing may leave the process: with ``draw_workers`` of 2 or more, the changes of a session
+(tier moves, merges, text pages prepared) are read here, a few ahead, their drawings made by a
+pool of worker processes (:mod:`.draw_pool`), and committed here in plan order, one
+transaction each with its version check, as in-process drawing commits them: the same bytes,
+the same report, and an error raised where in-process drawing would raise it.
+
 Nothing here runs on the request path; ``assemble`` only reads what a pass stored.
 """
 
@@ -31,8 +37,10 @@ from __future__ import annotations
 
 import logging
 import numbers
+import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -44,6 +52,7 @@ from sqlalchemy.orm import Session
 
 from .captions import INTRO_TOKENS, page_caption
 from .database import Database
+from .draw_pool import DrawPool, can_draw_elsewhere, check_draw_workers
 from .encoder import EncodedPage, VisualEncoder
 from .errors import InvalidConfiguration
 from .ladder import IMAGE_TIERS, Target, Tier
@@ -247,6 +256,18 @@ class PageImage:
     height: int
 
 
+@dataclass(frozen=True)
+class _Work:
+    """One planned change as its snapshot showed it, ready to draw and commit: the turns to
+    draw at ``tier`` as the page shows them (plain data, see :func:`render_turn`), or None
+    when ``ready`` holds its drawing already (a move promoting stored renditions)."""
+
+    plan: PagePlan | MergePlan
+    tier: Tier
+    turns: list[RenderTurn] | None
+    ready: Drawing | None = None
+
+
 @dataclass
 class _Cut:
     """A session's packing as one snapshot showed it, and what to write if it still holds:
@@ -278,6 +299,14 @@ class Aging:
 
     ``salience`` (``f(role, content) -> float``, default :func:`.salience.salience`) decides,
     with pins and recalls, which turns an abridged faint page keeps whole.
+
+    ``draw_workers``: how many processes draw a session's pages in a pass (see
+    :func:`.draw_pool.check_draw_workers`): 1 (default) draws in this process; 2 or more
+    draw in a :class:`~.draw_pool.DrawPool` of that many worker processes, started at the
+    first pass with two or more pages of a session to draw, reused by later passes, stopped by
+    :meth:`close`. The pages are the same bytes either way; the reads and commits stay here,
+    one transaction per change with its version check. A renderer other than a plain
+    :class:`~.render.PageRenderer` (a subclass) always draws in this process.
     """
 
     def __init__(
@@ -288,6 +317,7 @@ class Aging:
         policy: AgingPolicy,
         encoder: VisualEncoder | None = None,
         salience: SalienceFn | None = None,
+        draw_workers: int | str = 1,
     ) -> None:
         self.db = db
         self.target = target
@@ -295,7 +325,31 @@ class Aging:
         self.policy = policy
         self.encoder = encoder
         self.salience = check_salience(salience)
+        self.draw_workers = check_draw_workers(draw_workers)
         self.capacity = int(renderer.capacity(target.layout) * policy.page_fill)
+        self._pool: DrawPool | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
+
+    def _draw_pool(self) -> DrawPool | None:
+        """The pool drawings go to, started at its first use; None: draw in this process."""
+        if self.draw_workers < 2 or not can_draw_elsewhere(self.renderer):
+            return None
+        with self._pool_lock:
+            if self._closed:
+                return None  # a pass after close: its database calls raise MemoryClosed
+            if self._pool is None:
+                self._pool = DrawPool(self.renderer, self.draw_workers)
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the drawing processes, if any were started; later passes draw in this
+        process. Idempotent."""
+        with self._pool_lock:
+            self._closed = True
+            pool = self._pool
+        if pool is not None:
+            pool.close()
 
     # -- the pass ------------------------------------------------------------------------------
 
@@ -316,12 +370,12 @@ class Aging:
                 report.pages_created += packed.sealed
                 report.pages_opened += packed.opened
                 report.pages_prepared += packed.prepared
-                moved = 0
-                for plan in self._plan(sid, now):
-                    if isinstance(plan, MergePlan):
-                        moved += self._merge(plan, now, report)
-                    else:
-                        moved += self._apply(plan, now, report)
+                plans = self._plan(sid, now)
+                pool = self._draw_pool() if len(plans) > 1 else None
+                if pool is not None:
+                    moved = self._apply_pooled(plans, now, report, pool)
+                else:
+                    moved = sum(self._apply(plan, now, report) for plan in plans)
                 if packed.changed or moved:
                     self.db.write(
                         lambda s, sid=sid: s.execute(
@@ -335,7 +389,9 @@ class Aging:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _sessions(self, scope: ColumnElement[bool] | None, now: datetime | None = None) -> list[int]:
+    def _sessions(
+        self, scope: ColumnElement[bool] | None, now: datetime | None = None
+    ) -> list[int]:
         """Sessions with work at ``now``, in one query (the "due pages" query): turns beyond
         the text window, an open page that may be sealed, or a page due for a change (see
         :meth:`_due`); within ``scope`` when given (a filter on SessionRow: one owner's
@@ -978,16 +1034,86 @@ class Aging:
     # again by the next pass. On PostgreSQL the commit claims its rows with ``FOR UPDATE SKIP
     # LOCKED``: two workers never commit the same change (the loser finds the version moved on).
 
-    def _apply(self, plan: PagePlan, now: datetime, report: AgingReport) -> int:
-        result = self._redraw(plan, now)
+    def _apply(self, plan: PagePlan | MergePlan, now: datetime, report: AgingReport) -> int:
+        """One change drawn in this process: read, draw, commit; 1 if a page moved."""
+        work = self._read_work(plan)
+        result = None
+        if work is not None:
+            result = self._commit_work(work, self._drawing(work, self._images(work)), now)
+        return self._account(plan, result, report)
+
+    def _apply_pooled(
+        self,
+        plans: Sequence[PagePlan | MergePlan],
+        now: datetime,
+        report: AgingReport,
+        pool: DrawPool,
+    ) -> int:
+        """The changes of one session with their drawings in ``pool``'s processes: up to two
+        per worker are read and drawing while the oldest is committed, in plan order, each in
+        its own transaction with its version check, exactly as :meth:`_apply` commits them.
+        What a step raises (a read, a drawing, a commit) is raised when that change's turn to
+        commit comes, as in-process drawing raises it: the changes before it are committed,
+        those after it are not (their drawings are dropped; the next pass plans them again)."""
+        ahead = 2 * pool.workers
+        todo = iter(plans)
+        pending: deque[tuple[PagePlan | MergePlan, _Work | BaseException | None, Any]] = deque()
+
+        def read_ahead() -> None:
+            while len(pending) < ahead and not (
+                pending and isinstance(pending[-1][1], BaseException)
+            ):
+                plan = next(todo, None)
+                if plan is None:
+                    return
+                try:
+                    work = self._read_work(plan)
+                    future = None
+                    if work is not None and work.turns is not None:
+                        future = pool.submit(work.turns, self.target.layout, self._sizes(work.tier))
+                    pending.append((plan, work, future))
+                except Exception as exc:  # raised in its turn, after the changes before it
+                    pending.append((plan, exc, None))
+
+        moved = 0
+        try:
+            read_ahead()
+            while pending:
+                plan, work, future = pending.popleft()
+                if isinstance(work, BaseException):
+                    raise work
+                result = None
+                if work is not None:
+                    images = pool.result(future) if future is not None else []
+                    drawing = self._drawing(work, images)
+                    result = self._commit_work(work, drawing, now)
+                moved += self._account(plan, result, report)
+                read_ahead()
+        finally:
+            for _, _, future in pending:
+                if future is not None:
+                    future.cancel()
+        return moved
+
+    def _account(
+        self, plan: PagePlan | MergePlan, result: tuple[int, int, int] | None, report: AgingReport
+    ) -> int:
+        """Count a committed change (``result``: old cost, new cost, text tokens) or a skipped
+        one (None) in the report; 1 if a page moved."""
         if result is None:
             report.pages_skipped += 1
             return 0
         old_cost, new_cost, text_tokens = result
-        if plan.new_tier is Tier.TEXT:
-            report.pages_prepared += 1
-            return 0
-        label = plan.new_tier.label
+        if isinstance(plan, MergePlan):
+            report.merges += 1
+            report.pages_merged += len(plan.pages)
+            tier = plan.tier
+        else:
+            tier = plan.new_tier
+            if tier is Tier.TEXT:
+                report.pages_prepared += 1
+                return 0
+        label = tier.label
         report.pages_moved[label] = report.pages_moved.get(label, 0) + 1
         report.tokens_before += old_cost
         report.tokens_after += new_cost
@@ -998,6 +1124,23 @@ class Aging:
         """Draw a page at ``plan.new_tier`` from its archived turns (or promote the renditions
         it already stores, see :meth:`_promotion`) and commit it if it is still at
         ``plan.version``: (old cost, new cost, text tokens), or None (skipped)."""
+        work = self._read_work(plan)
+        if work is None:
+            return None
+        return self._commit_work(work, self._drawing(work, self._images(work)), now)
+
+    def _read_work(self, plan: PagePlan | MergePlan) -> _Work | None:
+        """What a change needs, read in one snapshot: the turns to draw as the page shows them
+        (or the stored renditions a move promotes). None when the page changed or went
+        meanwhile: nothing to draw."""
+        if isinstance(plan, MergePlan):
+            with self.db.read() as s:
+                if self._merge_rows(s, plan, claim=False) is None:
+                    return None
+                turns = page_turns(s, plan.session_row_id, plan.first_seq, plan.last_seq)
+                marks = page_marks(s, plan.session_row_id, plan.first_seq, plan.last_seq)
+                images = load_attachments(s.connection(), turns)
+            return _Work(plan, plan.tier, self._render_turns(turns, marks, images))
         with self.db.read() as s:
             head = s.execute(
                 select(
@@ -1012,9 +1155,29 @@ class Aging:
                 turns = page_turns(s, head.session_row_id, head.first_seq, head.last_seq)
                 images = load_attachments(s.connection(), turns)
         if promoted is not None:
-            drawing = self._encode_missing(promoted)
-        else:
-            drawing = self._draw(turns, marks, plan.new_tier, images)
+            return _Work(plan, plan.new_tier, None, promoted)
+        return _Work(plan, plan.new_tier, self._render_turns(turns, marks, images))
+
+    def _images(self, work: _Work) -> list[RenderedImage]:
+        """A change's images drawn in this process (none for a promotion)."""
+        if work.turns is None:
+            return []
+        return self.renderer.render(work.turns, self.target.layout, self._sizes(work.tier))
+
+    def _drawing(self, work: _Work, images: Sequence[RenderedImage]) -> Drawing:
+        """A change's drawing from its images (or its promoted renditions), with visual tokens
+        for every form it may be shown in, outside any transaction."""
+        if work.ready is not None:
+            return self._encode_missing(work.ready)
+        return self._finish(work.tier, images)
+
+    def _commit_work(
+        self, work: _Work, drawing: Drawing, now: datetime
+    ) -> tuple[int, int, int] | None:
+        """Commit a change's drawing in one transaction, if its rows are as read."""
+        plan = work.plan
+        if isinstance(plan, MergePlan):
+            return self.db.write(lambda s: self._commit_merge(s, plan, drawing, now))
         return self.db.write(lambda s: self._commit(s, plan, drawing, now))
 
     def _promotion(
@@ -1115,15 +1278,32 @@ class Aging:
         image when a budget is tight, never rendering itself), and encode each form the page
         may be shown in; ``attachments``: the turns' images by sha256, read in the same
         snapshot as the turns, drawn as thumbnails. Touches no database."""
-        tiers = [t for t in IMAGE_TIERS if t >= tier]
-        images = self.renderer.render(
-            [
-                render_turn(t, keep_whole=self.keeps_whole(t, marks.get(t.seq)), images=attachments)
-                for t in turns
-            ],
-            self.target.layout,
-            [self.target.spec(t).size for t in tiers],
+        shown = self._render_turns(turns, marks, attachments)
+        return self._finish(
+            tier, self.renderer.render(shown, self.target.layout, self._sizes(tier))
         )
+
+    def _render_turns(
+        self,
+        turns: Sequence[TurnRow],
+        marks: dict[int, tuple[bool, int]],
+        attachments: Mapping[str, Attachment],
+    ) -> list[RenderTurn]:
+        """The turns as a page draws them, each marked whether an abridged page keeps it whole
+        (plain data: what a drawing process receives)."""
+        return [
+            render_turn(t, keep_whole=self.keeps_whole(t, marks.get(t.seq)), images=attachments)
+            for t in turns
+        ]
+
+    def _sizes(self, tier: Tier) -> list[tuple[int, int]]:
+        """The image sizes a page at ``tier`` is drawn in: its tier's and every fainter one's."""
+        return [self.target.spec(t).size for t in IMAGE_TIERS if t >= tier]
+
+    def _finish(self, tier: Tier, images: Sequence[RenderedImage]) -> Drawing:
+        """A drawing of a page at ``tier`` from its images (one per :meth:`_sizes`), with the
+        visual tokens of each form the page may be shown in."""
+        tiers = [t for t in IMAGE_TIERS if t >= tier]
         if tier is Tier.TEXT:
             stored, fainter = None, tuple(zip(tiers, images, strict=True))
         else:
@@ -1183,21 +1363,6 @@ class Aging:
             for t, enc in drawing.tokens:
                 add_visual_tokens(s, page_id, t.label, self.encoder.key, enc, now)
 
-    def _merge(self, plan: MergePlan, now: datetime, report: AgingReport) -> int:
-        result = self._redraw_merge(plan, now)
-        if result is None:
-            report.pages_skipped += 1
-            return 0
-        old_cost, new_cost, text_tokens = result
-        label = plan.tier.label
-        report.merges += 1
-        report.pages_merged += len(plan.pages)
-        report.pages_moved[label] = report.pages_moved.get(label, 0) + 1
-        report.tokens_before += old_cost
-        report.tokens_after += new_cost
-        report.text_tokens_replaced += text_tokens
-        return 1
-
     def _merge_rows(self, s: Session, plan: MergePlan, *, claim: bool) -> list[Any] | None:
         """The pages of a merge, oldest first, if each is still at its planned version, sealed
         and adjacent (``claim``: locked, on PostgreSQL, skipping pages another worker holds);
@@ -1230,55 +1395,45 @@ class Aging:
             return None
         return rows
 
-    def _redraw_merge(self, plan: MergePlan, now: datetime) -> tuple[int, int, int] | None:
-        """One merge: read the pages and their turns, draw the merged page at the merge's tier
-        with no transaction open, then in one transaction (the pages claimed, each still at
-        its planned version) replace them, their renditions and visual tokens, with one page
-        naming their whole turn span. None when a page changed or is claimed by another
-        worker: the next pass plans it again."""
-        with self.db.read() as s:
-            if self._merge_rows(s, plan, claim=False) is None:
-                return None
-            turns = page_turns(s, plan.session_row_id, plan.first_seq, plan.last_seq)
-            marks = page_marks(s, plan.session_row_id, plan.first_seq, plan.last_seq)
-            images = load_attachments(s.connection(), turns)
-        drawing = self._draw(turns, marks, plan.tier, images)
-
-        def commit(s: Session) -> tuple[int, int, int] | None:
-            rows = self._merge_rows(s, plan, claim=True)
-            if rows is None:
-                return None
-            text_tokens = sum(r.text_tokens for r in rows)
-            ids = [r.id for r in rows]
-            s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id.in_(ids)))
-            s.execute(delete(RenditionRow).where(RenditionRow.page_id.in_(ids)))
-            s.execute(delete(PageRow).where(PageRow.id.in_(ids)))
-            merged = PageRow(
-                session_row_id=plan.session_row_id,
-                first_seq=plan.first_seq,
-                last_seq=plan.last_seq,
-                first_at=min(r.first_at for r in rows),
-                last_at=max(r.last_at for r in rows),
-                text_tokens=text_tokens,
-                target=self.target.name,
-                tier=Tier.TEXT.label,
-                png=None,
-                width=None,
-                height=None,
-                token_cost=text_tokens,
-                imageable=True,
-                open=False,
-                version=1,
-                created_at=now,
-                updated_at=now,
-            )
-            s.add(merged)
-            s.flush()
-            self._store(s, merged.id, 2, drawing, text_tokens, now)
-            old_cost = sum(r.token_cost for r in rows)
-            return old_cost, self._cost(plan.tier, text_tokens), text_tokens
-
-        return self.db.write(commit)
+    def _commit_merge(
+        self, s: Session, plan: MergePlan, drawing: Drawing, now: datetime
+    ) -> tuple[int, int, int] | None:
+        """One merge's transaction: the pages claimed, each still at its planned version,
+        replaced (with their renditions and visual tokens) by one page naming their whole turn
+        span, drawn at the merge's tier. None when a page changed or is claimed by another
+        worker: nothing is written, the next pass plans it again."""
+        rows = self._merge_rows(s, plan, claim=True)
+        if rows is None:
+            return None
+        text_tokens = sum(r.text_tokens for r in rows)
+        ids = [r.id for r in rows]
+        s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id.in_(ids)))
+        s.execute(delete(RenditionRow).where(RenditionRow.page_id.in_(ids)))
+        s.execute(delete(PageRow).where(PageRow.id.in_(ids)))
+        merged = PageRow(
+            session_row_id=plan.session_row_id,
+            first_seq=plan.first_seq,
+            last_seq=plan.last_seq,
+            first_at=min(r.first_at for r in rows),
+            last_at=max(r.last_at for r in rows),
+            text_tokens=text_tokens,
+            target=self.target.name,
+            tier=Tier.TEXT.label,
+            png=None,
+            width=None,
+            height=None,
+            token_cost=text_tokens,
+            imageable=True,
+            open=False,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(merged)
+        s.flush()
+        self._store(s, merged.id, 2, drawing, text_tokens, now)
+        old_cost = sum(r.token_cost for r in rows)
+        return old_cost, self._cost(plan.tier, text_tokens), text_tokens
 
     def rebuild(self, page_id: int, version: int, tier: Tier, now: datetime) -> bool:
         """Re-render a page at its stored ``tier`` from the archived turns (drawn outside any

@@ -73,6 +73,11 @@ class StoreBusy(OpticalMemoryError, RuntimeError):
     """The database stayed locked through every retry."""
 
 
+class DrawingFailed(OpticalMemoryError, RuntimeError):
+    """A page-drawing worker process died before it finished (killed, out of memory). Nothing
+    was written for that page; the next aging pass draws it again."""
+
+
 class InvalidConfiguration(InvalidInput):
     """A policy, ladder, target, tier or scheduler setting is out of range; fix the argument."""
 

@@ -37,6 +37,7 @@ from .database import (
     default_url,
     normalise_url,
 )
+from .draw_pool import check_draw_workers
 from .encoder import EncodedPage, VisualEncoder
 from .errors import (
     InvalidBudget,
@@ -142,6 +143,12 @@ class MemoryManager:
         busy_timeout: seconds a call may wait in all, across retries, for locks that other
             connections hold, before it raises :class:`StoreBusy` (default 10). ``close()``
             waits at most about this long for a running background pass.
+        draw_workers: how many processes draw pages in an aging pass: 1 (default) draws in
+            the process running the pass; n >= 2 draws each session's pages in a pool of n
+            worker processes (started with ``spawn`` at the first pass that has pages to
+            draw, reused by later passes, stopped by ``close()``), the same bytes either way;
+            ``"auto"``: one per usable core but one (so no pool on one or two cores). Worth it
+            for first passes over long histories on a machine with cores to spare.
     """
 
     def __init__(
@@ -160,6 +167,7 @@ class MemoryManager:
         salience: SalienceFn | None = None,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
+        draw_workers: int | str = 1,
     ) -> None:
         for name, limit in (
             ("max_content_bytes", max_content_bytes),
@@ -168,6 +176,7 @@ class MemoryManager:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
                 raise InvalidConfiguration(f"{name} must be a positive int, got {limit!r:.40}")
         self.salience = check_salience(salience)
+        self.draw_workers = check_draw_workers(draw_workers)
         self.url = normalise_url(url if url is not None else default_url())
         self.target = get_target(target)
         self.policy = policy or AgingPolicy()
@@ -192,7 +201,13 @@ class MemoryManager:
             self._db.close()
             raise
         self._aging = Aging(
-            self._db, self.target, self.renderer, self.policy, encoder, self.salience
+            self._db,
+            self.target,
+            self.renderer,
+            self.policy,
+            encoder,
+            self.salience,
+            draw_workers=self.draw_workers,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -215,7 +230,8 @@ class MemoryManager:
         return view
 
     def close(self) -> None:
-        """Stop the scheduler and release connections (a view: only its own scheduler).
+        """Stop the scheduler, the drawing processes and release connections (a view: only its
+        own scheduler).
         Further calls raise MemoryClosed.
 
         Returns promptly: a background pass still running is given at most
@@ -232,6 +248,7 @@ class MemoryManager:
         if self._parent is None:
             for view in list(self._views):
                 view.close()
+            self._aging.close()  # the drawing processes, if a pass started them
             self._db.close()
 
     def __enter__(self) -> MemoryManager:
