@@ -248,8 +248,10 @@ def _pg_hits(queries: list[str], join: str, where: str) -> str:
 
 # FTS5's bm25 counts, once per query, every turn of the archive holding each term: a cost that
 # grows with the archive for common words. A term in more turns than this is weighed by its
-# frequency within the searched scope instead (see _sqlite_rank); rarer terms get exact BM25.
+# frequency within the searched scope instead (see _sqlite_rank), over its newest COMMON_TURNS
+# matches in scope; rarer terms get exact BM25.
 COMMON_TURNS = 2000
+COMMON_WINDOW = 10 * COMMON_TURNS  # the newest turns of a session where common terms count
 MAX_SCOPE_SESSIONS = 256  # an owner with more sessions is searched without the scope tokens
 
 _HIT_COLUMNS = {
@@ -271,6 +273,14 @@ _FETCH = (
     "AND p2.first_seq <= t.seq ORDER BY p2.first_seq DESC LIMIT 1"
     ") AND p.last_seq >= t.seq "
     "ORDER BY h.score DESC, h.turn_id DESC"
+)
+
+
+_FIRST_ID_FROM = (
+    select(TurnRow.id)
+    .where(TurnRow.session_row_id == bindparam("sid"), TurnRow.seq >= bindparam("seq"))
+    .order_by(TurnRow.seq)
+    .limit(1)
 )
 
 
@@ -314,7 +324,11 @@ def search(
     if not ranked:
         return []
     params["ids"] = list(ranked)
-    hits = f"SELECT t.id AS turn_id, 0.0 AS score FROM om_turns t {join} WHERE t.id IN :ids AND {where}"
+    # NOT INDEXED: the ids are looked up by rowid, not by scanning the (session, seq) index.
+    hits = (
+        "SELECT t.id AS turn_id, 0.0 AS score FROM om_turns t NOT INDEXED "
+        f"{join} WHERE t.id IN :ids AND {where}"
+    )
     stmt = (
         text(_FETCH.format(hits=hits))
         .bindparams(bindparam("ids", expanding=True))
@@ -371,7 +385,9 @@ def _sqlite_rank(
     -bm25). When the cue also has common terms, each adds, to the turns in scope holding it,
     its inverse document frequency within the scope, ``ln((n - df + 0.5) / (df + 0.5))``
     (at least 1e-6, as FTS5 clamps it): close to BM25 for short turns, at a cost bounded by the
-    scope rather than the archive.
+    scope rather than the archive. In a session longer than COMMON_WINDOW turns, common terms
+    are counted and matched in its newest COMMON_WINDOW turns (before ``before``) only, so that
+    cost stays bounded too as one session grows.
 
     The index narrows by its scope tokens alone where it can (and ``before`` by turn id: within
     a session ids grow with turn numbers); the caller's fetch re-checks every row against the
@@ -391,14 +407,23 @@ def _sqlite_rank(
         )
         narrow = "" if q["cap"] is None else f" AND {FTS_TABLE}.rowid < :cap"
     tid = "t.id" if use_join else f"{FTS_TABLE}.rowid"
+    window = ""  # where common terms are counted and matched (see the docstring)
+    total = None
+    end = before if before is not None else session.next_seq + 1
+    if scope == "session" and not use_join and end - 1 > COMMON_WINDOW:
+        q["lo"] = s.connection().scalar(
+            _FIRST_ID_FROM, {"sid": session.id, "seq": end - COMMON_WINDOW}
+        )
+        if q["lo"] is not None:
+            window, total = f" AND {FTS_TABLE}.rowid >= :lo", COMMON_WINDOW
 
-    def matched(param: str) -> str:
+    def matched(param: str, extra: str = "") -> str:
         if use_join:
             return (
                 f"FROM {FTS_TABLE} CROSS JOIN om_turns t ON t.id = {FTS_TABLE}.rowid {join} "
                 f"WHERE {FTS_TABLE} MATCH :{param} AND {where}"
             )
-        return f"FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :{param}{narrow}"
+        return f"FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :{param}{narrow}{extra}"
 
     arms = []
     if rare:
@@ -409,18 +434,29 @@ def _sqlite_rank(
             return [(int(i), float(r)) for i, r in s.connection().execute(text(sql), q)]
     for n, term in enumerate(common):
         q[f"q{n}"] = sqlite_match([term], scope_ids)
-    counts = s.connection().execute(
-        text(
-            "SELECT "
-            + ", ".join(f"(SELECT count(*) {matched(f'q{n}')})" for n in range(len(common)))
-        ),
-        q,
-    ).one()
-    total = in_scope()
+    counts = (
+        s.connection()
+        .execute(
+            text(
+                "SELECT "
+                + ", ".join(
+                    f"(SELECT count(*) {matched(f'q{n}', window)})" for n in range(len(common))
+                )
+            ),
+            q,
+        )
+        .one()
+    )
+    total = in_scope() if total is None else total
     for n, held in enumerate(counts):
         if held:
             q[f"w{n}"] = max(math.log((total - held + 0.5) / (held + 0.5)), 1e-6)
-            arms.append(f"SELECT {tid} AS id, :w{n} AS score {matched(f'q{n}')}")
+            # Its newest COMMON_TURNS matches only: summing every match of a word held by a
+            # third of a 100k-turn session costs ~100 ms, while its weight is the smallest.
+            arms.append(
+                f"SELECT * FROM (SELECT {tid} AS id, :w{n} AS score {matched(f'q{n}', window)} "
+                f"ORDER BY {tid} DESC LIMIT {COMMON_TURNS})"
+            )
     if not arms:
         return []
     sql = (
@@ -450,7 +486,9 @@ def _split_common(
             f"LIMIT {COMMON_TURNS}))"
             for i in unknown
         )
-        row = s.connection().execute(text(f"SELECT {probes}"), {f"p{i}": _phrase(terms[i]) for i in unknown})
+        row = s.connection().execute(
+            text(f"SELECT {probes}"), {f"p{i}": _phrase(terms[i]) for i in unknown}
+        )
         for i, n in zip(unknown, row.one(), strict=True):
             if n >= COMMON_TURNS:
                 common.add(i)
@@ -467,9 +505,13 @@ def _scope_ids(
     how to count the turns in scope."""
     if scope == "session":
         return [session.id], lambda: int(session.next_seq)
-    rows = s.connection().execute(
-        select(SessionRow.id, SessionRow.next_seq).where(SessionRow.owner == session.owner)
-    ).all()
+    rows = (
+        s.connection()
+        .execute(
+            select(SessionRow.id, SessionRow.next_seq).where(SessionRow.owner == session.owner)
+        )
+        .all()
+    )
     ids = [int(r.id) for r in rows] if len(rows) <= MAX_SCOPE_SESSIONS else None
     return ids, lambda: sum(int(r.next_seq) for r in rows)
 

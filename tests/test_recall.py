@@ -96,6 +96,33 @@ def test_a_rare_word_outranks_common_ones(mm: MemoryManager) -> None:
     assert mm.recall("a", "Lisbon trams")[0].turn.seq == 4
 
 
+def test_in_a_long_session_common_words_count_in_its_newest_turns_and_rare_ones_everywhere(
+    mm: MemoryManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite's ranking (PostgreSQL ranks in one statement, bounded by its GIN index). The
+    # window scaled down (COMMON_TURNS 5, COMMON_WINDOW 40) so a short session is "long".
+    if mm.database.dialect != "sqlite":
+        pytest.skip("the common-word window is SQLite's")
+    from optical_memory import recall as recall_module
+
+    monkeypatch.setattr(recall_module, "COMMON_TURNS", 5)
+    monkeypatch.setattr(recall_module, "COMMON_WINDOW", 40)
+    turns = [("user", f"the timetable, note {i}") for i in range(60)]
+    turns += [("user", f"the ferry, note {i}") for i in range(60, 100)]
+    turns[2] = ("user", "the ferry to Ilha Grande leaves pier nine, booking code QX-5521")
+    turns[10] = ("user", "ferry timetable: the old copy")  # both common words, but old
+    turns[90] = ("user", "the ferry timetable changed")
+    mm.add_turns("long", turns)
+    common = [r.turn.seq for r in mm.recall("long", "ferry timetable", limit=20)]
+    assert common[0] == 91  # the newest turn holding both words comes first
+    assert 11 not in common  # common words only, outside the window (else second)
+    assert all(seq > 100 - 40 for seq in common)
+    rare = mm.recall("long", "booking code QX-5521")  # rare terms: the whole session
+    assert rare and rare[0].turn.seq == 3
+    early = [r.turn.seq for r in mm.recall("long", "ferry timetable", before=50, limit=50)]
+    assert early[0] == 11  # the window ends at ``before``: turns 10-49
+
+
 def test_before_and_limit(mm: MemoryManager) -> None:
     mm.add_turns("s", [("user", f"note {i}: the parcel tracking number ZT{i}") for i in range(30)])
     assert {r.turn.seq for r in mm.recall("s", "parcel", limit=50)} == set(range(1, 31))
