@@ -97,13 +97,13 @@ def test_a_rare_word_outranks_common_ones(mm: MemoryManager) -> None:
 
 
 def test_in_a_long_session_common_words_count_in_its_newest_turns_and_rare_ones_everywhere(
-    mm: MemoryManager, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # SQLite's ranking (PostgreSQL ranks in one statement, bounded by its GIN index). The
     # window scaled down (COMMON_TURNS 5, COMMON_WINDOW 40) so a short session is "long".
-    if mm.database.dialect != "sqlite":
-        pytest.skip("the common-word window is SQLite's")
     from optical_memory import recall as recall_module
+
+    mm = MemoryManager(sqlite_url)
 
     monkeypatch.setattr(recall_module, "COMMON_TURNS", 5)
     monkeypatch.setattr(recall_module, "COMMON_WINDOW", 40)
