@@ -83,9 +83,10 @@ class UTCDateTime(TypeDecorator[datetime]):
             if value is None:
                 return None
             try:
-                return datetime.fromisoformat(value).replace(tzinfo=UTC)
+                parsed = datetime.fromisoformat(value)
             except (TypeError, ValueError):  # not the stored form: the general path
                 return slow(value) if slow else value
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
         return process
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, inspect, select
@@ -270,3 +271,28 @@ def test_bad_page_ids_and_cursor_arguments_are_typed_errors(mm: MemoryManager) -
             mm.turns("s", since=bad)
         with pytest.raises(InvalidInput):
             mm.turns("s", limit=bad)
+
+
+def test_sqlite_timestamps_read_back_as_aware_utc_in_every_stored_form(tmp_path: Path) -> None:
+    """The fast SQLite reader of UTCDateTime: SQLAlchemy's own form, ISO 8601 with a ``T`` or an
+    offset (raw SQL, other tools), without microseconds; NULL stays NULL."""
+    import sqlalchemy as sa
+
+    from optical_memory.store import UTCDateTime
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'ts.db'}")
+    table = sa.Table("ts", sa.MetaData(), sa.Column("at", UTCDateTime()))
+    with engine.begin() as conn:
+        table.create(conn)
+        for raw in (
+            "2026-12-02 03:00:00.123456",
+            "2026-12-02T03:00:00.123456",
+            "2026-12-02T05:00:00.123456+02:00",
+            "2026-12-02 03:00:00",
+            None,
+        ):
+            conn.execute(sa.text("INSERT INTO ts (at) VALUES (:v)"), {"v": raw})
+        got = conn.execute(sa.select(table.c.at)).scalars().all()
+    want = datetime(2026, 12, 2, 3, 0, 0, 123456, tzinfo=UTC)
+    assert got == [want, want, want, want.replace(microsecond=0), None]
+    assert all(g.tzinfo is UTC for g in got if g is not None)
