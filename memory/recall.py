@@ -219,6 +219,46 @@ def _pg_queries(cue: Cue, params: dict[str, Any]) -> list[str]:
     return parts
 
 
+def _pg_window(
+    s: Session,
+    session: SessionRow,
+    cue: Cue,
+    scope: str,
+    before: int | None,
+    queries: list[str],
+    params: dict[str, Any],
+) -> str:
+    """In a session longer than COMMON_WINDOW turns, what keeps PostgreSQL's ranking bounded
+    (an extra condition on ``om_turns t``; empty otherwise): as on SQLite, a turn before the
+    newest COMMON_WINDOW is a candidate only if it holds a rare term (one in fewer than
+    COMMON_TURNS turns of the archive), and frequencies count within that window."""
+    end = before if before is not None else session.next_seq + 1
+    if scope != "session" or end - 1 <= COMMON_WINDOW:
+        return ""
+    conn = s.connection()
+    params["lo"], params["n"] = end - COMMON_WINDOW, COMMON_WINDOW  # a seq: the index's range
+    known = _COMMON_CACHE.setdefault("pg:" + str(s.get_bind().url), OrderedDict())
+    # The verdicts per term and compound, in the order of _pg_queries.
+    keys = [f"t:{' '.join(t).casefold()}" for t in cue.terms]
+    keys += [f"c:{c}" for c in cue.compounds]
+    unknown = [i for i, k in enumerate(keys) if k not in known]
+    if unknown:
+        probes = ", ".join(
+            f"(SELECT count(*) FROM (SELECT 1 FROM om_turns t WHERE {PG_VECTOR} @@ {queries[i]} "
+            f"LIMIT {COMMON_TURNS}) c{i})"
+            for i in unknown
+        )
+        for i, n in zip(unknown, conn.execute(text(f"SELECT {probes}"), params).one(), strict=True):
+            if n >= COMMON_TURNS:
+                known[keys[i]] = None
+                while len(known) > _COMMON_CACHE_SIZE:
+                    known.popitem(last=False)
+    rare = [q for q, k in zip(queries, keys, strict=True) if k not in known]
+    if not rare:
+        return " AND t.seq >= :lo"
+    return f" AND (t.seq >= :lo OR {PG_VECTOR} @@ ({' || '.join(rare)}))"
+
+
 def _pg_hits(queries: list[str], join: str, where: str) -> str:
     """(turn_id, score) of the best matches on PostgreSQL, as one statement.
 
@@ -315,7 +355,9 @@ def search(
     join, where = _scope_filter(session, scope, before, params)
     if s.get_bind().dialect.name == "postgresql":
         params["n"] = _scope_ids(s, session, scope)[1]()
-        hits = _pg_hits(_pg_queries(parsed, params), join, where)
+        queries = _pg_queries(parsed, params)
+        where += _pg_window(s, session, parsed, scope, before, queries, params)
+        hits = _pg_hits(queries, join, where)
         stmt = text(_FETCH.format(hits=hits)).columns(**_HIT_COLUMNS)
         rows = s.connection().execute(stmt, params).all()
         images = load_attachments(s.connection(), rows)

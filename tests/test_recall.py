@@ -97,13 +97,12 @@ def test_a_rare_word_outranks_common_ones(mm: MemoryManager) -> None:
 
 
 def test_in_a_long_session_common_words_count_in_its_newest_turns_and_rare_ones_everywhere(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # SQLite's ranking (PostgreSQL ranks in one statement, bounded by its GIN index). The
-    # window scaled down (COMMON_TURNS 5, COMMON_WINDOW 40) so a short session is "long".
+    # The window scaled down (COMMON_TURNS 5, COMMON_WINDOW 40) so a short session is "long".
     from optical_memory import recall as recall_module
 
-    mm = MemoryManager(sqlite_url)
+    mm = MemoryManager(db_url)
 
     monkeypatch.setattr(recall_module, "COMMON_TURNS", 5)
     monkeypatch.setattr(recall_module, "COMMON_WINDOW", 40)
