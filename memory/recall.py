@@ -266,21 +266,25 @@ def _pg_hits(queries: list[str], join: str, where: str) -> str:
     outranks the one holding a rare code), so the score is, as on SQLite's common-term path,
     the sum over the cue's terms held by a turn of their inverse document frequency within
     the scope, ``ln((n - df + 0.5) / (df + 0.5))`` (at least 1e-6), plus a hundredth of
-    ``ts_rank_cd`` to order turns holding the same terms.
+    ``ts_rank_cd`` to order turns holding the same terms. ``ts_rank_cd`` is most of the cost
+    of a match, so it is computed for the best ``PG_RANKED`` times ``k`` by the sum alone
+    (ties there go to the newest turns), not for every match.
     """
     query = "(" + " || ".join(queries) + ")"
     held = ", ".join(f"({PG_VECTOR} @@ {q})::int AS m{i}" for i, q in enumerate(queries))
     freq = ", ".join(f"sum(m{i}) OVER () AS d{i}" for i in range(len(queries)))
-    score = " + ".join(
+    base = " + ".join(
         f"m{i} * greatest(ln((CAST(:n AS float8) - d{i} + 0.5) / (d{i} + 0.5)), 1e-6)"
         for i in range(len(queries))
     )
     return (
-        f"SELECT turn_id, {score} + 0.01 * cd AS score FROM ("
-        f"SELECT turn_id, cd, {', '.join(f'm{i}' for i in range(len(queries)))}, {freq} FROM ("
-        f"SELECT t.id AS turn_id, ts_rank_cd({PG_VECTOR}, {query}, 1) AS cd, {held} "
+        f"SELECT turn_id, base + 0.01 * ts_rank_cd(v, {query}, 1) AS score FROM ("
+        f"SELECT turn_id, v, {base} AS base FROM ("
+        f"SELECT turn_id, v, {', '.join(f'm{i}' for i in range(len(queries)))}, {freq} FROM ("
+        f"SELECT t.id AS turn_id, {PG_VECTOR} AS v, {held} "
         f"FROM om_turns t {join} WHERE {PG_VECTOR} @@ {query} AND {where}"
-        ") m) w ORDER BY score DESC, turn_id DESC LIMIT :k"
+        f") m) w ORDER BY base DESC, turn_id DESC LIMIT :k * {PG_RANKED}"
+        ") b ORDER BY score DESC, turn_id DESC LIMIT :k"
     )
 
 
@@ -292,6 +296,7 @@ def _pg_hits(queries: list[str], join: str, where: str) -> str:
 # matches in scope; rarer terms get exact BM25.
 COMMON_TURNS = 2000
 COMMON_WINDOW = 10 * COMMON_TURNS  # the newest turns of a session where common terms count
+PG_RANKED = 8  # PostgreSQL: ts_rank_cd breaks ties among this many times k best by idf alone
 MAX_SCOPE_SESSIONS = 256  # an owner with more sessions is searched without the scope tokens
 
 _HIT_COLUMNS = {
