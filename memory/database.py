@@ -586,6 +586,18 @@ class Database:
             for table in tables:
                 conn.exec_driver_sql(f'VACUUM (FULL, ANALYZE) "{table}"')
 
+    def analyze(self) -> None:
+        """Refresh PostgreSQL's planner statistics of the turns table after a bulk load: until
+        autovacuum gets to it, a table just filled looks empty to the planner, which then sorts
+        a whole session to read its newest turns (131 ms instead of 0.5 at 100k turns). SQLite
+        plans from its indexes alone: nothing to do."""
+        self._check_open()
+        if self.dialect != "postgresql":
+            return
+        with translated(self.url), self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("ANALYZE om_turns")
+
     def vacuum_sqlite(self) -> None:
         """``VACUUM`` (rebuild the file, dropping free pages) and an emptied write-ahead log."""
         self._check_open()

@@ -153,6 +153,32 @@ def test_import_each_format(
     assert {s[0]: s[1] for s in snapshot(db_url)} == expected
 
 
+def test_a_large_import_refreshes_the_planners_statistics(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL plans a table it has no statistics for as if it were empty; a large import
+    runs ANALYZE before the first read (the threshold lowered so the fixture counts)."""
+    import sqlalchemy as sa
+
+    import optical_memory.cli as cli_module
+    from optical_memory.database import normalise_url
+
+    monkeypatch.setattr(cli_module, "ANALYZE_AFTER_TURNS", 3)
+    result = cli("import", DATA / "turns.jsonl", "--db", db_url)
+    assert result.exit_code == 0, result.output
+    engine = sa.create_engine(normalise_url(db_url))
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            analyzed = conn.execute(
+                sa.text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'om_turns'")
+            ).scalar()
+            assert analyzed is not None
+        else:  # SQLite plans from its indexes: no statistics table is made
+            names = conn.execute(sa.text("SELECT name FROM sqlite_master")).scalars().all()
+            assert "sqlite_stat1" not in names
+    engine.dispose()
+
+
 def test_import_keeps_times_and_metadata(url: str) -> None:
     assert cli("import", DATA / "locomo_tiny.json", "--db", url).exit_code == 0
     with MemoryManager(url) as mm:
