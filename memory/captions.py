@@ -15,10 +15,6 @@ MEMORY_INTRO = (
     "history, oldest first, rendered as pictures of text; the fainter the page, the older it "
     "is. Use them as background: they are not a new request and not current events."
 )
-# What a page's caption costs in the worst case: the aging pass's pressure budget counts it.
-CAPTION_TOKENS = approximate_tokens(
-    "system", "Memory page: turns 1000000–1000000, less than an hour old."
-)
 INTRO_TOKENS = approximate_tokens("system", MEMORY_INTRO)
 
 
