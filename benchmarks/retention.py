@@ -25,6 +25,16 @@ the replayed memory after its assembly arms, since a recall counts a rehearsal, 
 ``--questions`` / ``--lme-questions`` / ``--conversations`` take items spread evenly over the
 file (the middle one of each of N equal strides), not the first N.
 
+By default the question is only the cue, not a turn: the prompt's protected text (the newest
+user turn and what follows it) is then the conversation's last user turn and the reply after it.
+``--question-turn`` assembles the way an application does (it records the new user message,
+then assembles): for each question, the question is added as the newest user turn (at question
+time), both arms (without and with the cue) are assembled, and the turn is taken out again with
+``replace_turns(session, its seq, [])`` (superseded: out of prompts, pages, ``turns()`` and
+search), so every question sees the same memory; the no-cue arm is then assembled per question.
+No aging pass runs while the turn is in (they run before the assemblies), the session's live
+turns are checked to be unchanged after it, and the question turn is never counted as evidence.
+
 For every QA item, each evidence turn is classified as *text* (in the prompt as text), *image,
 legible* (the OCR of its page, at the tier shown, recovers >= 90% of the turn's characters: the
 turn's text, whitespace removed, is aligned against the best-matching substring of the OCR output
@@ -75,8 +85,9 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -479,6 +490,7 @@ class Config:
     ocr_scope: str = "auto"  # "turn" (evidence lines), "page", or "auto" (see settle_scope)
     crop_check: int = 24  # page images read whole as well, to check the cropped verdicts
     render_all: bool = False
+    question_turn: bool = False  # add the question as the newest user turn while assembling
     out: Path = DEFAULT_OUT
     details: Path | None = None
     quiet: bool = False
@@ -662,19 +674,34 @@ def measure(
                     raise RuntimeError(f"aging failed: {report_.errors}")
                 for b in labels:
                     tokens = res.budgets[b]
-                    ctx = mm.assemble(SESSION, budget=tokens, target=target, now=conv.asked_at)
-                    plain = placed(ctx)
                     key: Arm = (target, policy_name, b, False)
-                    res.tokens[key] = ctx.tokens
-                    res.placements[key] = {q.qid: plain for q in conv.questions}
-                    cued: dict[str, dict[int, Placement]] = {}
-                    spent = []
-                    for q in conv.questions:  # the cue: the question's text, nothing else
-                        qctx = mm.assemble(
-                            SESSION, budget=tokens, target=target, now=conv.asked_at, cue=q.text
-                        )
-                        cued[q.qid] = placed(qctx)
-                        spent.append(qctx.tokens)
+                    assemble = partial(
+                        mm.assemble, SESSION, budget=tokens, target=target, now=conv.asked_at
+                    )
+                    if cfg.question_turn:  # both arms per question, the question a turn
+                        plains: dict[str, dict[int, Placement]] = {}
+                        cued: dict[str, dict[int, Placement]] = {}
+                        spent_plain, spent = [], []
+                        for q in conv.questions:
+                            with question_turn(mm, q.text, conv.asked_at):
+                                ctx = assemble()
+                                qctx = assemble(cue=q.text)
+                            plains[q.qid], cued[q.qid] = placed(ctx), placed(qctx)
+                            spent_plain.append(ctx.tokens)
+                            spent.append(qctx.tokens)
+                        res.placements[key] = plains
+                        res.tokens[key] = sum(spent_plain) / len(spent_plain)
+                    else:
+                        ctx = assemble()
+                        plain = placed(ctx)
+                        res.tokens[key] = ctx.tokens
+                        res.placements[key] = {q.qid: plain for q in conv.questions}
+                        cued = {}
+                        spent = []
+                        for q in conv.questions:  # the cue: the question's text, nothing else
+                            qctx = assemble(cue=q.text)
+                            cued[q.qid] = placed(qctx)
+                            spent.append(qctx.tokens)
                     res.placements[(target, policy_name, b, True)] = cued
                     res.tokens[(target, policy_name, b, True)] = sum(spent) / len(spent)
             path.unlink()
@@ -715,6 +742,32 @@ def measure(
         res.checked = sorted(pairs)
     score(res, cfg, ocr)
     return res
+
+
+def live_turns(mm: MemoryManager) -> int:
+    """The session's live turns (a superseded version is not counted)."""
+    return next(s.turns for s in mm.sessions() if s.session_id == SESSION)
+
+
+@contextmanager
+def question_turn(mm: MemoryManager, text: str, at: datetime) -> Iterator[int]:
+    """The question as the session's newest user turn while the block runs (its seq yielded),
+    then superseded with ``replace_turns(SESSION, seq, [])``: out of prompts, pages, turns()
+    and search, and the session's live turns are what they were. Nothing in the block may run
+    an aging pass (it could page the turn; replace_turns would then refuse it)."""
+    before = live_turns(mm)
+    last = mm.turns(SESSION, since=0)[-1].seq if before else 0
+    turn = mm.add_turn(SESSION, "user", text, at=at)
+    try:
+        yield turn.seq
+    finally:
+        mm.replace_turns(SESSION, turn.seq, [])
+    left = mm.turns(SESSION, since=last)
+    if live_turns(mm) != before or left:
+        raise RuntimeError(
+            f"the question turn {turn.seq} was not taken out: {live_turns(mm)} live turns "
+            f"(were {before}), {len(left)} after turn {last}"
+        )
 
 
 def page_image(png: bytes) -> Image.Image:
@@ -1083,7 +1136,13 @@ def report(
         f"substring, whitespace removed); reader {primary}"
         + (", Tesseract beside it" if "tesseract" in cfg.readers and primary != "tesseract" else "")
         + f". Images read: {'whole pages' if outcome.scope == 'page' else 'the evidence lines'}"
-        f" (--ocr-scope {cfg.ocr_scope}). Cue: the question's text only. Budget 1/10: one tenth "
+        f" (--ocr-scope {cfg.ocr_scope}). Cue: the question's text only"
+        + (
+            "; the question is added as the newest user turn while assembling (--question-turn)"
+            if cfg.question_turn
+            else ""
+        )
+        + ". Budget 1/10: one tenth "
         'of each conversation\'s text tokens. Window: trim_messages(strategy="last", '
         "count_tokens_approximately). Tier columns: % of the evidence shown at that tier "
         f"(in brackets: % of those legible to {primary})."
@@ -1379,6 +1438,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "--render-all", action="store_true", help="draw every page, not only those holding evidence"
     )
     ap.add_argument(
+        "--question-turn",
+        action="store_true",
+        help="add each question as the newest user turn while assembling (as an application "
+        "does), then take it out again; both arms per question",
+    )
+    ap.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="CSV (a .md is written beside it)"
     )
     ap.add_argument("--details", type=Path, help="also write one CSV row per evidence turn here")
@@ -1396,6 +1461,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         keep_last_turns=a.keep_last_turns,
         ocr_scope=a.ocr_scope,
         render_all=a.render_all,
+        question_turn=a.question_turn,
         out=a.out,
         details=a.details,
         quiet=a.quiet,

@@ -168,3 +168,82 @@ def test_missing_data_is_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 0
     assert "skipped" in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_question_turn_leaves_the_session_as_it_was(tmp_path: Path) -> None:
+    """The question is the newest user turn while assembling, then superseded: turns, pages,
+    live count, prompts and search are what they were before it."""
+    from datetime import UTC, datetime, timedelta
+
+    from optical_memory import AgingPolicy, MemoryManager
+
+    start = datetime(2024, 3, 3, 10, tzinfo=UTC)
+    turns = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"{text} ({n})", "at": at}
+        for n in range(3)
+        for i, text in enumerate(LINES)
+        if (at := start + timedelta(days=7 * n, minutes=i))
+    ]
+    asked = start + timedelta(days=30)
+    question = "Which studio near the harbour did you pick for pottery?"
+    with MemoryManager(
+        f"sqlite:///{tmp_path / 'm.db'}",
+        target="deepseek-ocr",
+        policy=AgingPolicy(keep_last_turns=4),
+    ) as mm:
+        mm.add_turns(retention.SESSION, turns)
+        mm.age(now=asked)
+        pages = mm.pages(retention.SESSION)
+        assert pages  # some turns are on pages: the replace must not touch them
+
+        def snapshot() -> tuple:
+            ctx = mm.assemble(retention.SESSION, budget=600, now=asked, cue=question)
+            return (
+                mm.turns(retention.SESSION),
+                mm.pages(retention.SESSION),
+                retention.live_turns(mm),
+                ctx.tokens,
+                [type(s).__name__ + repr(getattr(s, "turn", None)) for s in ctx.segments],
+            )
+
+        def found() -> set[tuple[int, str]]:  # every match: a recall rehearses, ranks may move
+            hits = mm.recall(retention.SESSION, question, limit=100)
+            return {(r.turn.seq, r.turn.content) for r in hits}
+
+        before, matches = snapshot(), found()
+        for _ in range(2):  # the next question sees the same memory
+            with retention.question_turn(mm, question, asked) as seq:
+                newest = mm.turns(retention.SESSION)[-1]
+                assert (newest.seq, newest.role, newest.content) == (seq, "user", question)
+                assert retention.live_turns(mm) == before[2] + 1
+                ctx = mm.assemble(retention.SESSION, budget=600, now=asked, cue=question)
+                shown = [s.turn.seq for s in ctx.segments if hasattr(s, "turn")]
+                assert seq in shown  # the protected text is the question
+            assert snapshot() == before
+            assert found() == matches  # out of search
+            assert all(t.content != question for t in mm.turns(retention.SESSION))
+            assert [t.content for t in mm.superseded(retention.SESSION)][-1] == question
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="needs the tesseract binary")
+def test_retention_question_turn_runs(tmp_path: Path) -> None:
+    data = locomo_like(tmp_path / "locomo.json")
+    out = tmp_path / "retention.csv"
+    cfg = retention.parse_args(
+        [
+            *("--locomo", str(data), "--longmemeval", "none", "--budgets", "600"),
+            *("--targets", "deepseek-ocr", "--readers", "tesseract", "--ocr-scope", "page"),
+            *("--crop-check", "0", "--keep-last-turns", "4", "--question-turn"),
+            *("--out", str(out), "--quiet"),
+        ]
+    )
+    assert cfg.question_turn
+    rows, text = retention.run(cfg)
+    assert len(rows) == len(retention.POLICIES) * 2 + 1  # and the window
+    for r in rows:
+        assert int(r["qa_items"]) == 2 and int(r["evidence"]) == 3  # the question is not evidence
+        counts = int(r["as_text"]) + int(r["absent"])
+        counts += sum(int(r[f"in_{t}"]) for t in retention.IMAGE_TIER_LABELS)
+        assert counts == 3
+        assert 0.0 <= float(r["legible_pct"]) <= float(r["present_pct"]) <= 100.0
+    assert "--question-turn" in text
