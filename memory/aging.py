@@ -1036,11 +1036,7 @@ class Aging:
 
     def _apply(self, plan: PagePlan | MergePlan, now: datetime, report: AgingReport) -> int:
         """One change drawn in this process: read, draw, commit; 1 if a page moved."""
-        work = self._read_work(plan)
-        result = None
-        if work is not None:
-            result = self._commit_work(work, self._drawing(work, self._images(work)), now)
-        return self._account(plan, result, report)
+        return self._account(plan, self._redraw(plan, now), report)
 
     def _apply_pooled(
         self,
@@ -1120,10 +1116,10 @@ class Aging:
         report.text_tokens_replaced += text_tokens
         return 1
 
-    def _redraw(self, plan: PagePlan, now: datetime) -> tuple[int, int, int] | None:
-        """Draw a page at ``plan.new_tier`` from its archived turns (or promote the renditions
-        it already stores, see :meth:`_promotion`) and commit it if it is still at
-        ``plan.version``: (old cost, new cost, text tokens), or None (skipped)."""
+    def _redraw(self, plan: PagePlan | MergePlan, now: datetime) -> tuple[int, int, int] | None:
+        """Draw a page at ``plan.new_tier`` (a merge: its pages as one) from the archived turns
+        (or promote the renditions it already stores, see :meth:`_promotion`) and commit it if
+        its rows are still as planned: (old cost, new cost, text tokens), or None (skipped)."""
         work = self._read_work(plan)
         if work is None:
             return None
