@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +40,7 @@ from .tokens import TokenCounter, approximate_tokens
 from .turn_text import cost_text, display_text, speaker_of, turn_line
 
 _TURN_BATCH = 64
+_MAX_FIRST_READ = 4096  # turns: the most a session's read hint asks for at once
 _PAGE_BATCH = 64  # a 4k-token budget's candidates in one read (and one of their renditions)
 
 # The reads of assembly, built once with bound parameters and run on the read transaction's
@@ -304,6 +307,7 @@ def assemble_context(
     cue: str | None = None,
     shares: AssemblyShares = AssemblyShares(),
     newest_images: bool = True,
+    hints: ReadHints | None = None,
 ) -> AssembledContext:
     """Build the budgeted view of one session (inside one read transaction), in phases:
     recent text, pins, page candidates, the split between text and the past, fade to fit,
@@ -315,7 +319,8 @@ def assemble_context(
     from the recent text beyond the protected turns for turns the cue recalls; what the recall
     block leaves unused goes back to more recent text, which comes after it.
     With ``newest_images``, the newest user turn's images are sent as images, at the
-    target's cost (always shown, as the turn itself is).
+    target's cost (always shown, as the turn itself is). ``hints``: how much to read first
+    (see :class:`ReadHints`).
     """
     count = counter or approximate_tokens
     conn = s.connection()  # the read transaction's: same snapshot, no ORM on the hot reads
@@ -332,13 +337,17 @@ def assemble_context(
             return 0
         return sum(target.image_cost(d["width"], d["height"], None) for d in t.attachments)
 
-    recent = _recent_units(conn, session, budget, cost_of, images_of)
+    recent = _recent_units(conn, session, budget, cost_of, images_of, hints)
     mandatory = recent.spent(recent.mandatory)
     pins = _pinned(s, conn, session, recent, cost_of, budget - mandatory)
     pin_cost = _block_cost(count, pins, []) if pins else 0
     reserve = int(budget * shares.recall) if cue is not None else 0
 
-    candidates = _page_candidates(conn, session.id, target, budget - mandatory - pin_cost)
+    candidates = (  # no turn is paged yet: the session has no pages
+        _page_candidates(conn, session.id, target, budget - mandatory - pin_cost)
+        if session.paged_until > 0
+        else []
+    )
     candidates.reverse()  # oldest first
     ref = session.aged_at or now
     for c in candidates:
@@ -418,6 +427,30 @@ def assemble_context(
 Unit = tuple[list[TurnData], int]  # turns shown together (a tool call and its results), cost
 
 
+class ReadHints:
+    """How many recent turns the last assembly of each session read, kept per process: the
+    next one asks for about as many in its first read, instead of growing batches of
+    :data:`_TURN_BATCH`. A session grows by a turn or two between calls, so this saves the
+    extra round trips (one or two of five on PostgreSQL). Only read sizes depend on it, never
+    a prompt. Thread-safe; the least recently used sessions are dropped past ``size``."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._turns: OrderedDict[int, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session_row_id: int) -> int | None:
+        with self._lock:
+            return self._turns.get(session_row_id)
+
+    def put(self, session_row_id: int, turns: int) -> None:
+        with self._lock:
+            self._turns[session_row_id] = turns
+            self._turns.move_to_end(session_row_id)
+            while len(self._turns) > self.size:
+                self._turns.popitem(last=False)
+
+
 @dataclass
 class _Recent:
     """Phase 1's result: the newest unpaged turns as whole units, newest first."""
@@ -446,17 +479,34 @@ def _recent_units(
     budget: int,
     cost_of: Callable[[TurnData], int],
     images_of: Callable[[TurnData], int],
+    hints: ReadHints | None = None,
 ) -> _Recent:
     """Unpaged turns, newest first, as whole units (a tool call stays with its results),
     gathered until they fill ``budget``; reading stops there, so the cost follows the budget.
     The newest user turn's unit also pays for its images (``images_of``)."""
+    hinted = hints.get(session.id) if hints is not None else None
+    recent = _gather_recent(conn, session, budget, cost_of, images_of, hinted or _TURN_BATCH)
+    if hints is not None:
+        used = sum(len(u) for u, _ in recent.units)
+        hints.put(session.id, min(_MAX_FIRST_READ, used + max(4, used // 8)))
+    return recent
+
+
+def _gather_recent(
+    conn: Connection,
+    session: SessionRow,
+    budget: int,
+    cost_of: Callable[[TurnData], int],
+    images_of: Callable[[TurnData], int],
+    first_read: int,
+) -> _Recent:
     units: list[Unit] = []
     total = 0
     mandatory = 0
     newest_user: int | None = None
     upper = session.next_seq
     pending: list[TurnData] = []  # a unit being gathered backwards
-    size = _TURN_BATCH
+    size = first_read
     while upper > session.paged_until:
         batch = turn_data(
             conn.execute(
@@ -502,11 +552,17 @@ def _pinned(
     cost_of: Callable[[TurnData], int],
     room: int,
 ) -> list[TurnData]:
-    """Pinned turns not already in the recent text, newest first while they fit; in order."""
+    """Pinned turns not already in the recent text, newest first while they fit; in order.
+    A session row read with ``has_pins`` (see ``FIND_SESSION_TO_ASSEMBLE``) that has none
+    skips the read."""
+    if not getattr(session, "has_pins", True):
+        return []
     seqs = set(pinned_seqs(s, session))
     if not seqs:
         return []
     seqs -= {t.seq for u in recent.units for t in u[0]}
+    if not seqs:  # every pinned turn is in the recent text already
+        return []
     rows = turn_data(conn.execute(_BY_SEQ, {"sid": session.id, "seqs": sorted(seqs)}))
     kept, spent = [], _BLOCK_OVERHEAD
     for t in rows:

@@ -18,12 +18,12 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import and_, bindparam, delete, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .aging import Aging, AgingPolicy, AgingReport
-from .assemble import AssembledContext, AssemblyShares, assemble_context
+from .assemble import AssembledContext, AssemblyShares, ReadHints, assemble_context
 from .attachments import (
     DEFAULT_MAX_ATTACHMENT_BYTES,
     AttachmentInput,
@@ -68,6 +68,7 @@ from .scheduler import AgingScheduler
 from .store import (
     ADD_ONE_TURN_PG,
     FIND_SESSION,
+    FIND_SESSION_TO_ASSEMBLE,
     FIRST_LIVE_SEQ,
     INSERT_TURN,
     PAGE_COLUMNS_WITHOUT_PNG,
@@ -103,11 +104,19 @@ from .validation import (
 )
 
 DEFAULT_MAX_CONTENT_BYTES = 1 << 20
-_TURNS_SINCE = (
+_TURNS_OF_SESSION = (
     select(*TURN_COLUMNS)
-    .where(TurnRow.session_row_id == bindparam("sid"), TurnRow.seq > bindparam("since"))
+    .select_from(
+        SessionRow.__table__.outerjoin(
+            TurnRow.__table__,
+            and_(TurnRow.session_row_id == SessionRow.id, TurnRow.seq > bindparam("since")),
+        )
+    )
+    .where(SessionRow.owner == bindparam("owner"), SessionRow.key == bindparam("key"))
     .order_by(TurnRow.seq)
 )
+"""The session (by owner and key) and its turns after ``since`` in one statement: no row
+means no such session; one row of NULLs, a session without such turns."""
 _TURN_KEYS = ("session_id", "seq", "role", "content", "at", "tokens", "metadata", "search_text")
 CLOSE_WAIT = 2.0  # seconds close() waits for a running background pass
 SCOPE_CHUNK = 10_000  # session ids per aging or verify run (bound parameters per statement)
@@ -185,6 +194,7 @@ class MemoryManager:
         self.shares = shares or AssemblyShares()
         self.max_content_bytes = max_content_bytes
         self._sqlite_add: tuple[DriverStatement, DriverStatement] | None = None
+        self._read_hints = ReadHints()  # shared by scoped views: row ids are global
         self.max_attachment_bytes = max_attachment_bytes
         self.encoder = encoder
         self.renderer = renderer or PageRenderer()
@@ -326,8 +336,11 @@ class MemoryManager:
                 prepared.append((key, rows))
         if not prepared:
             return {}
+        # One plain turn is one statement on PostgreSQL (see _insert_one_pg): no BEGIN/COMMIT.
+        single = len(prepared) == 1 and len(prepared[0][1]) == 1 and not prepared[0][1][0]["images"]
         return self._db.write_core(
-            lambda conn: {key: self._insert_turns(conn, key, rows) for key, rows in prepared}
+            lambda conn: {key: self._insert_turns(conn, key, rows) for key, rows in prepared},
+            one_statement=single,
         )
 
     def _validate(self, i: int, item: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
@@ -556,11 +569,11 @@ class MemoryManager:
                     setattr(total, f.name, a + b)
         return total
 
-    def _session(self, s: Session, session_id: str) -> Any:
+    def _session(self, s: Session, session_id: str, statement: Any = FIND_SESSION) -> Any:
         """The session's row in this owner's namespace (its SessionRow columns), else
         UnknownSession."""
         key = check_session_id(session_id)
-        found = s.connection().execute(FIND_SESSION, {"owner": self._namespace, "key": key})
+        found = s.connection().execute(statement, {"owner": self._namespace, "key": key})
         row = found.first()
         if row is None:  # missing, or only another owner's: the same answer
             raise UnknownSession(f"no session {key!r}; add a turn to create it")
@@ -574,11 +587,21 @@ class MemoryManager:
         check_int(since, "since")
         if limit is not None:
             check_int(limit, "limit")
-        with self._db.read() as s:
+        key = check_session_id(session_id)
+        params = {"owner": self._namespace, "key": key, "since": since}
+        q = _TURNS_OF_SESSION if limit is None else _TURNS_OF_SESSION.limit(limit)
+        with self._db.read_once() as conn:  # one statement: the session and its turns
+            rows = conn.execute(q, params).all()
+        if not rows:  # missing, or only another owner's: the same answer
+            raise UnknownSession(f"no session {key!r}; add a turn to create it")
+        found = turn_data(r for r in rows if r.id is not None)
+        if not any(t.attachments for t in found):
+            return [to_turn(t, key) for t in found]
+        with self._db.read() as s:  # images too: the turns and their images in one snapshot
             row = self._session(s, session_id)
-            q = _TURNS_SINCE if limit is None else _TURNS_SINCE.limit(limit)
             conn = s.connection()
-            found = turn_data(conn.execute(q, {"sid": row.id, "since": since}))
+            found = turn_data(conn.execute(q, params))
+            found = [t for t in found if t.id is not None]
             images = load_attachments(conn, found)
             return [to_turn(t, row.key, images) for t in found]
 
@@ -846,7 +869,7 @@ class MemoryManager:
         now = check_timestamp(now, "now") or datetime.now(UTC)
         counter = make_counter(token_counter) if token_counter is not None else None
         with self._db.read() as s:
-            row = self._session(s, session_id)
+            row = self._session(s, session_id, FIND_SESSION_TO_ASSEMBLE)
             return assemble_context(
                 s,
                 row,
@@ -857,6 +880,7 @@ class MemoryManager:
                 cue=cue,
                 shares=shares or self.shares,
                 newest_images=bool(newest_images),
+                hints=self._read_hints,
             )
 
     def count_tokens(self, role: str, content: str) -> int:

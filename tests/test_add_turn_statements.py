@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import event, text
 
 from optical_memory import MemoryManager
-from optical_memory.errors import ContentTooLarge
+from optical_memory.errors import ContentTooLarge, UnknownSession
 
 _SKIP = ("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA", "SET", "SHOW", "SAVEPOINT", "RELEASE")
 
@@ -72,3 +72,110 @@ def test_one_turn_stored_as_the_many_turn_path_stores_it(mm: MemoryManager) -> N
     assert [r[0] for r in stored] == ["many", "one"]
     assert tuple(stored[0])[1:] == tuple(stored[1])[1:]
     assert mm.turns("one")[0].metadata == meta and mm.turns("one")[0].content == content
+
+
+def _transactions(mm: MemoryManager, fn) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
+    """Each statement ``fn`` sends, and whether it ran outside a transaction (PostgreSQL:
+    on a connection in autocommit, so no BEGIN or COMMIT round trip was sent for it)."""
+    sent: list[tuple[str, bool]] = []
+
+    def record(conn, _cur, statement, _p, _ctx, _many) -> None:  # type: ignore[no-untyped-def]
+        if not statement.lstrip().upper().startswith(_SKIP):
+            raw = conn.connection.dbapi_connection
+            if conn.dialect.name == "postgresql":  # psycopg sends BEGIN unless in autocommit
+                outside = raw.autocommit
+            else:  # sqlite3 reports the transaction the store's own BEGIN opened
+                outside = not raw.in_transaction
+            sent.append((statement.split()[0].upper(), outside))
+
+    event.listen(mm.database.engine, "before_cursor_execute", record)
+    try:
+        fn()
+    finally:
+        event.remove(mm.database.engine, "before_cursor_execute", record)
+    return sent
+
+
+@pytest.mark.postgres
+def test_on_postgresql_one_plain_turn_is_one_round_trip_outside_a_transaction(
+    pg_url: str,
+) -> None:
+    mm = MemoryManager(pg_url)
+    try:
+        assert _transactions(mm, lambda: mm.add_turn("s", "user", "hello")) == [("WITH", True)]
+        # Several turns, or a turn with images, are several statements: one transaction.
+        many = _transactions(mm, lambda: mm.add_turns("s", [("user", "a"), ("assistant", "b")]))
+        assert many and not any(outside for _, outside in many)
+        assert [t.content for t in mm.turns("s")] == ["hello", "a", "b"]
+    finally:
+        mm.close()
+
+
+def test_turns_is_one_statement_that_tells_a_missing_session_from_an_empty_tail(
+    mm: MemoryManager,
+) -> None:
+    mm.add_turns("s", [("user", "one"), ("assistant", "two")])
+    sent = _transactions(mm, lambda: mm.turns("s", since=1))
+    assert sent == [("SELECT", True)]  # the session and its turns, outside a transaction
+    assert [t.content for t in mm.turns("s", since=1)] == ["two"]
+    assert mm.turns("s", since=2) == [] and mm.turns("s", since=0, limit=1)[0].content == "one"
+    with pytest.raises(UnknownSession):
+        mm.turns("missing")
+    with pytest.raises(UnknownSession):  # another owner's session of the same id
+        mm.scoped("bob").turns("s")
+    mm.add_turn("s", "user", "with a picture", attachments=[_png()])
+    pictured = mm.turns("s")[-1]
+    assert pictured.attachments[0].data == _png() and len(mm.turns("s")) == 3
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_assembling_a_young_session_reads_only_what_it_has(mm: MemoryManager) -> None:
+    """No turn paged yet: the pages are not read; no pin: the pins are not read. A pin brings
+    its reads back. (Sessions with pages: every assembly test over an aged session.)"""
+    mm.add_turns("s", [("user", "question 0"), ("assistant", "answer 0")])
+    mm.add_turns("s", [("user", "my code is 4417"), ("assistant", "noted")])
+
+    def reads() -> list[str]:
+        sent = _statements(mm, lambda: mm.assemble("s", budget=4000))
+        return [" ".join(q.split()[:6]) for q in sent]
+
+    young = reads()
+    assert len(young) == 2 and "om_sessions" in young[0] and "om_turns" in young[1]
+    mm.pin("s", 3)
+    assert len(reads()) == 3  # the pins (shown in the recent text: not read again)
+    shown = [getattr(seg, "turn", None) for seg in mm.assemble("s", budget=4000).segments]
+    assert [t.content for t in shown if t is not None][2] == "my code is 4417"
+
+
+def test_a_session_read_again_takes_one_read_of_its_recent_turns_and_the_same_prompt(
+    db_url: str,
+) -> None:
+    """The first assembly reads recent turns in growing batches; the manager remembers how
+    many it needed, so the next reads them at once. The prompt never depends on it."""
+    with MemoryManager(db_url) as mm, MemoryManager(db_url) as fresh:
+        mm.add_turns(
+            "s", [("user" if i % 2 == 0 else "assistant", f"turn {i}") for i in range(300)]
+        )
+
+        def turn_reads(m: MemoryManager) -> int:
+            sent = _statements(m, lambda: m.assemble("s", budget=4000))
+            return sum(1 for q in sent if "FROM om_turns" in q)
+
+        assert turn_reads(mm) >= 2  # 64, then 128, then 256 turns
+        assert turn_reads(mm) == 1
+        mm.add_turns("s", [("user", f"more {i}") for i in range(200)])  # the hint is short now
+        assert turn_reads(mm) >= 2 and turn_reads(mm) == 1
+        for budget in (300, 4000, 40_000):
+            assert (
+                mm.assemble("s", budget=budget).fingerprint()
+                == fresh.assemble("s", budget=budget).fingerprint()
+            )

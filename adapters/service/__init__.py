@@ -1,7 +1,7 @@
 """The memory as a service: an HTTP API, an OpenAI-compatible proxy, an MCP server and a web
 view, over one :class:`~optical_memory.MemoryManager` (``optical-memory serve``).
 
-The app needs the ``service`` extra (FastAPI, uvicorn, httpx, the MCP SDK); without it,
+The app needs the ``service`` extra (FastAPI, uvicorn, aiohttp, the MCP SDK); without it,
 ``create_app`` raises :class:`~optical_memory.MissingExtra` naming the extra. Keys and the
 configuration need nothing beyond the core.
 """

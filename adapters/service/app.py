@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -333,6 +334,10 @@ def create_app(
                 stack.callback(memory.close)
             await stack.enter_async_context(mcp.session_manager.run())
             await stack.enter_async_context(app.state.upstream_client())
+            # What is loaded by now (FastAPI, SQLAlchemy, the MCP SDK: ~200,000 objects) lives as
+            # long as the process: kept out of the collector's full passes, each of which
+            # otherwise stalled one request for 100-150 ms (the proxy's p99).
+            gc.freeze()
             yield
 
     app = FastAPI(

