@@ -70,7 +70,7 @@ DEFAULT_BUSY_TIMEOUT = 10.0
 """Seconds a call may wait, in total, for locks held by others before :class:`StoreBusy`."""
 MAX_BUSY_TIMEOUT = 3600.0
 PING_AFTER_IDLE = 5.0  # seconds a pooled PostgreSQL connection may idle before it is pinged
-LOCK_TIMEOUT_SLACK_MS = 100  # how far past its deadline a first write attempt may wait (PG)
+LOCK_TIMEOUT_SLACK_MS = 100  # how far past its deadline a first write attempt may wait
 SQLITE_MMAP_BYTES = 256 << 20  # address space, not memory: the OS pages the file in as read
 BUSY_TIMEOUT_MS = int(DEFAULT_BUSY_TIMEOUT * 1000)  # kept for callers of the old constant
 SUPPORTED = ("sqlite", "postgresql")
@@ -271,7 +271,11 @@ def create_store_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) ->
         deadline = _DEADLINE.get()
         want = busy_ms
         if deadline is not None:  # a write attempt: only what is left of its time
-            want = min(busy_ms, max(1, int((deadline - time.monotonic()) * 1000)))
+            left = max(1, int((deadline - time.monotonic()) * 1000))
+            # A first attempt has (nearly) the whole bound left: the connection's timeout
+            # already says so, and the two PRAGMAs that would set it and set it back are saved.
+            if left < busy_ms - LOCK_TIMEOUT_SLACK_MS:
+                want = left
         info = conn.connection.info
         if info.get("om_busy_ms") != want:
             conn.exec_driver_sql(f"PRAGMA busy_timeout={want}")

@@ -764,7 +764,8 @@ class MemoryManager:
             hits = search(s, row, parsed, limit=limit, scope=scope, before=before)
         if hits:
             now = datetime.now(UTC)
-            self._db.write(lambda s: rehearse(s, [h.turn_id for h in hits], now))
+            ids = [h.turn_id for h in hits]
+            self._db.write_core(lambda c: rehearse(c, ids, now), one_statement=True)
         return [h.recollection for h in hits]
 
     def read(self, session_id: str, first_turn: int, last_turn: int) -> list[Turn]:

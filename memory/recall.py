@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import JSON, Integer, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .errors import InvalidInput
@@ -654,7 +655,7 @@ _REHEARSE = text(
 ).bindparams(bindparam("ids", expanding=True), bindparam("now", type_=UTCDateTime()))
 
 
-def rehearse(s: Session, turn_ids: Sequence[int], now: datetime) -> None:
+def rehearse(s: Session | Connection, turn_ids: Sequence[int], now: datetime) -> None:
     """Count one more recall of each turn (turns forgotten meanwhile are skipped)."""
     if turn_ids:
         s.execute(_REHEARSE, {"ids": list(turn_ids), "now": now})

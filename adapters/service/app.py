@@ -308,11 +308,18 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(
-    memory: MemoryManager, config: ServiceConfig | None = None, *, own_memory: bool = False
+    memory: MemoryManager,
+    config: ServiceConfig | None = None,
+    *,
+    own_memory: bool = False,
+    own_process: bool = False,
 ) -> FastAPI:
     """The service's ASGI app over ``memory``. Its lifespan starts the aging scheduler (every
     ``config.age_every`` seconds), the MCP session manager and the proxy's HTTP client;
-    ``own_memory``: close the manager when the app shuts down."""
+    ``own_memory``: close the manager when the app shuts down. ``own_process``: the app is
+    all its process runs (``optical-memory serve``), so what is loaded at startup may be
+    frozen out of the garbage collector's full passes (``gc.freeze``; never done to a
+    process that merely mounts the app)."""
     from .mcp_server import build_mcp
     from .proxy import add_proxy
     from .web import add_web
@@ -334,10 +341,11 @@ def create_app(
                 stack.callback(memory.close)
             await stack.enter_async_context(mcp.session_manager.run())
             await stack.enter_async_context(app.state.upstream_client())
-            # What is loaded by now (FastAPI, SQLAlchemy, the MCP SDK: ~200,000 objects) lives as
-            # long as the process: kept out of the collector's full passes, each of which
-            # otherwise stalled one request for 100-150 ms (the proxy's p99).
-            gc.freeze()
+            if own_process:
+                # What is loaded by now (FastAPI, SQLAlchemy, the MCP SDK: ~200,000 objects)
+                # lives as long as the process: kept out of the collector's full passes, each
+                # of which otherwise stalled one request for 100-150 ms (the proxy's p99).
+                gc.freeze()
             yield
 
     app = FastAPI(
@@ -474,4 +482,4 @@ def app_from_env() -> FastAPI:
     """The app factory uvicorn calls in each worker process (settings from the environment)."""
     config = ServiceConfig.from_env()
     memory = MemoryManager(config.db, target=config.target)
-    return create_app(memory, config, own_memory=True)
+    return create_app(memory, config, own_memory=True, own_process=True)
