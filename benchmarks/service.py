@@ -30,8 +30,10 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from gzip import compress as gzip_compress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -72,10 +74,15 @@ def create_key(db: str, owner: str) -> str:
 
 class FakeUpstream:
     """A chat-completions server on 127.0.0.1 that records every request body it receives and
-    answers ``reply`` (as JSON, or as server-sent events in a few chunks when asked to stream)."""
+    answers ``reply`` (as JSON, or as server-sent events in a few chunks when asked to stream).
+    ``gzip``: compress the answers of clients that accept it, as many servers do (each event
+    flushed as it is sent)."""
 
-    def __init__(self, reply: str = "Noted, the lighthouse keeper was called Ada.") -> None:
+    def __init__(
+        self, reply: str = "Noted, the lighthouse keeper was called Ada.", *, gzip: bool = False
+    ) -> None:
         self.reply = reply
+        self.gzip = gzip
         self.received: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         upstream = self
@@ -91,20 +98,31 @@ class FakeUpstream:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
                 with upstream._lock:
                     upstream.received.append(body)
+                packed = upstream.gzip and "gzip" in self.headers.get("accept-encoding", "")
                 if body.get("stream"):
                     self.send_response(200)
                     self.send_header("content-type", "text/event-stream")
                     self.send_header("cache-control", "no-cache")
                     self.send_header("connection", "close")
+                    if packed:
+                        self.send_header("content-encoding", "gzip")
                     self.end_headers()
+                    packer = zlib.compressobj(wbits=31) if packed else None
                     for event in upstream.stream_events(body.get("model", "fake")):
+                        if packer is not None:
+                            event = packer.compress(event) + packer.flush(zlib.Z_SYNC_FLUSH)
                         self.wfile.write(event)
                         self.wfile.flush()
+                    if packer is not None:
+                        self.wfile.write(packer.flush())
                     self.close_connection = True
                     return
                 data = json.dumps(upstream.completion(body.get("model", "fake"))).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
+                if packed:
+                    data = gzip_compress(data)
+                    self.send_header("content-encoding", "gzip")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -1,6 +1,6 @@
 """What the service answers when something below it fails: a forget that cannot purge yet
 (503 with Retry-After, and the next write finishes it), an upstream that does not answer
-(502 JSON, the conversation stored once). The app runs in a real uvicorn server on loopback,
+(502 JSON, the conversation stored once), an upstream that compresses (passed on decoded). The app runs in a real uvicorn server on loopback,
 in this process, so the manager can be given a short ``busy_timeout``."""
 
 from __future__ import annotations
@@ -121,3 +121,51 @@ def test_an_upstream_that_does_not_answer_is_502_json_and_the_turns_are_stored_o
             assert error["type"] == "UpstreamUnavailable" and "127.0.0.1" in error["message"]
         turns = c.get(f"/v1/sessions/{sid}/turns").json()["turns"]
     assert [(t["role"], t["content"]) for t in turns] == [("user", "Is anyone there?")]
+
+
+def test_a_compressing_upstream_is_relayed_decoded_and_its_replies_recorded(
+    tmp_path: Path,
+) -> None:
+    """An upstream that gzips its answers (many do, for clients that accept it): the proxy
+    passes the answer on decoded, without the ``content-encoding`` it no longer has, streamed
+    or not, and records each reply once."""
+    from benchmarks.service import FakeUpstream
+
+    file = tmp_path / "memory.db"
+    mm = MemoryManager(f"sqlite:///{file}")
+    key, _ = create_key(mm, "ana")
+    sid = f"chat-{uuid.uuid4().hex[:8]}"
+    headers = {"authorization": f"Bearer {key}", "x-memory-session": sid}
+    try:
+        with FakeUpstream(gzip=True) as upstream:
+            config = ServiceConfig(db=str(file), upstream_url=upstream.url, age_every=0)
+            with serving(mm, config) as url, httpx.Client(base_url=url, timeout=30) as c:
+                messages = [{"role": "user", "content": "Who keeps the lighthouse?"}]
+                with c.stream(
+                    "POST",
+                    "/v1/chat/completions",
+                    json={"model": "m", "messages": messages, "stream": True},
+                    headers=headers,
+                ) as r:
+                    assert r.status_code == 200 and "content-encoding" not in r.headers
+                    raw = b"".join(r.iter_raw())
+                assert raw.startswith(b"data: ") and raw.rstrip().endswith(b"data: [DONE]")
+                messages += [
+                    {"role": "assistant", "content": upstream.reply},
+                    {"role": "user", "content": "And who rows the ferry?"},
+                ]
+                r = c.post(
+                    "/v1/chat/completions",
+                    json={"model": "m", "messages": messages},
+                    headers={**headers, "accept-encoding": "identity"},
+                )
+                assert "content-encoding" not in r.headers
+                assert r.json()["choices"][0]["message"]["content"] == upstream.reply
+        assert [(t.role, t.content) for t in mm.scoped("ana").turns(sid)] == [
+            ("user", "Who keeps the lighthouse?"),
+            ("assistant", upstream.reply),
+            ("user", "And who rows the ferry?"),
+            ("assistant", upstream.reply),
+        ]
+    finally:
+        mm.close()
