@@ -589,19 +589,20 @@ class MemoryManager:
             check_int(limit, "limit")
         key = check_session_id(session_id)
         params = {"owner": self._namespace, "key": key, "since": since}
-        q = _TURNS_OF_SESSION if limit is None else _TURNS_OF_SESSION.limit(limit)
+        # limit=0 still reads a row: no row at all means no such session.
+        q = _TURNS_OF_SESSION if limit is None else _TURNS_OF_SESSION.limit(max(limit, 1))
         with self._db.read_once() as conn:  # one statement: the session and its turns
             rows = conn.execute(q, params).all()
         if not rows:  # missing, or only another owner's: the same answer
             raise UnknownSession(f"no session {key!r}; add a turn to create it")
-        found = turn_data(r for r in rows if r.id is not None)
+        found = turn_data(r for r in rows if r.id is not None)[:limit]
         if not any(t.attachments for t in found):
             return [to_turn(t, key) for t in found]
         with self._db.read() as s:  # images too: the turns and their images in one snapshot
             row = self._session(s, session_id)
             conn = s.connection()
             found = turn_data(conn.execute(q, params))
-            found = [t for t in found if t.id is not None]
+            found = [t for t in found if t.id is not None][:limit]
             images = load_attachments(conn, found)
             return [to_turn(t, row.key, images) for t in found]
 

@@ -119,8 +119,11 @@ def test_turns_is_one_statement_that_tells_a_missing_session_from_an_empty_tail(
     assert sent == [("SELECT", True)]  # the session and its turns, outside a transaction
     assert [t.content for t in mm.turns("s", since=1)] == ["two"]
     assert mm.turns("s", since=2) == [] and mm.turns("s", since=0, limit=1)[0].content == "one"
+    assert mm.turns("s", limit=0) == []
     with pytest.raises(UnknownSession):
         mm.turns("missing")
+    with pytest.raises(UnknownSession):
+        mm.turns("missing", limit=0)
     with pytest.raises(UnknownSession):  # another owner's session of the same id
         mm.scoped("bob").turns("s")
     mm.add_turn("s", "user", "with a picture", attachments=[_png()])

@@ -135,7 +135,8 @@ def add_proxy(app: FastAPI, service: Service) -> None:
         # aiohttp, not httpx: its request costs about half the CPU (0.7 against 1.3-1.6 ms per
         # small completion on loopback), and that is most of what the proxy adds.
         connector = aiohttp.TCPConnector(limit=200, limit_per_host=200)
-        timeout = aiohttp.ClientTimeout(total=600.0, connect=10.0)
+        # No bound on the whole answer (a long stream may take its time), only on each wait.
+        timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
             holder["client"] = client
             yield
