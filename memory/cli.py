@@ -52,7 +52,6 @@ R = TypeVar("R")
 
 DEMO_DB = "optical-memory-demo.db"
 MAX_STEP_HOURS = 100_000  # about 11 years between two passes
-ANALYZE_AFTER_TURNS = 10_000  # an import this large refreshes the planner statistics
 
 app = typer.Typer(
     name="optical-memory",
@@ -294,9 +293,7 @@ def import_(
     _check_choice(format, ("auto", *FORMATS), "format")
     convs = load_conversations(file, format=format, session=session)  # parse it all first
     with _memory(db, owner=owner) as mm:
-        added = mm.add_sessions(convs)
-        if sum(len(t) for t in added.values()) >= ANALYZE_AFTER_TURNS:
-            mm.database.analyze()  # the planner's statistics, before the first assemble
+        added = mm.add_sessions(convs)  # a large import also refreshes planner statistics
     table = Table(title=f"imported {file.name}", title_justify="left")
     for name in ("session", "turns", "first", "last"):
         table.add_column(name, justify="right" if name == "turns" else "left")

@@ -104,6 +104,9 @@ from .validation import (
 )
 
 DEFAULT_MAX_CONTENT_BYTES = 1 << 20
+ANALYZE_AFTER_TURNS = 10_000
+"""An ``add_sessions`` call that adds this many turns (a bulk load, an import) refreshes
+PostgreSQL's planner statistics before the first read (:meth:`Database.analyze`)."""
 _TURNS_OF_SESSION = (
     select(*TURN_COLUMNS)
     .select_from(
@@ -338,10 +341,13 @@ class MemoryManager:
             return {}
         # One plain turn is one statement on PostgreSQL (see _insert_one_pg): no BEGIN/COMMIT.
         single = len(prepared) == 1 and len(prepared[0][1]) == 1 and not prepared[0][1][0]["images"]
-        return self._db.write_core(
+        added = self._db.write_core(
             lambda conn: {key: self._insert_turns(conn, key, rows) for key, rows in prepared},
             one_statement=single,
         )
+        if not single and sum(len(rows) for _, rows in prepared) >= ANALYZE_AFTER_TURNS:
+            self._db.analyze()  # a table just filled looks empty to PostgreSQL's planner
+        return added
 
     def _validate(self, i: int, item: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
         if isinstance(item, Mapping):

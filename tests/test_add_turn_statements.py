@@ -182,3 +182,27 @@ def test_a_session_read_again_takes_one_read_of_its_recent_turns_and_the_same_pr
                 mm.assemble("s", budget=budget).fingerprint()
                 == fresh.assemble("s", budget=budget).fingerprint()
             )
+
+
+@pytest.mark.postgres
+def test_a_bulk_add_refreshes_postgresqls_planner_statistics(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table just filled looks empty to PostgreSQL's planner until autovacuum reaches it; a
+    call that adds ANALYZE_AFTER_TURNS turns or more analyzes it before the first read (the
+    threshold lowered here). A smaller call leaves it to autovacuum."""
+    import optical_memory.manager as manager_module
+
+    monkeypatch.setattr(manager_module, "ANALYZE_AFTER_TURNS", 50)
+
+    def estimated_rows(mm: MemoryManager) -> float:
+        with mm.database.engine.connect() as conn:
+            return conn.execute(
+                text("SELECT reltuples FROM pg_class WHERE relname = 'om_turns'")
+            ).scalar_one()
+
+    with MemoryManager(pg_url) as mm:
+        mm.add_turns("small", [("user", f"turn {i}") for i in range(10)])
+        assert estimated_rows(mm) < 0  # never analyzed yet
+        mm.add_sessions({"a": [("user", f"a {i}") for i in range(30)], "b": [("user", "b")] * 30})
+        assert estimated_rows(mm) == 70

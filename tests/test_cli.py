@@ -160,10 +160,10 @@ def test_a_large_import_refreshes_the_planners_statistics(
     runs ANALYZE before the first read (the threshold lowered so the fixture counts)."""
     import sqlalchemy as sa
 
-    import optical_memory.cli as cli_module
+    import optical_memory.manager as manager_module
     from optical_memory.database import normalise_url
 
-    monkeypatch.setattr(cli_module, "ANALYZE_AFTER_TURNS", 3)
+    monkeypatch.setattr(manager_module, "ANALYZE_AFTER_TURNS", 3)
     result = cli("import", DATA / "turns.jsonl", "--db", db_url)
     assert result.exit_code == 0, result.output
     engine = sa.create_engine(normalise_url(db_url))
