@@ -1,4 +1,5 @@
-"""The built wheel works on its own: migrations, fonts and the package layout ship inside it."""
+"""The built wheel works on its own: migrations, fonts and the package layout ship inside it,
+and its ``service`` extra is all the service needs."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ with MemoryManager(url) as mm:
 print("WHEEL-OK", optical_memory.migrations.head_revision())
 """
 
+SERVICE_SCRIPT = """
+import sys
+from optical_memory import MemoryManager
+from optical_memory.adapters.service import create_app
+from optical_memory.adapters.service import mcp_server, proxy, web  # noqa: F401
+app = create_app(MemoryManager(sys.argv[1]))
+assert any(getattr(r, "path", "") == "/v1/chat/completions" for r in app.routes)
+print("SERVICE-OK")
+"""
+
 
 @pytest.mark.slow
 def test_wheel_installs_in_a_fresh_venv_and_migrates_a_database(tmp_path: Path) -> None:
@@ -66,3 +77,16 @@ def test_wheel_installs_in_a_fresh_venv_and_migrates_a_database(tmp_path: Path) 
         timeout=300,
     )
     assert cli.returncode == 0, cli.stderr
+    # The service extra alone brings everything the service imports: its app, proxy, MCP
+    # server and web view (the dev extra, which the tests run with, brings more).
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", f"{wheel}[service]"], check=True, timeout=900
+    )
+    service = subprocess.run(
+        [str(py), "-c", SERVICE_SCRIPT, f"sqlite:///{tmp_path / 'service.db'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert service.returncode == 0 and "SERVICE-OK" in service.stdout, service.stderr

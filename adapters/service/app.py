@@ -22,8 +22,8 @@ from typing import Annotated, Any
 from optical_memory.errors import MissingExtra
 
 try:
+    import aiohttp  # noqa: F401
     import anyio
-    import httpx  # noqa: F401
     import mcp  # noqa: F401
     import uvicorn  # noqa: F401
     from fastapi import Body, Depends, FastAPI, Query, Request
