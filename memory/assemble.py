@@ -337,7 +337,10 @@ def assemble_context(
             return 0
         return sum(target.image_cost(d["width"], d["height"], None) for d in t.attachments)
 
-    recent = _recent_units(conn, session, budget, cost_of, images_of, hints)
+    first_read = hints.first_read(session.id) if hints is not None else _TURN_BATCH
+    recent = _recent_units(conn, session, budget, cost_of, images_of, first_read)
+    if hints is not None:
+        hints.remember(session.id, recent)
     mandatory = recent.spent(recent.mandatory)
     pins = _pinned(s, conn, session, recent, cost_of, budget - mandatory)
     pin_cost = _block_cost(count, pins, []) if pins else 0
@@ -439,13 +442,16 @@ class ReadHints:
         self._turns: OrderedDict[int, int] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, session_row_id: int) -> int | None:
+    def first_read(self, session_row_id: int) -> int:
+        """How many recent turns to ask for first."""
         with self._lock:
-            return self._turns.get(session_row_id)
+            return self._turns.get(session_row_id, _TURN_BATCH)
 
-    def put(self, session_row_id: int, turns: int) -> None:
+    def remember(self, session_row_id: int, recent: _Recent) -> None:
+        """What this assembly read, and a margin for the turns added before the next."""
+        used = sum(len(u) for u, _ in recent.units)
         with self._lock:
-            self._turns[session_row_id] = turns
+            self._turns[session_row_id] = min(_MAX_FIRST_READ, used + max(4, used // 8))
             self._turns.move_to_end(session_row_id)
             while len(self._turns) > self.size:
                 self._turns.popitem(last=False)
@@ -479,27 +485,12 @@ def _recent_units(
     budget: int,
     cost_of: Callable[[TurnData], int],
     images_of: Callable[[TurnData], int],
-    hints: ReadHints | None = None,
+    first_read: int = _TURN_BATCH,
 ) -> _Recent:
     """Unpaged turns, newest first, as whole units (a tool call stays with its results),
     gathered until they fill ``budget``; reading stops there, so the cost follows the budget.
-    The newest user turn's unit also pays for its images (``images_of``)."""
-    hinted = hints.get(session.id) if hints is not None else None
-    recent = _gather_recent(conn, session, budget, cost_of, images_of, hinted or _TURN_BATCH)
-    if hints is not None:
-        used = sum(len(u) for u, _ in recent.units)
-        hints.put(session.id, min(_MAX_FIRST_READ, used + max(4, used // 8)))
-    return recent
-
-
-def _gather_recent(
-    conn: Connection,
-    session: SessionRow,
-    budget: int,
-    cost_of: Callable[[TurnData], int],
-    images_of: Callable[[TurnData], int],
-    first_read: int,
-) -> _Recent:
+    The newest user turn's unit also pays for its images (``images_of``). The first read
+    asks for ``first_read`` turns, each later one for twice as many as the one before."""
     units: list[Unit] = []
     total = 0
     mandatory = 0

@@ -493,11 +493,12 @@ class Database:
         ``one_statement``: ``work`` runs a single statement, atomic by itself. On PostgreSQL
         its first attempt then runs in autocommit, which saves the BEGIN and COMMIT round
         trips; a retry runs in a transaction again, under what is left of the time bound."""
-        first = [one_statement and self.dialect == "postgresql"]
+        autocommit = one_statement and self.dialect == "postgresql"
 
         def attempt() -> T:
-            if first[0]:
-                first[0] = False
+            nonlocal autocommit
+            if autocommit:
+                autocommit = False  # the first attempt only
                 with self._once_engine.connect() as conn:
                     return work(conn)
             with self._write_engine.connect() as conn, conn.begin():

@@ -78,6 +78,7 @@ from .store import (
     PageRow,
     RenditionRow,
     SessionRow,
+    TurnData,
     TurnMarkRow,
     TurnRow,
     VisualTokenRow,
@@ -345,7 +346,7 @@ class MemoryManager:
             lambda conn: {key: self._insert_turns(conn, key, rows) for key, rows in prepared},
             one_statement=single,
         )
-        if not single and sum(len(rows) for _, rows in prepared) >= ANALYZE_AFTER_TURNS:
+        if sum(len(rows) for _, rows in prepared) >= ANALYZE_AFTER_TURNS:
             self._db.analyze()  # a table just filled looks empty to PostgreSQL's planner
         return added
 
@@ -597,20 +598,21 @@ class MemoryManager:
         params = {"owner": self._namespace, "key": key, "since": since}
         # limit=0 still reads a row: no row at all means no such session.
         q = _TURNS_OF_SESSION if limit is None else _TURNS_OF_SESSION.limit(max(limit, 1))
-        with self._db.read_once() as conn:  # one statement: the session and its turns
+
+        def read(conn: Connection) -> list[TurnData]:
             rows = conn.execute(q, params).all()
-        if not rows:  # missing, or only another owner's: the same answer
-            raise UnknownSession(f"no session {key!r}; add a turn to create it")
-        found = turn_data(r for r in rows if r.id is not None)[:limit]
+            if not rows:  # missing, or only another owner's: the same answer
+                raise UnknownSession(f"no session {key!r}; add a turn to create it")
+            return turn_data(r for r in rows if r.id is not None)[:limit]
+
+        with self._db.read_once() as conn:  # one statement: the session and its turns
+            found = read(conn)
         if not any(t.attachments for t in found):
             return [to_turn(t, key) for t in found]
         with self._db.read() as s:  # images too: the turns and their images in one snapshot
-            row = self._session(s, session_id)
-            conn = s.connection()
-            found = turn_data(conn.execute(q, params))
-            found = [t for t in found if t.id is not None][:limit]
-            images = load_attachments(conn, found)
-            return [to_turn(t, row.key, images) for t in found]
+            found = read(s.connection())
+            images = load_attachments(s.connection(), found)
+            return [to_turn(t, key, images) for t in found]
 
     def sessions(self, *, all_owners: bool = False) -> list[SessionInfo]:
         """Sessions in this manager's namespace (its owner's; unscoped: those without an

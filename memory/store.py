@@ -365,12 +365,11 @@ FIND_SESSION = select(*SESSION_COLUMNS).where(
 )
 """One session by (stored owner, key), built once: every session-addressed call runs it."""
 
-FIND_SESSION_TO_ASSEMBLE = select(
-    *SESSION_COLUMNS,
+FIND_SESSION_TO_ASSEMBLE = FIND_SESSION.add_columns(
     exists()
     .where(TurnMarkRow.session_row_id == SessionRow.id, TurnMarkRow.pinned)
-    .label("has_pins"),
-).where(SessionRow.owner == bindparam("owner"), SessionRow.key == bindparam("key"))
+    .label("has_pins")
+)
 """:data:`FIND_SESSION` and whether the session has pinned turns: most have none, and
 assembly then skips the pins' read."""
 

@@ -16,12 +16,20 @@ from optical_memory.errors import ContentTooLarge, UnknownSession
 _SKIP = ("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA", "SET", "SHOW", "SAVEPOINT", "RELEASE")
 
 
-def _statements(mm: MemoryManager, fn) -> list[str]:  # type: ignore[no-untyped-def]
-    sent: list[str] = []
+def _sent(mm: MemoryManager, fn) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
+    """Each statement ``fn`` sends (not transaction control), and whether it ran outside a
+    transaction (PostgreSQL: on a connection in autocommit, so no BEGIN or COMMIT round trip
+    was sent for it)."""
+    sent: list[tuple[str, bool]] = []
 
-    def record(_c, _cur, statement, _p, _ctx, _many) -> None:  # type: ignore[no-untyped-def]
+    def record(conn, _cur, statement, _p, _ctx, _many) -> None:  # type: ignore[no-untyped-def]
         if not statement.lstrip().upper().startswith(_SKIP):
-            sent.append(statement)
+            raw = conn.connection.dbapi_connection
+            if conn.dialect.name == "postgresql":  # psycopg sends BEGIN unless in autocommit
+                outside = raw.autocommit
+            else:  # sqlite3 reports the transaction the store's own BEGIN opened
+                outside = not raw.in_transaction
+            sent.append((statement, outside))
 
     event.listen(mm.database.engine, "before_cursor_execute", record)
     try:
@@ -29,6 +37,15 @@ def _statements(mm: MemoryManager, fn) -> list[str]:  # type: ignore[no-untyped-
     finally:
         event.remove(mm.database.engine, "before_cursor_execute", record)
     return sent
+
+
+def _statements(mm: MemoryManager, fn) -> list[str]:  # type: ignore[no-untyped-def]
+    return [statement for statement, _ in _sent(mm, fn)]
+
+
+def _transactions(mm: MemoryManager, fn) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
+    """Each statement's first word, and whether it ran outside a transaction."""
+    return [(statement.split()[0].upper(), outside) for statement, outside in _sent(mm, fn)]
 
 
 def test_add_turn_round_trips_and_numbering(mm: MemoryManager) -> None:
@@ -72,28 +89,6 @@ def test_one_turn_stored_as_the_many_turn_path_stores_it(mm: MemoryManager) -> N
     assert [r[0] for r in stored] == ["many", "one"]
     assert tuple(stored[0])[1:] == tuple(stored[1])[1:]
     assert mm.turns("one")[0].metadata == meta and mm.turns("one")[0].content == content
-
-
-def _transactions(mm: MemoryManager, fn) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
-    """Each statement ``fn`` sends, and whether it ran outside a transaction (PostgreSQL:
-    on a connection in autocommit, so no BEGIN or COMMIT round trip was sent for it)."""
-    sent: list[tuple[str, bool]] = []
-
-    def record(conn, _cur, statement, _p, _ctx, _many) -> None:  # type: ignore[no-untyped-def]
-        if not statement.lstrip().upper().startswith(_SKIP):
-            raw = conn.connection.dbapi_connection
-            if conn.dialect.name == "postgresql":  # psycopg sends BEGIN unless in autocommit
-                outside = raw.autocommit
-            else:  # sqlite3 reports the transaction the store's own BEGIN opened
-                outside = not raw.in_transaction
-            sent.append((statement.split()[0].upper(), outside))
-
-    event.listen(mm.database.engine, "before_cursor_execute", record)
-    try:
-        fn()
-    finally:
-        event.remove(mm.database.engine, "before_cursor_execute", record)
-    return sent
 
 
 @pytest.mark.postgres
