@@ -21,14 +21,12 @@ import argparse
 import io
 import statistics
 import time
-import zlib
 from collections.abc import Callable
 from functools import partial
 
 from PIL import Image
 
 from benchmarks.ocr import full_page
-from optical_memory import Tier
 from optical_memory.ladder import IMAGE_TIERS, get_target
 from optical_memory.render import PageRenderer
 
@@ -42,17 +40,14 @@ def _ms(fn: Callable[[], object], reps: int = 3) -> tuple[float, object]:
     return best * 1000, out
 
 
-def _png(img: Image.Image, rle: bool) -> bytes:
-    buf = io.BytesIO()
-    options = {"compress_level": 6} | ({"compress_type": zlib.Z_RLE} if rle else {})
-    img.save(buf, "PNG", **options)
-    return buf.getvalue()
+def _png(img: Image.Image, downsampled: bool) -> bytes:
+    return PageRenderer.to_png(img, downsampled=downsampled)
 
 
-def _to_png(data: bytes, rle: bool) -> bytes:
+def _to_png(data: bytes, downsampled: bool) -> bytes:
     """What an adapter would do for a target that takes PNG only: decode, encode as today."""
     with Image.open(io.BytesIO(data)) as im:
-        return _png(im.convert("L"), rle)
+        return _png(im.convert("L"), downsampled)
 
 
 def _webp(img: Image.Image, method: int) -> bytes:
@@ -131,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             img = Image.open(io.BytesIO(im.png))
             img.load()
             pixels = img.tobytes()
-            # Today's encoder settings (render.to_png): level 6, zlib RLE on the small tiers.
-            rle = tier in (Tier.SMALL, Tier.TINY)
+            # Today's encoder settings (render.to_png): a tier smaller than the layout canvas
+            # is a downsampled bitmap (zlib RLE), the canvas's own size a drawn one (level 4).
+            down = (im.width, im.height) != tuple(target.layout)
             forms = {
-                "png (stored today)": partial(_png, img, rle),
+                "png (stored today)": partial(_png, img, down),
                 "webp lossless m0": partial(_webp, img, 0),
                 "webp lossless m4": partial(_webp, img, 4),
                 "png 8-bit palette": partial(_palette, img),
@@ -142,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, enc in forms.items():
                 enc_ms, data = _ms(enc, 1 if name.startswith("webp lossless m4") else 2)
                 assert isinstance(data, bytes)
+                if name.startswith("png (stored"):
+                    assert data == im.png, "the benchmark's PNG is not the stored one"
                 dec_ms, back = _ms(partial(_pixels, data), 2)
                 per.setdefault((tier.label, name), []).append(
                     (len(data), enc_ms, dec_ms, back == pixels)
                 )
                 if not name.startswith("png (stored"):
-                    conv, _ = _ms(partial(_to_png, data, rle), 2)
+                    conv, _ = _ms(partial(_to_png, data, down), 2)
                     convert.setdefault((tier.label, name), []).append(conv)
     print(f"{a.pages} real pages per tier (DeepSeek-OCR canvases), best of 2 runs each\n")
     print("| tier | format | bytes | × PNG | encode ms | decode ms | pixels equal | to PNG ms |")

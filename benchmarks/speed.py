@@ -1010,8 +1010,8 @@ def bench_idle_pass(cfg: Config, backend: Backend, rows: list[Row]) -> None:
 
 
 def bench_png(mm: MemoryManager, rows: list[Row], max_pages: int = 4) -> None:
-    """PNG encoding per tier: what :meth:`PageRenderer.to_png` does (zlib RLE for the small
-    downsampled tiers) beside the baseline (level 6, default strategy), on the aging
+    """PNG encoding per tier: what :meth:`PageRenderer.to_png` does (unfiltered rows; zlib
+    RLE for downsampled images) beside the baseline (Pillow, level 6), on the aging
     session's pages: ms, bytes and whether the pixels are equal."""
     import io
 
@@ -1079,8 +1079,8 @@ def aging_extra_section(cfg: Config, rows: Sequence[Row]) -> list[str]:
             "## PNG encoding per tier",
             "",
             "One image of each tier of the aging session's pages (mean over up to 4): the "
-            "encoder render uses (zlib RLE for downsampled images of at most 640 px) beside "
-            "the baseline, level 6 with the default strategy.",
+            "encoder render uses (unfiltered rows: level 4 for a drawn bitmap, zlib RLE for a "
+            "downsampled one; memory/png.py) beside the baseline, Pillow's encoder at level 6.",
             "",
             md_table(
                 [

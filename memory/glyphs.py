@@ -265,6 +265,10 @@ class Metrics:
             _GlyphTable(self, Style.MONO),
         ]
         self.glyphs += [self.glyphs[Style.SANS], self.glyphs[Style.SANS]]
+        # text -> advance, per style: each layout tried for a page (an abridged page's search
+        # lays its turns out 6-8 times) sums the same words' and lines' widths again
+        self.word_widths = self._remembered(limit=50_000)
+        self.line_widths = self._remembered(limit=4_096)
         sans = self.fonts[0]
         assert sans is not None
         self.ascent = sans.getmetrics()[0]
@@ -283,6 +287,30 @@ class Metrics:
 
     def width(self, style: Style, text: str) -> float:
         return sum(map(self.widths[style].__getitem__, text))
+
+    def _remembered(self, limit: int) -> list[dict[str, float]]:
+        sans, mono = (
+            _WordWidths(self.widths[Style.SANS], limit),
+            _WordWidths(self.widths[Style.MONO], limit),
+        )
+        return [sans, mono, sans, sans]  # label and separator: the prose font's
+
+
+class _WordWidths(dict):
+    """The advance of a word or a short line: the sum of its characters' (the same sum
+    :meth:`Metrics.width` computes, so a layout is the same with or without it). Emptied when
+    it holds ``limit`` texts, so a long-running process does not keep every text it drew."""
+
+    def __init__(self, chars: dict[str, float], limit: int) -> None:
+        super().__init__()
+        self.chars = chars
+        self.limit = limit
+
+    def __missing__(self, text: str) -> float:
+        if len(self) >= self.limit:
+            self.clear()
+        w = self[text] = sum(map(self.chars.__getitem__, text))
+        return w
 
 
 class _WidthTable(dict):

@@ -212,8 +212,11 @@ class HardLine:
     mono: bool
 
 
-def hard_lines(text: str) -> list[HardLine]:
-    """Split a turn's text into hard lines: prose lines flow, mono lines (code) keep their layout."""
+@lru_cache(maxsize=4096)
+def hard_lines(text: str) -> tuple[HardLine, ...]:
+    """Split a turn's text into hard lines: prose lines flow, mono lines (code) keep their layout.
+
+    Cached: packing, fitting and each probe of an abridged page's search split the same texts."""
     out: list[HardLine] = []
     fence = False
     prev_blank = False
@@ -233,7 +236,7 @@ def hard_lines(text: str) -> list[HardLine]:
             continue  # blank prose lines collapse
         else:
             out.append(HardLine(line, line != stripped))
-    return out
+    return tuple(out)
 
 
 def label(turn: RenderTurn, with_date: bool) -> str:
@@ -257,7 +260,7 @@ class LabelledTurn:
     the images to draw as thumbnails after them (where they pay)."""
 
     label: str
-    lines: list[HardLine]
+    lines: tuple[HardLine, ...]
     images: tuple[TurnImage, ...] = ()
 
 
@@ -510,14 +513,14 @@ class _Flow:
 
     def words(self, style: Style, text: str, gap: float, gap_text: str) -> None:
         """Flow the words of ``text`` on; blanks between words are kept as they are."""
-        getw = self.w[style].__getitem__
-        space = getw(" ")
+        word_width = self.m.word_widths[style].__getitem__
+        space = self.w[style][" "]
         right = self.right + EPS
         for tok in _TOKENS.findall(text):
             if tok[0] == " ":
                 gap, gap_text = len(tok) * space, tok
                 continue
-            w = sum(map(getw, tok))
+            w = word_width(tok)
             if not self.empty and self.runs[-1].style == style and self.x + gap + w <= right:
                 parts = self.runs[-1].parts  # fast path: the word goes on the current run
                 if gap_text:
@@ -595,10 +598,11 @@ def too_big(items: Sequence[LabelledTurn], m: Metrics, canvas: tuple[int, int]) 
     line_w = canvas[0] - 2 * margin(canvas)
     sans = m.widths[Style.SANS]
     total = (3 * sans[" "] + sans[_SEPARATOR]) * len(items)
+    widths = m.line_widths
     for item in items:
-        total += m.width(Style.LABEL, item.label)
+        total += widths[Style.LABEL][item.label]
         for seg in item.lines:
-            total += m.width(Style.MONO if seg.mono else Style.SANS, seg.text)
+            total += widths[Style.MONO if seg.mono else Style.SANS][seg.text]
     return total > line_w * max_lines(m, canvas)
 
 

@@ -41,14 +41,12 @@ width measurement stays exact). Hebrew therefore reads reversed and Arabic lette
 their isolated forms; nothing crashes.
 
 Output is deterministic: the same turns, canvas and sizes give byte-identical greyscale PNGs
-(no metadata chunks, fixed compression level).
+(no metadata chunks, fixed compression settings; :mod:`.png`).
 """
 
 from __future__ import annotations
 
-import io
 import math
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -59,6 +57,7 @@ from . import layout as _lay
 from .errors import InvalidInput
 from .glyphs import FALLBACK_FONTS_ENV, FREETYPE_LOCK, FontSet, Metrics, Style
 from .layout import ELLIPSIS, EPS, KEPT_MARK, Layout, Line, RenderTurn, Run
+from .png import encode_grey
 from .thumbnails import TurnImage, draw_thumbnail, pays
 
 __all__ = [
@@ -84,12 +83,13 @@ _HARD_FLOOR_PX = 8
 # On an abridged page, chatter is cut down to this many characters (about 7 words: the opening
 # that says what a turn was about) before the turns marked keep_whole are cut at all.
 GIST_CHARS = 40
-_PNG_COMPRESS = 6
-# Downsampled images of at most this side (the small and tiny tiers) are deflated with zlib's
-# RLE strategy: measured on full pages, 2.5-3x faster to encode than the default strategy at
-# level 6 and 2-3% larger, the same pixels. Not used above it (the base tier: 14% larger) nor on
-# drawn bitmaps, whose 256 anti-aliased grey levels RLE does not suit (2.6x larger).
-_RLE_MAX_SIDE = 640
+# PNG settings (measured on full DeepSeek-OCR pages, see memory/png.py): rows are stored
+# unfiltered. A drawn bitmap (256 anti-aliased grey levels) is deflated at level 4: 2.6x faster
+# than Pillow's level 6 and 3% larger. A downsampled image (32 grey levels) uses zlib's RLE
+# strategy: 7-8x faster than Pillow's level 6 and 0.83x its bytes on the small and tiny tiers
+# (0.95x on base).
+_DRAWN_LEVEL = 4
+_DOWNSAMPLED_LEVEL = 6  # with RLE the level barely matters; 6 is zlib's default
 _LEVELS_KEY = "optical_memory.grey_levels"  # in Image.info: downsampled, grey levels cut
 # Downsampled tiers keep 32 grey levels (light greys snap to white): Lanczos output has ~256 levels
 # and compresses badly (a full 1024² page: 596 KiB with all levels, 348 KiB with 32). Tesseract reads
@@ -273,15 +273,16 @@ class PageRenderer:
         return img
 
     @staticmethod
-    def to_png(img: Image.Image) -> bytes:
-        """PNG bytes of an image, as :meth:`render` encodes them (deterministic): level 6;
-        zlib's RLE strategy for a small image from :meth:`downsample` (faster, same pixels)."""
-        buf = io.BytesIO()
-        options: dict[str, int] = {"compress_level": _PNG_COMPRESS}
-        if img.info.get(_LEVELS_KEY) and max(img.size) <= _RLE_MAX_SIDE:
-            options["compress_type"] = zlib.Z_RLE
-        img.save(buf, "PNG", **options)
-        return buf.getvalue()
+    def to_png(img: Image.Image, *, downsampled: bool | None = None) -> bytes:
+        """PNG bytes of an image, as :meth:`render` encodes them (deterministic, unfiltered
+        rows): level 4 for a drawn bitmap, zlib's RLE strategy for an image from
+        :meth:`downsample` (its grey levels cut). ``downsampled`` says which for an image
+        decoded from bytes (default: what :meth:`downsample` marked on the image)."""
+        if downsampled is None:
+            downsampled = bool(img.info.get(_LEVELS_KEY))
+        if downsampled:
+            return encode_grey(img, level=_DOWNSAMPLED_LEVEL, rle=True)
+        return encode_grey(img, level=_DRAWN_LEVEL, rle=False)
 
     @staticmethod
     def downsample(img: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -1,6 +1,6 @@
-"""The first drawing of a page is cheaper without changing a pixel: zlib RLE for the small
-downsampled tiers (lossless: the decoded image is the image), level 6 with the default strategy
-for drawn bitmaps and the base tier, and plans that are the same whatever the search skips."""
+"""The first drawing of a page is cheaper without changing a pixel: unfiltered PNG rows
+(lossless: the decoded image is the image; zlib RLE for downsampled tiers), and plans that are
+the same whatever the search skips."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def _plain_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def test_every_tier_decodes_to_the_drawn_pixels_and_only_small_ones_use_rle() -> None:
+def test_every_tier_decodes_to_the_drawn_pixels_and_the_faint_ones_are_smaller() -> None:
+    """Unfiltered rows (memory/png.py) against Pillow's encoder at level 6: the same pixels
+    at every tier, and fewer bytes on the downsampled tiers the aged history is made of."""
     renderer = PageRenderer()
     turns = _full_page(renderer)
     tiers = ("large", "base", "small", "tiny")
@@ -47,12 +49,12 @@ def test_every_tier_decodes_to_the_drawn_pixels_and_only_small_ones_use_rle() ->
         pixels = renderer.downsample(renderer.draw(plan.layout, plan.canvas), size)
         decoded = Image.open(io.BytesIO(image.png))
         assert decoded.mode == "L" and decoded.size == size
-        assert decoded.tobytes() == pixels.tobytes(), tier  # lossless, whatever the strategy
+        assert decoded.tobytes() == pixels.tobytes(), tier  # lossless, whatever the settings
         plain = _plain_png(pixels)
-        if max(size) <= 640:
-            assert image.png != plain and len(image.png) <= 1.1 * len(plain), tier
+        if tier == "large":
+            assert len(image.png) <= 1.1 * len(plain)  # level 4: faster, about as small
         else:
-            assert image.png == plain, tier  # drawn bitmaps and the base tier: unchanged
+            assert len(image.png) < len(plain), tier
     assert images[2].abridged and images[3].abridged  # the search was exercised
     again = PageRenderer().render(turns, TARGET.layout, [TARGET.spec(t).size for t in tiers])
     assert [i.png for i in again] == [i.png for i in images]  # deterministic

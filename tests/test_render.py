@@ -423,3 +423,20 @@ def test_abridged_rendering_is_deterministic(renderer):
     a = renderer.render(turns, LAYOUT, [(512, 512), (640, 640)])
     b = PageRenderer().render(turns, LAYOUT, [(512, 512), (640, 640)])
     assert [i.png for i in a] == [i.png for i in b]
+
+
+def test_remembered_widths_are_the_character_sums_and_bounded(renderer):
+    """Layouts read word and line widths from tables that remember them: each must equal
+    the sum of its characters' advances (else a page would flow differently with the table
+    warm), and a table empties itself at its limit instead of growing without end."""
+    m = renderer.metrics(13)
+    words = ["Lisbon", "naïve", "数据库", "e-mail:", "x" * 300, ""]
+    for style in (Style.SANS, Style.MONO, Style.LABEL):
+        for word in words:
+            assert m.word_widths[style][word] == m.width(style, word)
+            assert m.line_widths[style][f"{word} {word}"] == m.width(style, f"{word} {word}")
+    table = m.line_widths[Style.MONO]
+    for i in range(table.limit + 5):
+        table[f"line {i}"]
+    assert len(table) <= table.limit
+    assert table["line 3"] == m.width(Style.MONO, "line 3")
