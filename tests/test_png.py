@@ -65,3 +65,14 @@ def test_the_same_image_gives_the_same_bytes() -> None:
 def test_only_greyscale_images_are_encoded() -> None:
     with pytest.raises(InvalidInput, match="greyscale"):
         encode_grey(Image.new("RGB", (4, 4), "white"), level=4, rle=False)
+
+
+def test_libpng_reads_the_same_pixels() -> None:
+    """A second, independent reader (OpenCV's libpng, installed with the OCR extra)."""
+    cv2 = pytest.importorskip("cv2")
+    np = pytest.importorskip("numpy")
+    for rle, levels in ((False, 256), (True, 32)):
+        img = _noise((33, 17), levels, seed=levels)
+        png = encode_grey(img, level=4, rle=rle)
+        decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded.shape == (17, 33) and decoded.tobytes() == img.tobytes()
