@@ -40,14 +40,10 @@ def _ms(fn: Callable[[], object], reps: int = 3) -> tuple[float, object]:
     return best * 1000, out
 
 
-def _png(img: Image.Image, downsampled: bool) -> bytes:
-    return PageRenderer.to_png(img, downsampled=downsampled)
-
-
 def _to_png(data: bytes, downsampled: bool) -> bytes:
     """What an adapter would do for a target that takes PNG only: decode, encode as today."""
     with Image.open(io.BytesIO(data)) as im:
-        return _png(im.convert("L"), downsampled)
+        return PageRenderer.to_png(im.convert("L"), downsampled=downsampled)
 
 
 def _webp(img: Image.Image, method: int) -> bytes:
@@ -130,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             # is a downsampled bitmap (zlib RLE), the canvas's own size a drawn one (level 4).
             down = (im.width, im.height) != tuple(target.layout)
             forms = {
-                "png (stored today)": partial(_png, img, down),
+                "png (stored today)": partial(PageRenderer.to_png, img, downsampled=down),
                 "webp lossless m0": partial(_webp, img, 0),
                 "webp lossless m4": partial(_webp, img, 4),
                 "png 8-bit palette": partial(_palette, img),

@@ -21,9 +21,9 @@ import os
 import struct
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import IntEnum
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from importlib import resources
 from pathlib import Path
 
@@ -289,28 +289,32 @@ class Metrics:
         return sum(map(self.widths[style].__getitem__, text))
 
     def _remembered(self, limit: int) -> list[dict[str, float]]:
-        sans, mono = (
-            _WordWidths(self.widths[Style.SANS], limit),
-            _WordWidths(self.widths[Style.MONO], limit),
-        )
+        sans = _RememberedWidths(partial(self.width, Style.SANS), limit)
+        mono = _RememberedWidths(partial(self.width, Style.MONO), limit)
         return [sans, mono, sans, sans]  # label and separator: the prose font's
 
 
-class _WordWidths(dict):
-    """The advance of a word or a short line: the sum of its characters' (the same sum
-    :meth:`Metrics.width` computes, so a layout is the same with or without it). Emptied when
-    it holds ``limit`` texts, so a long-running process does not keep every text it drew."""
+class _RememberedWidths(dict):
+    """The advance of a word or a line, as :meth:`Metrics.width` measures it (so a layout is
+    the same with or without the table). Emptied when it holds ``limit`` texts, and a text
+    longer than ``_LONGEST_REMEMBERED`` characters is measured each time, so a long-running
+    process keeps neither every text it drew nor a few huge ones."""
 
-    def __init__(self, chars: dict[str, float], limit: int) -> None:
+    def __init__(self, measure: Callable[[str], float], limit: int) -> None:
         super().__init__()
-        self.chars = chars
+        self.measure = measure
         self.limit = limit
 
     def __missing__(self, text: str) -> float:
-        if len(self) >= self.limit:
-            self.clear()
-        w = self[text] = sum(map(self.chars.__getitem__, text))
+        w = self.measure(text)
+        if len(text) <= _LONGEST_REMEMBERED:
+            if len(self) >= self.limit:
+                self.clear()
+            self[text] = w
         return w
+
+
+_LONGEST_REMEMBERED = 2_000
 
 
 class _WidthTable(dict):

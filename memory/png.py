@@ -4,8 +4,9 @@ Why not Pillow's encoder: it picks a row filter per line by trying all five (lib
 heuristic), which suits photographs. A page is text on white: measured on full DeepSeek-OCR
 pages, rows left unfiltered deflate smaller (small and tiny tiers: 0.83x of Pillow's bytes at
 level 6, 0.81x of its bytes with zlib's RLE strategy) and 2.5-8x faster, since the filter
-search is skipped and the RLE strategy finds the long white runs unfiltered rows keep. The image decodes to the same pixels
-with any PNG reader (``tests/test_png.py``). Output is deterministic for a given zlib.
+search is skipped and the RLE strategy finds the long white runs unfiltered rows keep. The
+image decodes to the same pixels with any PNG reader (``tests/test_png.py``). Output is
+deterministic for a given zlib.
 """
 
 from __future__ import annotations

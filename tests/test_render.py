@@ -440,3 +440,5 @@ def test_remembered_widths_are_the_character_sums_and_bounded(renderer):
         table[f"line {i}"]
     assert len(table) <= table.limit
     assert table["line 3"] == m.width(Style.MONO, "line 3")
+    huge = "y" * 5_000  # measured, never kept
+    assert table[huge] == m.width(Style.MONO, huge) and huge not in table
