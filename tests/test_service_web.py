@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,10 +19,10 @@ selenium = pytest.importorskip("selenium")
 
 from PIL import Image  # noqa: E402
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from benchmarks.service import ServiceProcess  # noqa: E402
@@ -85,13 +86,21 @@ def _shot(driver: webdriver.Chrome, path: Path) -> Image.Image:
 
 
 def _navigate_by(driver: webdriver.Chrome, element: WebElement) -> None:
-    """Click ``element`` and wait until the browser has left the page it was on: a click returns
-    before the next page has loaded, so reading right after it can find the old page or nothing."""
-    old = driver.find_element(By.TAG_NAME, "html")
+    """Click ``element`` and wait until the browser shows a new, fully loaded document: a click
+    returns before the next page has loaded, so reading right after it can find the old page or
+    nothing. The old document is marked with a token the new one lacks; while the browser is
+    between documents it answers with errors of several kinds (a stale element, a node that
+    "does not belong to the document", a destroyed execution context), all read as "not yet"."""
+    token = uuid.uuid4().hex
+    driver.execute_script("window.__omNavigationToken = arguments[0]", token)
     element.click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
-    WebDriverWait(driver, 30).until(
-        lambda d: d.execute_script("return document.readyState") == "complete"
+    WebDriverWait(driver, 30, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: (
+            d.execute_script(
+                "return window.__omNavigationToken === undefined && document.readyState"
+            )
+            == "complete"
+        )
     )
 
 
