@@ -30,6 +30,7 @@ from optical_memory import (
     MemoryManager,
     OpticalMemoryError,
     PageSegment,
+    SessionChanged,
     TextSegment,
     Turn,
     UnknownSession,
@@ -279,7 +280,7 @@ def _str_or_none(value: object) -> str | None:
 
 
 @dataclass
-class _SessionLog:
+class SessionLog:
     last_seq: int = 0
     last_turn: Turn | None = None
     ids: set[str] = field(default_factory=set)
@@ -351,6 +352,11 @@ def align(stored: list[int], incoming: list[int]) -> tuple[int, int | None]:
     return 0, None
 
 
+WRITE_ATTEMPTS = 8
+"""How many times :meth:`TurnLog.write` reads a session again after another process wrote to
+it first (each retry means another writer made progress, so this bounds a burst, not a loss)."""
+
+
 class TurnLog:
     """Per-session memory of what is stored, kept in step with the store cheaply.
 
@@ -363,14 +369,14 @@ class TurnLog:
     def __init__(self, memory: MemoryManager, *, max_sessions: int = 1024) -> None:
         self.memory = memory
         self.max_sessions = max_sessions
-        self._logs: OrderedDict[str, _SessionLog] = OrderedDict()
+        self._logs: OrderedDict[str, SessionLog] = OrderedDict()
         self._guard = threading.Lock()
 
-    def _log(self, session_id: str) -> _SessionLog:
+    def _log(self, session_id: str) -> SessionLog:
         with self._guard:
             log = self._logs.get(session_id)
             if log is None:
-                log = self._logs[session_id] = _SessionLog()
+                log = self._logs[session_id] = SessionLog()
                 while len(self._logs) > self.max_sessions:
                     self._logs.popitem(last=False)
             else:
@@ -378,14 +384,31 @@ class TurnLog:
             return log
 
     @contextmanager
-    def session(self, session_id: str) -> Iterator[_SessionLog]:
+    def session(self, session_id: str) -> Iterator[SessionLog]:
         """Hold one session's log, synced with the store (one writer per session here)."""
         log = self._log(session_id)
         with log.lock:
             self._sync(session_id, log)
             yield log
 
-    def _sync(self, session_id: str, log: _SessionLog) -> None:
+    def write(self, session_id: str, attempt: Callable[[SessionLog], list[Turn]]) -> list[Turn]:
+        """Run ``attempt`` (which decides what is new from the log and writes it with
+        ``expected_last_turn=log.last_seq``) under the session's synced log. The lock here
+        keeps this process's writers in line; a writer in another process (a second worker,
+        a second service) is caught by the conditional write: on :class:`SessionChanged` the
+        log is read again and ``attempt`` runs again, so a message sent to two processes at
+        once is stored once. Up to WRITE_ATTEMPTS times, then the error is raised."""
+        for n in range(WRITE_ATTEMPTS):
+            with self.session(session_id) as log:
+                try:
+                    return attempt(log)
+                except SessionChanged:
+                    log.reset()
+                    if n + 1 == WRITE_ATTEMPTS:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _sync(self, session_id: str, log: SessionLog) -> None:
         since = max(0, log.last_seq - 1)
         try:
             fresh = self.memory.turns(session_id, since=since)
@@ -402,7 +425,7 @@ class TurnLog:
         self.note(log, fresh)
 
     @staticmethod
-    def note(log: _SessionLog, turns: list[Turn]) -> None:
+    def note(log: SessionLog, turns: list[Turn]) -> None:
         """Record turns just stored (or just read) in the log."""
         for t in turns:
             mid = t.metadata.get("message_id")

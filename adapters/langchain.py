@@ -74,6 +74,7 @@ from ._framing import (
     RECALL_TOOL,
     FramedMessage,
     MemoryRole,
+    SessionLog,
     StartOn,
     ToolScope,
     TurnLog,
@@ -540,9 +541,12 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         return str(tid)
 
     def record(self, session_id: str, messages: Sequence[BaseMessage]) -> list[Turn]:
-        """Store the messages not stored yet (by message id), in order, in one transaction."""
+        """Store the messages not stored yet (by message id), in order, in one transaction.
+        A message recorded meanwhile by another process is stored once (see
+        ``TurnLog.write``)."""
         at = self.now() if self.now is not None else None
-        with self._log.session(session_id) as log:
+
+        def attempt(log: SessionLog) -> list[Turn]:
             rows: list[dict[str, Any]] = []
             after: str | None = None  # the last stored message before the first new one
             seen: set[str] = set()
@@ -565,22 +569,27 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             # A graph forked or replayed from an earlier checkpoint: the stored turns after
             # the message the new ones follow are the abandoned branch, superseded.
             fork = log.id_seq.get(after) if after is not None else None
+            last = log.last_seq  # what this decision was made on
             try:
-                if fork is not None and fork < log.last_seq:
+                if fork is not None and fork < last:
                     try:
-                        stored = self.memory.replace_turns(session_id, fork + 1, rows)
+                        stored = self.memory.replace_turns(
+                            session_id, fork + 1, rows, expected_last_turn=last
+                        )
                     except InvalidInput:  # the abandoned part is on a page already: append
-                        stored = self.memory.add_turns(session_id, rows)
+                        stored = self.memory.add_turns(session_id, rows, expected_last_turn=last)
                     else:
                         log.reset()  # the branch changed: read it again next time
                         return stored
                 else:
-                    stored = self.memory.add_turns(session_id, rows)
+                    stored = self.memory.add_turns(session_id, rows, expected_last_turn=last)
             except BaseException:
                 log.reset()  # re-read from the store next time
                 raise
             TurnLog.note(log, stored)
             return stored
+
+        return self._log.write(session_id, attempt)
 
     def view(
         self, session_id: str, cue: str | None = None, *, reserve: int = 0

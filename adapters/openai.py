@@ -42,6 +42,7 @@ from ._framing import (
     TOOLS_HINT,
     FramedMessage,
     MemoryRole,
+    SessionLog,
     StartOn,
     ToolCall,
     ToolScope,
@@ -238,20 +239,26 @@ def record_openai_messages(
     is stored.
     """
     kept = [m for m in messages if _role_of(m) not in ("system", "developer")]
-    log = _turn_log(memory)
-    with log.session(session_id) as state:
-        known, replace_from = align(state.keys, [_key_of_message(m, at) for m in kept])
+    keys = [_key_of_message(m, at) for m in kept]
+
+    def attempt(state: SessionLog) -> list[Turn]:
+        known, replace_from = align(state.keys, keys)
         new = [r for r in (openai_message_to_turn(m, at) for m in kept[known:]) if r is not None]
         if not new and replace_from is None:
             return []
+        last = state.last_seq  # what this decision was made on (see TurnLog.write)
         try:
             if replace_from is None:
-                stored = memory.add_turns(session_id, new)
+                stored = memory.add_turns(session_id, new, expected_last_turn=last)
             else:
                 try:
-                    stored = memory.replace_turns(session_id, state.seqs[replace_from], new)
+                    stored = memory.replace_turns(
+                        session_id, state.seqs[replace_from], new, expected_last_turn=last
+                    )
                 except InvalidInput:  # the part replaced is on a page already: append
-                    stored = memory.add_turns(session_id, new) if new else []
+                    stored = (
+                        memory.add_turns(session_id, new, expected_last_turn=last) if new else []
+                    )
                 else:
                     state.reset()  # the branch changed: read it again on the next request
                     return stored
@@ -260,6 +267,8 @@ def record_openai_messages(
             raise
         TurnLog.note(state, stored)
         return stored
+
+    return _turn_log(memory).write(session_id, attempt)
 
 
 def _role_of(m: Any) -> object:

@@ -73,6 +73,27 @@ class StoreBusy(OpticalMemoryError, RuntimeError):
     """The database stayed locked through every retry."""
 
 
+class SessionChanged(OpticalMemoryError, RuntimeError):
+    """A conditional write found the session changed since the caller read it: its newest
+    live turn is not the one the caller expected (``expected_last_turn``), so another writer
+    got there first. Nothing was written; read the session's turns again and retry.
+
+    ``expected`` and ``actual`` are turn numbers (0: no turns); pickles keep both."""
+
+    def __init__(self, session_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"session {session_id!r} changed: its newest turn is {actual}, not {expected} as "
+            "expected (another writer added or replaced turns). Nothing was written; read its "
+            "turns again and retry"
+        )
+        self.session_id = session_id
+        self.expected = expected
+        self.actual = actual
+
+    def __reduce__(self) -> tuple[type[SessionChanged], tuple[str, int, int]]:
+        return (type(self), (self.session_id, self.expected, self.actual))
+
+
 class DrawingFailed(OpticalMemoryError, RuntimeError):
     """A page-drawing worker process died before it finished (killed, out of memory). Nothing
     was written for that page; the next aging pass draws it again."""

@@ -44,6 +44,7 @@ from .errors import (
     InvalidConfiguration,
     InvalidInput,
     MemoryClosed,
+    SessionChanged,
     UnknownPage,
     UnknownSession,
 )
@@ -66,11 +67,14 @@ from .render import PageRenderer
 from .salience import SalienceFn, check_salience
 from .scheduler import AgingScheduler
 from .store import (
+    ADD_ONE_TURN_IF_AT_PG,
     ADD_ONE_TURN_PG,
     FIND_SESSION,
     FIND_SESSION_TO_ASSEMBLE,
     FIRST_LIVE_SEQ,
     INSERT_TURN,
+    LAST_LIVE_SEQ,
+    LOCK_SESSION,
     PAGE_COLUMNS_WITHOUT_PNG,
     RESERVE_SEQS,
     TURN_COLUMNS,
@@ -290,29 +294,49 @@ class MemoryManager:
         *,
         metadata: Mapping[str, Any] | None = None,
         attachments: Iterable[AttachmentInput] | None = None,
+        expected_last_turn: int | None = None,
     ) -> Turn:
         """Append one turn; the session is created on first use.
 
         ``attachments``: the turn's images (bytes, or ``{"data", "media_type"}``), stored
         exactly and returned in ``Turn.attachments``; each must decode with Pillow and be at
-        most ``max_attachment_bytes`` (else :class:`InvalidAttachment`, nothing written)."""
+        most ``max_attachment_bytes`` (else :class:`InvalidAttachment`, nothing written).
+        ``expected_last_turn``: append only if the session's newest turn is still this one
+        (see :meth:`add_turns`)."""
         item = {"role": role, "content": content, "at": at, "metadata": metadata}
         if attachments is not None:
             item["attachments"] = attachments
-        return self.add_turns(session_id, [item])[0]
+        return self.add_turns(session_id, [item], expected_last_turn=expected_last_turn)[0]
 
     def add_turns(
-        self, session_id: str, turns: Iterable[Mapping[str, Any] | Sequence[Any]]
+        self,
+        session_id: str,
+        turns: Iterable[Mapping[str, Any] | Sequence[Any]],
+        *,
+        expected_last_turn: int | None = None,
     ) -> list[Turn]:
         """Append many turns in one transaction: all are stored, or none.
 
         Each item is a mapping with ``role``, ``content`` and optional ``at``, ``metadata`` and
         ``attachments`` (see :meth:`add_turn`), or a ``(role, content)`` /
         ``(role, content, at)`` tuple.
+
+        ``expected_last_turn`` makes the append conditional, for writers in several processes
+        that each decide what is new from what they read: the number of the session's newest
+        live turn when the caller read it (``turns()[-1].seq``; 0 for a session with no turns
+        or none yet). If another writer has added or replaced turns since, nothing is written
+        and :class:`SessionChanged` is raised: read the turns again, decide again, retry. (Turns
+        only withdrawn since, by ``replace_turns(..., [])``, are not a change: the append lands
+        after them, as it would have an instant earlier.) On PostgreSQL one plain turn is still
+        one statement, a compare-and-swap on the session's row.
+
+        >>> mm.add_turns("chat", [("user", "hi")], expected_last_turn=0)  # doctest: +SKIP
         """
         self._check_open()
         key = check_session_id(session_id)
-        return self.add_sessions({key: turns}).get(key, [])
+        if expected_last_turn is not None:
+            check_int(expected_last_turn, "expected_last_turn")
+        return self._add({key: turns}, expected_last_turn).get(key, [])
 
     def add_sessions(
         self, sessions: Mapping[str, Iterable[Mapping[str, Any] | Sequence[Any]]]
@@ -323,6 +347,15 @@ class MemoryManager:
         Every turn is validated before anything is written.
         """
         self._check_open()
+        return self._add(sessions, None)
+
+    def _add(
+        self,
+        sessions: Mapping[str, Iterable[Mapping[str, Any] | Sequence[Any]]],
+        expected_last_turn: int | None,
+    ) -> dict[str, list[Turn]]:
+        """:meth:`add_sessions`; ``expected_last_turn`` (one session only) as in
+        :meth:`add_turns`."""
         if not isinstance(sessions, Mapping):
             raise InvalidInput(
                 f"sessions must map session ids to turns, got {type(sessions).__name__}"
@@ -342,9 +375,21 @@ class MemoryManager:
             return {}
         # One plain turn is one statement on PostgreSQL (see _insert_one_pg): no BEGIN/COMMIT.
         single = len(prepared) == 1 and len(prepared[0][1]) == 1 and not prepared[0][1][0]["images"]
+        if single and expected_last_turn is not None and self._db.dialect == "postgresql":
+            key, rows = prepared[0]
+            done = self._db.write_core(
+                lambda conn: self._insert_one_if_at_pg(conn, key, rows[0], expected_last_turn),
+                one_statement=True,
+            )
+            if done is not None:
+                return {key: [done]}
+            # Else the check, in a transaction: a change, or withdrawn turns (see _insert_turns).
         added = self._db.write_core(
-            lambda conn: {key: self._insert_turns(conn, key, rows) for key, rows in prepared},
-            one_statement=single,
+            lambda conn: {
+                key: self._insert_turns(conn, key, rows, expected_last_turn)
+                for key, rows in prepared
+            },
+            one_statement=single and expected_last_turn is None,
         )
         if sum(len(rows) for _, rows in prepared) >= ANALYZE_AFTER_TURNS:
             self._db.analyze()  # a table just filled looks empty to PostgreSQL's planner
@@ -377,20 +422,33 @@ class MemoryManager:
             "search_text": search_text(content),  # computed before the write transaction
         }
 
-    def _insert_turns(self, conn: Connection, key: str, rows: list[dict[str, Any]]) -> list[Turn]:
+    def _insert_turns(
+        self,
+        conn: Connection,
+        key: str,
+        rows: list[dict[str, Any]],
+        expected_last_turn: int | None = None,
+    ) -> list[Turn]:
         now = datetime.now(UTC)
         n = len(rows)
-        if n == 1 and not rows[0]["images"]:  # the hot path: one plain turn
+        if n == 1 and not rows[0]["images"] and expected_last_turn is None:  # the hot path
             if self._db.dialect == "postgresql":
                 return [self._insert_one_pg(conn, key, rows[0], now)]
             return [self._insert_one_sqlite(conn, key, rows[0], now)]
         # One statement creates the session in this owner's namespace if needed and reserves
-        # n sequence numbers; another owner's session of the same id is never touched.
+        # n sequence numbers; another owner's session of the same id is never touched. It
+        # holds the session's row to the end of the transaction, so a check after it holds.
         sid, last = conn.execute(
             RESERVE_SEQS[self._db.dialect],
             {"key": key, "owner": self._namespace, "now": now, "meta": {}, "n": n},
         ).one()
         first = last - n + 1
+        if expected_last_turn is not None and first - 1 != expected_last_turn:
+            # Not the newest number the session has had: still its newest live turn (when
+            # its last turns were withdrawn by replace_turns(..., [])), or a change.
+            have = int(conn.execute(LAST_LIVE_SEQ, {"sid": sid}).scalar_one())
+            if have != expected_last_turn:
+                raise SessionChanged(key, expected_last_turn, have)  # rolls the reserve back
         insert_attachments(conn, self._db.dialect, sid, (a for r in rows for a in r["images"]))
         values = [
             {
@@ -480,27 +538,69 @@ class MemoryManager:
         ).one()
         return Turn(key, seq, r["role"], r["content"], at.astimezone(UTC), r["tokens"], r["meta"])
 
+    def _insert_one_if_at_pg(
+        self, conn: Connection, key: str, r: dict[str, Any], expected: int
+    ) -> Turn | None:
+        """:meth:`_insert_one_pg` if the session's counter is still ``expected``, as one
+        statement (:data:`ADD_ONE_TURN_IF_AT_PG`); None, with nothing written, otherwise."""
+        now = datetime.now(UTC)
+        at = r["at"] or now
+        params: dict[str, Any] = {
+            "n": 1,
+            "expected": expected,
+            "turn_role": r["role"],
+            "turn_content": r["content"],
+            "turn_at": at,
+            "turn_tokens": r["tokens"],
+            "turn_metadata": r["meta"],
+            "turn_search_text": r["search_text"],
+        }
+        if expected == 0:  # the upsert: it may create the session
+            params.update(key=key, owner=self._namespace, now=now, meta={})
+        else:  # an UPDATE, which would take "key" and "owner" as values to SET
+            params.update(session_key=key, session_owner=self._namespace)
+        row = conn.execute(ADD_ONE_TURN_IF_AT_PG[expected == 0], params).first()
+        if row is None:
+            return None
+        return Turn(
+            key, row.seq, r["role"], r["content"], at.astimezone(UTC), r["tokens"], r["meta"]
+        )
+
     def replace_turns(
         self,
         session_id: str,
         from_turn: int,
         turns: Iterable[Mapping[str, Any] | Sequence[Any]],
+        *,
+        expected_last_turn: int | None = None,
     ) -> list[Turn]:
         """Record a new version of the conversation from turn ``from_turn`` on (a regenerated
         reply, an edited message): the live turns from there on are superseded (kept in the
         archive, see :meth:`superseded`; out of prompts, pages, ``turns()`` and search) and
         ``turns`` are appended, in one transaction.
 
+        ``expected_last_turn``: replace only if the session's newest live turn is still this
+        one, as in :meth:`add_turns`.
+
         Raises:
             InvalidInput: ``from_turn`` is on a page already (pages are sealed; append instead).
+            SessionChanged: the session's newest turn is not ``expected_last_turn``.
         """
         self._check_open()
         key = check_session_id(session_id)
         check_int(from_turn, "from_turn")
+        if expected_last_turn is not None:
+            check_int(expected_last_turn, "expected_last_turn")
         rows = [self._validate(i, item) for i, item in enumerate(turns)]
 
         def work(s: Session) -> list[Turn]:
             row = self._session(s, key)
+            if expected_last_turn is not None:
+                if self._db.dialect == "postgresql":
+                    s.execute(LOCK_SESSION, {"sid": row.id})
+                have = int(s.execute(LAST_LIVE_SEQ, {"sid": row.id}).scalar_one())
+                if have != expected_last_turn:
+                    raise SessionChanged(key, expected_last_turn, have)
             if from_turn <= row.paged_until:
                 raise InvalidInput(
                     f"turn {from_turn} of session {key!r} is on a page already (turns up to "

@@ -31,6 +31,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    func,
     insert,
     select,
     update,
@@ -402,9 +403,45 @@ INSERT_TURN = insert(TurnRow.__table__)
 """Turns by column name (``session_id``, ``metadata``), one row or many, built once."""
 
 
-def _add_one_turn_pg() -> Any:
+def _reserve_if_at(first_turn: bool) -> Any:
+    """Reserve one number only if the session's counter is still ``expected`` (a compare and
+    swap on the session's row; PostgreSQL re-checks the condition on the row's newest version
+    after waiting for its lock). The first turn of a session may also create it. Binds:
+    ``key``, ``owner``, ``now``, ``meta``, ``n``, ``expected``, ``session_key``,
+    ``session_owner`` (the last two: ``key`` and ``owner`` again)."""
+    if first_turn:
+        return (
+            pg_insert(SessionRow)
+            .values(
+                key=bindparam("key"),
+                owner=bindparam("owner"),
+                created_at=bindparam("now"),
+                meta=bindparam("meta"),
+                next_seq=bindparam("n"),
+            )
+            .on_conflict_do_update(
+                index_elements=["owner", "key"],
+                set_={"next_seq": SessionRow.next_seq + bindparam("n")},
+                where=SessionRow.next_seq == bindparam("expected"),
+            )
+            .returning(SessionRow.id, SessionRow.next_seq)
+        )
+    return (
+        update(SessionRow)
+        .where(
+            # not "owner" and "key": an UPDATE takes binds named as columns for its SET
+            SessionRow.owner == bindparam("session_owner"),
+            SessionRow.key == bindparam("session_key"),
+            SessionRow.next_seq == bindparam("expected"),
+        )
+        .values(next_seq=SessionRow.next_seq + bindparam("n"))
+        .returning(SessionRow.id, SessionRow.next_seq)
+    )
+
+
+def _add_one_turn_pg(reserve: Any = None) -> Any:
     turns = TurnRow.__table__
-    reserved = _reserve(pg_insert).cte("reserved")
+    reserved = (_reserve(pg_insert) if reserve is None else reserve).cte("reserved")
     names = ("role", "content", "at", "tokens", "metadata", "search_text")
     values = select(
         reserved.c.id,
@@ -423,6 +460,15 @@ ADD_ONE_TURN_PG = _add_one_turn_pg()
 statement (a data-modifying CTE): one round trip for ``add_turn`` instead of two. The turn's
 values are ``turn_role``, ``turn_content``, ``turn_at``, ``turn_tokens``, ``turn_metadata``,
 ``turn_search_text`` (a turn without images: those go through the many-turn path); returns its session row id and seq."""
+
+ADD_ONE_TURN_IF_AT_PG = {
+    True: _add_one_turn_pg(_reserve_if_at(True)),
+    False: _add_one_turn_pg(_reserve_if_at(False)),
+}
+"""PostgreSQL, built once: :data:`ADD_ONE_TURN_PG` on the condition that the session's
+counter is ``expected`` (keyed by ``expected == 0``: a first turn may create the session).
+One round trip for the usual conditional append; no row back means the condition failed (or
+the session's newest turns were withdrawn), and the caller checks in a transaction."""
 
 
 TURN_COLUMNS = (
@@ -525,6 +571,18 @@ def insert_attachments(conn: Any, dialect: str, sid: int, items: Iterable[Attach
 FIRST_LIVE_SEQ = 1
 """Live turns are numbered from 1; a superseded turn's seq is negative (``-id``): the one
 filter that keeps earlier versions out of prompts, pages, turns() and search."""
+
+
+LAST_LIVE_SEQ = select(func.coalesce(func.max(TurnRow.seq), 0)).where(
+    TurnRow.session_row_id == bindparam("sid"), TurnRow.seq >= FIRST_LIVE_SEQ
+)
+"""The number of a session's newest live turn (0: none), from the (session, seq) index:
+what a conditional write (``expected_last_turn``) compares with."""
+
+LOCK_SESSION = select(SessionRow.id).where(SessionRow.id == bindparam("sid")).with_for_update()
+"""PostgreSQL: hold the session's row until the transaction ends, as appending turns does
+(their sequence numbers are reserved on it), so that a check made after it stays true.
+SQLite's write transaction holds the whole database already."""
 
 
 def supersede_turns(s: Session, session_row_id: int, from_seq: int, at: datetime) -> int:

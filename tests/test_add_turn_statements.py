@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import event, text
 
 from optical_memory import MemoryManager
-from optical_memory.errors import ContentTooLarge, UnknownSession
+from optical_memory.errors import ContentTooLarge, SessionChanged, UnknownSession
 
 _SKIP = ("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA", "SET", "SHOW", "SAVEPOINT", "RELEASE")
 
@@ -201,3 +201,23 @@ def test_a_bulk_add_refreshes_postgresqls_planner_statistics(
         assert estimated_rows(mm) < 0  # never analyzed yet
         mm.add_sessions({"a": [("user", f"a {i}") for i in range(30)], "b": [("user", "b")] * 30})
         assert estimated_rows(mm) == 70
+
+
+def test_a_conditional_add_turn_is_still_one_statement_on_postgresql(mm: MemoryManager) -> None:
+    """The adapters record with ``expected_last_turn``: on PostgreSQL the check is a compare-
+    and-swap inside the same one statement, outside a transaction; only a failed check costs
+    a transaction (which raises, or finds the session's last turns were only withdrawn)."""
+    pg = mm.database.dialect == "postgresql"
+    first = _transactions(mm, lambda: mm.add_turn("s", "user", "a", expected_last_turn=0))
+    later = _transactions(mm, lambda: mm.add_turn("s", "assistant", "b", expected_last_turn=1))
+    if pg:
+        assert first == later == [("WITH", True)]  # one statement each, no BEGIN
+    else:
+        assert all(not outside for _, outside in first + later)  # in the write transaction
+    with pytest.raises(SessionChanged):
+        mm.add_turn("s", "user", "stale", expected_last_turn=1)
+    mm.replace_turns("s", 2, [])  # "b" withdrawn: the counter is 2, the newest live turn 1
+    sent = _transactions(mm, lambda: mm.add_turn("s", "user", "c", expected_last_turn=1))
+    if pg:  # the swap finds 2, not 1: then the check in a transaction, which passes
+        assert sent[0] == ("WITH", True) and all(not outside for _, outside in sent[1:])
+    assert [(t.seq, t.content) for t in mm.turns("s")] == [(1, "a"), (3, "c")]

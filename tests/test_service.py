@@ -336,6 +336,26 @@ def test_oversized_and_malformed_bodies_get_4xx_json_and_write_nothing(svc: Svc)
         assert r.status_code == 404  # nothing was written, not even the session
 
 
+def test_a_conditional_append_answers_409_when_the_session_moved_on(svc: Svc) -> None:
+    sid = _sid()
+    path = f"/v1/sessions/{sid}/turns"
+    with svc.client("alice") as alice:
+        r = alice.post(
+            path, params={"expected_last_turn": 0}, json={"role": "user", "content": "a"}
+        )
+        assert r.status_code == 201 and r.json()["turns"][0]["seq"] == 1
+        two = {"turns": [{"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}
+        r = alice.post(path, params={"expected_last_turn": 0}, json=two)  # stale
+        assert r.status_code == 409, r.text
+        err = r.json()["error"]
+        assert err["type"] == "SessionChanged" and "newest turn is 1, not 0" in err["message"]
+        r = alice.post(path, params={"expected_last_turn": -1}, json=two)
+        assert r.status_code == 422
+        assert [t["content"] for t in alice.get(path).json()["turns"]] == ["a"]  # nothing more
+        r = alice.post(path, params={"expected_last_turn": 1}, json=two)
+        assert r.status_code == 201 and [t["seq"] for t in r.json()["turns"]] == [2, 3]
+
+
 def test_a_turns_images_go_in_as_base64_and_come_back_exactly(svc: Svc) -> None:
     sid = _sid()
     path = f"/v1/sessions/{sid}/turns"

@@ -390,11 +390,20 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/v1/sessions/{session_id}/turns", status_code=201, tags=["sessions"])
     def add_turns(
-        session_id: str, mm: Memory, body: Annotated[TurnIn | TurnsIn, Body()]
+        session_id: str,
+        mm: Memory,
+        body: Annotated[TurnIn | TurnsIn, Body()],
+        expected_last_turn: Annotated[int | None, Query(ge=0)] = None,
     ) -> dict[str, Any]:
-        """Append one turn or ``{"turns": [...]}`` in one transaction (all or none)."""
+        """Append one turn or ``{"turns": [...]}`` in one transaction (all or none).
+
+        ``expected_last_turn``: append only if the session's newest turn is still this number
+        (0: no turns yet), for clients that decide what is new from what they read; otherwise
+        409 ``SessionChanged`` and nothing is written: read the turns again and retry."""
         items = body.turns if isinstance(body, TurnsIn) else [body]
-        stored = mm.add_turns(session_id, [t.as_item() for t in items])
+        stored = mm.add_turns(
+            session_id, [t.as_item() for t in items], expected_last_turn=expected_last_turn
+        )
         return {"turns": [turn_json(t) for t in stored]}
 
     @app.get("/v1/sessions/{session_id}/turns", tags=["sessions"])
