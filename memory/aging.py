@@ -714,7 +714,6 @@ class Aging:
     def _new_page(self, sid: int, group: list[TurnRow], now: datetime) -> dict[str, Any]:
         """The row of a new page of these turns, at the text tier (version 1)."""
         text_tokens = sum(t.tokens for t in group)
-        footprint = sum(self._footprint(t) for t in group)
         return {
             "session_row_id": sid,
             "first_seq": group[0].seq,
@@ -728,7 +727,9 @@ class Aging:
             "width": None,
             "height": None,
             "token_cost": text_tokens,
-            "imageable": footprint <= self.capacity,
+            # A turn larger than a page (a pasted document) is a page of its own that fades
+            # like any other: its images show its opening, cut (the archive keeps it whole).
+            "imageable": True,
             "open": False,
             "version": 1,
             "created_at": now,

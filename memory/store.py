@@ -270,7 +270,8 @@ class PageRow(Base):
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     token_cost: Mapped[int] = mapped_column(Integer, nullable=False)
-    # False when a single turn overflows the page: such a page is only ever shown as text.
+    # Always True since migration 0012: a page of one turn larger than a page fades like any
+    # other (its images show the turn's opening, cut). Was False for such pages before.
     imageable: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=True, server_default=sa_true()
     )
