@@ -581,8 +581,9 @@ def _recall_block(
     reserve: int,
     count: TokenCounter,
 ) -> list[TurnData]:
-    """Turns the cue recalls that the prompt would not show legibly, each with the turn next
-    to it for context, best first while the block fits ``reserve``; in order."""
+    """Turns the cue recalls that the prompt would not show legibly, best first while the block
+    fits ``reserve``; in order. Each comes with the turn next to it for context where both fit,
+    else alone (a long reply beside a short fact would otherwise crowd out the fact)."""
     if all(seq in shown for seq in range(1, session.next_seq + 1)):
         return []  # every turn is in the prompt as text already: nothing to recall
     hits = [
@@ -600,9 +601,13 @@ def _recall_block(
     for seq in hits:
         unit = [rows[q] for q in sorted({seq, _partner(seq, session.next_seq)}) if q in rows]
         unit = [t for t in unit if t.seq not in chosen and (t.seq == seq or t.seq not in shown)]
-        trial = sorted([*chosen.values(), *unit], key=lambda t: t.seq)
-        if _block_cost(count, [], trial) <= reserve:
-            chosen.update((t.seq, t) for t in unit)
+        for tried in (unit, [t for t in unit if t.seq == seq]):  # with its context, or alone
+            if not tried:
+                break
+            trial = sorted([*chosen.values(), *tried], key=lambda t: t.seq)
+            if _block_cost(count, [], trial) <= reserve:
+                chosen.update((t.seq, t) for t in tried)
+                break
     return sorted(chosen.values(), key=lambda t: t.seq)
 
 

@@ -82,6 +82,23 @@ def test_the_recalled_turn_comes_with_its_neighbour_for_context(faded: MemoryMan
     assert seqs == sorted(set(seqs))  # in order, no duplicates
 
 
+def test_a_recalled_fact_whose_neighbour_does_not_fit_comes_back_alone(tmp_path) -> None:
+    """Context is second to the memory: when the reply beside a recalled fact is too long for
+    the block, the fact comes back without it rather than not at all."""
+    turns = _history()
+    essay = " ".join(f"Paragraph {i} of a long answer about travel documents." for i in range(300))
+    turns[FACT_AT] = {**turns[FACT_AT], "role": "assistant", "content": essay}
+    with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=10)) as m:
+        m.add_turns("s", turns)
+        m.add_turn("s", "user", QUESTION, NOW)
+        m.age(now=NOW)
+        ctx = m.assemble("s", budget=2000, now=NOW, cue=QUESTION)
+    assert ctx.recalled is not None and ctx.tokens <= 2000
+    seqs = [t.seq for t in ctx.recalled.turns]
+    assert FACT_AT in seqs and FACT_AT + 1 not in seqs  # the fact, without the essay
+    assert ctx.recalled.tokens < 2000 * 0.2 + 1
+
+
 def test_no_cue_no_block_and_a_cue_that_matches_nothing_adds_nothing(faded: MemoryManager) -> None:
     assert faded.assemble("s", budget=2000, now=NOW).recalled is None
     nothing = faded.assemble("s", budget=2000, now=NOW, cue="zzqx vvplm")
