@@ -236,7 +236,9 @@ def record_openai_messages(
     Turns already on a page cannot be replaced: an edit there is stored as new turns. System
     and developer messages are not stored. Inline images are stored as the turn's
     attachments; one that is not a decodable image raises ``InvalidAttachment`` and nothing
-    is stored.
+    is stored. Several processes may record the same conversation at once (two service
+    workers): each writes on the condition that the session is as it read it, and reads again
+    when it is not, so every message is stored once.
     """
     kept = [m for m in messages if _role_of(m) not in ("system", "developer")]
     keys = [_key_of_message(m, at) for m in kept]
