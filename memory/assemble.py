@@ -369,7 +369,9 @@ def assemble_context(
         text_cap = budget - max(past, pin_cost)
     plain_units = recent.fit(text_cap)
     candidates = _fade_to_fit(candidates, budget - recent.spent(plain_units) - pin_cost)
-    shown_units = recent.fit(text_cap - reserve)
+    # The reserve comes out of the text this prompt would show (not out of its cap: pages
+    # fill whatever the text leaves, so a cap the text did not reach would reserve nothing).
+    shown_units = recent.fit(recent.spent(plain_units) - reserve)
     spent = recent.spent(shown_units)
 
     recalled: list[TurnData] = []

@@ -99,6 +99,37 @@ def test_a_recalled_fact_whose_neighbour_does_not_fit_comes_back_alone(tmp_path)
     assert ctx.recalled.tokens < 2000 * 0.2 + 1
 
 
+def test_the_recall_share_is_kept_when_long_recent_turns_leave_text_under_its_cap(
+    tmp_path,
+) -> None:
+    """The newest exchange is too long for the text's share, so text stays far under its cap
+    and the pages fill what it leaves. The cue's share still comes out of the text shown:
+    the block has room for the fact and the reply to it, not just the tokens the pages left."""
+
+    def sentences(n: int, what: str) -> str:
+        return " ".join(f"{what} {k}: check the tide table for pier {k % 7}." for k in range(n))
+
+    turns = [dict(t) for t in conversation(1200, START, timedelta(hours=3))]
+    turns[FACT_AT - 1] = {**turns[FACT_AT - 1], "role": "user", "content": FACT}
+    reply = "Noted. " + " ".join(
+        f"Remember to renew it {k} months ahead of travel to country {k}." for k in range(18)
+    )
+    turns[FACT_AT] = {**turns[FACT_AT], "role": "assistant", "content": reply}
+    turns[-2] = {**turns[-2], "role": "user", "content": sentences(60, "Question")}
+    turns[-1] = {**turns[-1], "role": "assistant", "content": sentences(40, "Step")}
+    now = turns[-1]["at"] + timedelta(minutes=30)
+    with MemoryManager(tmp_path / "m.db", policy=AgingPolicy(keep_last_turns=10)) as m:
+        m.add_turns("s", turns)
+        m.add_turn("s", "user", QUESTION, now)
+        m.age(now=now)
+        plain = m.assemble("s", budget=2000, now=now)
+        cued = m.assemble("s", budget=2000, now=now, cue=QUESTION)
+    assert _pages(plain) == _pages(cued) and _pages(plain)  # the prefix does not move
+    assert cued.recalled is not None
+    assert [t.seq for t in cued.recalled.turns][:2] == [FACT_AT, FACT_AT + 1]  # with context
+    assert cued.tokens <= 2000 and cued.texts[-1].turn.content == QUESTION
+
+
 def test_no_cue_no_block_and_a_cue_that_matches_nothing_adds_nothing(faded: MemoryManager) -> None:
     assert faded.assemble("s", budget=2000, now=NOW).recalled is None
     nothing = faded.assemble("s", budget=2000, now=NOW, cue="zzqx vvplm")
