@@ -599,15 +599,17 @@ def _recall_block(
     wanted |= {_partner(seq, session.next_seq) for seq in hits}
     found = turn_data(conn.execute(_BY_SEQ, {"sid": session.id, "seqs": sorted(wanted)}))
     rows = {t.seq: t for t in found}
+    line = _remembered_lines()
     chosen: dict[int, TurnData] = {}
     for seq in hits:
         unit = [rows[q] for q in sorted({seq, _partner(seq, session.next_seq)}) if q in rows]
         unit = [t for t in unit if t.seq not in chosen and (t.seq == seq or t.seq not in shown)]
-        for tried in (unit, [t for t in unit if t.seq == seq]):  # with its context, or alone
+        alone = [t for t in unit if t.seq == seq]
+        for tried in (unit, alone) if len(alone) < len(unit) else (unit,):  # context, or alone
             if not tried:
                 break
             trial = sorted([*chosen.values(), *tried], key=lambda t: t.seq)
-            if _block_cost(count, [], trial) <= reserve:
+            if _block_cost(count, [], trial, line) <= reserve:
                 chosen.update((t.seq, t) for t in tried)
                 break
     return sorted(chosen.values(), key=lambda t: t.seq)
@@ -627,13 +629,19 @@ _RECALLED_HEADER = (
 _BLOCK_OVERHEAD = approximate_tokens("user", _RECALLED_HEADER)
 
 
-def _block_text(pins: Sequence[TurnData], recalled: Sequence[TurnData]) -> str:
-    """The recalled block as the model reads it: headers, then one line per turn."""
+def _block_text(
+    pins: Sequence[TurnData],
+    recalled: Sequence[TurnData],
+    line: Callable[[TurnData], str] | None = None,
+) -> str:
+    """The recalled block as the model reads it: headers, then one line per turn (``line``:
+    how a turn's line is made, :func:`_line` unless given)."""
+    line = line or _line
     parts = []
     if pins:
-        parts.append("\n".join([_PINNED_HEADER, *(_line(t) for t in pins)]))
+        parts.append("\n".join([_PINNED_HEADER, *(line(t) for t in pins)]))
     if recalled:
-        parts.append("\n".join([_RECALLED_HEADER, *(_line(t) for t in recalled)]))
+        parts.append("\n".join([_RECALLED_HEADER, *(line(t) for t in recalled)]))
     return "\n\n".join(parts)
 
 
@@ -642,8 +650,26 @@ def _line(t: TurnData) -> str:
     return turn_line(t.seq, speaker_of(t.role, t.meta), t.at, text)
 
 
-def _block_cost(count: TokenCounter, pins: Sequence[TurnData], recalled: Sequence[TurnData]) -> int:
-    return int(count("user", _block_text(pins, recalled)))
+def _block_cost(
+    count: TokenCounter,
+    pins: Sequence[TurnData],
+    recalled: Sequence[TurnData],
+    line: Callable[[TurnData], str] | None = None,
+) -> int:
+    return int(count("user", _block_text(pins, recalled, line)))
+
+
+def _remembered_lines() -> Callable[[TurnData], str]:
+    """:func:`_line`, each turn's line made once: choosing a block tries it many times."""
+    made: dict[int, str] = {}
+
+    def line(t: TurnData) -> str:
+        out = made.get(t.id)
+        if out is None:
+            out = made[t.id] = _line(t)
+        return out
+
+    return line
 
 
 def _fade_to_fit(candidates: list[_Candidate], room: int) -> list[_Candidate]:
