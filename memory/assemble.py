@@ -369,9 +369,16 @@ def assemble_context(
         text_cap = budget - max(past, pin_cost)
     plain_units = recent.fit(text_cap)
     candidates = _fade_to_fit(candidates, budget - recent.spent(plain_units) - pin_cost)
-    # The reserve comes out of the text this prompt would show (not out of its cap: pages
-    # fill whatever the text leaves, so a cap the text did not reach would reserve nothing).
-    shown_units = recent.fit(recent.spent(plain_units) - reserve)
+    if everything:
+        # Everything is shown: the block can only help with turns on faint pages, and takes
+        # text only beyond budget - reserve. With no faint page there is nothing to recall.
+        if not any(c.option.label in FAINT_TIERS for c in candidates):
+            reserve = 0
+        shown_units = recent.fit(text_cap - reserve)
+    else:
+        # The reserve comes out of the text this prompt would show (not out of its cap: pages
+        # fill whatever the text leaves, so a cap the text did not reach reserves nothing).
+        shown_units = recent.fit(recent.spent(plain_units) - reserve)
     spent = recent.spent(shown_units)
 
     recalled: list[TurnData] = []

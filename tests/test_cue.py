@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import event
 
 from benchmarks.chatgen import conversation
 from optical_memory import (
@@ -128,6 +129,29 @@ def test_the_recall_share_is_kept_when_long_recent_turns_leave_text_under_its_ca
     assert cued.recalled is not None
     assert [t.seq for t in cued.recalled.turns][:2] == [FACT_AT, FACT_AT + 1]  # with context
     assert cued.tokens <= 2000 and cued.texts[-1].turn.content == QUESTION
+
+
+def test_when_everything_fits_a_cue_takes_nothing_from_the_text(tmp_path) -> None:
+    """A short session fits the budget whole: with or without a cue it is shown in order as
+    text, and the cue (whose words every turn holds) recalls nothing out of place."""
+    with MemoryManager(tmp_path / "m.db") as m:
+        for i in range(40):
+            m.add_turn("s", "user", f"question {i}: where is boat {i}?", START)
+            m.add_turn("s", "assistant", f"Boat {i} is at pier {i % 7}.", START)
+        snug = m.assemble("s", budget=4096, now=START).tokens + 10  # it just fits
+        plain = m.assemble("s", budget=snug, now=START)
+        sent: list[str] = []
+
+        def record(_conn, _cursor, statement, *_rest) -> None:  # type: ignore[no-untyped-def]
+            sent.append(statement)
+
+        event.listen(m.database.engine, "before_cursor_execute", record)
+        cued = m.assemble("s", budget=snug, now=START, cue="question 40: where is boat 40?")
+        event.remove(m.database.engine, "before_cursor_execute", record)
+    assert len(plain.texts) == 80 and plain.omitted_turns == 0
+    assert cued.recalled is None
+    assert [t.turn.seq for t in cued.texts] == [t.turn.seq for t in plain.texts]
+    assert sent and not any("om_turns_fts" in q for q in sent)  # not even searched
 
 
 def test_no_cue_no_block_and_a_cue_that_matches_nothing_adds_nothing(faded: MemoryManager) -> None:
