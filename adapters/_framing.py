@@ -398,15 +398,14 @@ class TurnLog:
         a second service) is caught by the conditional write: on :class:`SessionChanged` the
         log is read again and ``attempt`` runs again, so a message sent to two processes at
         once is stored once. Up to WRITE_ATTEMPTS times, then the error is raised."""
-        for n in range(WRITE_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS - 1):
             with self.session(session_id) as log:
                 try:
                     return attempt(log)
                 except SessionChanged:
                     log.reset()
-                    if n + 1 == WRITE_ATTEMPTS:
-                        raise
-        raise AssertionError("unreachable")
+        with self.session(session_id) as log:
+            return attempt(log)
 
     def _sync(self, session_id: str, log: SessionLog) -> None:
         since = max(0, log.last_seq - 1)

@@ -433,10 +433,10 @@ class Aging:
         prepared = select(RenditionRow.page_id).where(RenditionRow.page_id == page.id).exists()
         conds: list[ColumnElement[bool]] = [
             and_(page.target != self.target.name, page.tier != Tier.TEXT.label),
-            and_(page.tier == Tier.TEXT.label, page.imageable, ~prepared),
+            and_(page.tier == Tier.TEXT.label, ~prepared),
         ]
         if self.policy.budget is not None:
-            conds.append(and_(page.tier != Tier.TINY.label, page.imageable))
+            conds.append(page.tier != Tier.TINY.label)
         ladder = self.policy.by_time
         if ladder is not None:
             after = {
@@ -458,7 +458,6 @@ class Aging:
                             page.tier != Tier.TEXT.label,
                             page.text_tokens > self.target.tier_cost(tier),
                         ),
-                        page.imageable,
                         ~page.open,
                     )
                 )
@@ -477,7 +476,7 @@ class Aging:
         if cut is None:
             return _Packed()
         drawing = None
-        if cut.open_page is not None and cut.open_page["imageable"]:
+        if cut.open_page is not None:
             assert cut.open_turns is not None
             drawing = self._draw(cut.open_turns, cut.open_marks, Tier.TEXT, cut.open_images)
         return self.db.write(lambda s: self._commit_cut(s, cut, drawing, now))
@@ -551,8 +550,7 @@ class Aging:
                 if not seal:
                     open_page, open_turns = values, group
                     open_marks = page_marks(s, sid, group[0].seq, group[-1].seq)
-                    if values["imageable"]:
-                        open_images = load_attachments(s.connection(), group)
+                    open_images = load_attachments(s.connection(), group)
         return _Cut(
             session_row_id=sid,
             paged_until=row.paged_until,
@@ -727,9 +725,6 @@ class Aging:
             "width": None,
             "height": None,
             "token_cost": text_tokens,
-            # A turn larger than a page (a pasted document) is a page of its own that fades
-            # like any other: its images show its opening, cut (the archive keeps it whole).
-            "imageable": True,
             "open": False,
             "version": 1,
             "created_at": now,
@@ -751,7 +746,6 @@ class Aging:
                     PageRow.last_seq,
                     PageRow.last_at,
                     PageRow.text_tokens,
-                    PageRow.imageable,
                     PageRow.target,
                     PageRow.open,
                     select(RenditionRow.page_id)
@@ -776,7 +770,7 @@ class Aging:
         if self.policy.by_time is not None:
             for i, p in enumerate(pages):
                 t = self.policy.by_time.tier_for(now - p.last_at)
-                if t > wanted[i] and p.imageable and not p.open:
+                if t > wanted[i] and not p.open:
                     due[i] = t
                     wanted[i] = self._paying(t, p.text_tokens, wanted[i])
         excess: int | None = None  # under pressure: the estimate's tokens over the budget
@@ -793,7 +787,7 @@ class Aging:
             if p.id in merged:
                 continue
             retarget = p.target != self.target.name and old is not Tier.TEXT
-            unprepared = new is Tier.TEXT and p.imageable and not p.prepared
+            unprepared = new is Tier.TEXT and not p.prepared
             if new > old or retarget or unprepared:
                 plans.append((p.first_seq, PagePlan(p.id, p.version, old, new)))
         plans.sort(key=lambda x: x[0])
@@ -822,7 +816,7 @@ class Aging:
         n = len(pages)
         at: list[Tier | None] = [None] * n
         for i, p in enumerate(pages):
-            if p.open or not p.imageable:
+            if p.open:
                 continue
             if wanted[i] in FAINT_TIERS:
                 at[i] = wanted[i]
@@ -1013,7 +1007,7 @@ class Aging:
         for i, p in enumerate(pages):  # oldest first
             if total <= budget:
                 break
-            if not p.imageable or p.open:
+            if p.open:
                 continue  # the open page stays text until sealed (assembly may fade it)
             while total > budget and wanted[i] < Tier.TINY:
                 cost_now = shown(p, wanted[i])
@@ -1420,7 +1414,6 @@ class Aging:
             width=None,
             height=None,
             token_cost=text_tokens,
-            imageable=True,
             open=False,
             version=1,
             created_at=now,

@@ -445,10 +445,9 @@ class MemoryManager:
         first = last - n + 1
         if expected_last_turn is not None and first - 1 != expected_last_turn:
             # Not the newest number the session has had: still its newest live turn (when
-            # its last turns were withdrawn by replace_turns(..., [])), or a change.
-            have = int(conn.execute(LAST_LIVE_SEQ, {"sid": sid}).scalar_one())
-            if have != expected_last_turn:
-                raise SessionChanged(key, expected_last_turn, have)  # rolls the reserve back
+            # its last turns were withdrawn by replace_turns(..., [])), or a change; raising
+            # rolls the reservation back.
+            _check_last_turn(conn, key, sid, expected_last_turn)
         insert_attachments(conn, self._db.dialect, sid, (a for r in rows for a in r["images"]))
         values = [
             {
@@ -520,22 +519,8 @@ class MemoryManager:
     def _insert_one_pg(self, conn: Connection, key: str, r: dict[str, Any], now: datetime) -> Turn:
         """One turn on PostgreSQL: the session, its seq and the turn in one statement."""
         at = r["at"] or now
-        _, seq = conn.execute(
-            ADD_ONE_TURN_PG,
-            {
-                "key": key,
-                "owner": self._namespace,
-                "now": now,
-                "meta": {},
-                "n": 1,
-                "turn_role": r["role"],
-                "turn_content": r["content"],
-                "turn_at": at,
-                "turn_tokens": r["tokens"],
-                "turn_metadata": r["meta"],
-                "turn_search_text": r["search_text"],
-            },
-        ).one()
+        params = {"key": key, "owner": self._namespace, "now": now, "meta": {}, "n": 1}
+        _, seq = conn.execute(ADD_ONE_TURN_PG, params | _turn_binds(r, at)).one()
         return Turn(key, seq, r["role"], r["content"], at.astimezone(UTC), r["tokens"], r["meta"])
 
     def _insert_one_if_at_pg(
@@ -545,16 +530,7 @@ class MemoryManager:
         statement (:data:`ADD_ONE_TURN_IF_AT_PG`); None, with nothing written, otherwise."""
         now = datetime.now(UTC)
         at = r["at"] or now
-        params: dict[str, Any] = {
-            "n": 1,
-            "expected": expected,
-            "turn_role": r["role"],
-            "turn_content": r["content"],
-            "turn_at": at,
-            "turn_tokens": r["tokens"],
-            "turn_metadata": r["meta"],
-            "turn_search_text": r["search_text"],
-        }
+        params: dict[str, Any] = {"n": 1, "expected": expected, **_turn_binds(r, at)}
         if expected == 0:  # the upsert: it may create the session
             params.update(key=key, owner=self._namespace, now=now, meta={})
         else:  # an UPDATE, which would take "key" and "owner" as values to SET
@@ -598,9 +574,7 @@ class MemoryManager:
             if expected_last_turn is not None:
                 if self._db.dialect == "postgresql":
                     s.execute(LOCK_SESSION, {"sid": row.id})
-                have = int(s.execute(LAST_LIVE_SEQ, {"sid": row.id}).scalar_one())
-                if have != expected_last_turn:
-                    raise SessionChanged(key, expected_last_turn, have)
+                _check_last_turn(s, key, row.id, expected_last_turn)
             if from_turn <= row.paged_until:
                 raise InvalidInput(
                     f"turn {from_turn} of session {key!r} is on a page already (turns up to "
@@ -1168,3 +1142,23 @@ def _tier_label(tier: object) -> str | None:
         return Tier.parse(tier).label
     except InvalidConfiguration as exc:
         raise UnknownPage(str(exc)) from None
+
+
+def _turn_binds(r: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """A validated turn as the one-statement inserts bind it (``turn_*``)."""
+    return {
+        "turn_role": r["role"],
+        "turn_content": r["content"],
+        "turn_at": at,
+        "turn_tokens": r["tokens"],
+        "turn_metadata": r["meta"],
+        "turn_search_text": r["search_text"],
+    }
+
+
+def _check_last_turn(conn: Connection | Session, key: str, sid: int, expected: int) -> None:
+    """Raise :class:`SessionChanged` unless the session's newest live turn is ``expected``
+    (run where the session's row is held: a write transaction)."""
+    have = int(conn.execute(LAST_LIVE_SEQ, {"sid": sid}).scalar_one())
+    if have != expected:
+        raise SessionChanged(key, expected, have)

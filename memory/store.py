@@ -270,8 +270,9 @@ class PageRow(Base):
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     token_cost: Mapped[int] = mapped_column(Integer, nullable=False)
-    # Always True since migration 0012: a page of one turn larger than a page fades like any
-    # other (its images show the turn's opening, cut). Was False for such pages before.
+    # Legacy, always True since migration 0012 and read by nothing: before it, a page of one
+    # turn larger than a page was False and never drawn. Such a page now fades like any other
+    # (its images show the turn's opening, cut).
     imageable: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=True, server_default=sa_true()
     )
@@ -376,7 +377,9 @@ FIND_SESSION_TO_ASSEMBLE = FIND_SESSION.add_columns(
 assembly then skips the pins' read."""
 
 
-def _reserve(dialect_insert: Any) -> Any:
+def _reserve(dialect_insert: Any, where: Any = None) -> Any:
+    """Create the session if needed and reserve ``n`` numbers on it; with ``where``, the
+    existing session's counter moves only where that holds (on its newest version)."""
     return (
         dialect_insert(SessionRow)
         .values(
@@ -387,7 +390,9 @@ def _reserve(dialect_insert: Any) -> Any:
             next_seq=bindparam("n"),
         )
         .on_conflict_do_update(
-            index_elements=["owner", "key"], set_={"next_seq": SessionRow.next_seq + bindparam("n")}
+            index_elements=["owner", "key"],
+            set_={"next_seq": SessionRow.next_seq + bindparam("n")},
+            where=where,
         )
         .returning(SessionRow.id, SessionRow.next_seq)
     )
@@ -411,22 +416,7 @@ def _reserve_if_at(first_turn: bool) -> Any:
     ``key``, ``owner``, ``now``, ``meta``, ``n``, ``expected``, ``session_key``,
     ``session_owner`` (the last two: ``key`` and ``owner`` again)."""
     if first_turn:
-        return (
-            pg_insert(SessionRow)
-            .values(
-                key=bindparam("key"),
-                owner=bindparam("owner"),
-                created_at=bindparam("now"),
-                meta=bindparam("meta"),
-                next_seq=bindparam("n"),
-            )
-            .on_conflict_do_update(
-                index_elements=["owner", "key"],
-                set_={"next_seq": SessionRow.next_seq + bindparam("n")},
-                where=SessionRow.next_seq == bindparam("expected"),
-            )
-            .returning(SessionRow.id, SessionRow.next_seq)
-        )
+        return _reserve(pg_insert, where=SessionRow.next_seq == bindparam("expected"))
     return (
         update(SessionRow)
         .where(
