@@ -4,7 +4,9 @@ The index lives in the database itself and is built by migration 0004:
 
 - **SQLite**: ``om_turns_fts``, a contentless FTS5 table (``porter unicode61``) with two
   columns: ``body`` (the turn's text) and ``scope`` (one token naming the session, so a
-  session-scoped search intersects posting lists instead of ranking the whole archive).
+  session-scoped search intersects posting lists instead of ranking the whole archive; a
+  session whose turns lie together is narrowed by their range of row ids instead, which
+  costs FTS5 nothing to apply).
   Triggers on ``om_turns`` feed it inside the writing transaction; deletes use FTS5's
   ``'delete'`` command with the same values. Ranked with ``bm25``; a term held by more than
   COMMON_TURNS turns of the archive is weighed by its frequency within the searched scope
@@ -37,16 +39,19 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import combinations
 from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, Integer, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .errors import InvalidInput
@@ -201,11 +206,16 @@ def _phrase(term: tuple[str, ...]) -> str:
 def sqlite_match(terms: Sequence[tuple[str, ...]], scope_ids: Sequence[int] | None) -> str:
     """An FTS5 MATCH expression: the terms as quoted phrases, ORed, in the ``body`` column,
     within the turns of the given session row ids (their ``scope`` tokens) when given."""
-    expr = "{body} : (" + " OR ".join(_phrase(t) for t in terms) + ")"
-    if scope_ids is not None:
-        tokens = " OR ".join(f'"s{int(i)}x"' for i in scope_ids)
-        expr = f"{{scope}} : ({tokens}) AND {expr}"
-    return expr
+    return _within(scope_ids, "{body} : (" + " OR ".join(_phrase(t) for t in terms) + ")")
+
+
+def _within(scope_ids: Sequence[int] | None, expr: str) -> str:
+    """An FTS5 expression limited to the turns of the given session row ids (their ``scope``
+    tokens) when given."""
+    if scope_ids is None:
+        return expr
+    tokens = " OR ".join(f'"s{int(i)}x"' for i in scope_ids)
+    return f"{{scope}} : ({tokens}) AND ({expr})"
 
 
 def _pg_queries(cue: Cue, params: dict[str, Any]) -> list[str]:
@@ -299,6 +309,7 @@ COMMON_TURNS = 2000
 COMMON_WINDOW = 10 * COMMON_TURNS  # the newest turns of a session where common terms count
 PG_RANKED = 8  # PostgreSQL: ts_rank_cd breaks ties among this many times k best by idf alone
 MAX_SCOPE_SESSIONS = 256  # an owner with more sessions is searched without the scope tokens
+RANGE_SLACK = 64  # other rows in a session's id range up to which the range alone narrows it
 
 _HIT_COLUMNS = {
     "key": LosslessText(),
@@ -322,12 +333,14 @@ _FETCH = (
 )
 
 
-_FIRST_ID_FROM = (
-    select(TurnRow.id)
-    .where(TurnRow.session_row_id == bindparam("sid"), TurnRow.seq >= bindparam("seq"))
-    .order_by(TurnRow.seq)
-    .limit(1)
+_SESSION_IDS = (
+    "SELECT (SELECT id FROM om_turns WHERE session_id = :sid AND seq >= 1 ORDER BY seq LIMIT 1), "
+    "(SELECT id FROM om_turns WHERE session_id = :sid AND seq >= 1 AND seq < :end "
+    "ORDER BY seq DESC LIMIT 1), "
+    "(SELECT id FROM om_turns WHERE session_id = :sid AND seq >= :wlo ORDER BY seq LIMIT 1)"
 )
+"""A session's first and last live turn ids before seq ``end``, and the first id from seq
+``wlo`` (where the common-term window starts), from the (session, seq) index."""
 
 
 class Hit(NamedTuple):
@@ -368,10 +381,44 @@ def search(
         rows = s.connection().execute(stmt, params).all()
         images = load_attachments(s.connection(), rows)
         return [_hit(r, float(r.score), images) for r in rows]
-    ranked = dict(_sqlite_rank(s, session, parsed, scope, limit, before, join, where, params))
+    args = (s, session, parsed, scope, limit, before, join, where, params)
+    extra = 0
+    while True:
+        ranked, asked = _sqlite_rank(*args, extra=extra)
+        exhausted = len(ranked) < asked
+        if len(ranked) > limit:  # the ranking's rows in scope first, then the best of them
+            ids = ", ".join(str(int(i)) for i, _ in ranked)
+            sql = _IN_SCOPE.format(ids=ids, join=join, where=where)
+            kept = {i for (i,) in _sqlite_rows(s, sql, params)}
+            ranked = [r for r in ranked if r[0] in kept]
+        found = _fetch_ranked(s, ranked[:limit], join, where, params)
+        if len(found) >= limit or exhausted:
+            return found
+        # Rows the scope drops (earlier versions of turns, other sessions' turns between
+        # this one's) took places among the best: rank deeper.
+        extra = 4 * asked
+
+
+_IN_SCOPE = "SELECT t.id FROM om_turns t NOT INDEXED {join} WHERE t.id IN ({ids}) AND {where}"
+
+
+def _sqlite_rows(s: Session, sql: str, params: Mapping[str, Any]) -> list[Any]:
+    """SQLite: a search statement (plain numbers and strings bound by name) on the driver's
+    connection, in the read's transaction: these are built per cue, so SQLAlchemy's
+    per-statement work (parsing the binds, a cache key) would cost as much as FTS5's."""
+    try:
+        return s.connection().connection.driver_connection.execute(sql, params).fetchall()
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
+
+
+def _fetch_ranked(
+    s: Session, ranked: list[tuple[int, float]], join: str, where: str, params: dict[str, Any]
+) -> list[Hit]:
+    """The ranked turns that are in scope (``where`` re-checks each), best first."""
     if not ranked:
         return []
-    params["ids"] = list(ranked)
+    scores = dict(ranked)
     # NOT INDEXED: the ids are looked up by rowid, not by scanning the (session, seq) index.
     hits = (
         "SELECT t.id AS turn_id, 0.0 AS score FROM om_turns t NOT INDEXED "
@@ -382,9 +429,9 @@ def search(
         .bindparams(bindparam("ids", expanding=True))
         .columns(**_HIT_COLUMNS)
     )
-    rows = s.connection().execute(stmt, params).all()
+    rows = s.connection().execute(stmt, {**params, "ids": list(scores)}).all()
     images = load_attachments(s.connection(), rows)
-    found = [_hit(r, ranked[r.turn_id], images) for r in rows]
+    found = [_hit(r, scores[r.turn_id], images) for r in rows]
     return sorted(found, key=lambda h: (-h.recollection.score, -h.turn_id))
 
 
@@ -426,8 +473,11 @@ def _sqlite_rank(
     join: str,
     where: str,
     params: dict[str, Any],
-) -> list[tuple[int, float]]:
-    """(turn id, score) of the best matches, best first.
+    *,
+    extra: int = 0,
+) -> tuple[list[tuple[int, float]], int]:
+    """(turn id, score) of the best matches, best first, and how many were asked for:
+    ``limit`` plus ``extra``, plus RANGE_SLACK where the range alone narrows (see below).
 
     Terms in fewer than COMMON_TURNS turns of the archive are ranked by FTS5's bm25 (score =
     -bm25). When the cue also has common terms, each adds, to the turns in scope holding it,
@@ -435,35 +485,44 @@ def _sqlite_rank(
     (at least 1e-6, as FTS5 clamps it): close to BM25 for short turns, at a cost bounded by the
     scope rather than the archive. In a session longer than COMMON_WINDOW turns, common terms
     are counted and matched in its newest COMMON_WINDOW turns (before ``before``) only, so that
-    cost stays bounded too as one session grows.
+    cost stays bounded too as one session grows. Up to SUBSET_TERMS common terms are ranked
+    set by set (:func:`_rank_by_subsets`); more, by summing each one's newest COMMON_TURNS
+    matches in one statement.
 
-    The index narrows by its scope tokens alone where it can (and ``before`` by turn id: within
-    a session ids grow with turn numbers); the caller's fetch re-checks every row against the
-    scope, so a narrowing can only ever drop a row, never admit one.
+    The index narrows by its scope tokens where it can, and a session's search by the range
+    of its turn ids (within a session ids grow with turn numbers); the caller's fetch re-checks
+    every row against the scope, so a narrowing can only ever drop a row, never admit one.
+    A session whose id range holds few other rows (at most RANGE_SLACK: one conversation
+    at a time, or an agent's long session) is narrowed by that range alone: its scope token's
+    posting list is as long as the session, and intersecting it with a common word's costs
+    2-4x the word's alone. Then RANGE_SLACK more rows are ranked, and the caller ranks deeper
+    if the scope dropped too many of them.
     """
     scope_ids, in_scope = _scope_ids(s, session, scope)
     rare, common = _split_common(s, list(cue.terms))
     use_join = scope_ids is None or (before is not None and scope == "owner")
     q = dict(params)
+    q["k"] = limit + extra
     narrow = ""
-    if before is not None and not use_join:
-        q["cap"] = s.connection().scalar(
-            select(TurnRow.id)
-            .where(TurnRow.session_row_id == session.id, TurnRow.seq >= before)
-            .order_by(TurnRow.seq)
-            .limit(1)
-        )
-        narrow = "" if q["cap"] is None else f" AND {FTS_TABLE}.rowid < :cap"
-    tid = "t.id" if use_join else f"{FTS_TABLE}.rowid"
     window = ""  # where common terms are counted and matched (see the docstring)
     total = None
-    end = before if before is not None else session.next_seq + 1
-    if scope == "session" and not use_join and end - 1 > COMMON_WINDOW:
-        q["lo"] = s.connection().scalar(
-            _FIRST_ID_FROM, {"sid": session.id, "seq": end - COMMON_WINDOW}
+    end = before if before is not None else session.next_seq + 1  # (the focus session's)
+    if scope == "session":
+        wlo = end - COMMON_WINDOW if end - 1 > COMMON_WINDOW else end
+        ((first, last, lo),) = _sqlite_rows(
+            s, _SESSION_IDS, {"sid": session.id, "end": end, "wlo": wlo}
         )
-        if q["lo"] is not None:
+        if last is None:
+            return [], q["k"]  # no live turn before ``end``
+        q["first"], q["last"] = first, last
+        narrow = f" AND {FTS_TABLE}.rowid BETWEEN :first AND :last"
+        if last - first + 1 <= end - 1 + RANGE_SLACK:
+            scope_ids = None
+            q["k"] += RANGE_SLACK
+        if wlo < end and lo is not None:
+            q["lo"] = lo
             window, total = f" AND {FTS_TABLE}.rowid >= :lo", COMMON_WINDOW
+    tid = "t.id" if use_join else f"{FTS_TABLE}.rowid"
 
     def matched(param: str, extra: str = "") -> str:
         if use_join:
@@ -479,39 +538,156 @@ def _sqlite_rank(
         arms.append(f"SELECT {tid} AS id, -bm25({FTS_TABLE}, 1.0, 0.0) AS score {matched('q')}")
         if not common:
             sql = f"{arms[0]} ORDER BY score DESC, id DESC LIMIT :k"
-            return [(int(i), float(r)) for i, r in s.connection().execute(text(sql), q)]
+            return [(int(i), float(r)) for i, r in _sqlite_rows(s, sql, q)], q["k"]
     for n, term in enumerate(common):
         q[f"q{n}"] = sqlite_match([term], scope_ids)
-    counts = (
-        s.connection()
-        .execute(
-            text(
-                "SELECT "
-                + ", ".join(
-                    f"(SELECT count(*) {matched(f'q{n}', window)})" for n in range(len(common))
-                )
-            ),
-            q,
-        )
-        .one()
-    )
+    counts = _known_counts(s, session, common, end) if scope == "session" else {}
+    todo = [n for n in range(len(common)) if n not in counts]
+    if todo:
+        sql = "SELECT " + ", ".join(f"(SELECT count(*) {matched(f'q{n}', window)})" for n in todo)
+        (row,) = _sqlite_rows(s, sql, q)
+        counts.update(zip(todo, row, strict=True))
+        if scope == "session":
+            _remember_counts(s, session, {common[n]: counts[n] for n in todo}, end)
     total = in_scope() if total is None else total
-    for n, held in enumerate(counts):
-        if held:
-            q[f"w{n}"] = max(math.log((total - held + 0.5) / (held + 0.5)), 1e-6)
-            # Its newest COMMON_TURNS matches only: summing every match of a word held by a
-            # third of a 100k-turn session costs ~100 ms, while its weight is the smallest.
-            arms.append(
-                f"SELECT * FROM (SELECT {tid} AS id, :w{n} AS score {matched(f'q{n}', window)} "
-                f"ORDER BY {tid} DESC LIMIT {COMMON_TURNS})"
-            )
+    weights = {
+        n: max(math.log((total - held + 0.5) / (held + 0.5)), 1e-6)
+        for n in range(len(common))
+        if (held := counts[n])
+    }
+    if len(weights) <= SUBSET_TERMS:
+        held = [common[n] for n in weights]
+        by_subsets = _rank_by_subsets(
+            s, q, arms, held, list(weights.values()), scope_ids, matched, window, tid
+        )
+        return by_subsets, q["k"]
+    for n, w in weights.items():
+        q[f"w{n}"] = w
+        # Its newest COMMON_TURNS matches only: summing every match of a word held by a
+        # third of a 100k-turn session costs ~100 ms, while its weight is the smallest.
+        arms.append(
+            f"SELECT * FROM (SELECT {tid} AS id, :w{n} AS score {matched(f'q{n}', window)} "
+            f"ORDER BY {tid} DESC LIMIT {COMMON_TURNS})"
+        )
     if not arms:
-        return []
+        return [], q["k"]
     sql = (
         f"SELECT id, sum(score) AS score FROM ({' UNION ALL '.join(arms)}) "
         "GROUP BY id ORDER BY score DESC, id DESC LIMIT :k"
     )
-    return [(int(i), float(r)) for i, r in s.connection().execute(text(sql), q)]
+    return [(int(i), float(r)) for i, r in _sqlite_rows(s, sql, q)], q["k"]
+
+
+SUBSET_TERMS = 4  # a cue's common terms ranked subset by subset (at most 15 queries) ...
+# ... else by summing each one's newest COMMON_TURNS matches (see _sqlite_rank)
+
+
+def _rank_by_subsets(
+    s: Session,
+    q: dict[str, Any],
+    rare_arms: list[str],
+    terms: list[tuple[str, ...]],
+    weights: list[float],
+    scope_ids: Sequence[int] | None,
+    matched: Callable[[str, str], str],
+    window: str,
+    tid: str,
+) -> list[tuple[int, float]]:
+    """The best ``q["k"]`` matches when the cue's common terms are few, best first.
+
+    A turn scores its rare terms' -bm25 plus the weight of each common term it holds (in the
+    window). The ``k`` best turns holding rare terms are scored exactly in one statement (their
+    common terms found by intersecting with each). Every other turn scores the weight of the
+    set of common terms it holds, so turns are taken set by set, the heaviest first, each set
+    one FTS5 query (``a AND b``) for its newest rows not placed yet, until ``k`` are placed:
+    FTS5 walks only as far as those rows, not every match of a common word. A turn holding
+    rare terms as well scores more than its set, so it ranks above every turn not yet placed
+    too.
+    """
+    k = int(q["k"])
+    scores: dict[int, float] = {}
+    if rare_arms:
+        arms = list(rare_arms)
+        for n, (term, w) in enumerate(zip(terms, weights, strict=True)):
+            q[f"r{n}"] = f"({q['q']}) AND {{body}} : {_phrase(term)}"
+            q[f"rw{n}"] = w
+            arms.append(f"SELECT {tid} AS id, :rw{n} AS score {matched(f'r{n}', window)}")
+        sql = (
+            f"SELECT id, sum(score) AS score FROM ({' UNION ALL '.join(arms)}) "
+            "GROUP BY id ORDER BY score DESC, id DESC LIMIT :k"
+        )
+        scores = {int(i): float(r) for i, r in _sqlite_rows(s, sql, q)}
+    phrases = [f"{{body}} : {_phrase(t)}" for t in terms]
+    sets = [c for size in range(len(terms), 0, -1) for c in combinations(range(len(terms)), size)]
+    weight = {c: sum(weights[i] for i in c) for c in sets}
+    sets.sort(key=lambda c: -weight[c])
+    found: dict[int, float] = {}
+    seen: set[int] = set()  # rows placed: known to rank above every row not yet seen
+    i = 0
+    while i < len(sets) and len(seen) < k:
+        group = [sets[i]]  # sets of one weight: their rows are merged, newest first
+        while i + len(group) < len(sets) and math.isclose(
+            weight[sets[i + len(group)]], weight[sets[i]], rel_tol=1e-12
+        ):
+            group.append(sets[i + len(group)])
+        i += len(group)
+        need = k - len(seen)
+        rows: list[tuple[int, float]] = []
+        for c in group:
+            # Holding at least these terms; a row holding more was placed with a heavier set
+            # (its rows were all taken, or k were placed). Not FTS5's NOT: it walks the
+            # whole archive, whatever the rowid range.
+            q["x"] = _within(scope_ids, " AND ".join(phrases[j] for j in c))
+            sql = (
+                f"SELECT {tid} AS id {matched('x', window)} "
+                f"ORDER BY {tid} DESC LIMIT {need + len(seen)}"
+            )
+            rows += [(r[0], weight[c]) for r in _sqlite_rows(s, sql, q) if r[0] not in seen]
+        rows = sorted(rows, reverse=True)[:need]
+        seen.update(r[0] for r in rows)  # a row holding rare terms too ranks higher still
+        found.update(r for r in rows if r[0] not in scores)
+    scores.update(found)
+    return sorted(scores.items(), key=lambda r: (-r[1], -r[0]))[:k]
+
+
+# How many turns of a session's window held a common term, per database and session, with the
+# session's end (next turn number) when counted: counting walks the term's postings there (half
+# the search's cost), and a count changes by at most one a turn. A count is reused while the
+# session has grown by at most 1/COUNT_DRIFT of it (the term's weight then moves by a few
+# percent), so a conversation's recurring words are counted once every few dozen turns.
+_WINDOW_COUNTS: dict[str, OrderedDict[tuple[Any, ...], tuple[int, int]]] = {}
+_WINDOW_COUNTS_SIZE = 4096
+COUNT_DRIFT = 40
+
+
+def _count_key(session: SessionRow, term: tuple[str, ...]) -> tuple[Any, ...]:
+    # created_at: a forgotten session's row id may be reused, its counts never
+    return (session.id, session.created_at, term)
+
+
+def _known_counts(
+    s: Session, session: SessionRow, terms: list[tuple[str, ...]], end: int
+) -> dict[int, int]:
+    """The still-valid counts of ``terms`` in ``session``'s window ending at ``end``, by index."""
+    cache = _WINDOW_COUNTS.get(str(s.get_bind().url))
+    if not cache:
+        return {}
+    out = {}
+    for n, term in enumerate(terms):
+        hit = cache.get(_count_key(session, term))
+        if hit is not None and 0 <= end - hit[0] <= hit[1] // COUNT_DRIFT:
+            out[n] = hit[1]
+    return out
+
+
+def _remember_counts(
+    s: Session, session: SessionRow, counts: dict[tuple[str, ...], int], end: int
+) -> None:
+    cache = _WINDOW_COUNTS.setdefault(str(s.get_bind().url), OrderedDict())
+    for term, held in counts.items():
+        cache[_count_key(session, term)] = (end, int(held))
+    while len(cache) > _WINDOW_COUNTS_SIZE:
+        cache.popitem(last=False)
 
 
 # Terms known to be common, per database: a term in COMMON_TURNS turns stays common (short of
@@ -534,10 +710,8 @@ def _split_common(
             f"LIMIT {COMMON_TURNS}))"
             for i in unknown
         )
-        row = s.connection().execute(
-            text(f"SELECT {probes}"), {f"p{i}": _phrase(terms[i]) for i in unknown}
-        )
-        for i, n in zip(unknown, row.one(), strict=True):
+        (row,) = _sqlite_rows(s, f"SELECT {probes}", {f"p{i}": _phrase(terms[i]) for i in unknown})
+        for i, n in zip(unknown, row, strict=True):
             if n >= COMMON_TURNS:
                 common.add(i)
                 known[keys[i]] = None

@@ -122,3 +122,36 @@ def raw_sqlite_bytes(db_path: Path) -> bytes:
         if extra.exists():
             data += extra.read_bytes()
     return data
+
+
+def sent_sql(mm: Any, fn: Callable[[], Any]) -> list[str]:
+    """Every SQL statement ``mm`` sends while ``fn`` runs, including those run on the driver's
+    own connection (SQLite's search and hot writes), which SQLAlchemy's events do not see."""
+    from sqlalchemy import event
+
+    engine, sent = mm.database.engine, []
+    if engine.dialect.name != "sqlite":
+
+        def record(_conn, _cursor, statement, *_rest) -> None:  # type: ignore[no-untyped-def]
+            sent.append(statement)
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            fn()
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        return sent
+    traced: list[Any] = []
+
+    def trace(dbapi_connection, _record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.set_trace_callback(sent.append)
+        traced.append(dbapi_connection)
+
+    event.listen(engine, "checkout", trace)
+    try:
+        fn()
+    finally:
+        event.remove(engine, "checkout", trace)
+        for c in traced:
+            c.set_trace_callback(None)
+    return sent

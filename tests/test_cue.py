@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from helpers import sent_sql
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import event
 
 from benchmarks.chatgen import conversation
 from optical_memory import (
@@ -140,14 +141,12 @@ def test_when_everything_fits_a_cue_takes_nothing_from_the_text(tmp_path) -> Non
             m.add_turn("s", "assistant", f"Boat {i} is at pier {i % 7}.", START)
         snug = m.assemble("s", budget=4096, now=START).tokens + 10  # it just fits
         plain = m.assemble("s", budget=snug, now=START)
-        sent: list[str] = []
-
-        def record(_conn, _cursor, statement, *_rest) -> None:  # type: ignore[no-untyped-def]
-            sent.append(statement)
-
-        event.listen(m.database.engine, "before_cursor_execute", record)
-        cued = m.assemble("s", budget=snug, now=START, cue="question 40: where is boat 40?")
-        event.remove(m.database.engine, "before_cursor_execute", record)
+        cue = "question 40: where is boat 40?"
+        found: list[Any] = []
+        sent = sent_sql(m, lambda: found.append(m.assemble("s", budget=snug, now=START, cue=cue)))
+        searched = sent_sql(m, lambda: found.append(m.recall("s", cue)))
+        cued = found[0]
+    assert found[1] and any("om_turns_fts" in q for q in searched)  # a search would show
     assert len(plain.texts) == 80 and plain.omitted_turns == 0
     assert cued.recalled is None
     assert [t.turn.seq for t in cued.texts] == [t.turn.seq for t in plain.texts]

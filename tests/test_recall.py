@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import raw_sqlite_bytes
+from helpers import raw_sqlite_bytes, sent_sql
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import make_url, text
@@ -122,6 +122,77 @@ def test_in_a_long_session_common_words_count_in_its_newest_turns_and_rare_ones_
     assert early[0] == 11  # the window ends at ``before``: turns 10-49
 
 
+def test_a_common_words_count_is_reused_while_the_session_has_barely_grown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Scaled down: "ferry" (in 40 of the window's turns) is common; its count holds for
+    # 40 // COUNT_DRIFT = 4 more turns, then it is counted again.
+    from optical_memory import recall as recall_module
+
+    monkeypatch.setattr(recall_module, "COMMON_TURNS", 5)
+    monkeypatch.setattr(recall_module, "COUNT_DRIFT", 10)
+    with MemoryManager(tmp_path / "m.db") as mm:
+        mm.add_turns("s", [("user", f"the ferry, note {i}") for i in range(40)])
+
+        def counted() -> bool:
+            sent = sent_sql(mm, lambda: mm.recall("s", "ferry QX-1"))
+            return any("(SELECT count(*) FROM om_turns_fts WHERE" in q for q in sent)
+
+        assert counted() and not counted()  # counted once
+        mm.add_turns("s", [("user", "nothing here")] * 4)
+        assert not counted()  # 4 turns on: still within 1/10 of its count
+        mm.add_turn("s", "user", "nothing here either")
+        assert counted() and not counted()  # 5 on: counted again, then reused
+        assert [r.turn.seq for r in mm.recall("s", "ferry", limit=3)] == [40, 39, 38]
+
+
+def test_common_words_ranked_set_by_set_rank_as_summing_every_match_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cue's few common terms are ranked by the sets of them a turn holds (one query a set,
+    # newest rows first); many are ranked by summing each term's matches. With every match
+    # summed (here no term reaches the cap in the session), both give the same ranking.
+    # Scaled down: a word in 400 turns of the archive is common.
+    import random
+
+    from optical_memory import recall as recall_module
+
+    monkeypatch.setattr(recall_module, "COMMON_TURNS", 400)
+    common = ["alpha", "bravo", "delta", "kilo", "oscar"]
+    rare = ["quartz", "zephyr", "marlin"]
+    rng = random.Random(5)
+    with MemoryManager(tmp_path / "m.db") as mm:
+        # The common words in 400 other turns; "marlin" in 300 of them: rare, yet so frequent
+        # that its bm25 is as low as the common words' weights.
+        bulk = " ".join(common)
+        mm.add_turns("bulk", [("user", bulk + " marlin")] * 100)
+        for i in range(300):  # more than a search asks for: the sets' queries stop early
+            words = rng.sample(common, rng.randint(0, 4)) + rng.sample(rare, rng.randint(0, 1))
+            mm.add_turn("s", "user", f"note {i}: " + " ".join(words or ["nothing"]))
+            if i % 3:  # another session's turns between: s is searched by its scope token
+                mm.add_turn("bulk", "user", bulk + " marlin")
+        mm.add_turns("bulk", [("user", bulk)] * 100)
+        for _ in range(30):
+            cue = " ".join(
+                rng.sample(common, rng.randint(1, 4)) + rng.sample(rare, rng.randint(0, 2))
+            )
+            limit = rng.choice([1, 3, 8, 30])
+            by_sets = [(r.turn.seq, r.score) for r in mm.recall("s", cue, limit=limit)]
+            monkeypatch.setattr(recall_module, "SUBSET_TERMS", 0)
+            summed = [(r.turn.seq, r.score) for r in mm.recall("s", cue, limit=limit)]
+            monkeypatch.setattr(recall_module, "SUBSET_TERMS", 4)
+            assert [seq for seq, _ in by_sets] == [seq for seq, _ in summed], cue
+            assert [round(x, 9) for _, x in by_sets] == [round(x, 9) for _, x in summed], cue
+            assert by_sets, cue
+        # Two common words in as many turns weigh the same: their turns are merged by age.
+        mm.add_turns(
+            "eq", [("user", f"{w} note {i}") for i in range(100) for w in ("kilo", "oscar")]
+        )
+        assert [r.turn.seq for r in mm.recall("eq", "kilo oscar", limit=5)] == [
+            200, 199, 198, 197, 196
+        ]  # fmt: skip
+
+
 def test_before_and_limit(mm: MemoryManager) -> None:
     mm.add_turns("s", [("user", f"note {i}: the parcel tracking number ZT{i}") for i in range(30)])
     assert {r.turn.seq for r in mm.recall("s", "parcel", limit=50)} == set(range(1, 31))
@@ -130,6 +201,33 @@ def test_before_and_limit(mm: MemoryManager) -> None:
     assert mm.recall("s", "parcel", before=1) == []
     assert [r.turn.seq for r in mm.recall("s", "ZT7")] == [8]
     assert mm.recall("s", "ZT7", before=8) == []
+
+
+def test_earlier_versions_of_turns_never_crowd_out_live_ones(mm: MemoryManager) -> None:
+    # 110 turns hold "parcel"; the 100 that say it three times (the best matches) are then
+    # withdrawn. They stay in the archive and its index, but a recall still fills its limit.
+    mm.add_turns("s", [("user", f"the parcel, note {i}") for i in range(10)])
+    mm.add_turns("s", [("user", f"parcel parcel parcel {i}") for i in range(100)])
+    mm.replace_turns("s", 11, [])
+    got = mm.recall("s", "parcel", limit=5)
+    assert [r.turn.seq for r in got] == [10, 9, 8, 7, 6]
+    assert {r.turn.seq for r in mm.recall("s", "parcel", limit=50)} == set(range(1, 11))
+
+
+@pytest.mark.parametrize("between", [5, 300])
+def test_other_sessions_turns_between_a_sessions_turns_are_never_recalled(
+    mm: MemoryManager, between: int
+) -> None:
+    # Another session's better matches written between this one's turns: a few (the
+    # session's id range narrows the search) or many (its scope token does).
+    mm.add_turns("a", [("user", f"the parcel, note {i}") for i in range(20)])
+    mm.add_turns("b", [("user", f"parcel parcel parcel {i}") for i in range(between)])
+    mm.add_turns("a", [("user", f"the parcel, later note {i}") for i in range(20)])
+    got = mm.recall("a", "parcel", limit=30)
+    assert len(got) == 30 and {r.turn.session_id for r in got} == {"a"}
+    assert {r.turn.seq for r in mm.recall("a", "parcel", limit=100)} == set(range(1, 41))
+    assert {r.turn.seq for r in mm.recall("a", "parcel", limit=100, before=21)} == set(range(1, 21))
+    assert len(mm.recall("b", "parcel", limit=500)) == between
 
 
 @pytest.mark.parametrize(
