@@ -28,6 +28,7 @@ Migrations are applied by :meth:`Database.open` (``MemoryManager`` calls it on o
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import math
 import os
@@ -178,6 +179,14 @@ def _sqlite_may_create(url: str) -> bool:
     return not any(m in ("ro", "rw") for m in modes)
 
 
+def _json_loads(data: str | bytes) -> Any:
+    """PostgreSQL's JSON values as psycopg reads them, with the empty object (nearly every
+    turn's metadata) made without the JSON decoder: 300 turns read cost ~1 ms of decoding."""
+    if data == "{}" or data == b"{}":
+        return {}
+    return json.loads(data)
+
+
 def create_store_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Engine:
     """An engine with the pragmas and transaction behaviour the store relies on."""
     parsed = parse_url(url)
@@ -188,7 +197,9 @@ def create_store_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) ->
         if "connect_timeout" not in parsed.query:
             connect_args["connect_timeout"] = max(2, math.ceil(busy))
         try:
-            engine = create_engine(url, pool_timeout=busy, connect_args=connect_args)
+            engine = create_engine(
+                url, pool_timeout=busy, connect_args=connect_args, json_deserializer=_json_loads
+            )
         except ModuleNotFoundError as exc:  # SQLAlchemy imports the driver itself
             if (exc.name or "").partition(".")[0] in ("psycopg", "psycopg2"):
                 raise MissingExtra("a PostgreSQL database", "postgres", exc.name) from None

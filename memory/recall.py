@@ -14,7 +14,7 @@ The index lives in the database itself and is built by migration 0004:
 - **PostgreSQL**: a GIN expression index ``om_turns_fts`` over
   ``to_tsvector('english', …)`` of the same text. ``ts_rank_cd`` ignores how rare a word is,
   so turns are ranked by the inverse document frequency (within the scope) of the cue terms
-  they hold, ``ts_rank_cd`` ordering ties (see :func:`_pg_hits`). Scores of the two backends
+  they hold, ``ts_rank_cd`` ordering ties (see :func:`_pg_ranked`). Scores of the two backends
   are not comparable.
 
 Chinese, Japanese and Korean are written without spaces between words, and neither
@@ -264,38 +264,51 @@ def _pg_window(
                 known[keys[i]] = None
                 while len(known) > _COMMON_CACHE_SIZE:
                     known.popitem(last=False)
-    rare = [q for q, k in zip(queries, keys, strict=True) if k not in known]
-    if not rare:
+    # The rare ones by their number in _PG_CUE's ``q`` (terms from 1, then the compounds).
+    params["rare"] = [i + 1 for i, k in enumerate(keys) if k not in known]
+    if not params["rare"]:
         return " AND t.seq >= :lo"
-    return f" AND (t.seq >= :lo OR {PG_VECTOR} @@ ({' || '.join(rare)}))"
+    return (
+        " AND (t.seq >= :lo OR EXISTS (SELECT 1 FROM q r WHERE r.i = ANY(CAST(:rare AS int[])) "
+        f"AND {PG_VECTOR} @@ r.query))"
+    )
 
 
-def _pg_hits(queries: list[str], join: str, where: str) -> str:
-    """(turn_id, score) of the best matches on PostgreSQL, as one statement.
+_PG_CUE = (
+    "WITH q AS (SELECT i, query FROM ("
+    f"SELECT u.i, phraseto_tsquery('{PG_CONFIG}'::regconfig, u.term) AS query "
+    "FROM unnest(CAST(:terms AS text[])) WITH ORDINALITY AS u(term, i) UNION ALL "
+    f"SELECT CAST(:nterms AS bigint) + c.i, plainto_tsquery('{PG_CONFIG}'::regconfig, c.term) "
+    "FROM unnest(CAST(:compounds AS text[])) WITH ORDINALITY AS c(term, i)"
+    ") x WHERE numnode(query) > 0)"
+)
+"""The cue's tsqueries, numbered (its terms from 1, then its compounds), from two bound
+arrays: the statement's text is the same whatever the cue, so the server can keep its plan."""
+
+
+def _pg_ranked(join: str, where: str) -> str:
+    """(turn_id, score) of the best matches on PostgreSQL, as one statement of a fixed shape.
 
     ``ts_rank_cd`` knows nothing of how rare a word is (a long turn repeating a common word
     outranks the one holding a rare code), so the score is, as on SQLite's common-term path,
     the sum over the cue's terms held by a turn of their inverse document frequency within
     the scope, ``ln((n - df + 0.5) / (df + 0.5))`` (at least 1e-6), plus a hundredth of
-    ``ts_rank_cd`` to order turns holding the same terms. ``ts_rank_cd`` is most of the cost
-    of a match, so it is computed for the best ``PG_RANKED`` times ``k`` by the sum alone
-    (ties there go to the newest turns), not for every match.
+    ``ts_rank_cd`` (against all the terms) to order turns holding the same terms.
+    ``ts_rank_cd`` is most of the cost of a match, so it is computed for the best
+    ``PG_RANKED`` times ``k`` by the sum alone (ties there go to the newest turns). Each
+    term is matched on its own (the GIN index finds its turns), so a turn's terms are pairs
+    of (turn, term), counted per term.
     """
-    query = "(" + " || ".join(queries) + ")"
-    held = ", ".join(f"({PG_VECTOR} @@ {q})::int AS m{i}" for i, q in enumerate(queries))
-    freq = ", ".join(f"sum(m{i}) OVER () AS d{i}" for i in range(len(queries)))
-    base = " + ".join(
-        f"m{i} * greatest(ln((CAST(:n AS float8) - d{i} + 0.5) / (d{i} + 0.5)), 1e-6)"
-        for i in range(len(queries))
-    )
     return (
-        f"SELECT turn_id, base + 0.01 * ts_rank_cd(v, {query}, 1) AS score FROM ("
-        f"SELECT turn_id, v, {base} AS base FROM ("
-        f"SELECT turn_id, v, {', '.join(f'm{i}' for i in range(len(queries)))}, {freq} FROM ("
-        f"SELECT t.id AS turn_id, {PG_VECTOR} AS v, {held} "
-        f"FROM om_turns t {join} WHERE {PG_VECTOR} @@ {query} AND {where}"
-        f") m) w ORDER BY base DESC, turn_id DESC LIMIT :k * {PG_RANKED}"
-        ") b ORDER BY score DESC, turn_id DESC LIMIT :k"
+        f"{_PG_CUE}, m AS (SELECT t.id, q.i FROM q JOIN om_turns t ON {PG_VECTOR} @@ q.query "
+        f"{join} WHERE {where}), "
+        "d AS (SELECT i, count(*) AS df FROM m GROUP BY i), "
+        "b AS (SELECT m.id, sum(greatest(ln((CAST(:n AS float8) - d.df + 0.5) / (d.df + 0.5)), "
+        "1e-6)) AS base FROM m JOIN d ON d.i = m.i GROUP BY m.id "
+        f"ORDER BY base DESC, m.id DESC LIMIT :k * {PG_RANKED}) "
+        "SELECT b.id AS turn_id, b.base + 0.01 * ts_rank_cd(t.search_vector, "
+        "(SELECT string_agg('(' || query::text || ')', ' | ')::tsquery FROM q), 1) AS score "
+        "FROM b JOIN om_turns t ON t.id = b.id ORDER BY score DESC, turn_id DESC LIMIT :k"
     )
 
 
@@ -374,9 +387,12 @@ def search(
     join, where = _scope_filter(session, scope, before, params)
     if s.get_bind().dialect.name == "postgresql":
         params["n"] = _scope_ids(s, session, scope)[1]()
-        queries = _pg_queries(parsed, params)
+        queries = _pg_queries(parsed, params)  # (for the probes of long sessions)
+        params["terms"] = [" ".join(t) for t in parsed.terms]
+        params["compounds"] = list(parsed.compounds)
+        params["nterms"] = len(parsed.terms)
         where += _pg_window(s, session, parsed, scope, before, queries, params)
-        hits = _pg_hits(queries, join, where)
+        hits = _pg_ranked(join, where)
         stmt = text(_FETCH.format(hits=hits)).columns(**_HIT_COLUMNS)
         rows = s.connection().execute(stmt, params).all()
         images = load_attachments(s.connection(), rows)
