@@ -193,14 +193,12 @@ def test_common_words_ranked_set_by_set_rank_as_summing_every_match_would(
         ]  # fmt: skip
 
 
-def test_postgresql_searches_with_one_statement_text_whatever_the_cue(
-    mm: MemoryManager,
-) -> None:
+@pytest.mark.postgres
+def test_postgresql_searches_with_one_statement_text_whatever_the_cue(pg_url: str) -> None:
     # The cue's terms are bound as arrays: the server sees one statement, which it can plan
     # once per connection, instead of one text per number of terms (planning cost more than
     # running it on a 300-turn session).
-    if mm.database.dialect != "postgresql":
-        pytest.skip("PostgreSQL's statement")
+    mm = MemoryManager(pg_url)
     mm.add_turns("s", [("user", f"the parcel to Lisbon, note {i}, code QX-{i}") for i in range(30)])
     found: list[object] = []
     texts: set[str] = set()
@@ -209,6 +207,7 @@ def test_postgresql_searches_with_one_statement_text_whatever_the_cue(
         texts |= {q for q in sent if "WITH q AS" in q}
     assert all(found) and len(texts) == 1
     assert mm.recall("s", "QX-7")[0].turn.seq == 8
+    mm.close()
 
 
 def test_before_and_limit(mm: MemoryManager) -> None:
