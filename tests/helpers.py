@@ -129,29 +129,25 @@ def sent_sql(mm: Any, fn: Callable[[], Any]) -> list[str]:
     own connection (SQLite's search and hot writes), which SQLAlchemy's events do not see."""
     from sqlalchemy import event
 
-    engine, sent = mm.database.engine, []
-    if engine.dialect.name != "sqlite":
+    engine, sent, traced = mm.database.engine, [], []
 
-        def record(_conn, _cursor, statement, *_rest) -> None:  # type: ignore[no-untyped-def]
-            sent.append(statement)
-
-        event.listen(engine, "before_cursor_execute", record)
-        try:
-            fn()
-        finally:
-            event.remove(engine, "before_cursor_execute", record)
-        return sent
-    traced: list[Any] = []
+    def record(_conn, _cursor, statement, *_rest) -> None:  # type: ignore[no-untyped-def]
+        sent.append(statement)
 
     def trace(dbapi_connection, _record, _proxy) -> None:  # type: ignore[no-untyped-def]
-        dbapi_connection.set_trace_callback(sent.append)
+        dbapi_connection.set_trace_callback(sent.append)  # sqlite3 reports every statement
         traced.append(dbapi_connection)
 
-    event.listen(engine, "checkout", trace)
+    name, listener = (
+        ("checkout", trace)
+        if engine.dialect.name == "sqlite"
+        else ("before_cursor_execute", record)
+    )
+    event.listen(engine, name, listener)
     try:
         fn()
     finally:
-        event.remove(engine, "checkout", trace)
+        event.remove(engine, name, listener)
         for c in traced:
             c.set_trace_callback(None)
     return sent
