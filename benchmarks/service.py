@@ -361,6 +361,65 @@ def _pg_database(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def long_proxy_overhead(
+    url: str, key: str, upstream: FakeUpstream, calls: int, db: str, history: int
+) -> dict[str, Any]:
+    """The proxy on a long conversation, over its 4k budget: ``history`` turns of varied chat
+    (``benchmarks.chatgen``, spread over 55 days) stored and aged first, so the prompt is
+    pages, recalled text and recent text, and each question is a cue. The direct call sends
+    the same whole conversation, as the client would without the proxy; the proxied one sends
+    it to the proxy, which forwards the assembled memory (page images: a bigger body, which
+    the upstream reads too)."""
+    from datetime import UTC, datetime, timedelta
+
+    from benchmarks.chatgen import conversation
+    from optical_memory import MemoryManager
+
+    sid = f"long-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC) - timedelta(days=60)
+    turns = conversation(history, start, timedelta(days=55) / history)
+    with MemoryManager(db, owner="bench") as mm:
+        mm.add_turns(sid, turns)
+        mm.age()
+        pages = len(mm.pages(sid))
+    messages: list[dict[str, Any]] = [{"role": t["role"], "content": t["content"]} for t in turns]
+    headers = {"authorization": f"Bearer {key}", "x-memory-session": sid}
+    direct: list[float] = []
+    proxied: list[float] = []
+    with httpx.Client(timeout=60) as c:
+        for i in range(calls):
+            ask = {"role": "user", "content": f"question {i}: when did Maya book flights to Lisbon?"}
+            body = {"model": "fake", "messages": [*messages, ask]}
+            t0 = time.perf_counter()
+            c.post(upstream.url + "/chat/completions", json=body).raise_for_status()
+            direct.append(time.perf_counter() - t0)
+            messages.append(ask)
+            upstream.received.clear()  # two bodies a call: keep only this call's
+            t0 = time.perf_counter()
+            r = c.post(
+                url + "/v1/chat/completions",
+                json={"model": "fake", "messages": messages},
+                headers={**headers, "x-memory-budget": "4096"},
+            )
+            r.raise_for_status()
+            proxied.append(time.perf_counter() - t0)
+            messages.append(r.json()["choices"][0]["message"])
+    sent = len(json.dumps(body))
+    forwarded = len(json.dumps(upstream.received[-1]))
+    d, p = statistics.median(direct) * 1000, statistics.median(proxied) * 1000
+    return {
+        "direct_p50_ms": d,
+        "proxy_p50_ms": p,
+        "proxy_p99_ms": _pct(proxied, 0.99) * 1000,
+        "added_p50_ms": p - d,
+        "calls": calls,
+        "history": history,
+        "pages": pages,
+        "sent_bytes": sent,
+        "forwarded_bytes": forwarded,
+    }
+
+
 def bench(db: str, label: str, args: argparse.Namespace) -> None:
     with FakeUpstream() as upstream:
         key = create_key(db, "bench")
@@ -378,6 +437,13 @@ def bench(db: str, label: str, args: argparse.Namespace) -> None:
                 for e in result["first_errors"]:
                     print(f"  error: {e}")
             over = proxy_overhead(svc.url, key, upstream, args.proxy_calls)
+            long = (
+                long_proxy_overhead(
+                    svc.url, key, upstream, args.proxy_calls, db, args.proxy_history
+                )
+                if args.proxy_history
+                else None
+            )
     print(
         f"{label}: proxy over {over['calls']} calls: upstream direct p50 "
         f"{over['direct_p50_ms']:.1f} ms (p99 {over['direct_p99_ms']:.1f}), through the proxy "
@@ -386,6 +452,16 @@ def bench(db: str, label: str, args: argparse.Namespace) -> None:
         f"authenticated 404, no store work) p50 {over['floor_p50_ms']:.1f} ms",
         flush=True,
     )
+    if long is not None:
+        print(
+            f"{label}: proxy on a {long['history']}-turn aged conversation ({long['pages']} "
+            f"pages), {long['calls']} calls: direct (the whole conversation, "
+            f"{long['sent_bytes'] / 1e3:.0f} kB) p50 {long['direct_p50_ms']:.1f} ms, through the "
+            f"proxy (forwarding {long['forwarded_bytes'] / 1e3:.0f} kB of memory) p50 "
+            f"{long['proxy_p50_ms']:.1f} ms (p99 {long['proxy_p99_ms']:.1f}): added "
+            f"{long['added_p50_ms']:.1f} ms",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -394,6 +470,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=25)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--proxy-calls", type=int, default=40)
+    parser.add_argument(
+        "--proxy-history",
+        type=int,
+        default=1000,
+        help="turns of the long, aged conversation the proxy is also timed on (0: skip)",
+    )
     parser.add_argument("--pg-url", default=os.environ.get("OPTICAL_MEMORY_TEST_PG_URL"))
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument(

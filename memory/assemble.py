@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from .captions import INTRO_TOKENS, page_caption
 from .errors import InvalidConfiguration
+from .image_cache import CachedImage, ImageCache
 from .ladder import IMAGE_TIERS, Target, Tier
 from .recall import pinned_seqs, search
 from .records import Turn
@@ -60,6 +61,7 @@ _PAGE_COLUMNS = tuple(
         PageRow.last_seq,
         PageRow.first_at,
         PageRow.last_at,
+        PageRow.version,  # with id and tier, names the image bytes (see image_cache)
     )
 )
 _SID = bindparam("sid")
@@ -144,9 +146,13 @@ class PageSegment:
     caption: str
     kind: Literal["page"] = "page"
     mime_type: str = "image/png"
+    # The cache entry the bytes came from: it keeps their base64 text between calls.
+    _image: CachedImage | None = field(default=None, repr=False, compare=False)
 
     @property
     def base64(self) -> str:
+        if self._image is not None and self._image.png is self.png:
+            return self._image.base64
         return base64.b64encode(self.png).decode("ascii")
 
     @property
@@ -308,6 +314,7 @@ def assemble_context(
     shares: AssemblyShares = AssemblyShares(),
     newest_images: bool = True,
     hints: ReadHints | None = None,
+    image_cache: ImageCache | None = None,
 ) -> AssembledContext:
     """Build the budgeted view of one session (inside one read transaction), in phases:
     recent text, pins, page candidates, the split between text and the past, fade to fit,
@@ -320,7 +327,8 @@ def assemble_context(
     block leaves unused goes back to more recent text, which comes after it.
     With ``newest_images``, the newest user turn's images are sent as images, at the
     target's cost (always shown, as the turn itself is). ``hints``: how much to read first
-    (see :class:`ReadHints`).
+    (see :class:`ReadHints`). ``image_cache``: the shown images kept between calls (see
+    :mod:`.image_cache`); only where the bytes come from depends on it, never the prompt.
     """
     count = counter or approximate_tokens
     conn = s.connection()  # the read transaction's: same snapshot, no ORM on the hot reads
@@ -410,7 +418,16 @@ def assemble_context(
         else None
     )
     segments, image_tokens, replaced = _build_segments(
-        conn, session, candidates, block, texts, cost_of, images, recent.newest_user, images_of
+        conn,
+        session,
+        candidates,
+        block,
+        texts,
+        cost_of,
+        images,
+        recent.newest_user,
+        images_of,
+        image_cache,
     )
 
     first_shown = min(
@@ -719,10 +736,11 @@ def _build_segments(
     images: dict[str, Any],
     newest_user: int | None,
     images_of: Callable[[TurnData], int],
+    cache: ImageCache | None,
 ) -> tuple[list[Segment], int, int]:
     """Pages oldest first (text pages as their turns), the recalled block, then the recent
     text; with the image tokens and the text tokens the images stand for."""
-    pngs = _images(conn, [c for c in candidates if c.is_image])
+    pngs = _images(conn, [c for c in candidates if c.is_image], cache)
     segments: list[Segment] = []
     image_tokens = replaced = 0
     for c in candidates:
@@ -741,7 +759,7 @@ def _build_segments(
                 page_id=c.row.id,
                 tier=o.label,
                 stored_tier=c.row.tier,
-                png=pngs[c.row.id],
+                png=pngs[c.row.id].png,
                 width=o.width,
                 height=o.height,
                 detail=o.detail,
@@ -753,6 +771,7 @@ def _build_segments(
                 first_at=c.row.first_at,
                 last_at=c.row.last_at,
                 caption=c.caption,
+                _image=pngs[c.row.id],
             )
         )
         image_tokens += o.cost
@@ -838,17 +857,35 @@ def _image_forms(
     return out
 
 
-def _images(conn: Connection, shown: list[_Candidate]) -> dict[int, bytes]:
-    """The PNG of every page shown as an image: one query for the stored tiers, one per
-    fainter tier shown (plain ``IN`` lists on the primary keys)."""
-    out: dict[int, bytes] = {}
-    stored = [c.row.id for c in shown if c.option.label == c.row.tier]
-    if stored:
-        out.update(conn.execute(_STORED_PNGS, {"ids": stored}).all())
-    faded: dict[str, list[int]] = {}
+def _images(
+    conn: Connection, shown: list[_Candidate], cache: ImageCache | None
+) -> dict[int, CachedImage]:
+    """The image of every page shown as an image: from ``cache`` where it holds them, else
+    one query for the stored tiers and one per fainter tier shown (plain ``IN`` lists on the
+    primary keys), kept in ``cache`` for the next call."""
+    out: dict[int, CachedImage] = {}
+    missing: list[_Candidate] = []
     for c in shown:
+        hit = cache.get(_image_key(c)) if cache is not None else None
+        if hit is None:
+            missing.append(c)
+        else:
+            out[c.row.id] = hit
+    read: dict[int, bytes] = {}
+    stored = [c.row.id for c in missing if c.option.label == c.row.tier]
+    if stored:
+        read.update(conn.execute(_STORED_PNGS, {"ids": stored}).all())
+    faded: dict[str, list[int]] = {}
+    for c in missing:
         if c.option.label != c.row.tier:
             faded.setdefault(c.option.label, []).append(c.row.id)
     for tier, ids in faded.items():
-        out.update(conn.execute(_FADED_PNGS, {"tier": tier, "ids": ids}).all())
+        read.update(conn.execute(_FADED_PNGS, {"tier": tier, "ids": ids}).all())
+    for c in missing:
+        png = read[c.row.id]
+        out[c.row.id] = cache.put(_image_key(c), png) if cache is not None else CachedImage(png)
     return out
+
+
+def _image_key(c: _Candidate) -> tuple[int, int, str]:
+    return (c.row.id, c.row.version, c.option.label)

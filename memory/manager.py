@@ -48,6 +48,7 @@ from .errors import (
     UnknownPage,
     UnknownSession,
 )
+from .image_cache import DEFAULT_IMAGE_CACHE_BYTES, ImageCache, check_cache_bytes
 from .integrity import VerifyReport, verify_pages
 from .ladder import Target, Tier, get_target
 from .recall import (
@@ -166,6 +167,9 @@ class MemoryManager:
             draw, reused by later passes, stopped by ``close()``), the same bytes either way;
             ``"auto"``: one per usable core but one (so no pool on one or two cores). Worth it
             for first passes over long histories on a machine with cores to spare.
+        image_cache_bytes: memory for the page images ``assemble`` sends, kept between calls
+            with their base64 text (default 64 MiB; 0: read every image on every call). A
+            page's bytes change only with its version, so a kept image is never stale.
     """
 
     def __init__(
@@ -185,6 +189,7 @@ class MemoryManager:
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
         draw_workers: int | str = 1,
+        image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
     ) -> None:
         for name, limit in (
             ("max_content_bytes", max_content_bytes),
@@ -203,6 +208,7 @@ class MemoryManager:
         self.max_content_bytes = max_content_bytes
         self._sqlite_add: tuple[DriverStatement, DriverStatement] | None = None
         self._read_hints = ReadHints()  # shared by scoped views: row ids are global
+        self._image_cache = ImageCache(check_cache_bytes(image_cache_bytes))  # and views
         self.max_attachment_bytes = max_attachment_bytes
         self.encoder = encoder
         self.renderer = renderer or PageRenderer()
@@ -965,6 +971,7 @@ class MemoryManager:
                 shares=shares or self.shares,
                 newest_images=bool(newest_images),
                 hints=self._read_hints,
+                image_cache=self._image_cache,
             )
 
     def count_tokens(self, role: str, content: str) -> int:

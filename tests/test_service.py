@@ -578,3 +578,23 @@ def test_serve_without_the_service_extra_says_which_extra_in_one_line(tmp_path: 
     assert out.stderr.strip().splitlines() == [
         "error: the service needs the service extra: pip install 'optical-memory[service]'"
     ]
+
+
+def test_the_proxy_forwards_big_integers_and_unicode_as_sent(svc: Svc) -> None:
+    """The forwarded body is written with orjson, and with ``json`` where orjson refuses: an
+    integer past 64 bits reaches the upstream as sent, as does text beyond ASCII."""
+    sid = _sid()
+    before = len(svc.upstream.received)
+    body = (
+        '{"model": "m", "seed": 123456789012345678901234567890, "user": "' + sid + '", '
+        '"messages": [{"role": "user", "content": "Wie heißt der Leuchtturmwärter? \\u2693"}]}'
+    )
+    with svc.client("alice") as c:
+        r = c.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+    assert r.status_code == 200, r.text
+    sent = svc.upstream.received[before]
+    assert sent["seed"] == 123456789012345678901234567890
+    assert sent["messages"][-1]["content"] == "Wie heißt der Leuchtturmwärter? \u2693"
+    assert _turns(svc, "alice", sid)[0] == ("user", "Wie heißt der Leuchtturmwärter? \u2693")
