@@ -240,8 +240,7 @@ def record_openai_messages(
     workers): each writes on the condition that the session is as it read it, and reads again
     when it is not, so every message is stored once.
     """
-    kept = [m for m in messages if _role_of(m) not in ("system", "developer")]
-    keys = [_key_of_message(m, at) for m in kept]
+    kept, keys = _kept_and_keys(messages, at)
 
     def attempt(state: SessionLog) -> list[Turn]:
         known, replace_from = align(state.keys, keys)
@@ -271,6 +270,38 @@ def record_openai_messages(
         return stored
 
     return _turn_log(memory).write(session_id, attempt)
+
+
+_NOT_STORED = frozenset({"system", "developer"})
+
+
+def _kept_and_keys(messages: Iterable[Any], at: datetime | None) -> tuple[list[Any], list[int]]:
+    """The messages that are stored (not system or developer ones) and their keys, in one
+    pass. The whole conversation comes with every request, so this runs over every message
+    each time: a plain dict of text (nearly all of them) is keyed inline, without the
+    abstract ``Mapping`` checks (most of the cost at a thousand messages)."""
+    kept: list[Any] = []
+    keys: list[int] = []
+    for m in messages:
+        if type(m) is dict:
+            role = m.get("role")
+            if role in _NOT_STORED:
+                continue
+            content = m.get("content")
+            if (
+                (role == "user" or role == "assistant")
+                and type(content) is str
+                and content
+                and not m.get("tool_calls")
+            ):
+                kept.append(m)
+                keys.append(message_key(role, content, None, ()))
+                continue
+        elif _role_of(m) in _NOT_STORED:
+            continue
+        kept.append(m)
+        keys.append(_key_of_message(m, at))
+    return kept, keys
 
 
 def _role_of(m: Any) -> object:

@@ -816,6 +816,8 @@ def _page_candidates(
             floor += options[-1].cost  # the cheapest: options get cheaper as they fade
             if floor > remaining:
                 break
+        if len(rows) < _PAGE_BATCH:
+            break  # a short batch was the oldest: no query is needed to find nothing more
     return out
 
 

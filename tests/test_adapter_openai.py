@@ -283,6 +283,28 @@ def test_record_stores_each_message_once_when_the_whole_chat_is_resent(db_url: s
     mm.close()
 
 
+def test_a_conversation_resent_as_other_message_types_is_recognised(sqlite_url: str) -> None:
+    """Plain dicts are keyed on a fast path; the same messages as read-only mappings or the
+    SDK's objects take the general one. Both agree: resending the conversation in another
+    form stores only what is new."""
+    mm = MemoryManager(sqlite_url)
+    convo: list[Any] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who keeps the lighthouse?"},
+        {"role": "assistant", "content": "Ada does."},
+        {"role": "user", "content": [{"type": "text", "text": "And the ferry?"}]},
+        {"role": "assistant", "content": "Bo rows it."},
+    ]
+    record_openai_messages(mm, "c", convo)
+    as_mappings = [types.MappingProxyType(m) for m in convo]
+    assert record_openai_messages(mm, "c", as_mappings) == []
+    sdk = openai.types.chat.ChatCompletionMessage(role="assistant", content="Bo rows it.")
+    again = [*convo[:-1], sdk, {"role": "user", "content": "Thanks."}]
+    assert [t.content for t in record_openai_messages(mm, "c", again)] == ["Thanks."]
+    assert len(mm.turns("c")) == 5
+    mm.close()
+
+
 def test_record_tool_calls_round_trip(sqlite_url: str) -> None:
     mm = MemoryManager(sqlite_url)
     sent = [

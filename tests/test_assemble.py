@@ -221,3 +221,15 @@ def test_a_young_page_still_stored_as_text_is_shown_as_an_image_under_a_tight_bu
         assert tight.pages and all(p.stored_tier == "text" for p in tight.pages)
         assert tight.omitted_turns == 0  # the whole history still fits, as images
         assert mm.age(now=turns[-1]["at"] + timedelta(minutes=10)).changed is False
+
+
+def test_a_session_of_fewer_pages_than_one_read_takes_is_read_in_one_query(
+    aged: MemoryManager,
+) -> None:
+    from helpers import sent_sql
+
+    pages = len(aged.pages("s"))
+    assert 0 < pages < 64
+    sent = sent_sql(aged, lambda: aged.assemble("s", budget=200_000, now=NOW))
+    page_reads = [q for q in sent if "FROM om_pages" in q and "ORDER BY om_pages.first_seq" in q]
+    assert len(page_reads) == 1  # every page came in the first read: none asked for after it
