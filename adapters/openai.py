@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import hashlib
 import json
 import re
@@ -65,6 +66,7 @@ __all__ = [
     "newest_user_text",
     "openai_message_to_turn",
     "record_openai_messages",
+    "record_openai_reply",
     "to_openai_messages",
 ]
 
@@ -263,6 +265,44 @@ def record_openai_messages(
                 else:
                     state.reset()  # the branch changed: read it again on the next request
                     return stored
+        except BaseException:
+            state.reset()
+            raise
+        TurnLog.note(state, stored)
+        return stored
+
+    return _turn_log(memory).write(session_id, attempt)
+
+
+def record_openai_reply(
+    memory: MemoryManager,
+    session_id: str,
+    reply: Mapping[str, Any] | Any,
+    *,
+    answering: int | None = None,
+) -> list[Turn]:
+    """Store the assistant ``reply`` to a request whose recorded conversation ended at turn
+    ``answering`` (its newest turn then), once: for a reply stored after its answer was sent
+    (as the service's proxy does), when the client's next request may have recorded it first.
+
+    Stored at the end of the session, unless the turn right after ``answering`` is this very
+    reply (the next request carried it, through another process): then nothing is stored.
+    ``answering`` None: appended at the end in any case. Conditional on the session as read,
+    like :func:`record_openai_messages`, so two processes never both store it.
+    """
+    msg = _as_dict(reply)
+    turn = openai_message_to_turn({**msg, "role": msg.get("role") or "assistant"})
+    if turn is None:
+        return []
+    key = _key_of_row(turn)
+
+    def attempt(state: SessionLog) -> list[Turn]:
+        if answering is not None:
+            after = bisect.bisect_right(state.seqs, answering)  # the first turn after it
+            if after < len(state.keys) and state.keys[after] == key:
+                return []  # the next request stored it already
+        try:
+            stored = memory.add_turns(session_id, [turn], expected_last_turn=state.last_seq)
         except BaseException:
             state.reset()
             raise

@@ -305,6 +305,34 @@ def test_a_conversation_resent_as_other_message_types_is_recognised(sqlite_url: 
     mm.close()
 
 
+def test_a_reply_stored_after_its_answer_is_stored_once(sqlite_url: str) -> None:
+    """``record_openai_reply``: the reply to the request that ended at turn ``answering``.
+    If the client's next request got to another process first, carrying the reply, it is
+    not stored again; if another request's turn came in between, it goes at the end."""
+    from optical_memory.adapters.openai import record_openai_reply
+
+    here, there = MemoryManager(sqlite_url), MemoryManager(sqlite_url)  # two processes' logs
+    q1 = {"role": "user", "content": "Who keeps the lighthouse?"}
+    a1 = {"role": "assistant", "content": "Ada does."}
+    q2 = {"role": "user", "content": "And the ferry?"}
+    [asked] = record_openai_messages(here, "c", [q1])
+    record_openai_messages(there, "c", [q1, a1, q2])  # the next request, elsewhere, first
+    assert record_openai_reply(here, "c", a1, answering=asked.seq) == []
+    assert [t.content for t in here.turns("c")] == [q1["content"], a1["content"], q2["content"]]
+
+    a2 = {"role": "assistant", "content": "Bo rows it."}
+    q3 = {"role": "user", "content": "Is it open on Sundays?"}
+    [asked] = [t for t in here.turns("c") if t.content == q2["content"]]
+    record_openai_messages(there, "c", [q1, a1, q2, q3])  # a second request, at the same time
+    [late] = record_openai_reply(here, "c", a2, answering=asked.seq)
+    assert [t.content for t in here.turns("c")][-2:] == [q3["content"], a2["content"]]
+    assert late.seq == here.turns("c")[-1].seq
+    assert len(record_openai_reply(here, "c", {"content": "And more."})) == 1  # no position
+    assert here.turns("c")[-1].role == "assistant"
+    here.close()
+    there.close()
+
+
 def test_record_tool_calls_round_trip(sqlite_url: str) -> None:
     mm = MemoryManager(sqlite_url)
     sent = [

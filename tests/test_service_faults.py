@@ -27,12 +27,14 @@ from optical_memory.adapters.service import ServiceConfig, create_app, create_ke
 
 
 @contextmanager
-def serving(memory: MemoryManager, config: ServiceConfig) -> Iterator[str]:
-    """The service's app over ``memory`` in a uvicorn server on a free loopback port."""
+def serving(
+    memory: MemoryManager, config: ServiceConfig, *, own_memory: bool = False
+) -> Iterator[str]:
+    """The service's app over ``memory`` in a uvicorn server on a free loopback port
+    (``own_memory``: the app closes the manager as it shuts down, as ``serve`` does)."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(memory, config), host="127.0.0.1", port=port, log_level="error")
-    )
+    app = create_app(memory, config, own_memory=own_memory)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -169,3 +171,127 @@ def test_a_compressing_upstream_is_relayed_decoded_and_its_replies_recorded(
         ]
     finally:
         mm.close()
+
+
+# -- the reply is stored beside the answer, not before it -------------------------------------
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[tuple[MemoryManager, str, Path]]:
+    """A manager on a SQLite file with a key for "ana", and a fake upstream's URL."""
+    from benchmarks.service import FakeUpstream
+
+    file = tmp_path / "memory.db"
+    mm = MemoryManager(f"sqlite:///{file}")
+    key, _ = create_key(mm, "ana")
+    try:
+        with FakeUpstream() as upstream:
+            yield mm, key, upstream
+    finally:
+        mm.close()
+
+
+def _slow_store(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[str]:
+    """Make the proxy's reply store take ``seconds`` first; the replies stored are listed."""
+    from optical_memory.adapters.service import proxy
+
+    real, stored = proxy.store_reply, []
+
+    def slow(memory, session_id, reply, **kw):  # type: ignore[no-untyped-def]
+        time.sleep(seconds)
+        real(memory, session_id, reply, **kw)
+        stored.append(reply["content"])
+
+    monkeypatch.setattr(proxy, "store_reply", slow)
+    return stored
+
+
+def _ask(c: httpx.Client, key: str, sid: str, messages: list[dict[str, str]]) -> httpx.Response:
+    r = c.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": messages, "user": sid},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_a_read_right_after_the_answer_waits_for_its_reply(
+    proxied: tuple[MemoryManager, str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mm, key, upstream = proxied
+    stored = _slow_store(monkeypatch, 0.5)
+    config = ServiceConfig(db=mm.url, upstream_url=upstream.url, age_every=0)
+    question = [{"role": "user", "content": "Who keeps the lighthouse?"}]
+    with serving(mm, config) as url, httpx.Client(base_url=url, timeout=30) as c:
+        _ask(c, key, "s", question)
+        assert stored == []  # answered while the reply is still being stored
+        turns = c.get("/v1/sessions/s/turns", headers={"authorization": f"Bearer {key}"})
+        assert [t["role"] for t in turns.json()["turns"]] == ["user", "assistant"]
+
+
+def test_a_regenerate_sent_at_once_still_finds_the_reply_it_replaces(
+    proxied: tuple[MemoryManager, str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same conversation again (a "regenerate"), sent before the first reply is stored:
+    the request waits for it, so the first reply is kept as an earlier version, as it would
+    be had it been stored before the answer."""
+    mm, key, upstream = proxied
+    _slow_store(monkeypatch, 0.5)
+    config = ServiceConfig(db=mm.url, upstream_url=upstream.url, age_every=0)
+    question = [{"role": "user", "content": "Who keeps the lighthouse?"}]
+    with serving(mm, config) as url, httpx.Client(base_url=url, timeout=30) as c:
+        _ask(c, key, "s", question)
+        _ask(c, key, "s", question)
+    ana = mm.scoped("ana")
+    assert [(t.role, t.seq) for t in ana.turns("s")] == [("user", 1), ("assistant", 3)]
+    assert [t.seq for t in ana.superseded("s")] == [2]
+
+
+def test_a_reply_still_being_stored_at_shutdown_is_stored(
+    proxied: tuple[MemoryManager, str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutting down (the app closes its manager, as ``serve``'s does) waits for it."""
+    mm, key, upstream = proxied
+    stored = _slow_store(monkeypatch, 1.0)
+    config = ServiceConfig(db=mm.url, upstream_url=upstream.url, age_every=0)
+    with serving(mm, config, own_memory=True) as url, httpx.Client(base_url=url, timeout=30) as c:
+        _ask(c, key, "s", [{"role": "user", "content": "Who keeps the lighthouse?"}])
+        assert stored == []
+    assert stored == [upstream.reply]
+    with MemoryManager(mm.url, owner="ana") as after:
+        assert [t.role for t in after.turns("s")] == ["user", "assistant"]
+
+
+def test_a_reply_that_could_not_be_stored_is_stored_by_the_next_request(
+    proxied: tuple[MemoryManager, str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails after the answer: the client still has its answer (200), and its
+    next request, which carries the reply, stores it once."""
+    from optical_memory.adapters.service import proxy
+    from optical_memory.errors import StoreBusy
+
+    mm, key, upstream = proxied
+    real = proxy.store_reply
+    calls: list[int] = []
+
+    def failing_once(*args, **kw):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreBusy("the database stayed locked (simulated)")
+        real(*args, **kw)
+
+    monkeypatch.setattr(proxy, "store_reply", failing_once)
+    config = ServiceConfig(db=mm.url, upstream_url=upstream.url, age_every=0)
+    messages = [{"role": "user", "content": "Who keeps the lighthouse?"}]
+    with serving(mm, config) as url, httpx.Client(base_url=url, timeout=30) as c:
+        first = _ask(c, key, "s", messages).json()["choices"][0]["message"]
+        assert first["content"] == upstream.reply
+        messages += [first, {"role": "user", "content": "And who rows the ferry?"}]
+        _ask(c, key, "s", messages)
+    assert [(t.role, t.content) for t in mm.scoped("ana").turns("s")] == [
+        ("user", "Who keeps the lighthouse?"),
+        ("assistant", upstream.reply),
+        ("user", "And who rows the ferry?"),
+        ("assistant", upstream.reply),
+    ]

@@ -39,6 +39,7 @@ from .config import ServiceConfig
 from .errors import BodyTooLarge, describe, error_body, headers_of, status_of
 from .formats import CONTEXT_FORMATS, context_as
 from .keys import KeyCache, NotSignedIn
+from .replies import PendingReplies
 
 __all__ = ["OWNER_SCOPE_KEY", "SESSION_COOKIE", "KeyCheck", "Service", "app_from_env", "create_app"]
 
@@ -46,6 +47,9 @@ SESSION_COOKIE = "om_key"
 """The web view's sign-in cookie (HttpOnly): the key itself, accepted on ``/web`` pages only."""
 OWNER_SCOPE_KEY = "optical_memory.owner"
 """Where :class:`KeyCheck` leaves the owner a request acts for, in its ASGI scope."""
+REPLY_WAIT_SECONDS = 30.0
+"""The longest a session's next use waits for the proxy to store its previous reply (a
+store gives up after the manager's ``busy_timeout``, 10 s by default, long before)."""
 
 
 class Service:
@@ -57,6 +61,7 @@ class Service:
         self._views: dict[str | None, MemoryManager] = {}
         self._guard = threading.Lock()
         self.keys = KeyCache(memory, config.key_cache_seconds)
+        self.replies = PendingReplies()  # what the proxy is storing after its answers
 
     def view(self, owner: str | None) -> MemoryManager:
         """The memory inside ``owner``'s namespace (one view per owner, reused)."""
@@ -122,8 +127,14 @@ def owner_in(request: Request) -> str | None:
 
 
 def memory_of(request: Request) -> MemoryManager:
-    """FastAPI dependency: the caller's namespace."""
-    return service_of(request).view(owner_in(request))
+    """FastAPI dependency: the caller's namespace; for a session's endpoints, once the
+    proxy has stored that session's newest reply (see :mod:`.replies`)."""
+    service = service_of(request)
+    view = service.view(owner_in(request))
+    session_id = request.path_params.get("session_id")
+    if session_id is not None:
+        service.replies.wait((view.owner, session_id), REPLY_WAIT_SECONDS)
+    return view
 
 
 Memory = Annotated[MemoryManager, Depends(memory_of)]
@@ -341,6 +352,10 @@ def create_app(
                 stack.callback(memory.close)
             await stack.enter_async_context(mcp.session_manager.run())
             await stack.enter_async_context(app.state.upstream_client())
+            # Last in, first out: the replies still being stored finish before the rest stops.
+            stack.push_async_callback(
+                anyio.to_thread.run_sync, service.replies.wait_all, REPLY_WAIT_SECONDS
+            )
             if own_process:
                 # What is loaded by now (FastAPI, SQLAlchemy, the MCP SDK: ~200,000 objects)
                 # lives as long as the process: kept out of the collector's full passes, each

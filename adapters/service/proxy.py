@@ -6,7 +6,9 @@ already), replaces the history with what ``assemble`` builds under the budget (r
 text, older ones as page images, what the newest user message recalls as exact text), keeps
 the client's own system messages in front, forwards the request to the configured upstream
 (OpenAI, vLLM, Ollama: any compatible URL), passes the answer back unchanged (server-sent
-events byte for byte when streaming) and stores the reply.
+events byte for byte when streaming) and stores the reply: a stream's before the client sees
+its ``[DONE]``, a whole answer's beside the answer on its way back, the session's next use in
+this process waiting for it (:mod:`.replies`).
 
 Per request: the session comes from the ``X-Memory-Session`` header, else the body's ``user``
 field; ``X-Memory-Budget`` and ``X-Memory-Target`` override the configured budget and target.
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -30,18 +34,20 @@ from optical_memory.errors import InvalidConfiguration
 
 from ..openai import (
     newest_user_text,
-    openai_message_to_turn,
     record_openai_messages,
+    record_openai_reply,
     to_openai_messages,
 )
-from .app import Service, owner_in
+from .app import REPLY_WAIT_SECONDS, Service, owner_in
 from .errors import error_body
+from .replies import PendingReplies
 
 __all__ = ["SESSION_HEADER", "StreamedReply", "add_proxy", "prepare_messages", "store_reply"]
 
 SESSION_HEADER = "x-memory-session"
 BUDGET_HEADER = "x-memory-budget"
 TARGET_HEADER = "x-memory-target"
+log = logging.getLogger(__name__)
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding"}
 
 
@@ -50,12 +56,21 @@ def prepare_messages(
 ) -> list[dict[str, Any]]:
     """Store what is new of ``messages``, then the messages to send upstream: the client's
     system messages, then the assembled memory (which ends with the newest turns)."""
+    return _prepare(memory, session_id, messages, budget, target)[0]
+
+
+def _prepare(
+    memory: MemoryManager, session_id: str, messages: list[Any], budget: int, target: str
+) -> tuple[list[dict[str, Any]], int | None]:
+    """:func:`prepare_messages`, and the newest turn the prompt shows (what the reply will
+    answer, for :func:`~optical_memory.adapters.openai.record_openai_reply`)."""
     record_openai_messages(memory, session_id, messages)
     ctx = memory.assemble(session_id, budget=budget, target=target, cue=newest_user_text(messages))
     system = [
         m for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
     ]
-    return system + to_openai_messages(ctx)
+    newest = max((t.turn.seq for t in ctx.texts), default=None)
+    return system + to_openai_messages(ctx), newest
 
 
 class StreamedReply:
@@ -111,6 +126,19 @@ class StreamedReply:
         return msg
 
 
+def _settled_prepare(
+    replies: PendingReplies,
+    memory: MemoryManager,
+    session_id: str,
+    messages: list[Any],
+    budget: int,
+    target: str,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """:func:`_prepare` once this session's previous reply is stored (in this process)."""
+    replies.wait((memory.owner, session_id), REPLY_WAIT_SECONDS)
+    return _prepare(memory, session_id, messages, budget, target)
+
+
 def _int_header(request: Request, name: str, default: int) -> int:
     raw = request.headers.get(name)
     if raw is None:
@@ -156,11 +184,44 @@ def add_proxy(app: FastAPI, service: Service) -> None:
 
     app.state.upstream_client = upstream_client
 
+    replies = service.replies
+    background: set[asyncio.Task[None]] = set()  # held until done (the loop keeps weak refs)
+
     async def record_reply(
-        mm: MemoryManager, session_id: str, reply: dict[str, Any] | None
+        mm: MemoryManager,
+        session_id: str,
+        answering: int | None,
+        reply: dict[str, Any] | None,
+        *,
+        after_answer: bool,
     ) -> None:
-        if reply is not None:
-            await asyncio.to_thread(store_reply, mm, session_id, reply)
+        """Store the reply: now (a stream's, before its ``[DONE]``), or ``after_answer``,
+        beside the answer on its way back, the session's next use waiting for it."""
+        if reply is None:
+            return
+        if not after_answer:
+            await asyncio.to_thread(store_reply, mm, session_id, reply, answering=answering)
+            return
+        key = (mm.owner, session_id)
+        done = replies.start(key)
+
+        def store() -> None:
+            try:
+                store_reply(mm, session_id, reply, answering=answering)
+            except Exception as exc:  # the client's next request carries the reply
+                log.warning(
+                    "the reply to session %r was not stored (%s: %s); the next request that "
+                    "carries it stores it",
+                    session_id,
+                    type(exc).__name__,
+                    exc,
+                )
+            finally:
+                replies.finish(key, done)
+
+        task = asyncio.create_task(asyncio.to_thread(store))
+        background.add(task)
+        task.add_done_callback(background.discard)
 
     @app.post("/v1/chat/completions", tags=["proxy"])
     async def chat_completions(request: Request) -> Response:
@@ -184,9 +245,10 @@ def add_proxy(app: FastAPI, service: Service) -> None:
             )
         budget = _int_header(request, BUDGET_HEADER, config.budget)
         target = request.headers.get(TARGET_HEADER) or config.target
-        # One thread hop stores what is new and assembles (two short transactions).
-        body["messages"] = await asyncio.to_thread(
-            prepare_messages, mm, session_id, body["messages"], budget, target
+        # One thread hop waits for this session's previous reply to be stored, stores what
+        # is new and assembles (short transactions).
+        body["messages"], answering = await asyncio.to_thread(
+            _settled_prepare, service.replies, mm, session_id, body["messages"], budget, target
         )
         headers = {"content-type": "application/json"}
         if config.upstream_api_key:
@@ -194,7 +256,9 @@ def add_proxy(app: FastAPI, service: Service) -> None:
         url = config.upstream_url.rstrip("/") + "/chat/completions"
         client = holder["client"]
         try:
-            return await _forward(client, url, body, headers, mm, session_id, record_reply)
+            return await _forward(
+                client, url, body, headers, partial(record_reply, mm, session_id, answering)
+            )
         except (aiohttp.ClientError, TimeoutError) as exc:  # stored; the upstream did not answer
             message = (
                 f"the upstream {config.upstream_url} did not answer ({type(exc).__name__}); "
@@ -203,12 +267,16 @@ def add_proxy(app: FastAPI, service: Service) -> None:
             return JSONResponse(error_body("UpstreamUnavailable", message), status_code=502)
 
 
-def store_reply(memory: MemoryManager, session_id: str, reply: dict[str, Any]) -> None:
-    """Append the upstream's reply: it is new by construction, so it is added as one turn
-    without first reading what is stored (the next request's look at the session sees it)."""
-    turn = openai_message_to_turn({**reply, "role": reply.get("role") or "assistant"})
-    if turn is not None:
-        memory.add_turns(session_id, [turn])
+def store_reply(
+    memory: MemoryManager,
+    session_id: str,
+    reply: dict[str, Any],
+    *,
+    answering: int | None = None,
+) -> None:
+    """Append the upstream's reply to the request whose prompt ended at turn ``answering``,
+    once (see :func:`~optical_memory.adapters.openai.record_openai_reply`)."""
+    record_openai_reply(memory, session_id, reply, answering=answering)
 
 
 async def _forward(
@@ -216,11 +284,11 @@ async def _forward(
     url: str,
     forward: dict[str, Any],
     headers: dict[str, str],
-    mm: MemoryManager,
-    session_id: str,
-    record_reply: Callable[[MemoryManager, str, dict[str, Any] | None], Awaitable[None]],
+    record_reply: Callable[..., Awaitable[None]],
 ) -> Response:
-    """Send the request upstream; pass its answer back (streamed as it comes) and record it.
+    """Send the request upstream; pass its answer back (streamed as it comes) and record it:
+    a whole answer's reply beside the answer on its way back (``record_reply(reply,
+    after_answer=True)``), a stream's before the client sees its ``[DONE]``.
 
     The body is passed on decoded (a compressed answer is unpacked on the way), so its
     ``content-encoding`` is not passed on."""
@@ -234,7 +302,7 @@ async def _forward(
                     reply = json.loads(content)["choices"][0]["message"]
                 except (ValueError, KeyError, IndexError, TypeError):
                     reply = None
-                await record_reply(mm, session_id, reply)
+                await record_reply(reply, after_answer=True)
         return Response(content, status_code=resp.status, media_type=media_type)
     upstream = await client.post(url, data=data, headers=headers)
     if upstream.status != 200:
@@ -254,12 +322,12 @@ async def _forward(
                 reply.feed(chunk)
                 if reply.done and not recorded:  # stored before the client sees [DONE]
                     recorded = True
-                    await record_reply(mm, session_id, reply.message())
+                    await record_reply(reply.message(), after_answer=False)
                 yield chunk
         finally:
             upstream.release()
             if not recorded:
-                await record_reply(mm, session_id, reply.message())
+                await record_reply(reply.message(), after_answer=False)
 
     passed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
     return StreamingResponse(relay(), status_code=200, headers=passed)
