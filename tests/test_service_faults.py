@@ -1,7 +1,10 @@
-"""What the service answers when something below it fails: a forget that cannot purge yet
-(503 with Retry-After, and the next write finishes it), an upstream that does not answer
-(502 JSON, the conversation stored once), an upstream that compresses (passed on decoded). The app runs in a real uvicorn server on loopback,
-in this process, so the manager can be given a short ``busy_timeout``."""
+"""What the service answers when something below it fails or is slow: a forget that cannot
+purge yet (503 with Retry-After, and the next write finishes it), an upstream that does not
+answer (502 JSON, the conversation stored once), an upstream that compresses (passed on
+decoded), a reply still being stored after its answer (what uses the session next waits for
+it) or not stored at all (the next request stores it). The app runs in a real uvicorn server
+on loopback, in this process, so the manager can be given a short ``busy_timeout`` and the
+reply's store can be slowed down."""
 
 from __future__ import annotations
 
@@ -295,3 +298,34 @@ def test_a_reply_that_could_not_be_stored_is_stored_by_the_next_request(
         ("user", "And who rows the ferry?"),
         ("assistant", upstream.reply),
     ]
+
+
+def test_the_web_view_and_mcp_tools_wait_for_a_reply_being_stored(
+    proxied: tuple[MemoryManager, str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    mm, key, upstream = proxied
+    stored = _slow_store(monkeypatch, 0.5)
+    config = ServiceConfig(db=mm.url, upstream_url=upstream.url, age_every=0)
+    question = [{"role": "user", "content": "Who keeps the lighthouse?"}]
+
+    async def context_over_mcp(url: str) -> str:
+        http = httpx2.AsyncClient(headers={"authorization": f"Bearer {key}"})
+        async with Client(streamable_http_client(url + "/mcp/", http_client=http)) as client:
+            r = await client.call_tool("get_context", {"session_id": "s"})
+            return " ".join(getattr(c, "text", "") for c in r.content)
+
+    with serving(mm, config) as url, httpx.Client(base_url=url, timeout=30) as c:
+        _ask(c, key, "s", question)
+        assert stored == []
+        with httpx.Client(base_url=url, timeout=30, cookies={"om_key": key}) as web:
+            page = web.get("/web/sessions/s/prompt")
+        assert page.status_code == 200 and upstream.reply in page.text
+        _ask(c, key, "s", [*question, {"role": "assistant", "content": upstream.reply}])
+        assert len(stored) == 1  # the second reply is being stored now
+        assert asyncio.run(context_over_mcp(url)).count(upstream.reply) == 2

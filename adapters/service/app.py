@@ -63,6 +63,10 @@ class Service:
         self.keys = KeyCache(memory, config.key_cache_seconds)
         self.replies = PendingReplies()  # what the proxy is storing after its answers
 
+    def settle(self, memory: MemoryManager, session_id: str) -> None:
+        """Wait until the proxy has stored the session's newest reply (see :mod:`.replies`)."""
+        self.replies.wait((memory.owner, session_id), REPLY_WAIT_SECONDS)
+
     def view(self, owner: str | None) -> MemoryManager:
         """The memory inside ``owner``'s namespace (one view per owner, reused)."""
         with self._guard:
@@ -133,7 +137,7 @@ def memory_of(request: Request) -> MemoryManager:
     view = service.view(owner_in(request))
     session_id = request.path_params.get("session_id")
     if session_id is not None:
-        service.replies.wait((view.owner, session_id), REPLY_WAIT_SECONDS)
+        service.settle(view, session_id)
     return view
 
 
@@ -337,7 +341,7 @@ def create_app(
 
     config = (config or ServiceConfig()).check()
     service = Service(memory, config)
-    mcp = build_mcp(lambda ctx: http_memory(service, ctx))
+    mcp = build_mcp(lambda ctx: http_memory(service, ctx), service.settle)
     mcp_app = mcp.streamable_http_app(
         streamable_http_path="/", stateless_http=True, json_response=True, host=config.host
     )

@@ -30,10 +30,13 @@ __all__ = ["TOOL_NAMES", "build_mcp", "run_stdio"]
 
 TOOL_NAMES = ("remember", "recall", "read_span", "get_context", "forget")
 Resolve = Callable[[Any], MemoryManager]
+Settle = Callable[[MemoryManager, str], object]
 
 
-def build_mcp(resolve: Resolve) -> MCPServer:
-    """The MCP server; ``resolve(ctx)`` gives the memory (namespace) a tool call acts on."""
+def build_mcp(resolve: Resolve, settle: Settle | None = None) -> MCPServer:
+    """The MCP server; ``resolve(ctx)`` gives the memory (namespace) a tool call acts on;
+    ``settle(memory, session_id)``, if given, runs before a tool acts on that session (the
+    service waits there for a reply its proxy is still storing)."""
     server = MCPServer(
         "optical-memory",
         # The SDK configures the root logger at this level: at its default (INFO) every
@@ -46,9 +49,15 @@ def build_mcp(resolve: Resolve) -> MCPServer:
         ),
     )
 
-    async def run(ctx: Context, fn: Callable[[MemoryManager], Any]) -> Any:
+    def act(ctx: Context, session_id: str, fn: Callable[[MemoryManager], Any]) -> Any:
+        memory = resolve(ctx)
+        if settle is not None:
+            settle(memory, session_id)
+        return fn(memory)
+
+    async def run(ctx: Context, session_id: str, fn: Callable[[MemoryManager], Any]) -> Any:
         try:  # one thread hop: the key's lookup (when not remembered) and the work
-            return await anyio.to_thread.run_sync(lambda: fn(resolve(ctx)))
+            return await anyio.to_thread.run_sync(act, ctx, session_id, fn)
         except OpticalMemoryError as exc:  # the model reads the error's name and message
             message = str(exc.args[0]) if isinstance(exc, LookupError) and exc.args else str(exc)
             raise ToolError(f"{type(exc).__name__}: {message}") from None
@@ -56,18 +65,22 @@ def build_mcp(resolve: Resolve) -> MCPServer:
     @server.tool()
     async def remember(session_id: str, role: str, content: str, ctx: Context) -> str:
         """Store one turn (role: user, assistant, system or tool) at the end of a session."""
-        turn = await run(ctx, lambda m: m.add_turn(session_id, role, content))
+        turn = await run(ctx, session_id, lambda m: m.add_turn(session_id, role, content))
         return f"stored turn {turn.seq} of session {session_id}"
 
     @server.tool()
     async def recall(session_id: str, query: str, ctx: Context, limit: int = RECALL_LIMIT) -> str:
         """Search the session's archive for earlier turns using the query's words."""
-        return await run(ctx, lambda m: answer_recall(m, session_id, query, limit=limit))
+        return await run(
+            ctx, session_id, lambda m: answer_recall(m, session_id, query, limit=limit)
+        )
 
     @server.tool()
     async def read_span(session_id: str, first_turn: int, last_turn: int, ctx: Context) -> str:
         """Read turns first_turn..last_turn of a session exactly as they were written."""
-        return await run(ctx, lambda m: answer_read(m, session_id, first_turn, last_turn))
+        return await run(
+            ctx, session_id, lambda m: answer_read(m, session_id, first_turn, last_turn)
+        )
 
     @server.tool()
     async def get_context(
@@ -80,7 +93,7 @@ def build_mcp(resolve: Resolve) -> MCPServer:
         """What the model should see of a session under a token budget: the memory (captions
         and page images of older turns), then the recent turns as text."""
         assembled = await run(
-            ctx, lambda m: m.assemble(session_id, budget=budget, target=target, cue=cue)
+            ctx, session_id, lambda m: m.assemble(session_id, budget=budget, target=target, cue=cue)
         )
         out: list[TextContent | ImageContent] = []
         for msg in frame(assembled):
@@ -100,7 +113,7 @@ def build_mcp(resolve: Resolve) -> MCPServer:
     @server.tool()
     async def forget(session_id: str, ctx: Context) -> str:
         """Delete a session and everything derived from it, for good."""
-        n = await run(ctx, lambda m: m.forget(session_id))
+        n = await run(ctx, session_id, lambda m: m.forget(session_id))
         return f"forgot session {session_id}: {n} turns"
 
     return server

@@ -38,9 +38,8 @@ from ..openai import (
     record_openai_reply,
     to_openai_messages,
 )
-from .app import REPLY_WAIT_SECONDS, Service, owner_in
+from .app import Service, owner_in
 from .errors import error_body
-from .replies import PendingReplies
 
 __all__ = ["SESSION_HEADER", "StreamedReply", "add_proxy", "prepare_messages", "store_reply"]
 
@@ -127,7 +126,7 @@ class StreamedReply:
 
 
 def _settled_prepare(
-    replies: PendingReplies,
+    settle: Callable[[MemoryManager, str], object],
     memory: MemoryManager,
     session_id: str,
     messages: list[Any],
@@ -135,7 +134,7 @@ def _settled_prepare(
     target: str,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """:func:`_prepare` once this session's previous reply is stored (in this process)."""
-    replies.wait((memory.owner, session_id), REPLY_WAIT_SECONDS)
+    settle(memory, session_id)
     return _prepare(memory, session_id, messages, budget, target)
 
 
@@ -248,7 +247,7 @@ def add_proxy(app: FastAPI, service: Service) -> None:
         # One thread hop waits for this session's previous reply to be stored, stores what
         # is new and assembles (short transactions).
         body["messages"], answering = await asyncio.to_thread(
-            _settled_prepare, service.replies, mm, session_id, body["messages"], budget, target
+            _settled_prepare, service.settle, mm, session_id, body["messages"], budget, target
         )
         headers = {"content-type": "application/json"}
         if config.upstream_api_key:

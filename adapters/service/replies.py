@@ -4,8 +4,9 @@ Why: the proxy answers as soon as the upstream has, and stores the reply beside 
 on its way back instead of before it (a write off every call's latency, and a store that
 fails no longer turns a paid-for answer into an error: the client's next request carries
 the reply and records it). What reads or writes that session next through this process (the
-proxy's next request, the ``/v1/sessions/{id}/...`` endpoints) first waits for the reply to
-be stored, so it sees the session as if the reply had been stored before the answer.
+proxy's next request, the ``/v1/sessions/{id}/...`` endpoints, the web view's pages of it,
+the MCP tools) first waits for the reply to be stored, so it sees the session as if the
+reply had been stored before the answer.
 """
 
 from __future__ import annotations

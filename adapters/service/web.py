@@ -92,7 +92,11 @@ def add_web(app: FastAPI, service: Service) -> None:
 
     def signed_in(request: Request) -> tuple[str | None, MemoryManager]:
         owner = service.owner_of(request, cookie=True)
-        return owner, service.view(owner)
+        view = service.view(owner)
+        session_id = request.path_params.get("session_id")
+        if session_id is not None:
+            service.settle(view, session_id)  # a reply the proxy is still storing
+        return owner, view
 
     async def guarded(request: Request, render) -> Response:  # type: ignore[no-untyped-def]
         try:
