@@ -23,6 +23,7 @@ draws it again; the broken pool is dropped and the next drawing starts a fresh o
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -39,6 +40,8 @@ from .render import PageRenderer, RenderedImage, RenderTurn
 
 AUTO = "auto"
 START_METHOD = "spawn"
+STALL_CHECK_SECONDS = 2.0
+"""How long :meth:`DrawPool.result` waits before it makes sure no worker died unnoticed."""
 
 
 def usable_cores() -> int:
@@ -108,6 +111,10 @@ def _start_worker(settings: RendererSettings) -> None:
     # only from there, so a face is neither added twice nor taken from a changed variable.
     os.environ.pop(FALLBACK_FONTS_ENV, None)
     _renderer = settings.build()
+
+
+def _noop() -> None:
+    """A task that only wakes the executor's manager (see :meth:`DrawPool.result`)."""
 
 
 def _render(
@@ -184,7 +191,11 @@ class DrawPool:
                 drawing starts a fresh one).
         """
         try:
-            return future.result()
+            while True:
+                try:
+                    return future.result(timeout=STALL_CHECK_SECONDS)
+                except TimeoutError:
+                    self._wake(future)
         except BrokenProcessPool as exc:
             with self._lock:
                 self._drop(self._origin.get(future))
@@ -194,6 +205,19 @@ class DrawPool:
                 "must keep its main module importable, behind if __name__ == '__main__'); "
                 "nothing was written for the page, the next aging pass draws it again"
             ) from exc
+
+    def _wake(self, future: Future[list[RenderedImage]]) -> None:
+        """Make the executor look at its workers again. Its manager thread waits on the
+        workers it knew when it last woke, and ``submit`` wakes it before it starts a worker
+        on demand (CPython 3.11): a worker started so, then killed, would go unnoticed and
+        its drawing never end. A submitted task wakes it; a dead worker then breaks the
+        pool, and the drawing raises ``BrokenProcessPool``."""
+        with self._lock:
+            executor = self._origin.get(future)
+        if executor is not None:
+            # Broken or shut down already: the drawing's future says so.
+            with contextlib.suppress(BrokenProcessPool, RuntimeError):
+                executor.submit(_noop)
 
     def _drop(self, executor: ProcessPoolExecutor | None) -> None:
         """Forget a broken executor (under the lock)."""

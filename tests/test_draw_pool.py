@@ -298,3 +298,23 @@ def test_workers_killed_while_idle_are_replaced_at_the_next_drawing(tmp_path: Pa
         rep = mm.age(now=FIRST_PASS)
         assert not rep.errors and _drawn(rep) >= 2
     assert _pool_children() - before == set()
+
+
+def test_a_drawing_that_outlasts_the_stall_check_still_comes_back_whole(monkeypatch) -> None:
+    """While it waits, the pool wakes the executor every STALL_CHECK_SECONDS (so a worker
+    that died unnoticed breaks the pool instead of hanging the pass): with the check far
+    shorter than a drawing, the drawing still comes back, the same bytes, and the pool's
+    workers stay as many as asked."""
+    from optical_memory import draw_pool
+
+    monkeypatch.setattr(draw_pool, "STALL_CHECK_SECONDS", 0.005)
+    before = _pool_children()
+    pool = DrawPool(PageRenderer(), 2)
+    try:
+        sizes = [TARGET.spec(t).size for t in Tier if t is not Tier.TEXT]
+        drawn = pool.result(pool.submit(_turns(), TARGET.layout, sizes))
+        assert drawn == PageRenderer().render(_turns(), TARGET.layout, sizes)
+        assert len(_pool_children() - before) <= 2
+    finally:
+        pool.close()
+    assert _pool_children() - before == set()
