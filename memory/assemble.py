@@ -396,7 +396,11 @@ def assemble_context(
         room = min(reserve, budget - pages_cost - spent - pin_cost)
         shown = {t.seq for u in recent.units[:shown_units] for t in u[0]} | {t.seq for t in pins}
         shown |= _legible_seqs(candidates)
-        recalled = _recall_block(s, conn, session, cue, shown, max(room, 0), count)
+        # The search stops where the text would start without the reserve: what the block
+        # leaves goes back to that text, which would show those turns again (recent text is
+        # every live turn from its oldest on).
+        before = min((t.seq for u in recent.units[:plain_units] for t in u[0]), default=None)
+        recalled = _recall_block(s, conn, session, cue, shown, before, max(room, 0), count)
         # What the block leaves of the reserve goes to more recent text (after the pages).
         block_cost = _block_cost(count, pins, recalled) if pins or recalled else 0
         more = recent.fit(budget - pages_cost - block_cost, start=shown_units)
@@ -604,17 +608,19 @@ def _recall_block(
     session: SessionRow,
     cue: str,
     shown: set[int],
+    before: int | None,
     reserve: int,
     count: TokenCounter,
 ) -> list[TurnData]:
     """Turns the cue recalls that the prompt would not show legibly, best first while the block
     fits ``reserve``; in order. Each comes with the turn next to it for context where both fit,
-    else alone (a long reply beside a short fact would otherwise crowd out the fact)."""
+    else alone (a long reply beside a short fact would otherwise crowd out the fact). The
+    search looks only at turns before seq ``before``."""
     if all(seq in shown for seq in range(1, session.next_seq + 1)):
         return []  # every turn is in the prompt as text already: nothing to recall
     hits = [
         h.recollection.turn.seq
-        for h in search(s, session, cue, limit=RECALL_CANDIDATES)
+        for h in search(s, session, cue, limit=RECALL_CANDIDATES, before=before)
         if h.recollection.turn.seq not in shown
     ]
     if not hits:

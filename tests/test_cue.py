@@ -221,6 +221,31 @@ def test_a_tight_budget_keeps_a_share_for_the_past_even_with_a_long_tail(db_url:
         assert [s.turn.seq for s in big.texts if s.page_id is None] == list(range(342, 402))
 
 
+def test_recent_turns_matching_the_cue_do_not_crowd_out_an_old_fact(db_url: str) -> None:
+    # More recent turns than the search's candidates repeat the cue's words, and each of them
+    # outranks the old fact. They are in the prompt as text already; the fact is on a faded
+    # page, and the cue brings it back all the same.
+    chatter = [
+        {
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"Passport number photos, passport number forms, step {i}.",
+            "at": NOW - timedelta(minutes=40 - i),
+        }
+        for i in range(30)  # more than the 12 the search is asked for
+    ]
+    with MemoryManager(db_url, policy=AgingPolicy(keep_last_turns=len(chatter) + 1)) as mm:
+        mm.add_turns("s", [*_history(), *chatter])
+        mm.add_turn("s", "user", QUESTION, NOW)
+        mm.age(now=NOW)
+        ctx = mm.assemble("s", budget=2000, now=NOW, cue=QUESTION)
+        shown = {t.turn.seq for t in ctx.texts}
+        assert all(t["content"] in [x.turn.content for x in ctx.texts] for t in chatter)
+        found = mm.recall("s", QUESTION, limit=12)
+        assert all(r.turn.seq in shown for r in found), "the recent turns rank first"
+        assert ctx.recalled is not None and FACT in ctx.recalled.text
+        assert ctx.tokens <= 2000
+
+
 def test_shares_are_configurable_and_checked(faded: MemoryManager) -> None:
     none_for_recall = AssemblyShares(memory=0.5, recall=0.0)
     ctx = faded.assemble("s", budget=2000, now=NOW, cue=QUESTION, shares=none_for_recall)
