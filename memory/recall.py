@@ -715,30 +715,63 @@ def _remember_counts(
 # forgetting most of them), so each is probed once. Bounded; the oldest verdicts go first.
 _COMMON_CACHE: dict[str, OrderedDict[str, None]] = {}
 _COMMON_CACHE_SIZE = 4096
+# Terms known to be rare, per database (SQLite): the matches a probe counted and the newest turn
+# id then. Turn ids are never reused and SQLite commits one writer at a time, so the turns
+# added since number at most the ids since, each adding at most one match: a term stays rare
+# while its count plus the ids since stays under COMMON_TURNS. A conversation's words are then
+# probed once every (COMMON_TURNS - count) turns instead of on every search (the probes were
+# most of a search in an archive where no word is common).
+_RARE_CACHE: dict[str, OrderedDict[str, tuple[int, int]]] = {}
+_NEWEST_TURN = "SELECT max(id) FROM om_turns"
 
 
 def _split_common(
     s: Session, terms: list[tuple[str, ...]]
 ) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     """The cue's terms in fewer than COMMON_TURNS turns of the archive, and the others."""
-    known = _COMMON_CACHE.setdefault(str(s.get_bind().url), OrderedDict())
+    url = str(s.get_bind().url)
+    known = _COMMON_CACHE.setdefault(url, OrderedDict())
+    rare = _RARE_CACHE.setdefault(url, OrderedDict())
     keys = [" ".join(t).casefold() for t in terms]
-    unknown = [i for i, k in enumerate(keys) if k not in known]
     common = {i for i, k in enumerate(keys) if k in known}
+    unknown = [i for i, k in enumerate(keys) if k not in known]
+    if unknown and any(keys[i] in rare for i in unknown):
+        ((newest,),) = _sqlite_rows(s, _NEWEST_TURN, {})
+        newest = newest or 0
+        still = [i for i in unknown if _still_rare(rare.get(keys[i]), newest)]
+        unknown = [i for i in unknown if i not in still]
     if unknown:
         probes = ", ".join(
             f"(SELECT count(*) FROM (SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :p{i} "
             f"LIMIT {COMMON_TURNS}))"
             for i in unknown
         )
-        (row,) = _sqlite_rows(s, f"SELECT {probes}", {f"p{i}": _phrase(terms[i]) for i in unknown})
-        for i, n in zip(unknown, row, strict=True):
+        params = {f"p{i}": _phrase(terms[i]) for i in unknown}
+        (row,) = _sqlite_rows(s, f"SELECT ({_NEWEST_TURN}), {probes}", params)
+        newest, counts = row[0] or 0, row[1:]
+        for i, n in zip(unknown, counts, strict=True):
             if n >= COMMON_TURNS:
                 common.add(i)
-                known[keys[i]] = None
-                while len(known) > _COMMON_CACHE_SIZE:
-                    known.popitem(last=False)
+                rare.pop(keys[i], None)
+                _remember(known, keys[i], None)
+            else:
+                _remember(rare, keys[i], (int(n), newest))
     return [t for i, t in enumerate(terms) if i not in common], [terms[i] for i in sorted(common)]
+
+
+def _still_rare(entry: tuple[int, int] | None, newest: int) -> bool:
+    """Whether a rare verdict (count, newest turn id then) still holds at ``newest``."""
+    if entry is None:
+        return False
+    count, then = entry
+    return newest >= then and count + (newest - then) < COMMON_TURNS
+
+
+def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _COMMON_CACHE_SIZE:
+        cache.popitem(last=False)
 
 
 def _scope_ids(

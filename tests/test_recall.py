@@ -146,6 +146,64 @@ def test_a_common_words_count_is_reused_while_the_session_has_barely_grown(
         assert [r.turn.seq for r in mm.recall("s", "ferry", limit=3)] == [40, 39, 38]
 
 
+def test_a_rare_words_verdict_is_reused_until_the_turns_since_could_make_it_common(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Scaled down: a word in 20 turns of the archive is common. "apple" is in 15: rare, and it
+    # stays rare for 4 more turns whatever they hold; after a 5th it could be common.
+    from optical_memory import recall as recall_module
+
+    monkeypatch.setattr(recall_module, "COMMON_TURNS", 20)
+    with MemoryManager(tmp_path / "m.db") as mm:
+        mm.add_turns("s", [("user", f"apple note {i}") for i in range(15)])
+
+        def probed() -> bool:
+            sent = sent_sql(mm, lambda: mm.recall("s", "apple"))
+            return any("(SELECT count(*) FROM (SELECT 1 FROM om_turns_fts WHERE" in q for q in sent)
+
+        assert probed() and not probed()  # probed once
+        mm.add_turns("s", [("user", "apple again")] * 4)  # in 19 turns now
+        assert not probed()
+        mm.add_turns("other", [("user", "pears")])  # any session's turn counts
+        assert probed()  # it could be in 20 turns: probed again (19: still rare)
+        mm.add_turn("s", "user", "apple once more")
+        assert probed() and not probed()  # in 20: common, and known to be
+        assert [r.turn.seq for r in mm.recall("s", "apple", limit=3)] == [20, 19, 18]
+
+
+def test_searches_with_known_rare_words_find_what_probing_every_word_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Words cross the (scaled-down) common threshold while the archive grows; after every
+    # growth, each cue ranks the same with the verdicts kept as with every word probed again.
+    import random
+
+    from optical_memory import recall as recall_module
+
+    monkeypatch.setattr(recall_module, "COMMON_TURNS", 30)
+    words = ["amber", "birch", "cedar", "dune", "ember", "fjord", "grove", "heath"]
+    rng = random.Random(11)
+    with MemoryManager(tmp_path / "m.db") as mm:
+        for _ in range(12):
+            for sid in ("a", "b"):
+                mm.add_turns(
+                    sid,
+                    [("user", " ".join(rng.sample(words, rng.randint(1, 3)))) for _ in range(8)],
+                )
+            for _ in range(4):
+                cue = " ".join(rng.sample(words, rng.randint(1, 4)))
+                kept = [(r.turn.seq, round(r.score, 9)) for r in mm.recall("a", cue, limit=6)]
+                verdicts = (recall_module._RARE_CACHE, recall_module._COMMON_CACHE)
+                held = [dict(v) for v in verdicts]
+                for v in verdicts:  # every word probed, the kept verdicts put back after
+                    v.clear()
+                probed = [(r.turn.seq, round(r.score, 9)) for r in mm.recall("a", cue, limit=6)]
+                for v, h in zip(verdicts, held, strict=True):
+                    v.clear()
+                    v.update(h)
+                assert kept == probed, cue
+
+
 def test_common_words_ranked_set_by_set_rank_as_summing_every_match_would(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
