@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -248,7 +249,7 @@ def _pg_window(
         return ""
     conn = s.connection()
     params["lo"], params["n"] = end - COMMON_WINDOW, COMMON_WINDOW  # a seq: the index's range
-    known = _COMMON_CACHE.setdefault("pg:" + str(s.get_bind().url), OrderedDict())
+    known = _verdicts(s, _COMMON_CACHE)
     # The verdicts per term and compound, in the order of _pg_queries.
     keys = [f"t:{' '.join(t).casefold()}" for t in cue.terms]
     keys += [f"c:{c}" for c in cue.compounds]
@@ -713,7 +714,9 @@ def _remember_counts(
 
 # Terms known to be common, per database: a term in COMMON_TURNS turns stays common (short of
 # forgetting most of them), so each is probed once. Bounded; the oldest verdicts go first.
-_COMMON_CACHE: dict[str, OrderedDict[str, None]] = {}
+# Kept per connection pool (an engine's, shared by its views), never by URL: another database
+# can sit at the same URL (``:memory:``, a file made again).
+_COMMON_CACHE: weakref.WeakKeyDictionary[Any, OrderedDict[str, None]] = weakref.WeakKeyDictionary()
 _COMMON_CACHE_SIZE = 4096
 # Terms known to be rare, per database (SQLite): the matches a probe counted and the newest turn
 # id then. Turn ids are never reused and SQLite commits one writer at a time, so the turns
@@ -721,17 +724,27 @@ _COMMON_CACHE_SIZE = 4096
 # while its count plus the ids since stays under COMMON_TURNS. A conversation's words are then
 # probed once every (COMMON_TURNS - count) turns instead of on every search (the probes were
 # most of a search in an archive where no word is common).
-_RARE_CACHE: dict[str, OrderedDict[str, tuple[int, int]]] = {}
+_RARE_CACHE: weakref.WeakKeyDictionary[Any, OrderedDict[str, tuple[int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
 _NEWEST_TURN = "SELECT max(id) FROM om_turns"
+
+
+def _verdicts(s: Session, table: weakref.WeakKeyDictionary[Any, OrderedDict[str, Any]]) -> Any:
+    """This database's verdicts in ``table`` (by the session's connection pool)."""
+    pool = s.get_bind().pool
+    found = table.get(pool)
+    if found is None:
+        found = table[pool] = OrderedDict()
+    return found
 
 
 def _split_common(
     s: Session, terms: list[tuple[str, ...]]
 ) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     """The cue's terms in fewer than COMMON_TURNS turns of the archive, and the others."""
-    url = str(s.get_bind().url)
-    known = _COMMON_CACHE.setdefault(url, OrderedDict())
-    rare = _RARE_CACHE.setdefault(url, OrderedDict())
+    known = _verdicts(s, _COMMON_CACHE)
+    rare = _verdicts(s, _RARE_CACHE)
     keys = [" ".join(t).casefold() for t in terms]
     common = {i for i, k in enumerate(keys) if k in known}
     unknown = [i for i, k in enumerate(keys) if k not in known]

@@ -175,7 +175,8 @@ def test_searches_with_known_rare_words_find_what_probing_every_word_finds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Words cross the (scaled-down) common threshold while the archive grows; after every
-    # growth, each cue ranks the same with the verdicts kept as with every word probed again.
+    # growth, each cue ranks the same with the verdicts kept as with every word probed again
+    # (by a manager just opened: verdicts are kept per engine).
     import random
 
     from optical_memory import recall as recall_module
@@ -184,7 +185,7 @@ def test_searches_with_known_rare_words_find_what_probing_every_word_finds(
     words = ["amber", "birch", "cedar", "dune", "ember", "fjord", "grove", "heath"]
     rng = random.Random(11)
     with MemoryManager(tmp_path / "m.db") as mm:
-        for _ in range(12):
+        for _ in range(10):
             for sid in ("a", "b"):
                 mm.add_turns(
                     sid,
@@ -193,15 +194,29 @@ def test_searches_with_known_rare_words_find_what_probing_every_word_finds(
             for _ in range(4):
                 cue = " ".join(rng.sample(words, rng.randint(1, 4)))
                 kept = [(r.turn.seq, round(r.score, 9)) for r in mm.recall("a", cue, limit=6)]
-                verdicts = (recall_module._RARE_CACHE, recall_module._COMMON_CACHE)
-                held = [dict(v) for v in verdicts]
-                for v in verdicts:  # every word probed, the kept verdicts put back after
-                    v.clear()
-                probed = [(r.turn.seq, round(r.score, 9)) for r in mm.recall("a", cue, limit=6)]
-                for v, h in zip(verdicts, held, strict=True):
-                    v.clear()
-                    v.update(h)
+                with MemoryManager(tmp_path / "m.db") as fresh:
+                    found = fresh.recall("a", cue, limit=6)
+                    probed = [(r.turn.seq, round(r.score, 9)) for r in found]
                 assert kept == probed, cue
+
+
+def test_word_verdicts_are_never_shared_by_two_databases_at_one_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every ``:memory:`` database has the same URL. "kiwi" is rare in the first (1 turn of 41)
+    # and common in the second (6 of 44, scaled down): had the first's verdict been reused
+    # (3 ids since could not make it common there), BM25 would rank the short turns first.
+    from optical_memory import recall as recall_module
+
+    monkeypatch.setattr(recall_module, "COMMON_TURNS", 5)
+    with MemoryManager("sqlite:///:memory:") as one, MemoryManager("sqlite:///:memory:") as two:
+        one.add_turns("s", [("user", f"note {i}") for i in range(40)] + [("user", "kiwi")])
+        kiwis = [("user", "kiwi" if i % 2 else "kiwi " + "and more " * 10) for i in range(6)]
+        two.add_turns("s", [("user", f"note {i}") for i in range(38)] + kiwis)
+        assert [r.turn.seq for r in one.recall("s", "kiwi")] == [41]
+        found = two.recall("s", "kiwi", limit=6)
+        assert [r.turn.seq for r in found] == [44, 43, 42, 41, 40, 39]  # by frequency, newest first
+        assert len({r.score for r in found}) == 1
 
 
 def test_common_words_ranked_set_by_set_rank_as_summing_every_match_would(
