@@ -262,9 +262,7 @@ def _pg_window(
         )
         for i, n in zip(unknown, conn.execute(text(f"SELECT {probes}"), params).one(), strict=True):
             if n >= COMMON_TURNS:
-                known[keys[i]] = None
-                while len(known) > _COMMON_CACHE_SIZE:
-                    known.popitem(last=False)
+                _remember(known, keys[i], None)
     # The rare ones by their number in _PG_CUE's ``q`` (terms from 1, then the compounds).
     params["rare"] = [i + 1 for i, k in enumerate(keys) if k not in known]
     if not params["rare"]:
@@ -732,11 +730,7 @@ _NEWEST_TURN = "SELECT max(id) FROM om_turns"
 
 def _verdicts(s: Session, table: weakref.WeakKeyDictionary[Any, OrderedDict[str, Any]]) -> Any:
     """This database's verdicts in ``table`` (by the session's connection pool)."""
-    pool = s.get_bind().pool
-    found = table.get(pool)
-    if found is None:
-        found = table[pool] = OrderedDict()
-    return found
+    return table.setdefault(s.get_bind().pool, OrderedDict())
 
 
 def _split_common(
@@ -750,9 +744,7 @@ def _split_common(
     unknown = [i for i, k in enumerate(keys) if k not in known]
     if unknown and any(keys[i] in rare for i in unknown):
         ((newest,),) = _sqlite_rows(s, _NEWEST_TURN, {})
-        newest = newest or 0
-        still = [i for i in unknown if _still_rare(rare.get(keys[i]), newest)]
-        unknown = [i for i in unknown if i not in still]
+        unknown = [i for i in unknown if not _still_rare(rare.get(keys[i]), newest or 0)]
     if unknown:
         probes = ", ".join(
             f"(SELECT count(*) FROM (SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :p{i} "

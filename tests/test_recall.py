@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +32,15 @@ FLIGHT = "Booked it: my flight is UA-2817 from Denver, seat 14C."
 
 def _chat(n: int, seed: int = 3) -> list[dict]:  # type: ignore[type-arg]
     return conversation(n, T0, timedelta(minutes=2), seed=seed)
+
+
+WINDOW_COUNT = "(SELECT count(*) FROM om_turns_fts WHERE"  # a common word's count in a window
+ARCHIVE_PROBE = "(SELECT count(*) FROM (SELECT 1 FROM om_turns_fts WHERE"  # common or rare?
+
+
+def _sends(mm: MemoryManager, fn: Callable[[], object], fragment: str) -> bool:
+    """Whether ``fn`` sends a statement holding ``fragment``."""
+    return any(fragment in q for q in sent_sql(mm, fn))
 
 
 def _recalls(mm: MemoryManager) -> dict[tuple[str, int], int]:
@@ -135,8 +145,7 @@ def test_a_common_words_count_is_reused_while_the_session_has_barely_grown(
         mm.add_turns("s", [("user", f"the ferry, note {i}") for i in range(40)])
 
         def counted() -> bool:
-            sent = sent_sql(mm, lambda: mm.recall("s", "ferry QX-1"))
-            return any("(SELECT count(*) FROM om_turns_fts WHERE" in q for q in sent)
+            return _sends(mm, lambda: mm.recall("s", "ferry QX-1"), WINDOW_COUNT)
 
         assert counted() and not counted()  # counted once
         mm.add_turns("s", [("user", "nothing here")] * 4)
@@ -158,8 +167,7 @@ def test_a_rare_words_verdict_is_reused_until_the_turns_since_could_make_it_comm
         mm.add_turns("s", [("user", f"apple note {i}") for i in range(15)])
 
         def probed() -> bool:
-            sent = sent_sql(mm, lambda: mm.recall("s", "apple"))
-            return any("(SELECT count(*) FROM (SELECT 1 FROM om_turns_fts WHERE" in q for q in sent)
+            return _sends(mm, lambda: mm.recall("s", "apple"), ARCHIVE_PROBE)
 
         assert probed() and not probed()  # probed once
         mm.add_turns("s", [("user", "apple again")] * 4)  # in 19 turns now
