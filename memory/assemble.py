@@ -157,6 +157,8 @@ class PageSegment:
 
     @property
     def data_url(self) -> str:
+        if self._image is not None and self._image.png is self.png:
+            return self._image.data_url(self.mime_type)
         return f"data:{self.mime_type};base64,{self.base64}"
 
 

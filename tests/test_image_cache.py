@@ -11,7 +11,7 @@ from helpers import sent_sql
 from benchmarks.chatgen import conversation
 from optical_memory import AgingPolicy, MemoryManager
 from optical_memory.errors import InvalidConfiguration
-from optical_memory.image_cache import ImageCache
+from optical_memory.image_cache import CachedImage, ImageCache
 
 START = datetime(2023, 1, 2, 8, 0, tzinfo=UTC)
 HISTORY = conversation(400, START, timedelta(hours=3))
@@ -46,6 +46,28 @@ def test_a_shown_image_is_read_once_then_served_from_memory(aged: MemoryManager)
     for page in out[0].pages:  # the kept base64 text is the bytes' own
         assert page.base64 == base64.b64encode(page.png).decode("ascii")
         assert page.data_url == f"data:image/png;base64,{page.base64}"
+
+
+def test_a_shown_images_data_url_is_made_once_and_both_texts_are_the_bytes_own(
+    aged: MemoryManager,
+) -> None:
+    """The OpenAI formats send each page as a data URL: kept between calls, it is the same
+    string each time, not a new 140 kB copy per page; base64 and data URL asked in either
+    order (and another media type) are the bytes' own."""
+    one = aged.assemble("s", budget=4096, now=NOW)
+    two = aged.assemble("s", budget=4096, now=NOW)
+    assert one.pages, "the fixture's prompt shows pages"
+    for a, b in zip(one.pages, two.pages, strict=True):
+        assert a.data_url is b.data_url
+        assert b.base64 == base64.b64encode(b.png).decode("ascii")
+    for first in ("base64", "data_url"):
+        entry = CachedImage(bytes(range(256)) * 3)
+        text = base64.b64encode(entry.png).decode("ascii")
+        if first == "base64":
+            assert entry.base64 == text
+        assert entry.data_url("image/png") == f"data:image/png;base64,{text}"
+        assert entry.data_url("image/webp") == f"data:image/webp;base64,{text}"
+        assert entry.base64 == text
 
 
 def test_a_page_that_fades_is_read_again_even_when_another_process_aged_it(
