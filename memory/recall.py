@@ -7,8 +7,9 @@ The index lives in the database itself and is built by migration 0004:
   session-scoped search intersects posting lists instead of ranking the whole archive; a
   session whose turns lie together is narrowed by their range of row ids instead, which
   costs FTS5 nothing to apply).
-  Triggers on ``om_turns`` feed it inside the writing transaction; deletes use FTS5's
-  ``'delete'`` command with the same values. Ranked with ``bm25``; a term held by more than
+  Triggers on ``om_turns`` feed it inside the writing transaction, with live turns only (a
+  superseded version leaves it, migration 0013); deletes use FTS5's ``'delete'`` command
+  with the same values. Ranked with ``bm25``; a term held by more than
   COMMON_TURNS turns of the archive is weighed by its frequency within the searched scope
   instead, which keeps a search's cost bounded by the scope (see :func:`_sqlite_rank`).
 - **PostgreSQL**: a GIN expression index ``om_turns_fts`` over
@@ -414,8 +415,9 @@ def search(
         found = _fetch_ranked(s, ranked[:limit], join, where, params)
         if len(found) >= limit or exhausted:
             return found
-        # Rows the scope drops (earlier versions of turns, other sessions' turns between
-        # this one's) took places among the best: rank deeper.
+        # Rows the scope drops (other sessions' turns between this one's; earlier versions
+        # of turns in a store indexed before migration 0013) took places among the best:
+        # rank deeper.
         extra = 4 * asked
 
 

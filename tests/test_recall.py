@@ -303,13 +303,83 @@ def test_before_and_limit(mm: MemoryManager) -> None:
 
 def test_earlier_versions_of_turns_never_crowd_out_live_ones(mm: MemoryManager) -> None:
     # 110 turns hold "parcel"; the 100 that say it three times (the best matches) are then
-    # withdrawn. They stay in the archive and its index, but a recall still fills its limit.
+    # withdrawn. They stay in the archive (and in PostgreSQL's index), and a recall still fills
+    # its limit.
     mm.add_turns("s", [("user", f"the parcel, note {i}") for i in range(10)])
     mm.add_turns("s", [("user", f"parcel parcel parcel {i}") for i in range(100)])
     mm.replace_turns("s", 11, [])
     got = mm.recall("s", "parcel", limit=5)
     assert [r.turn.seq for r in got] == [10, 9, 8, 7, 6]
     assert {r.turn.seq for r in mm.recall("s", "parcel", limit=50)} == set(range(1, 11))
+
+
+def _indexed(mm: MemoryManager) -> tuple[int, dict[str, int]]:
+    """SQLite's search index as FTS5 holds it: how many rows, and each term's row count."""
+    with mm.database.engine.connect() as conn:
+        conn.exec_driver_sql(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab USING fts5vocab(main, om_turns_fts, row)"
+        )
+        rows = conn.execute(text("SELECT COUNT(*) FROM om_turns_fts_docsize")).scalar_one()
+        terms = dict(conn.execute(text("SELECT term, doc FROM temp.vocab")).all())
+        conn.exec_driver_sql(  # raises if FTS5 finds its own structures inconsistent
+            "INSERT INTO om_turns_fts(om_turns_fts, rank) VALUES ('integrity-check', 0)"
+        )
+    return rows, terms
+
+
+def test_a_superseded_turn_leaves_the_sqlite_index_and_comes_out_of_it_once(
+    sqlite_url: str,
+) -> None:
+    """Only live turns are indexed: the versions a regenerated reply replaces leave the index
+    (the archive keeps them), and forgetting the session afterwards takes each indexed row
+    out exactly once (FTS5 documents a contentless 'delete' that does not match what it
+    holds as leaving the index in an undefined state)."""
+    with MemoryManager(sqlite_url) as mm:
+        mm.add_turns("s", [("user", f"the parcel, note {i}") for i in range(10)])
+        mm.add_turns("s", [("assistant", f"zqvstale parcel answer {i}") for i in range(5)])
+        mm.add_turns("other", [("user", "a parcel for the other session")])
+        assert _indexed(mm)[1]["zqvstale"] == 5
+        mm.replace_turns("s", 11, [("assistant", "zqvfresh parcel answer")])
+        rows, terms = _indexed(mm)
+        assert rows == 12 and "zqvstale" not in terms and terms["zqvfresh"] == 1
+        assert terms["parcel"] == 12
+        assert [t.content for t in mm.superseded("s")] == [
+            f"zqvstale parcel answer {i}" for i in range(5)
+        ]
+        assert mm.recall("s", "zqvstale") == []
+        assert [r.turn.content for r in mm.recall("s", "zqvfresh")] == ["zqvfresh parcel answer"]
+        mm.forget("s")
+        rows, terms = _indexed(mm)
+        assert rows == 1 and set(terms.values()) == {1}  # the other session's turn alone
+        assert {"parcel", "other", "session"} <= terms.keys() and "answer" not in terms
+        assert [r.turn.content for r in mm.recall("other", "parcel")] == [
+            "a parcel for the other session"
+        ]
+
+
+def test_discarded_drafts_never_change_how_live_turns_rank_on_sqlite(tmp_path: Path) -> None:
+    """BM25 weighs a word by how many indexed turns hold it: regenerated drafts that all say
+    "boiler" would make it look common. A store whose drafts were superseded ranks its live
+    turns exactly as a store that never held them: same turns, same order, same scores."""
+    live = [
+        ("user", "the boiler broke again"),
+        ("assistant", "call the plumber about the boiler"),
+        ("user", "the invoice from the plumber came"),
+        ("assistant", "pay the invoice by Friday"),
+    ]
+    drafts = [("assistant", f"draft {i}: the boiler, the boiler, the boiler") for i in range(30)]
+    with MemoryManager(f"sqlite:///{tmp_path / 'drafts.db'}") as mm:
+        mm.add_turns("s", live[:2])
+        for _ in range(3):  # three regenerations of a long answer
+            mm.add_turns("s", drafts)
+            mm.replace_turns("s", 3, [])
+        mm.add_turns("s", live[2:])
+        with_drafts = [(r.turn.content, r.score) for r in mm.recall("s", "boiler invoice")]
+    with MemoryManager(f"sqlite:///{tmp_path / 'clean.db'}") as mm:
+        mm.add_turns("s", live)
+        clean = [(r.turn.content, r.score) for r in mm.recall("s", "boiler invoice")]
+    assert len(clean) == 4
+    assert with_drafts == clean
 
 
 @pytest.mark.parametrize("between", [5, 300])

@@ -444,3 +444,51 @@ def test_blobs_last_keeps_every_page_and_the_prompt(db_url: str) -> None:
         mm.add_turns("s", make_history(60, lambda i: f"new {i} " + "words " * 50, later))
         assert not mm.age(now=later + timedelta(days=2)).errors
         assert min(p.page_id for p in mm.pages("s") if p.first_seq > 120) > top
+
+
+def _fts(engine: sa.Engine) -> tuple[int, dict[str, int]]:
+    """SQLite's search index: its rows, and each term's row count."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab USING fts5vocab(main, om_turns_fts, row)"
+        )
+        rows = conn.execute(text("SELECT COUNT(*) FROM om_turns_fts_docsize")).scalar_one()
+        return rows, dict(conn.execute(text("SELECT term, doc FROM temp.vocab")).all())
+
+
+def test_superseded_turns_leave_the_sqlite_index_on_upgrade_and_return_on_downgrade(
+    sqlite_url: str,
+) -> None:
+    """A store written at 0012 (every version indexed) keeps only live turns in its index at
+    head, and a regenerate there takes the replaced turns out too; down to 0012 they are all
+    back in, as 0012 would have them. Search and the archive give the same answers at both."""
+    engine = create_store_engine(normalise_url(sqlite_url))
+    try:
+        migrations.upgrade(engine, "0012")
+    finally:
+        engine.dispose()
+    with MemoryManager(sqlite_url, migrate=False) as mm:
+        mm.add_turns("s", [("user", f"the parcel, note {i}") for i in range(10)])
+        mm.add_turns("s", [("assistant", f"zqvstale parcel {i}") for i in range(4)])
+        mm.replace_turns("s", 11, [("assistant", "zqvfresh parcel")])
+        assert _fts(mm.database.engine)[1]["zqvstale"] == 4  # 0012 keeps them
+        live = [t.content for t in mm.turns("s")]
+        old = [t.content for t in mm.superseded("s")]
+    with MemoryManager(sqlite_url) as mm:  # migrates to head
+        engine = mm.database.engine
+        assert migrations.current_revision(engine) == migrations.head_revision()
+        rows, terms = _fts(engine)
+        assert rows == 11 and "zqvstale" not in terms and terms["parcel"] == 11
+        assert [t.content for t in mm.turns("s")] == live
+        assert [t.content for t in mm.superseded("s")] == old
+        assert [r.turn.content for r in mm.recall("s", "zqvfresh parcel", limit=1)] == [
+            "zqvfresh parcel"
+        ]
+        mm.replace_turns("s", 11, [("assistant", "zqvnewer parcel")])
+        rows, terms = _fts(engine)
+        assert rows == 11 and "zqvfresh" not in terms and terms["zqvnewer"] == 1
+        migrations.downgrade(engine, "0012")
+        rows, terms = _fts(engine)
+        assert rows == 16 and terms["zqvstale"] == 4 and terms["zqvfresh"] == 1
+        migrations.upgrade(engine)
+        assert _fts(engine)[0] == 11
