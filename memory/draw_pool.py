@@ -220,10 +220,21 @@ class DrawPool:
                 executor.submit(_noop)
 
     def _drop(self, executor: ProcessPoolExecutor | None) -> None:
-        """Forget a broken executor (under the lock)."""
+        """Forget a broken executor (under the lock), and stop what is left of its workers.
+
+        CPython 3.11 terminates the workers its manager thread knew of when the pool broke;
+        one started on demand after that (``submit`` starts them) lives on, blocked sending
+        its drawing into a pipe no one reads, and the interpreter's exit then waits for it
+        forever (seen in this suite). Every worker is started under this pool's lock, so all
+        of them are in the executor's table by now."""
         if executor is not None and executor is self._executor:
             self._executor = None
+            # CPython's own table of the executor's workers (copied in one step under the GIL).
+            procs = list((getattr(executor, "_processes", None) or {}).values())
             executor.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
 
     def close(self) -> None:
         """Stop the workers (drawings not started are cancelled, running ones are waited for)
