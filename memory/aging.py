@@ -22,7 +22,9 @@ that checks nothing changed meanwhile: the page's version for a tier move, a mer
 rebuild; the session's ``paged_until`` and its open page's version for packing. A step whose
 rows changed is skipped (``AgingReport.pages_skipped``) and planned again by the next pass. On
 PostgreSQL the commit claims its rows with ``FOR UPDATE SKIP LOCKED``, so concurrent workers
-commit each change exactly once (two may draw the same page; one commit wins).
+commit each change exactly once; and a pass holds each session it ages (an advisory lock, see
+:mod:`.claims`), so another pass skips that session instead of drawing its pages again. On
+SQLite two processes may draw the same page (one commit wins).
 
 Drawing may leave the process: with ``draw_workers`` of 2 or more, the changes of a session
 (tier moves, merges, text pages prepared) are read here, a few ahead, their drawings made by a
@@ -51,6 +53,7 @@ from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, u
 from sqlalchemy.orm import Session
 
 from .captions import INTRO_TOKENS, page_caption
+from .claims import claimed
 from .database import Database
 from .draw_pool import DrawPool, can_draw_elsewhere, check_draw_workers
 from .encoder import EncodedPage, VisualEncoder
@@ -177,6 +180,7 @@ class AgingReport:
     pages_moved: dict[str, int] = field(default_factory=dict)  # new tier -> pages
     pages_prepared: int = 0  # still text, with images ready for a tight budget
     pages_skipped: int = 0  # claimed by another worker, or changed while drawn: next pass
+    sessions_busy: int = 0  # being aged by another pass (PostgreSQL): left to that pass
     text_tokens_replaced: int = 0  # text tokens of the pages that moved
     tokens_before: int = 0  # cost of the moved pages before the pass
     tokens_after: int = 0  # and after
@@ -363,31 +367,39 @@ class Aging:
         started = time.perf_counter()
         for sid in self._sessions(scope, now):
             try:
-                packed = self._pack(sid, now)
-                if packed is None:  # packed by another worker meanwhile: next pass
-                    report.pages_skipped += 1
-                    packed = _Packed()
-                report.pages_created += packed.sealed
-                report.pages_opened += packed.opened
-                report.pages_prepared += packed.prepared
-                plans = self._plan(sid, now)
-                pool = self._draw_pool() if len(plans) > 1 else None
-                if pool is not None:
-                    moved = self._apply_pooled(plans, now, report, pool)
-                else:
-                    moved = sum(self._apply(plan, now, report) for plan in plans)
-                if packed.changed or moved:
-                    self.db.write(
-                        lambda s, sid=sid: s.execute(
-                            update(SessionRow).where(SessionRow.id == sid).values(aged_at=now)
-                        )
-                    )
-                report.sessions_visited += 1
+                with claimed(self.db, sid) as mine:
+                    if mine:
+                        self._age_session(sid, now, report)
+                    else:  # another pass is aging it now (PostgreSQL): it does the work
+                        report.sessions_busy += 1
             except Exception as exc:  # one bad session must not stop the pass
                 log.exception("aging session %s failed", sid)
                 report.errors.append(f"session {sid}: {type(exc).__name__}: {exc}")
         report.seconds = time.perf_counter() - started
         return report
+
+    def _age_session(self, sid: int, now: datetime, report: AgingReport) -> None:
+        """Pack, plan and apply one session's changes (see :func:`.claims.claimed`)."""
+        packed = self._pack(sid, now)
+        if packed is None:  # packed by another worker meanwhile: next pass
+            report.pages_skipped += 1
+            packed = _Packed()
+        report.pages_created += packed.sealed
+        report.pages_opened += packed.opened
+        report.pages_prepared += packed.prepared
+        plans = self._plan(sid, now)
+        pool = self._draw_pool() if len(plans) > 1 else None
+        if pool is not None:
+            moved = self._apply_pooled(plans, now, report, pool)
+        else:
+            moved = sum(self._apply(plan, now, report) for plan in plans)
+        if packed.changed or moved:
+            self.db.write(
+                lambda s, sid=sid: s.execute(
+                    update(SessionRow).where(SessionRow.id == sid).values(aged_at=now)
+                )
+            )
+        report.sessions_visited += 1
 
     def _sessions(
         self, scope: ColumnElement[bool] | None, now: datetime | None = None

@@ -378,6 +378,11 @@ def age(
         f"{report.pages_created} pages created, pages moved: {moved}; "
         f"{report.tokens_before:,} -> {report.tokens_after:,} tokens "
         f"in {report.seconds:.2f} s"
+        + (
+            f"; {report.sessions_busy} sessions left to another pass aging them now"
+            if report.sessions_busy
+            else ""
+        )
     )
     for err in report.errors:
         typer.echo(f"warning: {err}", err=True)
