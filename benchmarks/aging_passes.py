@@ -1,10 +1,11 @@
-"""Two aging processes on one PostgreSQL at once, against one alone: what each draws, how much
+"""Two aging processes on one database at once, against one alone: what each draws, how much
 of that the version check throws away, and the CPU they spend.
 
     python -m benchmarks.aging_passes --pg-url postgresql://postgres@127.0.0.1:5432/test
+    python -m benchmarks.aging_passes --sqlite                # one SQLite file instead
     python -m benchmarks.aging_passes --sessions 4 --turns 200 --pg-url ...   # quicker
 
-Makes a scratch database on the server, with ``--sessions`` sessions of ``--turns`` turns of
+Makes a scratch database on the server (or a SQLite file), with ``--sessions`` sessions of ``--turns`` turns of
 varied chat (``benchmarks.chatgen``) under two owners, the same turns under each. One process
 ages the first owner's sessions alone (a pass 40 days later: every page drawn to tiny); then two
 processes, started together, each run that pass over the second owner's. Reported: pages moved,
@@ -20,9 +21,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, make_url, text
@@ -69,20 +74,35 @@ def _run(url: str, owner: str, now: datetime, processes: int) -> list[dict[str, 
     return results
 
 
+@contextmanager
+def _scratch(pg_url: str | None) -> Iterator[str]:
+    """A new, empty database: on the PostgreSQL server, else a SQLite file."""
+    if pg_url is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{Path(tmp) / 'passes.db'}"
+        return
+    name = f"om_bench_passes_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pg-url", default=os.environ.get("OPTICAL_MEMORY_TEST_PG_URL"))
+    ap.add_argument("--sqlite", action="store_true", help="a SQLite file, not PostgreSQL")
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--turns", type=int, default=400)
     args = ap.parse_args(argv)
-    if not args.pg_url:
-        ap.error("needs a PostgreSQL server: --pg-url or $OPTICAL_MEMORY_TEST_PG_URL")
-    name = f"om_bench_passes_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    if not args.pg_url and not args.sqlite:
+        ap.error("needs --sqlite, or a PostgreSQL server: --pg-url or $OPTICAL_MEMORY_TEST_PG_URL")
+    with _scratch(None if args.sqlite else args.pg_url) as url:
         with MemoryManager(url, policy=POLICY) as mm:
             for i in range(args.sessions):
                 turns = conversation(args.turns, START, timedelta(minutes=2), seed=100 + i)
@@ -91,10 +111,6 @@ def main(argv: list[str] | None = None) -> None:
         now = START + timedelta(days=40)
         (alone,) = _run(url, "alone", now, 1)
         pair = _run(url, "pair", now, 2)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
     for label, rs in (("one process", [alone]), ("two processes", pair)):
         for r in rs:
             print(

@@ -22,9 +22,9 @@ that checks nothing changed meanwhile: the page's version for a tier move, a mer
 rebuild; the session's ``paged_until`` and its open page's version for packing. A step whose
 rows changed is skipped (``AgingReport.pages_skipped``) and planned again by the next pass. On
 PostgreSQL the commit claims its rows with ``FOR UPDATE SKIP LOCKED``, so concurrent workers
-commit each change exactly once; and a pass holds each session it ages (an advisory lock, see
-:mod:`.claims`), so another pass skips that session instead of drawing its pages again. On
-SQLite two processes may draw the same page (one commit wins).
+commit each change exactly once. And a pass claims each session it ages (PostgreSQL: an
+advisory lock; SQLite: a lease row; see :mod:`.claims`), so another pass skips that session
+instead of drawing its pages again.
 
 Drawing may leave the process: with ``draw_workers`` of 2 or more, the changes of a session
 (tier moves, merges, text pages prepared) are read here, a few ahead, their drawings made by a
@@ -53,7 +53,7 @@ from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, u
 from sqlalchemy.orm import Session
 
 from .captions import INTRO_TOKENS, page_caption
-from .claims import claimed
+from .claims import claimed, new_holder
 from .database import Database
 from .draw_pool import DrawPool, can_draw_elsewhere, check_draw_workers
 from .encoder import EncodedPage, VisualEncoder
@@ -180,7 +180,7 @@ class AgingReport:
     pages_moved: dict[str, int] = field(default_factory=dict)  # new tier -> pages
     pages_prepared: int = 0  # still text, with images ready for a tight budget
     pages_skipped: int = 0  # claimed by another worker, or changed while drawn: next pass
-    sessions_busy: int = 0  # being aged by another pass (PostgreSQL): left to that pass
+    sessions_busy: int = 0  # being aged by another pass (its claim): left to that pass
     text_tokens_replaced: int = 0  # text tokens of the pages that moved
     tokens_before: int = 0  # cost of the moved pages before the pass
     tokens_after: int = 0  # and after
@@ -365,12 +365,13 @@ class Aging:
         now = now or datetime.now(UTC)
         report = AgingReport(now=now)
         started = time.perf_counter()
+        holder = new_holder()  # this pass's name on its claims (see .claims)
         for sid in self._sessions(scope, now):
             try:
-                with claimed(self.db, sid) as mine:
+                with claimed(self.db, sid, holder) as mine:
                     if mine:
                         self._age_session(sid, now, report)
-                    else:  # another pass is aging it now (PostgreSQL): it does the work
+                    else:  # another pass is aging it now: it does the work
                         report.sessions_busy += 1
             except Exception as exc:  # one bad session must not stop the pass
                 log.exception("aging session %s failed", sid)

@@ -1,20 +1,30 @@
-"""Which aging pass works on a session: on PostgreSQL, one pass at a time per session.
+"""Which aging pass works on a session: one pass at a time per session, across processes.
 
-Why: several processes on one PostgreSQL (service workers, each with its scheduler, or a cron
+Why: several processes on one database (service workers, each with its scheduler, or a cron
 ``age`` beside them) find the same sessions due at the same time. The version check at each
 commit already makes every change commit once, but both passes drew it, at full cost: with two
-workers the machine drew every due page twice. A pass now holds a session-level advisory lock
-on the session while it packs, plans, draws and commits it; another pass that finds the lock
-held skips the session (``AgingReport.sessions_busy``), and the holder ages it. The lock lives
-on a connection of its own, outside any transaction: it is released when the session is done,
-or by the server when the connection closes (a killed process leaves nothing behind).
+workers the machine drew every due page twice. A pass now claims a session while it packs,
+plans, draws and commits it; another pass that finds the claim taken skips the session
+(``AgingReport.sessions_busy``), and the holder ages it.
 
-SQLite has no lock across processes to lean on here: two processes passing over one file may
-still draw a page twice (one commit wins, as before).
+- **PostgreSQL**: a session-level advisory lock, on a connection of its own, outside any
+  transaction. Released when the session is done, or by the server when the connection closes
+  (a killed process leaves nothing behind).
+- **SQLite**: a lease row in ``om_aging_claims`` (migration 0014), written in a short
+  transaction of its own (SQLite's write lock cannot be held through a drawing: every writer
+  would wait for it), deleted when the session is done. A lease left by a killed process
+  expires after ``LEASE``; until then that session waits for a pass of its own holder, or
+  the lease's end. A pass that runs past its lease may see another start on the session: then
+  a page may be drawn twice, and still committed once.
+
+Claims are taken in real time (``time.time()``), never the pass's ``now`` (which a test or a
+replay may set days ahead).
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,14 +32,31 @@ from sqlalchemy import text
 
 from .database import Database
 
-__all__ = ["CLAIM_NAMESPACE", "claim_key", "claimed"]
+__all__ = ["CLAIM_NAMESPACE", "LEASE", "claim_key", "claimed", "new_holder"]
 
 CLAIM_NAMESPACE = 0x6F6D6167
 """The first key of the two-key advisory locks (``"omag"``), so that they cannot be taken for
 an application's own one-key locks on the same database."""
 
+LEASE = 30 * 60
+"""Seconds a SQLite lease lasts: far longer than a pass spends on one session."""
+
 _TRY = text("SELECT pg_try_advisory_lock(:ns, :key)")
 _UNLOCK = text("SELECT pg_advisory_unlock(:ns, :key)")
+# A session forgotten meanwhile gets no lease (and the pass leaves it, as one held elsewhere).
+_LEASE = text(
+    "INSERT INTO om_aging_claims (session_id, holder, until) "
+    "SELECT :sid, :me, :until WHERE EXISTS (SELECT 1 FROM om_sessions WHERE id = :sid) "
+    "ON CONFLICT (session_id) DO UPDATE SET holder = excluded.holder, until = excluded.until "
+    "WHERE om_aging_claims.until < :now OR om_aging_claims.holder = :me"
+)
+_RELEASE = text("DELETE FROM om_aging_claims WHERE session_id = :sid AND holder = :me")
+
+
+def new_holder() -> str:
+    """A name for one pass's leases, unique to it (two passes in one process are two
+    holders, as two processes are)."""
+    return uuid.uuid4().hex
 
 
 def claim_key(session_row_id: int) -> int:
@@ -39,11 +66,12 @@ def claim_key(session_row_id: int) -> int:
 
 
 @contextmanager
-def claimed(db: Database, session_row_id: int) -> Iterator[bool]:
-    """Whether this pass may age the session: True while no other pass holds it (and then
-    held until the block ends); always True on SQLite."""
+def claimed(db: Database, session_row_id: int, holder: str) -> Iterator[bool]:
+    """Whether this pass may age the session: True when no other pass holds it, and then
+    held by ``holder`` (see :func:`new_holder`) until the block ends."""
     if db.dialect != "postgresql":
-        yield True
+        with _leased(db, int(session_row_id), holder) as got:
+            yield got
         return
     params = {"ns": CLAIM_NAMESPACE, "key": claim_key(session_row_id)}
     with db.read_once() as conn:  # autocommit: the lock is the connection's, not a transaction's
@@ -53,3 +81,16 @@ def claimed(db: Database, session_row_id: int) -> Iterator[bool]:
         finally:
             if got:
                 conn.execute(_UNLOCK, params)
+
+
+@contextmanager
+def _leased(db: Database, sid: int, holder: str) -> Iterator[bool]:
+    """SQLite's claim: a lease row, taken if none is live (or it is this holder's)."""
+    params = {"sid": sid, "me": holder, "now": int(time.time())}
+    params["until"] = params["now"] + LEASE
+    got = db.write_core(lambda conn: conn.execute(_LEASE, params).rowcount == 1)
+    try:
+        yield got
+    finally:
+        if got:
+            db.write_core(lambda conn: conn.execute(_RELEASE, params))

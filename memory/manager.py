@@ -910,7 +910,9 @@ class MemoryManager:
     ) -> AgingReport:
         """One synchronous aging pass (normally the scheduler runs it): over this owner's
         sessions, or the named ones among them. An unscoped manager (owner None) ages every
-        owner's sessions, or with ``sessions`` the named ones without an owner."""
+        owner's sessions, or with ``sessions`` the named ones without an owner. A session
+        another pass is aging at the same time (another process, or this one's scheduler) is
+        left to that pass and counted in ``sessions_busy`` (see :mod:`.claims`)."""
         self._check_open()
         now = check_timestamp(now, "now")
         return self._maintenance(partial(self._aging.run, now), sessions)

@@ -618,6 +618,19 @@ def add_visual_tokens(
     )
 
 
+class AgingClaimRow(Base):
+    """Which aging pass is working on a session, until when (SQLite; see :mod:`.claims`).
+    PostgreSQL keeps its claims in advisory locks and leaves this table empty."""
+
+    __tablename__ = "om_aging_claims"
+
+    session_row_id: Mapped[int] = mapped_column(
+        "session_id", ForeignKey("om_sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    holder: Mapped[str] = mapped_column(String(64), nullable=False)
+    until: Mapped[int] = mapped_column(BigInteger, nullable=False)  # Unix seconds
+
+
 class PendingPurgeRow(Base):
     """A forget whose bytes may still sit in a database file (SQLite: the write-ahead log,
     while a reader holds an old snapshot). Written in the forgetting transaction, deleted once

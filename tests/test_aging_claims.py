@@ -1,20 +1,20 @@
-"""Aging passes on one PostgreSQL take sessions in turn: a session another pass is aging is
-left to it, so no page is drawn twice (the version check alone made each change commit once,
-but both passes drew it)."""
+"""Aging passes on one database take sessions in turn: a session another pass is aging is left
+to it, so no page is drawn twice (the version check alone made each change commit once, but
+both passes drew it). PostgreSQL claims with advisory locks, SQLite with lease rows."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import text
 
 from optical_memory import AgingPolicy, MemoryManager
 from optical_memory.aging import AgingReport
 from optical_memory.claims import CLAIM_NAMESPACE, claim_key
-
-pytestmark = pytest.mark.postgres
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 LATER = T0 + timedelta(days=40)  # every page due for tiny
@@ -40,41 +40,85 @@ def _row_id(mm: MemoryManager, sid: str) -> int:
         )
 
 
-def test_a_session_another_pass_is_aging_is_left_to_that_pass(pg_url: str) -> None:
-    with MemoryManager(pg_url, policy=POLICY) as mm, MemoryManager(pg_url) as other:
-        for sid in ("held", "free"):
-            mm.add_turns(sid, _history(sid))
-        key = {"ns": CLAIM_NAMESPACE, "key": claim_key(_row_id(mm, "held"))}
-        # Another process's pass, in the middle of aging "held": it holds the session's claim.
+@contextmanager
+def _held_elsewhere(mm: MemoryManager, other: MemoryManager, sid: str) -> Iterator[None]:
+    """Another process's pass, in the middle of aging ``sid``: its claim, taken as that
+    pass takes it (an advisory lock on its own connection; a live lease row)."""
+    row = _row_id(mm, sid)
+    if mm.database.dialect == "postgresql":
+        key = {"ns": CLAIM_NAMESPACE, "key": claim_key(row)}
         with other.database.engine.connect() as conn:
-            assert conn.execute(text("SELECT pg_try_advisory_lock(:ns, :key)"), key).scalar_one()
+            assert conn.execute(text("SELECT pg_try_advisory_lock(:ns, :key)"), key).scalar()
             try:
-                report = mm.age(now=LATER)
-                assert report.errors == [] and report.sessions_busy == 1
-                assert mm.pages("held") == [] and mm.pages("free")
+                yield
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:ns, :key)"), key)
+        return
+    lease = {"s": row, "until": int(time.time()) + 600}
+    with other.database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO om_aging_claims VALUES (:s, 'another pass', :until)"), lease)
+    try:
+        yield
+    finally:
+        with other.database.engine.begin() as conn:
+            conn.execute(text("DELETE FROM om_aging_claims WHERE session_id = :s"), lease)
+
+
+def _claims_left(mm: MemoryManager) -> int:
+    """Claims still held: leases in the table, or sessions whose advisory lock is taken."""
+    with mm.database.engine.connect() as conn:
+        if mm.database.dialect != "postgresql":
+            return int(conn.execute(text("SELECT count(*) FROM om_aging_claims")).scalar_one())
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :ns "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"ns": CLAIM_NAMESPACE},
+            ).scalar_one()
+        )
+
+
+def test_a_session_another_pass_is_aging_is_left_to_that_pass(db_url: str) -> None:
+    with MemoryManager(db_url, policy=POLICY) as mm, MemoryManager(db_url) as other:
+        for sid in ("held", "free"):
+            mm.add_turns(sid, _history(sid))
+        with _held_elsewhere(mm, other, "held"):
+            report = mm.age(now=LATER)
+            assert report.errors == [] and report.sessions_busy == 1
+            assert mm.pages("held") == [] and mm.pages("free")
         report = mm.age(now=LATER)  # the other pass let go of it: this one ages it
         assert report.sessions_busy == 0 and report.pages_created > 0
         assert {p.tier for p in mm.pages("held")} == {"tiny"}
-        # The pass let go of every session it held: another connection can take them all.
-        with other.database.engine.connect() as conn:
-            for sid in ("held", "free"):
-                mine = {"ns": CLAIM_NAMESPACE, "key": claim_key(_row_id(mm, sid))}
-                assert conn.execute(text("SELECT pg_try_advisory_lock(:ns, :key)"), mine).scalar()
-                conn.execute(text("SELECT pg_advisory_unlock(:ns, :key)"), mine)
+        assert _claims_left(mm) == 0  # the pass let go of every session it held
 
 
-def test_two_passes_at_once_draw_every_page_once(pg_url: str) -> None:
+def test_a_lease_left_by_a_killed_process_expires(sqlite_url: str) -> None:
+    """SQLite: a pass killed mid-session leaves its lease row; once the lease's time is
+    over, the next pass takes the session."""
+    with MemoryManager(sqlite_url, policy=POLICY) as mm:
+        mm.add_turns("s", _history("s"))
+        with mm.database.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO om_aging_claims VALUES (:s, 'a killed pass', :until)"),
+                {"s": _row_id(mm, "s"), "until": int(time.time()) - 1},
+            )
+        report = mm.age(now=LATER)
+        assert report.sessions_busy == 0 and report.pages_created > 0 and not report.errors
+        assert _claims_left(mm) == 0
+
+
+def test_two_passes_at_once_draw_every_page_once(db_url: str) -> None:
     """Two managers (their own connections, as two processes) pass over the same due sessions
     at the same moment: each session is aged by one of them, no drawing is lost to the
     version check (``pages_skipped``), and the pages come out as one pass alone makes them
     (the same sessions under another owner, aged by a single pass)."""
-    with MemoryManager(pg_url, policy=POLICY) as mm:
+    with MemoryManager(db_url, policy=POLICY) as mm:
         for owner in ("pair", "alone"):
             for sid in SESSIONS:
                 mm.scoped(owner).add_turns(sid, _history(sid))
-    managers = [MemoryManager(pg_url, policy=POLICY) for _ in range(3)]
+    managers = [MemoryManager(db_url, policy=POLICY) for _ in range(3)]
     reports: list[AgingReport] = []
     start = threading.Barrier(2)
 

@@ -179,15 +179,15 @@ def test_a_page_changed_while_drawn_is_skipped_then_redone_next_pass(db_url: str
         assert _state(other) == expected
 
 
-def test_a_pack_changed_while_drawn_is_skipped_and_nothing_is_lost_or_doubled(
+def test_turns_packed_while_a_pass_draws_wait_for_its_next_pass_and_none_is_lost_or_doubled(
     db_url: str, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     """While the pass draws the session's open page, more turns arrive and another worker
     packs the session: the first pass's cut is skipped (its snapshot is out of date; its
-    pages would overlap), and the store ends as one pass over all the turns leaves it. On
-    PostgreSQL the other worker's pass finds the session held by this one (see
-    ``test_aging_claims.py``) and leaves it: this pass commits its cut, the next packs the
-    rest, and the store ends the same."""
+    pages would overlap), and the store ends as one pass over all the turns leaves it. Since
+    passes claim the sessions they age (``test_aging_claims.py``), the other worker's pass
+    finds the session held by this one and leaves it: this pass commits its cut, the next
+    packs the rest, and the store ends the same."""
     history = conversation(60, START, STEP, seed=8)
     more = conversation(20, history[-1]["at"] + STEP, timedelta(minutes=1), seed=9)
     now = more[-1]["at"] + timedelta(minutes=5)  # mid-sitting, even without ``more``
@@ -199,27 +199,17 @@ def test_a_pack_changed_while_drawn_is_skipped_and_nothing_is_lost_or_doubled(
     with MemoryManager(db_url, encoder=ThumbnailEncoder()) as other:
         other.add_turns("s", history)
 
-        held = other.database.dialect == "postgresql"  # a pass holds the session it ages
-
         def pack_it_meanwhile() -> None:
             other.add_turns("s", more)
-            theirs = other.age(now=now)
-            if held:
-                assert theirs.sessions_busy == 1 and not theirs.changed
-            else:
-                assert theirs.pages_opened == 1
+            theirs = other.age(now=now)  # the session is held by the pass drawing it
+            assert theirs.sessions_busy == 1 and not theirs.changed
 
         with MemoryManager(
             db_url, encoder=ThumbnailEncoder(), renderer=HookedRenderer(pack_it_meanwhile)
         ) as ager:
             report = ager.age(now=now)
-            if held:
-                assert report.errors == [] and report.pages_skipped == 0 and report.changed
-                assert ager.age(now=now).changed  # the turns that came meanwhile
-            else:
-                assert report.errors == [] and report.pages_skipped == 1
-                assert report.pages_opened == 0 and report.pages_created == 0
-                assert report.pages_prepared == 0
+            assert report.errors == [] and report.pages_skipped == 0 and report.changed
+            assert ager.age(now=now).changed  # the turns that came meanwhile
             assert not ager.age(now=now).changed  # nothing left to redo
         state = _state(other)
         _tiles(state, "s")

@@ -21,7 +21,13 @@ from optical_memory import (
     migrations,
 )
 from optical_memory.database import create_store_engine, normalise_url
-from optical_memory.store import AttachmentRow, BigId, LosslessText, UTCDateTime
+from optical_memory.store import (
+    AgingClaimRow,
+    AttachmentRow,
+    BigId,
+    LosslessText,
+    UTCDateTime,
+)
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -403,9 +409,11 @@ def test_blobs_last_keeps_every_page_and_the_prompt(db_url: str) -> None:
         # This code reads and writes a turn's images (0011: om_turns.attachments and
         # om_attachments): the 0008 store has them while it is written through the manager,
         # and loses them before the upgrade.
+        # And aging claims (0014): the passes below take them.
         with engine.begin() as conn:
             conn.execute(text("ALTER TABLE om_turns ADD COLUMN attachments JSON"))
             AttachmentRow.__table__.create(conn)
+            AgingClaimRow.__table__.create(conn)
     finally:
         engine.dispose()
     later = T0 + timedelta(days=3)
@@ -429,6 +437,7 @@ def test_blobs_last_keeps_every_page_and_the_prompt(db_url: str) -> None:
         with engine.begin() as conn:
             conn.execute(text("ALTER TABLE om_turns DROP COLUMN attachments"))
             AttachmentRow.__table__.drop(conn)
+            AgingClaimRow.__table__.drop(conn)
     with MemoryManager(db_url, policy=AgingPolicy(min_fill=0)) as mm:  # migrates to head
         engine = mm.database.engine
         assert migrations.current_revision(engine) == migrations.head_revision()
