@@ -12,10 +12,11 @@ plans, draws and commits it; another pass that finds the claim taken skips the s
   (a killed process leaves nothing behind).
 - **SQLite**: a lease row in ``om_aging_claims`` (migration 0014), written in a short
   transaction of its own (SQLite's write lock cannot be held through a drawing: every writer
-  would wait for it), deleted when the session is done. A lease left by a killed process
-  expires after ``LEASE``; until then that session waits for a pass of its own holder, or
-  the lease's end. A pass that runs past its lease may see another start on the session: then
-  a page may be drawn twice, and still committed once.
+  would wait for it), deleted when the session is done. The holder's name carries its host
+  and process id: a lease whose process is gone (killed mid-pass) is taken over at once by a
+  pass on the same host, and any lease ends after ``LEASE``. A pass that runs past its lease
+  (or a host name two containers share, with separate process ids) may let another start on
+  the session: then a page may be drawn twice, and still committed once.
 
 Claims are taken in real time (``time.time()``), never the pass's ``now`` (which a test or a
 replay may set days ahead).
@@ -23,6 +24,8 @@ replay may set days ahead).
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,10 +56,33 @@ _LEASE = text(
 _RELEASE = text("DELETE FROM om_aging_claims WHERE session_id = :sid AND holder = :me")
 
 
+_TAKE_OVER = text(
+    "UPDATE om_aging_claims SET holder = :me, until = :until "
+    "WHERE session_id = :sid AND holder = :gone"
+)
+_HOLDER = text("SELECT holder FROM om_aging_claims WHERE session_id = :sid")
+_HOST = socket.gethostname()[:24]
+
+
 def new_holder() -> str:
     """A name for one pass's leases, unique to it (two passes in one process are two
-    holders, as two processes are)."""
-    return uuid.uuid4().hex
+    holders, as two processes are): ``host:pid:random``."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
+
+
+def _gone(holder: str) -> bool:
+    """Whether a lease's holder was a process of this host that is no longer running."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != _HOST or not pid.isdigit() or os.name != "posix":
+        return False  # (on Windows, signal 0 is not a probe)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, someone else's
+        return False
+    return False
 
 
 def claim_key(session_row_id: int) -> int:
@@ -89,6 +115,12 @@ def _leased(db: Database, sid: int, holder: str) -> Iterator[bool]:
     params = {"sid": sid, "me": holder, "now": int(time.time())}
     params["until"] = params["now"] + LEASE
     got = db.write_core(lambda conn: conn.execute(_LEASE, params).rowcount == 1)
+    if not got:
+        with db.read_once() as conn:
+            held_by = conn.execute(_HOLDER, params).scalar()
+        if held_by is not None and _gone(held_by):
+            took = {**params, "gone": held_by}
+            got = db.write_core(lambda conn: conn.execute(_TAKE_OVER, took).rowcount == 1)
     try:
         yield got
     finally:

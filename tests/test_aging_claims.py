@@ -4,12 +4,16 @@ both passes drew it). PostgreSQL claims with advisory locks, SQLite with lease r
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import text
 
 from optical_memory import AgingPolicy, MemoryManager
@@ -94,19 +98,43 @@ def test_a_session_another_pass_is_aging_is_left_to_that_pass(db_url: str) -> No
         assert _claims_left(mm) == 0  # the pass let go of every session it held
 
 
-def test_a_lease_left_by_a_killed_process_expires(sqlite_url: str) -> None:
-    """SQLite: a pass killed mid-session leaves its lease row; once the lease's time is
-    over, the next pass takes the session."""
+def _dead_pid() -> int:
+    """The process id of a process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("left_by", ["expired", "killed"])
+def test_a_lease_left_behind_is_taken_over(sqlite_url: str, left_by: str) -> None:
+    """SQLite: a pass killed mid-session leaves its lease row. The next pass on its host
+    takes it over at once (its process is gone); any other lease, once its time is over."""
+    if left_by == "expired":
+        holder, until = "another-host:1:0", int(time.time()) - 1
+    else:
+        holder, until = f"{socket.gethostname()[:24]}:{_dead_pid()}:0", int(time.time()) + 600
     with MemoryManager(sqlite_url, policy=POLICY) as mm:
         mm.add_turns("s", _history("s"))
         with mm.database.engine.begin() as conn:
             conn.execute(
-                text("INSERT INTO om_aging_claims VALUES (:s, 'a killed pass', :until)"),
-                {"s": _row_id(mm, "s"), "until": int(time.time()) - 1},
+                text("INSERT INTO om_aging_claims VALUES (:s, :holder, :until)"),
+                {"s": _row_id(mm, "s"), "holder": holder, "until": until},
             )
         report = mm.age(now=LATER)
         assert report.sessions_busy == 0 and report.pages_created > 0 and not report.errors
         assert _claims_left(mm) == 0
+
+
+def test_a_live_lease_of_another_host_is_left_until_it_ends(sqlite_url: str) -> None:
+    with MemoryManager(sqlite_url, policy=POLICY) as mm:
+        mm.add_turns("s", _history("s"))
+        with mm.database.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO om_aging_claims VALUES (:s, 'another-host:1:0', :until)"),
+                {"s": _row_id(mm, "s"), "until": int(time.time()) + 600},
+            )
+        report = mm.age(now=LATER)
+        assert report.sessions_busy == 1 and mm.pages("s") == []
 
 
 def test_two_passes_at_once_draw_every_page_once(db_url: str) -> None:

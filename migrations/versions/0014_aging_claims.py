@@ -3,7 +3,8 @@
 SQLite has no lock two processes can hold while one of them draws (its write lock would make
 every writer wait for the drawing), so a pass writes a short lease row for the session it
 ages and deletes it when done; another process's pass leaves a session with a live lease to
-its holder. A lease that outlives its process (killed mid-pass) expires. PostgreSQL holds
+its holder. A lease whose process is gone (killed mid-pass) is taken over by a pass on its
+host, and any lease expires. PostgreSQL holds
 its claims in advisory locks instead (see ``optical_memory.claims``) and leaves this table
 empty; the table exists on both so that the schema is one.
 
