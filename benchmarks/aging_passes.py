@@ -23,16 +23,14 @@ import multiprocessing
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, make_url, text
-
 from benchmarks.chatgen import conversation
+from benchmarks.scratch import scratch_pg_database
 from optical_memory import AgingPolicy, MemoryManager
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
@@ -81,16 +79,8 @@ def _scratch(pg_url: str | None) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as tmp:
             yield f"sqlite:///{Path(tmp) / 'passes.db'}"
         return
-    name = f"om_bench_passes_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_pg_database(pg_url, "om_bench_passes") as url:
+        yield url
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,14 +31,14 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from gzip import compress as gzip_compress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from benchmarks.scratch import scratch_pg_database
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-c", "from optical_memory.cli import main; main()"]
@@ -345,22 +345,6 @@ def proxy_overhead(url: str, key: str, upstream: FakeUpstream, calls: int) -> di
     }
 
 
-@contextmanager
-def _pg_database(server_url: str) -> Iterator[str]:
-    from sqlalchemy import create_engine, make_url, text
-
-    name = f"om_svcbench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def long_proxy_overhead(
     url: str, key: str, upstream: FakeUpstream, calls: int, db: str, history: int
 ) -> dict[str, Any]:
@@ -501,9 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             bench(f"sqlite:///{Path(tmp) / 'bench.db'}", "sqlite", args)
     if args.pg_url:
-        from optical_memory.database import normalise_url
-
-        with _pg_database(normalise_url(args.pg_url)) as url:
+        with scratch_pg_database(args.pg_url, "om_svcbench") as url:
             bench(url, "postgresql", args)
 
 
