@@ -52,7 +52,7 @@ def _age(url: str, owner: str, now: datetime, go: Any, out: Any) -> None:
                 "moved": sum(report.pages_moved.values()),
                 "created": report.pages_created,
                 "skipped": report.pages_skipped,
-                "busy": getattr(report, "sessions_busy", 0),
+                "busy": getattr(report, "sessions_busy", 0),  # (absent before claims: an A/B)
                 "errors": report.errors[:3],
             }
         )

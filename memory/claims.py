@@ -51,11 +51,9 @@ _LEASE = text(
     "INSERT INTO om_aging_claims (session_id, holder, until) "
     "SELECT :sid, :me, :until WHERE EXISTS (SELECT 1 FROM om_sessions WHERE id = :sid) "
     "ON CONFLICT (session_id) DO UPDATE SET holder = excluded.holder, until = excluded.until "
-    "WHERE om_aging_claims.until < :now OR om_aging_claims.holder = :me"
+    "WHERE om_aging_claims.until < :now"
 )
 _RELEASE = text("DELETE FROM om_aging_claims WHERE session_id = :sid AND holder = :me")
-
-
 _TAKE_OVER = text(
     "UPDATE om_aging_claims SET holder = :me, until = :until "
     "WHERE session_id = :sid AND holder = :gone"
@@ -111,7 +109,7 @@ def claimed(db: Database, session_row_id: int, holder: str) -> Iterator[bool]:
 
 @contextmanager
 def _leased(db: Database, sid: int, holder: str) -> Iterator[bool]:
-    """SQLite's claim: a lease row, taken if none is live (or it is this holder's)."""
+    """SQLite's claim: a lease row, taken if none is live or its process is gone."""
     params = {"sid": sid, "me": holder, "now": int(time.time())}
     params["until"] = params["now"] + LEASE
     got = db.write_core(lambda conn: conn.execute(_LEASE, params).rowcount == 1)

@@ -60,7 +60,7 @@ class CachedImage:
         skip, text = held
         if skip == len(prefix) and text.startswith(prefix):
             return text
-        return prefix + (text[skip:] if skip else text)
+        return prefix + self.base64
 
     @property
     def charge(self) -> int:
