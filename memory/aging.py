@@ -75,6 +75,7 @@ from .store import (
 )
 from .tokens import approximate_tokens
 from .turn_text import page_text, speaker_of
+from .validation import MAX_INT32
 
 log = logging.getLogger("optical_memory.aging")
 
@@ -290,6 +291,16 @@ class _Cut:
     open_turns: list[TurnRow] | None
     open_marks: dict[int, tuple[bool, int]]
     open_images: dict[str, Attachment] = field(default_factory=dict)
+    turns: tuple[int, int, int] = (0, 0, 0)  # first and last seq of the cut's turns, how many
+
+
+def _earlier(now: datetime, delta: timedelta) -> datetime:
+    """``now - delta``, or the earliest time there is where that falls before it (a ``now``
+    near year 1): no page or turn is older than that."""
+    try:
+        return now - delta
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 FAINT_TIERS = (Tier.SMALL, Tier.TINY)  # where sparse pages consolidate
@@ -435,7 +446,7 @@ class Aging:
         """
         page = PageRow
         mine = page.session_row_id == SessionRow.id
-        quiet = now - min(self.policy.sitting_gap, self.policy.seal_after)
+        quiet = _earlier(now, min(self.policy.sitting_gap, self.policy.seal_after))
         future_turn = (
             select(TurnRow.id)
             .where(TurnRow.session_row_id == SessionRow.id, TurnRow.seq > page.last_seq)
@@ -460,9 +471,9 @@ class Aging:
             }
             tiers = list(IMAGE_TIERS)
             for i, tier in enumerate(tiers):  # the band of ages the ladder puts at ``tier``
-                band = page.last_at <= now - after[tier]
+                band = page.last_at <= _earlier(now, after[tier])
                 if i + 1 < len(tiers):
-                    band = and_(band, page.last_at > now - after[tiers[i + 1]])
+                    band = and_(band, page.last_at > _earlier(now, after[tiers[i + 1]]))
                 conds.append(
                     and_(
                         band,
@@ -483,8 +494,9 @@ class Aging:
         """Cut the turns that left the text window into pages, in three steps: the cut is read
         in one snapshot, the new open page drawn with no transaction open, and the pages
         written in one short transaction that commits only if the session's paging is as read
-        (``paged_until`` and the open page's version). None: it changed meanwhile (another
-        worker packed it), skipped; the next pass cuts again."""
+        (``paged_until``, the open page's version, the cut's turns all live). None: it changed
+        meanwhile (another worker packed it, a turn was replaced), skipped; the next pass
+        cuts again."""
         cut = self._read_cut(sid, now)
         if cut is None:
             return _Packed()
@@ -576,14 +588,17 @@ class Aging:
             open_turns=open_turns,
             open_marks=open_marks,
             open_images=open_images,
+            turns=(trimmed[0].seq, trimmed[-1].seq, len(trimmed)),
         )
 
     def _commit_cut(
         self, s: Session, cut: _Cut, drawing: Drawing | None, now: datetime
     ) -> _Packed | None:
         """Write a cut read by :meth:`_read_cut`, if the session's paging is unchanged: the
-        same ``paged_until`` and the same open page at the same version (or still none).
-        None when it changed: nothing is written."""
+        same ``paged_until``, the same open page at the same version (or still none), and
+        every turn of the cut still live (``replace_turns`` may supersede unpaged turns while
+        the pass draws; on PostgreSQL it holds the session row, as this does). None when it
+        changed: nothing is written."""
         sid = cut.session_row_id
         q = select(SessionRow.paged_until).where(SessionRow.id == sid)
         if self.db.dialect == "postgresql":
@@ -606,6 +621,14 @@ class Aging:
             tail = s.execute(q).first()
             if tail is None or tail.version != cut.tail[1] or not tail.open:
                 return None
+        first, last, count = cut.turns
+        live = s.scalar(
+            select(func.count())
+            .select_from(TurnRow)
+            .where(TurnRow.session_row_id == sid, TurnRow.seq >= first, TurnRow.seq <= last)
+        )
+        if live != count:  # a turn was superseded since the read: the next pass cuts again
+            return None
         packed = _Packed()
         if cut.tail is not None and cut.keep_tail:
             if cut.seal_tail:
@@ -724,7 +747,7 @@ class Aging:
 
     def _new_page(self, sid: int, group: list[TurnRow], now: datetime) -> dict[str, Any]:
         """The row of a new page of these turns, at the text tier (version 1)."""
-        text_tokens = sum(t.tokens for t in group)
+        text_tokens = min(sum(t.tokens for t in group), MAX_INT32)  # (an INTEGER column)
         return {
             "session_row_id": sid,
             "first_seq": group[0].seq,
@@ -1409,7 +1432,7 @@ class Aging:
         rows = self._merge_rows(s, plan, claim=True)
         if rows is None:
             return None
-        text_tokens = sum(r.text_tokens for r in rows)
+        text_tokens = min(sum(r.text_tokens for r in rows), MAX_INT32)  # (an INTEGER column)
         ids = [r.id for r in rows]
         s.execute(delete(VisualTokenRow).where(VisualTokenRow.page_id.in_(ids)))
         s.execute(delete(RenditionRow).where(RenditionRow.page_id.in_(ids)))

@@ -191,7 +191,7 @@ class AssembledContext:
     image_tokens: int
     intro_tokens: int
     omitted_turns: int  # older turns left out of this prompt (still in the archive)
-    over_budget: bool  # only when the newest user turn alone is larger than the budget
+    over_budget: bool  # only when the newest user turn and the turns after it exceed it
 
     @property
     def pages(self) -> list[PageSegment]:

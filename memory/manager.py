@@ -100,6 +100,7 @@ from .tokens import TokenCounter, make_counter
 from .turn_text import cost_text
 from .validation import (
     MAX_INT,
+    MAX_TURN,
     check_content,
     check_int,
     check_metadata,
@@ -341,7 +342,7 @@ class MemoryManager:
         self._check_open()
         key = check_session_id(session_id)
         if expected_last_turn is not None:
-            check_int(expected_last_turn, "expected_last_turn")
+            check_int(expected_last_turn, "expected_last_turn", maximum=MAX_TURN)
         return self._add({key: turns}, expected_last_turn).get(key, [])
 
     def add_sessions(
@@ -570,21 +571,30 @@ class MemoryManager:
         """
         self._check_open()
         key = check_session_id(session_id)
-        check_int(from_turn, "from_turn")
+        check_int(from_turn, "from_turn", minimum=1, maximum=MAX_TURN)
+        if isinstance(turns, str | bytes | Mapping) or not isinstance(turns, Iterable):
+            raise InvalidInput(f"turns must be an iterable of turns, got {type(turns).__name__}")
         if expected_last_turn is not None:
-            check_int(expected_last_turn, "expected_last_turn")
+            check_int(expected_last_turn, "expected_last_turn", maximum=MAX_TURN)
         rows = [self._validate(i, item) for i, item in enumerate(turns)]
 
         def work(s: Session) -> list[Turn]:
             row = self._session(s, key)
+            paged_until = row.paged_until
+            if self._db.dialect == "postgresql":
+                # Held, and read again under it: an aging pass that pages these turns holds
+                # the row to commit, so it either commits first (and this refuses) or sees
+                # them superseded (and skips its cut).
+                s.execute(LOCK_SESSION, {"sid": row.id})
+                paged_until = s.scalar(
+                    select(SessionRow.paged_until).where(SessionRow.id == row.id)
+                )
             if expected_last_turn is not None:
-                if self._db.dialect == "postgresql":
-                    s.execute(LOCK_SESSION, {"sid": row.id})
                 _check_last_turn(s, key, row.id, expected_last_turn)
-            if from_turn <= row.paged_until:
+            if from_turn <= paged_until:
                 raise InvalidInput(
                     f"turn {from_turn} of session {key!r} is on a page already (turns up to "
-                    f"{row.paged_until} are); only later turns can be replaced, append instead"
+                    f"{paged_until} are); only later turns can be replaced, append instead"
                 )
             supersede_turns(s, row.id, from_turn, datetime.now(UTC))
             return self._insert_turns(s.connection(), key, rows) if rows else []
@@ -675,7 +685,8 @@ class MemoryManager:
         if limit is not None:
             check_int(limit, "limit")
         key = check_session_id(session_id)
-        params = {"owner": self._namespace, "key": key, "since": since}
+        # No turn is numbered past MAX_TURN (and PostgreSQL compares turn numbers as INTEGER).
+        params = {"owner": self._namespace, "key": key, "since": min(since, MAX_TURN)}
         # limit=0 still reads a row: no row at all means no such session.
         q = _TURNS_OF_SESSION if limit is None else _TURNS_OF_SESSION.limit(max(limit, 1))
 
@@ -848,6 +859,8 @@ class MemoryManager:
         check_int(limit, "limit", minimum=1)
         if before is not None:
             check_int(before, "before", minimum=-MAX_INT)
+            # Turn numbers run 1..MAX_TURN (PostgreSQL compares them as INTEGER).
+            before = None if before > MAX_TURN else max(before, 0)
         with self._db.read() as s:
             row = self._session(s, session_id)
             hits = search(s, row, parsed, limit=limit, scope=scope, before=before)
@@ -1090,18 +1103,61 @@ class MemoryManager:
         *,
         metadata: Mapping[str, Any] | None = None,
         attachments: Iterable[AttachmentInput] | None = None,
+        expected_last_turn: int | None = None,
     ) -> Turn:
-        if attachments is not None:
-            attachments = list(attachments)
         return await asyncio.to_thread(
-            self.add_turn, session_id, role, content, at, metadata=metadata, attachments=attachments
+            partial(
+                self.add_turn,
+                session_id,
+                role,
+                content,
+                at,
+                metadata=metadata,
+                attachments=_drained(attachments),
+                expected_last_turn=expected_last_turn,
+            )
         )
 
     async def aadd_turns(
-        self, session_id: str, turns: Iterable[Mapping[str, Any] | Sequence[Any]]
+        self,
+        session_id: str,
+        turns: Iterable[Mapping[str, Any] | Sequence[Any]],
+        *,
+        expected_last_turn: int | None = None,
     ) -> list[Turn]:
-        turns = list(turns)
-        return await asyncio.to_thread(self.add_turns, session_id, turns)
+        return await asyncio.to_thread(
+            partial(
+                self.add_turns,
+                session_id,
+                _drained(turns),
+                expected_last_turn=expected_last_turn,
+            )
+        )
+
+    async def aadd_sessions(
+        self, sessions: Mapping[str, Iterable[Mapping[str, Any] | Sequence[Any]]]
+    ) -> dict[str, list[Turn]]:
+        if isinstance(sessions, Mapping):
+            sessions = {k: _drained(v) for k, v in sessions.items()}
+        return await asyncio.to_thread(self.add_sessions, sessions)
+
+    async def areplace_turns(
+        self,
+        session_id: str,
+        from_turn: int,
+        turns: Iterable[Mapping[str, Any] | Sequence[Any]],
+        *,
+        expected_last_turn: int | None = None,
+    ) -> list[Turn]:
+        return await asyncio.to_thread(
+            partial(
+                self.replace_turns,
+                session_id,
+                from_turn,
+                _drained(turns),
+                expected_last_turn=expected_last_turn,
+            )
+        )
 
     async def aturns(
         self, session_id: str, *, since: int = 0, limit: int | None = None
@@ -1134,11 +1190,60 @@ class MemoryManager:
             )
         )
 
-    async def aage(self, now: datetime | None = None) -> AgingReport:
-        return await asyncio.to_thread(self.age, now)
+    async def aage(
+        self, now: datetime | None = None, *, sessions: Sequence[str] | None = None
+    ) -> AgingReport:
+        return await asyncio.to_thread(partial(self.age, now, sessions=sessions))
 
     async def aforget(self, session_id: str) -> int:
         return await asyncio.to_thread(self.forget, session_id)
+
+    async def asuperseded(self, session_id: str) -> list[Turn]:
+        return await asyncio.to_thread(self.superseded, session_id)
+
+    async def asessions(self, *, all_owners: bool = False) -> list[SessionInfo]:
+        return await asyncio.to_thread(partial(self.sessions, all_owners=all_owners))
+
+    async def apages(self, session_id: str) -> list[PageInfo]:
+        return await asyncio.to_thread(self.pages, session_id)
+
+    async def apage_image(self, session_id: str, page_id: int, tier: str | None = None) -> bytes:
+        return await asyncio.to_thread(self.page_image, session_id, page_id, tier)
+
+    async def apin(self, session_id: str, turn: int) -> None:
+        await asyncio.to_thread(self.pin, session_id, turn)
+
+    async def aunpin(self, session_id: str, turn: int) -> None:
+        await asyncio.to_thread(self.unpin, session_id, turn)
+
+    async def apins(self, session_id: str) -> list[int]:
+        return await asyncio.to_thread(self.pins, session_id)
+
+    async def atier_summary(self, session_id: str) -> list[TierRow]:
+        return await asyncio.to_thread(self.tier_summary, session_id)
+
+    async def avisual_tokens(self, page_id: int, tier: str, encoder_key: str) -> EncodedPage | None:
+        return await asyncio.to_thread(self.visual_tokens, page_id, tier, encoder_key)
+
+    async def afinish_forget(self) -> None:
+        await asyncio.to_thread(self.finish_forget)
+
+    async def avacuum(self) -> None:
+        await asyncio.to_thread(self.vacuum)
+
+    async def averify(
+        self, *, repair: bool = True, sessions: Sequence[str] | None = None
+    ) -> VerifyReport:
+        return await asyncio.to_thread(partial(self.verify, repair=repair, sessions=sessions))
+
+
+def _drained(items: Any) -> Any:
+    """An iterable of turns or attachments as a list, read in the caller's thread (a generator
+    is not read from another); anything else is passed on as it is, for the method it goes to
+    to refuse with its typed error."""
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+        return items
+    return list(items)
 
 
 def _tier_label(tier: object) -> str | None:

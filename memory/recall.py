@@ -59,6 +59,7 @@ from sqlalchemy.orm import Session
 from .errors import InvalidInput
 from .records import Attachment, Recollection, Turn
 from .store import LosslessText, SessionRow, TurnMarkRow, TurnRow, UTCDateTime, load_attachments
+from .validation import MAX_TURN
 
 # -- the index, as migration 0004 built it ------------------------------------------------------
 
@@ -499,7 +500,7 @@ def _sqlite_rank(
     extra: int = 0,
 ) -> tuple[list[tuple[int, float]], int]:
     """(turn id, score) of the best matches, best first, and how many were asked for:
-    ``limit`` plus ``extra``, plus RANGE_SLACK where the range alone narrows (see below).
+    ``limit`` plus ``extra``, plus the range's other rows where it alone narrows (see below).
 
     Terms in fewer than COMMON_TURNS turns of the archive are ranked by FTS5's bm25 (score =
     -bm25). When the cue also has common terms, each adds, to the turns in scope holding it,
@@ -517,8 +518,11 @@ def _sqlite_rank(
     A session whose id range holds few other rows (at most RANGE_SLACK: one conversation
     at a time, or an agent's long session) is narrowed by that range alone: its scope token's
     posting list is as long as the session, and intersecting it with a common word's costs
-    2-4x the word's alone. Then RANGE_SLACK more rows are ranked, and the caller ranks deeper
-    if the scope dropped too many of them.
+    2-4x the word's alone. Then as many more rows are ranked as the range holds others: ids
+    in the range less the turn numbers before ``end``. Each number a replacement skipped has
+    its superseded row in the range (out of the index), so the count is the other sessions'
+    rows there, none for a session written alone; where it falls short (the first turn was
+    replaced), the caller ranks deeper, as it does whenever the scope dropped too many.
     """
     scope_ids, in_scope = _scope_ids(s, session, scope)
     rare, common = _split_common(s, list(cue.terms))
@@ -538,9 +542,10 @@ def _sqlite_rank(
             return [], q["k"]  # no live turn before ``end``
         q["first"], q["last"] = first, last
         narrow = f" AND {FTS_TABLE}.rowid BETWEEN :first AND :last"
-        if last - first + 1 <= end - 1 + RANGE_SLACK:
+        others = (last - first + 1) - (end - 1)  # rows in the range not its live turns
+        if others <= RANGE_SLACK:
             scope_ids = None
-            q["k"] += RANGE_SLACK
+            q["k"] += max(others, 0)
         if wlo < end and lo is not None:
             q["lo"] = lo
             window, total = f" AND {FTS_TABLE}.rowid >= :lo", COMMON_WINDOW
@@ -813,7 +818,10 @@ def check_recall_args(limit: object, scope: object, before: object) -> None:
 
 
 def read_span(s: Session, session: SessionRow, first: object, last: object) -> list[TurnRow]:
-    """Turns ``first``..``last`` (inclusive, numbered from 1) exactly, or a typed error."""
+    """The live turns numbered ``first``..``last`` (inclusive, from 1), exactly as stored, or
+    a typed error. Numbers a replacement left behind (``replace_turns`` numbers its turns
+    after the session's newest, so the versions it superseded leave gaps) hold no live turn:
+    a span across them, such as a page's caption names, returns the turns around them."""
     for name, value in (("first_turn", first), ("last_turn", last)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidInput(f"{name} must be a turn number (int), got {value!r:.40}")
@@ -834,8 +842,6 @@ def read_span(s: Session, session: SessionRow, first: object, last: object) -> l
         .where(TurnRow.session_row_id == session.id, TurnRow.seq >= first, TurnRow.seq <= last)
         .order_by(TurnRow.seq)
     ).all()
-    if len(rows) != last - first + 1:  # seqs are dense, so only a racing writer gets here
-        raise InvalidInput(f"turns {first}..{last} of session {session.key!r} are not all stored")
     return list(rows)
 
 
@@ -850,8 +856,10 @@ def set_pinned(s: Session, session: SessionRow, seq: object, pinned: bool) -> No
     """Pin or unpin one turn of ``session`` (by its number)."""
     if isinstance(seq, bool) or not isinstance(seq, int):
         raise InvalidInput(f"turn must be a turn number (int), got {seq!r:.40}")
-    turn_id = s.scalar(
-        select(TurnRow.id).where(TurnRow.session_row_id == session.id, TurnRow.seq == seq)
+    turn_id = (
+        s.scalar(select(TurnRow.id).where(TurnRow.session_row_id == session.id, TurnRow.seq == seq))
+        if 1 <= seq <= MAX_TURN  # (PostgreSQL compares turn numbers as INTEGER)
+        else None
     )
     if turn_id is None:
         raise InvalidInput(

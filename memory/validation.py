@@ -157,14 +157,23 @@ def _check_encodable(text: str, what: str, error: type[Exception]) -> bytes:
 
 
 MAX_INT = 2**63 - 1  # the largest integer either backend stores or compares
+MAX_INT32 = 2**31 - 1  # a PostgreSQL INTEGER column's largest value (a page's token count)
+MAX_TURN = MAX_INT32  # the largest turn number (turn numbers are INTEGER columns)
 
 
 def check_int(
-    value: object, what: str, *, minimum: int = 0, error: type[Exception] = InvalidInput
+    value: object,
+    what: str,
+    *,
+    minimum: int = 0,
+    maximum: int = MAX_INT,
+    error: type[Exception] = InvalidInput,
 ) -> int:
-    """An int (not a bool) from ``minimum`` up to 2**63 - 1: ids, turn numbers, counts."""
+    """An int (not a bool) from ``minimum`` up to ``maximum`` (2**63 - 1): ids, counts; turn
+    numbers up to :data:`MAX_TURN`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise error(f"{what} must be an int, got {type(value).__name__} {value!r:.40}")
-    if not minimum <= value <= MAX_INT:
-        raise error(f"{what} must be between {minimum} and 2**63 - 1, got {value!r:.40}")
+    if not minimum <= value <= maximum:
+        top = "2**63 - 1" if maximum == MAX_INT else str(maximum)
+        raise error(f"{what} must be between {minimum} and {top}, got {value!r:.40}")
     return value

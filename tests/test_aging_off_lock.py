@@ -216,6 +216,49 @@ def test_turns_packed_while_a_pass_draws_wait_for_its_next_pass_and_none_is_lost
         assert state == expected
 
 
+def test_turns_replaced_while_a_pass_draws_never_reach_a_page(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """While the pass draws the session's open page, another writer regenerates from a turn
+    the pass is cutting into pages (unpaged, so the replace is allowed): the cut is skipped,
+    not committed with the superseded versions (their text and token counts on a page), and
+    the next pass pages the new version exactly as one pass over it leaves the store."""
+    history = conversation(60, START, STEP, seed=11)
+    new = [
+        {"role": "assistant", "content": "a regenerated reply", "at": history[39]["at"]},
+        {"role": "user", "content": "and the conversation goes on", "at": history[40]["at"]},
+    ]
+    now = history[-1]["at"] + timedelta(minutes=5)  # mid-sitting: an open page to draw
+    with MemoryManager(tmp_path / "reference.db", encoder=ThumbnailEncoder()) as ref:
+        ref.add_turns("s", history)
+        ref.replace_turns("s", 40, new)
+        ref.age(now=now)
+        expected = _state(ref)
+    assert expected["pages"], "the replaced version is paged in one pass"
+
+    with MemoryManager(db_url, encoder=ThumbnailEncoder()) as other:
+        other.add_turns("s", history)
+
+        def regenerate_meanwhile() -> None:
+            assert other.pages("s") == []  # nothing paged yet: turn 40 may be replaced
+            assert [t.seq for t in other.replace_turns("s", 40, new)] == [61, 62]
+
+        with MemoryManager(
+            db_url, encoder=ThumbnailEncoder(), renderer=HookedRenderer(regenerate_meanwhile)
+        ) as ager:
+            report = ager.age(now=now)
+            assert report.errors == [] and report.pages_skipped == 1
+            assert other.pages("s") == []  # nothing of the old version was written
+            assert ager.age(now=now).changed
+            assert not ager.age(now=now).changed
+        state = _state(other)
+        _tiles(state, "s")
+        live = {t.seq: t.tokens for t in other.turns("s")}
+        for p in other.pages("s"):
+            assert p.text_tokens == sum(
+                n for q, n in live.items() if p.first_seq <= q <= p.last_seq
+            )
+        assert state == expected
+
+
 class CountingRenderer(PageRenderer):
     """A real renderer that counts its drawings."""
 

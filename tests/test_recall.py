@@ -623,6 +623,20 @@ def test_read_returns_spans_exactly(mm: MemoryManager) -> None:
         mm.scoped("eve").read("s", 1, 1)
 
 
+def test_a_span_across_replaced_turns_reads_the_live_turns_around_them(mm: MemoryManager) -> None:
+    """A replacement numbers its turns after the session's newest, so the numbers of the
+    versions it superseded hold no live turn: a span across them (as a page's caption names
+    it) reads the turns around them, not an error."""
+    mm.add_turns("s", _chat(10))
+    mm.replace_turns("s", 8, [("assistant", "regenerated eight"), ("user", "and on")])
+    assert [t.seq for t in mm.turns("s")] == [1, 2, 3, 4, 5, 6, 7, 11, 12]
+    assert [t.seq for t in mm.read("s", 1, 12)] == [1, 2, 3, 4, 5, 6, 7, 11, 12]
+    assert [t.content for t in mm.read("s", 7, 11)][1:] == ["regenerated eight"]
+    assert mm.read("s", 8, 10) == []  # only superseded versions there: see superseded()
+    with pytest.raises(InvalidInput, match="runs past its end"):
+        mm.read("s", 11, 13)
+
+
 async def test_async_twins(mm: MemoryManager) -> None:
     await mm.aadd_turns("s", [("user", "the gate code is 9931"), ("assistant", "noted")])
     got = await mm.arecall("s", "gate code")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect as pyinspect
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -11,13 +12,16 @@ from sqlalchemy import create_engine, func, inspect, select
 
 from optical_memory import (
     ContentTooLarge,
+    InvalidAttachment,
     InvalidContent,
+    InvalidInput,
     InvalidRole,
     InvalidSessionId,
     InvalidTimestamp,
     MemoryClosed,
     MemoryManager,
     OpticalMemoryError,
+    SessionChanged,
     UnknownSession,
 )
 from optical_memory.store import SessionRow, TurnRow
@@ -205,6 +209,45 @@ async def test_async_twins(mm: MemoryManager) -> None:
     await mm.aadd_turns("s", [("assistant", "async reply")])
     assert [t.content for t in await mm.aturns("s")] == ["async hello", "async reply"]
     assert await mm.aforget("s") == 2
+
+
+def test_every_call_that_touches_the_database_has_an_async_twin_that_takes_the_same_arguments() -> (
+    None
+):
+    pure = {"close", "count_tokens", "scoped", "start_scheduler", "stop_scheduler"}
+
+    def parameters(f: object) -> list[tuple[str, object, object]]:
+        return [(p.name, p.kind, p.default) for p in pyinspect.signature(f).parameters.values()]  # type: ignore[arg-type]
+
+    calls = [
+        n
+        for n, f in vars(MemoryManager).items()
+        if callable(f) and not n.startswith("_") and not pyinspect.iscoroutinefunction(f)
+    ]
+    for name in sorted(set(calls) - pure):
+        twin = getattr(MemoryManager, "a" + name, None)
+        assert twin is not None and pyinspect.iscoroutinefunction(twin), f"no twin of {name}"
+        assert parameters(twin) == parameters(getattr(MemoryManager, name)), name
+
+
+async def test_async_twins_refuse_bad_input_as_the_sync_calls_do(mm: MemoryManager) -> None:
+    for bad in (None, 5, "user: hi"):
+        with pytest.raises(InvalidInput, match="iterable of turns"):
+            await mm.aadd_turns("s", bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="iterable of turns"):
+            await mm.areplace_turns("s", 1, bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidAttachment):
+        await mm.aadd_turn("s", "user", "hi", attachments=5)  # type: ignore[arg-type]
+    assert mm.sessions() == []  # nothing written
+    first = await mm.aadd_turns("s", (t for t in [("user", "a"), ("assistant", "b")]))
+    with pytest.raises(SessionChanged):
+        await mm.aadd_turn("s", "user", "c", expected_last_turn=1)
+    await mm.aadd_turn("s", "user", "c", expected_last_turn=first[-1].seq)
+    await mm.areplace_turns("s", 3, [("user", "c, edited")], expected_last_turn=3)
+    assert [t.content for t in await mm.aturns("s")] == ["a", "b", "c, edited"]
+    assert [t.content for t in await mm.asuperseded("s")] == ["c"]
+    report = await mm.aage(sessions=["s"])
+    assert report.errors == []
 
 
 def test_migrated_schema_equals_the_models(db_url: str) -> None:
