@@ -196,7 +196,10 @@ def openai_message_to_turn(
     if role == "function":
         role = "tool"
     if role not in ("user", "assistant", "tool"):
-        raise ValueError(f"not a chat-completions message role: {role!r}")
+        raise InvalidInput(
+            f"a chat-completions message's role is user, assistant, tool, system or developer; "
+            f"got {role!r:.40}"
+        )
     content, omitted, images = _text_of(msg.get("content"))
     if not content and role == "assistant" and isinstance(msg.get("refusal"), str):
         content = msg["refusal"]
@@ -204,6 +207,8 @@ def openai_message_to_turn(
     if msg.get("name") and role != "tool":
         meta["name"] = str(msg["name"])
     if role == "assistant" and msg.get("tool_calls"):
+        if not isinstance(msg["tool_calls"], list | tuple):
+            raise InvalidInput("a message's tool_calls must be a list of tool calls")
         meta["tool_calls"] = [
             ToolCall.from_metadata(_as_dict(c)).to_metadata() for c in msg["tool_calls"]
         ]
@@ -325,7 +330,7 @@ def _kept_and_keys(messages: Iterable[Any], at: datetime | None) -> tuple[list[A
     for m in messages:
         if type(m) is dict:
             role = m.get("role")
-            if role in _NOT_STORED:
+            if type(role) is str and role in _NOT_STORED:
                 continue
             content = m.get("content")
             if (
@@ -337,7 +342,7 @@ def _kept_and_keys(messages: Iterable[Any], at: datetime | None) -> tuple[list[A
                 kept.append(m)
                 keys.append(message_key(role, content, None, ()))
                 continue
-        elif _role_of(m) in _NOT_STORED:
+        elif isinstance(role := _role_of(m), str) and role in _NOT_STORED:
             continue
         kept.append(m)
         keys.append(_key_of_message(m, at))
@@ -386,7 +391,9 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     dump = getattr(obj, "model_dump", None)  # openai's pydantic objects
     if callable(dump):
         return dict(dump(exclude_none=True))
-    raise TypeError(f"expected a chat-completions message dict, got {type(obj).__name__}")
+    raise InvalidInput(
+        f"expected a chat-completions message (a JSON object), got {type(obj).__name__} {obj!r:.40}"
+    )
 
 
 def _text_of(content: Any) -> tuple[str, list[str], list[bytes]]:
@@ -395,6 +402,11 @@ def _text_of(content: Any) -> tuple[str, list[str], list[bytes]]:
         return "", [], []
     if isinstance(content, str):
         return content, [], []
+    if not isinstance(content, list | tuple):
+        raise InvalidInput(
+            "a message's content must be a string or a list of content parts, got "
+            f"{type(content).__name__}"
+        )
     texts: list[str] = []
     omitted: list[str] = []
     images: list[bytes] = []
@@ -460,11 +472,12 @@ def handle_memory_tool_call(
         call_id = str(call.get("id") or call.get("call_id") or "")
         fn = call.get("function")
         fn = _as_dict(fn) if fn is not None else call
+    except InvalidInput as exc:
+        content = f"{ERROR_HEAD}not a tool call: {exc}"
+    else:
         content = _answer(
             memory, session_id, fn.get("name"), fn.get("arguments"), scope, limit, max_tokens
         )
-    except TypeError as exc:
-        content = f"{ERROR_HEAD}not a tool call: {exc}"
     return {"role": "tool", "tool_call_id": call_id, "content": content}
 
 

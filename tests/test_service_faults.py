@@ -9,11 +9,9 @@ reply's store can be slowed down."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,32 +21,11 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
 from helpers import raw_sqlite_bytes  # noqa: E402
+from service_helpers import serving  # noqa: E402
 
 from benchmarks.service import free_port  # noqa: E402
 from optical_memory import MemoryManager  # noqa: E402
-from optical_memory.adapters.service import ServiceConfig, create_app, create_key  # noqa: E402
-
-
-@contextmanager
-def serving(
-    memory: MemoryManager, config: ServiceConfig, *, own_memory: bool = False
-) -> Iterator[str]:
-    """The service's app over ``memory`` in a uvicorn server on a free loopback port
-    (``own_memory``: the app closes the manager as it shuts down, as ``serve`` does)."""
-    port = free_port()
-    app = create_app(memory, config, own_memory=own_memory)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+from optical_memory.adapters.service import ServiceConfig, create_key  # noqa: E402
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import gc
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -32,6 +33,7 @@ except ImportError as exc:
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from optical_memory import InvalidAttachment, InvalidInput, MemoryManager, OpticalMemoryError, Turn
 
@@ -228,6 +230,20 @@ def _plain(obj: Any) -> dict[str, Any]:
 # -- the body limit and the error handlers ---------------------------------------------------
 
 
+class JSONText(JSONResponse):
+    """JSON as FastAPI writes it (UTF-8), or, for content holding a lone surrogate (metadata
+    may: the store keeps it exactly as given), with every character past ASCII escaped,
+    which JSON allows and every reader decodes back to the same string. What carries a
+    turn's metadata is answered with it directly: FastAPI's response model (pydantic) cannot
+    hold such a string at all."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 class BodyLimit:
     """ASGI middleware: a body over ``limit`` bytes gets 413 before anything reads it (by
     ``Content-Length``), or as soon as a chunked body passes the limit."""
@@ -319,6 +335,25 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("InvalidInput", message), status_code=400 if malformed else 422)
 
 
+_HTTP_ERRORS = {400: "InvalidInput", 404: "NotFound", 405: "MethodNotAllowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """What the framework answers itself (no such path, a method a path does not take, a
+    body it cannot parse), in the same JSON shape as the library's errors."""
+    assert isinstance(exc, StarletteHTTPException)
+    name = _HTTP_ERRORS.get(exc.status_code, "HTTPError")
+    if exc.status_code == 404:
+        message = f"no endpoint {request.url.path!r:.200}; the API is listed at /docs"
+    elif exc.status_code == 405:
+        message = f"{request.url.path!r:.200} does not take {request.method}"
+    elif exc.status_code == 400:
+        message = f"the body could not be read ({exc.detail}): send JSON, UTF-8 encoded"
+    else:
+        message = str(exc.detail)
+    return JSONResponse(error_body(name, message), status_code=exc.status_code, headers=exc.headers)
+
+
 # -- the app ---------------------------------------------------------------------------------
 
 
@@ -372,10 +407,12 @@ def create_app(
         summary="Chat memory that forgets gracefully, over HTTP, OpenAI-compatible and MCP.",
         version="1",
         lifespan=lifespan,
+        default_response_class=JSONText,
     )
     app.state.service = service
     app.add_exception_handler(OpticalMemoryError, _library_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     app.add_middleware(KeyCheck, service=service)  # outermost: before the body limit too
     _add_routes(app)
@@ -407,13 +444,13 @@ def _add_routes(app: FastAPI) -> None:
         """The caller's sessions, oldest first."""
         return {"sessions": [_plain(i) for i in mm.sessions()]}
 
-    @app.post("/v1/sessions/{session_id}/turns", status_code=201, tags=["sessions"])
+    @app.post("/v1/sessions/{session_id:path}/turns", status_code=201, tags=["sessions"])
     def add_turns(
         session_id: str,
         mm: Memory,
         body: Annotated[TurnIn | TurnsIn, Body()],
         expected_last_turn: Annotated[int | None, Query(ge=0)] = None,
-    ) -> dict[str, Any]:
+    ) -> JSONText:
         """Append one turn or ``{"turns": [...]}`` in one transaction (all or none).
 
         ``expected_last_turn``: append only if the session's newest turn is still this number
@@ -423,38 +460,44 @@ def _add_routes(app: FastAPI) -> None:
         stored = mm.add_turns(
             session_id, [t.as_item() for t in items], expected_last_turn=expected_last_turn
         )
-        return {"turns": [turn_json(t) for t in stored]}
+        return JSONText({"turns": [turn_json(t) for t in stored]}, status_code=201)
 
-    @app.get("/v1/sessions/{session_id}/turns", tags=["sessions"])
+    @app.get("/v1/sessions/{session_id:path}/turns", tags=["sessions"])
     def get_turns(
         session_id: str, mm: Memory, since: int = 0, limit: int | None = None
-    ) -> dict[str, Any]:
+    ) -> JSONText:
         """The session's turns, lossless, in order (``since``: after this turn number)."""
-        return {"turns": [turn_json(t) for t in mm.turns(session_id, since=since, limit=limit)]}
+        return JSONText(
+            {"turns": [turn_json(t) for t in mm.turns(session_id, since=since, limit=limit)]}
+        )
 
-    @app.get("/v1/sessions/{session_id}/span", tags=["sessions"])
-    def read_span(session_id: str, mm: Memory, first_turn: int, last_turn: int) -> dict[str, Any]:
+    @app.get("/v1/sessions/{session_id:path}/span", tags=["sessions"])
+    def read_span(session_id: str, mm: Memory, first_turn: int, last_turn: int) -> JSONText:
         """Turns ``first_turn``..``last_turn`` exactly: the span a page's caption names."""
-        return {"turns": [turn_json(t) for t in mm.read(session_id, first_turn, last_turn)]}
+        return JSONText(
+            {"turns": [turn_json(t) for t in mm.read(session_id, first_turn, last_turn)]}
+        )
 
-    @app.get("/v1/sessions/{session_id}/recall", tags=["sessions"])
+    @app.get("/v1/sessions/{session_id:path}/recall", tags=["sessions"])
     def recall(
         session_id: str,
         mm: Memory,
         cue: str,
         limit: Annotated[int, Query(ge=1, le=100)] = 8,
         scope: str = "session",
-    ) -> dict[str, Any]:
+    ) -> JSONText:
         """Archived turns the cue's words match, best first, exactly as stored."""
         found = mm.recall(session_id, cue, limit=limit, scope=scope)
-        return {
-            "turns": [
-                {**turn_json(r.turn), "score": r.score, "page_id": r.page_id, "tier": r.tier}
-                for r in found
-            ]
-        }
+        return JSONText(
+            {
+                "turns": [
+                    {**turn_json(r.turn), "score": r.score, "page_id": r.page_id, "tier": r.tier}
+                    for r in found
+                ]
+            }
+        )
 
-    @app.get("/v1/sessions/{session_id}/context", tags=["sessions"])
+    @app.get("/v1/sessions/{session_id:path}/context", tags=["sessions"])
     def context(
         session_id: str,
         mm: Memory,
@@ -464,22 +507,22 @@ def _add_routes(app: FastAPI) -> None:
         cue: str | None = None,
         now: datetime | None = None,
         system: str | None = None,
-    ) -> Any:
+    ) -> JSONText:
         """The prompt ``assemble`` builds: ``format`` json (segments), openai or anthropic."""
         if format not in CONTEXT_FORMATS:
             raise InvalidInput(
                 f"unknown format {format!r}; use one of {', '.join(CONTEXT_FORMATS)}"
             )
         ctx = mm.assemble(session_id, budget=budget, target=target, now=now, cue=cue)
-        return context_as(ctx, format, system_prompt=system)
+        return JSONText(context_as(ctx, format, system_prompt=system))
 
-    @app.get("/v1/sessions/{session_id}/pages", tags=["pages"])
+    @app.get("/v1/sessions/{session_id:path}/pages", tags=["pages"])
     def pages(session_id: str, mm: Memory) -> dict[str, Any]:
         """The session's pages and the tier each is stored at."""
         return {"pages": [_plain(p) for p in mm.pages(session_id)]}
 
     @app.get(
-        "/v1/sessions/{session_id}/pages/{page_id}/image",
+        "/v1/sessions/{session_id:path}/pages/{page_id}/image",
         tags=["pages"],
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
@@ -489,7 +532,7 @@ def _add_routes(app: FastAPI) -> None:
         png = mm.page_image(session_id, page_id, tier=tier)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private"})
 
-    @app.delete("/v1/sessions/{session_id}", tags=["sessions"])
+    @app.delete("/v1/sessions/{session_id:path}", tags=["sessions"])
     def forget(session_id: str, mm: Memory) -> dict[str, Any]:
         """Delete the session and everything derived from it."""
         return {"session_id": session_id, "turns_deleted": mm.forget(session_id)}

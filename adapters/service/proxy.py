@@ -80,7 +80,8 @@ class StreamedReply:
         self._buffer = b""
         self.content: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.done = False
+        self.done = False  # the stream's [DONE] came
+        self.finished = False  # the answer's finish_reason came
 
     def feed(self, chunk: bytes) -> None:
         self._buffer += chunk
@@ -100,6 +101,7 @@ class StreamedReply:
             for choice in event.get("choices") or []:
                 if choice.get("index", 0) == 0:
                     self._delta(choice.get("delta") or {})
+                    self.finished = self.finished or choice.get("finish_reason") is not None
 
     def _delta(self, delta: dict[str, Any]) -> None:
         if isinstance(delta.get("content"), str):
@@ -119,10 +121,26 @@ class StreamedReply:
         """The reply as a chat-completions message, or None if the stream carried none."""
         if not self.content and not self.tool_calls:
             return None
-        msg: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) or None}
+        msg: dict[str, Any] = {"role": "assistant", "content": _paired("".join(self.content))}
+        msg["content"] = msg["content"] or None
         if self.tool_calls:
-            msg["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+            calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+            for c in calls:
+                c["function"]["arguments"] = _paired(c["function"]["arguments"])
+            msg["tool_calls"] = calls
         return msg
+
+
+def _paired(text: str) -> str:
+    """Text whose characters came in pieces: a character outside the BMP escaped as two
+    surrogates (``"\\ud83d"``, ``"\\ude00"``) may be split between two events, each read as a
+    lone surrogate; joined, they are the one character again. A surrogate still alone stays
+    (the reply is then not stored: it is not text)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return text
 
 
 def _settled_prepare(
@@ -151,6 +169,18 @@ def _int_header(request: Request, name: str, default: int) -> int:
     if value <= 0:
         raise InvalidBudget(f"{name} must be a positive number of tokens, got {value}")
     return value
+
+
+def _utf8_header(request: Request, name: str) -> str | None:
+    """A header's value as UTF-8 text (HTTP carries bytes; Starlette reads them as Latin-1),
+    so a session named in the header is the one of that name everywhere else."""
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise InvalidInput(f"the {name} header is not UTF-8 text") from None
 
 
 def _dumps(obj: Any) -> bytes:
@@ -199,22 +229,15 @@ def add_proxy(app: FastAPI, service: Service) -> None:
         if reply is None:
             return
         if not after_answer:
-            await asyncio.to_thread(store_reply, mm, session_id, reply, answering=answering)
+            # A reply that cannot be stored never breaks the client's stream.
+            await asyncio.to_thread(_store_or_warn, mm, session_id, reply, answering)
             return
         key = (mm.owner, session_id)
         done = replies.start(key)
 
         def store() -> None:
             try:
-                store_reply(mm, session_id, reply, answering=answering)
-            except Exception as exc:  # the client's next request carries the reply
-                log.warning(
-                    "the reply to session %r was not stored (%s: %s); the next request that "
-                    "carries it stores it",
-                    session_id,
-                    type(exc).__name__,
-                    exc,
-                )
+                _store_or_warn(mm, session_id, reply, answering)
             finally:
                 replies.finish(key, done)
 
@@ -230,9 +253,11 @@ def add_proxy(app: FastAPI, service: Service) -> None:
             body = json.loads(await request.body())
         except ValueError:
             raise InvalidInput("the body is not valid JSON") from None
+        except RecursionError:
+            raise InvalidInput("the body is JSON nested too deeply to read") from None
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise InvalidInput("a chat completion needs a JSON object with a messages list")
-        session_id = request.headers.get(SESSION_HEADER) or body.get("user")
+        session_id = _utf8_header(request, SESSION_HEADER) or body.get("user")
         if not isinstance(session_id, str) or not session_id:
             raise InvalidInput(
                 f"name the memory session: an {SESSION_HEADER} header or the body's user field"
@@ -264,6 +289,22 @@ def add_proxy(app: FastAPI, service: Service) -> None:
                 "the conversation is stored, and sending it again stores nothing twice"
             )
             return JSONResponse(error_body("UpstreamUnavailable", message), status_code=502)
+
+
+def _store_or_warn(
+    memory: MemoryManager, session_id: str, reply: dict[str, Any], answering: int | None
+) -> None:
+    """:func:`store_reply`, a failure logged: the client's next request carries the reply."""
+    try:
+        store_reply(memory, session_id, reply, answering=answering)
+    except Exception as exc:
+        log.warning(
+            "the reply to session %r was not stored (%s: %s); the next request that carries "
+            "it stores it",
+            session_id,
+            type(exc).__name__,
+            exc,
+        )
 
 
 def store_reply(
@@ -325,8 +366,12 @@ async def _forward(
                 yield chunk
         finally:
             upstream.release()
-            if not recorded:
-                await record_reply(reply.message(), after_answer=False)
+            if not recorded and reply.finished:
+                # The answer finished but its [DONE] never came (or the client left first):
+                # stored beside, as no await may run in a cancelled stream. A stream cut
+                # before its answer finished stores nothing: the client's next request
+                # carries what it kept of it.
+                await record_reply(reply.message(), after_answer=True)
 
     passed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
     return StreamingResponse(relay(), status_code=200, headers=passed)

@@ -147,49 +147,14 @@ def add_web(app: FastAPI, service: Service) -> None:
 
         return await guarded(request, render)
 
-    @app.get("/web/sessions/{session_id}", include_in_schema=False)
-    async def session(request: Request, session_id: str) -> Response:
-        def render(owner: str | None, mm: MemoryManager) -> Response:
-            base = f"/web/sessions/{_q(session_id)}"
-            blocks = []
-            for p in mm.pages(session_id):
-                if p.tier == Tier.TEXT.label:
-                    figures = "<p>still shown as text</p>"
-                else:
-                    figures = "".join(
-                        f"<figure><img class='tier-img' data-tier='{t}' "
-                        f"width='{160 if t == p.tier else 100}' alt='page {p.page_id} at {t}' "
-                        f"src='{base}/pages/{p.page_id}/image?tier={t}'><figcaption>"
-                        f"{t}{' (stored)' if t == p.tier else ''}</figcaption></figure>"
-                        for t in _tiers_of(mm, session_id, p.page_id, p.tier)
-                    )
-                blocks.append(
-                    f"<div class='page' data-page-id='{p.page_id}' data-tier='{p.tier}'><div>"
-                    f"<a href='{base}/pages/{p.page_id}'>page {p.page_id}</a><br>turns "
-                    f"{p.first_seq}–{p.last_seq}<br>{_age(p.last_at)}<br>{p.tier}, "
-                    f"{p.token_cost} tokens for {p.text_tokens} text tokens</div>{figures}</div>"
-                )
-            chosen = service.config.target
-            options = "".join(
-                f"<option{' selected' if n == chosen else ''}>{escape(n)}</option>"
-                for n in target_names()
-            )
-            form = (
-                f"<form id='assemble' action='{base}/prompt'><label>budget <input name='budget' "
-                "value='4096' size='6'></label> <label>target <select name='target'>"
-                f"{options}</select></label> <button type='submit'>Show the prompt</button></form>"
-            )
-            body = form + ("".join(blocks) or "<p id='no-pages'>no pages yet</p>")
-            return _page(f"Session {session_id}", body, owner)
-
-        return await guarded(request, render)
-
-    @app.get("/web/sessions/{session_id}/pages/{page_id}", include_in_schema=False)
+    @app.get("/web/sessions/{session_id:path}/pages/{page_id}", include_in_schema=False)
     async def page(request: Request, session_id: str, page_id: int) -> Response:
         def render(owner: str | None, mm: MemoryManager) -> Response:
             info = next((p for p in mm.pages(session_id) if p.page_id == page_id), None)
             if info is None:
-                return _page("Not found", f"<p>no page {page_id} in this session</p>", owner)
+                missing = _page("Not found", f"<p>no page {page_id} in this session</p>", owner)
+                missing.status_code = 404
+                return missing
             turns = mm.read(session_id, info.first_seq, info.last_seq)
             text = "\n".join(f"[{t.seq}] {t.role}: {t.content}" for t in turns)
             img = (
@@ -203,7 +168,7 @@ def add_web(app: FastAPI, service: Service) -> None:
 
         return await guarded(request, render)
 
-    @app.get("/web/sessions/{session_id}/prompt", include_in_schema=False)
+    @app.get("/web/sessions/{session_id:path}/prompt", include_in_schema=False)
     async def prompt(
         request: Request, session_id: str, budget: int = 4096, target: str | None = None
     ) -> Response:
@@ -237,11 +202,49 @@ def add_web(app: FastAPI, service: Service) -> None:
 
         return await guarded(request, render)
 
-    @app.get("/web/sessions/{session_id}/pages/{page_id}/image", include_in_schema=False)
+    @app.get("/web/sessions/{session_id:path}/pages/{page_id}/image", include_in_schema=False)
     async def image(
         request: Request, session_id: str, page_id: int, tier: str | None = None
     ) -> Response:
         def render(owner: str | None, mm: MemoryManager) -> Response:
             return Response(mm.page_image(session_id, page_id, tier=tier), media_type="image/png")
+
+        return await guarded(request, render)
+
+    # Last: a session id may hold "/", so this path would take the ones above.
+    @app.get("/web/sessions/{session_id:path}", include_in_schema=False)
+    async def session(request: Request, session_id: str) -> Response:
+        def render(owner: str | None, mm: MemoryManager) -> Response:
+            base = f"/web/sessions/{_q(session_id)}"
+            blocks = []
+            for p in mm.pages(session_id):
+                if p.tier == Tier.TEXT.label:
+                    figures = "<p>still shown as text</p>"
+                else:
+                    figures = "".join(
+                        f"<figure><img class='tier-img' data-tier='{t}' "
+                        f"width='{160 if t == p.tier else 100}' alt='page {p.page_id} at {t}' "
+                        f"src='{base}/pages/{p.page_id}/image?tier={t}'><figcaption>"
+                        f"{t}{' (stored)' if t == p.tier else ''}</figcaption></figure>"
+                        for t in _tiers_of(mm, session_id, p.page_id, p.tier)
+                    )
+                blocks.append(
+                    f"<div class='page' data-page-id='{p.page_id}' data-tier='{p.tier}'><div>"
+                    f"<a href='{base}/pages/{p.page_id}'>page {p.page_id}</a><br>turns "
+                    f"{p.first_seq}–{p.last_seq}<br>{_age(p.last_at)}<br>{p.tier}, "
+                    f"{p.token_cost} tokens for {p.text_tokens} text tokens</div>{figures}</div>"
+                )
+            chosen = service.config.target
+            options = "".join(
+                f"<option{' selected' if n == chosen else ''}>{escape(n)}</option>"
+                for n in target_names()
+            )
+            form = (
+                f"<form id='assemble' action='{base}/prompt'><label>budget <input name='budget' "
+                "value='4096' size='6'></label> <label>target <select name='target'>"
+                f"{options}</select></label> <button type='submit'>Show the prompt</button></form>"
+            )
+            body = form + ("".join(blocks) or "<p id='no-pages'>no pages yet</p>")
+            return _page(f"Session {session_id}", body, owner)
 
         return await guarded(request, render)
