@@ -58,7 +58,15 @@ from sqlalchemy.orm import Session
 
 from .errors import InvalidInput
 from .records import Attachment, Recollection, Turn
-from .store import LosslessText, SessionRow, TurnMarkRow, TurnRow, UTCDateTime, load_attachments
+from .store import (
+    FIRST_LIVE_SEQ,
+    LosslessText,
+    SessionRow,
+    TurnMarkRow,
+    TurnRow,
+    UTCDateTime,
+    load_attachments,
+)
 from .validation import MAX_TURN
 
 # -- the index, as migration 0004 built it ------------------------------------------------------
@@ -879,6 +887,7 @@ _PINNED_SEQS = (
     select(TurnRow.seq)
     .join(TurnMarkRow, TurnMarkRow.turn_id == TurnRow.id)
     .where(TurnMarkRow.session_row_id == bindparam("sid"), TurnMarkRow.pinned)
+    .where(TurnRow.seq >= FIRST_LIVE_SEQ)  # a replaced turn's pin went with it
     .order_by(TurnRow.seq)
 )
 

@@ -570,10 +570,16 @@ LAST_LIVE_SEQ = select(func.coalesce(func.max(TurnRow.seq), 0)).where(
 """The number of a session's newest live turn (0: none), from the (session, seq) index:
 what a conditional write (``expected_last_turn``) compares with."""
 
-LOCK_SESSION = select(SessionRow.id).where(SessionRow.id == bindparam("sid")).with_for_update()
+LOCK_SESSION = (
+    select(SessionRow.id).where(SessionRow.id == bindparam("sid")).with_for_update(key_share=True)
+)
 """PostgreSQL: hold the session's row until the transaction ends, as appending turns does
-(their sequence numbers are reserved on it), so that a check made after it stays true.
-SQLite's write transaction holds the whole database already."""
+(their sequence numbers are reserved on it) and as an aging pass does to commit pages, so that
+a check made after it stays true. FOR NO KEY UPDATE, the lock an update of the row takes: a
+full FOR UPDATE would also wait for the key-share locks that writing a turn's marks (a pin, a
+rehearsal) takes on it through their foreign key, while those wait for the turn rows a
+replacement updates: a deadlock. SQLite's write transaction holds the whole database
+already."""
 
 
 def supersede_turns(s: Session, session_row_id: int, from_seq: int, at: datetime) -> int:

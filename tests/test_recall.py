@@ -660,6 +660,52 @@ def test_each_recall_is_a_rehearsal(mm: MemoryManager) -> None:
     assert _recalls(mm) == {("s", 1): 2, ("s", 2): 1}
 
 
+def test_a_pin_goes_with_the_turn_a_replacement_supersedes(mm: MemoryManager) -> None:
+    mm.add_turns("s", _chat(10))
+    mm.pin("s", 3)
+    mm.pin("s", 9)
+    mm.replace_turns("s", 8, [("assistant", "regenerated")])
+    assert mm.pins("s") == [3]  # not the superseded version's row
+    ctx = mm.assemble("s", budget=100_000)
+    assert ctx.recalled is None or [t.seq for t in ctx.recalled.turns] == [3]
+
+
+@pytest.mark.postgres
+def test_pinning_while_a_replacement_holds_the_session_neither_waits_nor_deadlocks(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a replacement holds the session's row while it supersedes turns; writing
+    a pin meanwhile (its foreign key takes a key-share lock on that row) must not wait for
+    it, or the two wait for each other's rows (a deadlock, one of them aborted and retried).
+    (SQLite runs one write transaction at a time: the pin would simply come after.)"""
+    import threading
+
+    from optical_memory import manager as manager_module
+
+    with MemoryManager(pg_url) as mm:
+        mm.add_turns("s", _chat(10))
+        held, pinned = threading.Event(), threading.Event()
+        real = manager_module.supersede_turns
+        calls = []
+
+        def supersede_once_the_pin_is_in(*args, **kw):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            held.set()  # the replacement holds the session row now
+            pinned.wait(10)  # the pin does not wait for it: no lock cycle to break
+            return real(*args, **kw)
+
+        monkeypatch.setattr(manager_module, "supersede_turns", supersede_once_the_pin_is_in)
+        worker = threading.Thread(target=lambda: mm.replace_turns("s", 8, [("user", "new")]))
+        worker.start()
+        assert held.wait(30)
+        mm.pin("s", 9)
+        pinned.set()
+        worker.join(60)
+        assert not worker.is_alive() and calls == [1]  # one attempt: nothing was aborted
+        assert [t.seq for t in mm.turns("s")] == [*range(1, 8), 11]
+        assert mm.pins("s") == []  # turn 9 was pinned, then superseded
+
+
 def test_pin_and_unpin(mm: MemoryManager) -> None:
     mm.add_turns("s", _chat(10))
     assert mm.pins("s") == []

@@ -154,6 +154,29 @@ def test_a_session_id_with_a_slash_is_reachable_on_every_path_and_can_be_forgott
         _error(c.get(f"/v1/sessions/{sid}/turns"), 404, "UnknownSession")
 
 
+def test_the_web_view_opens_each_session_whatever_its_id_ends_with(env: Env) -> None:
+    """Ids that end like one of the web view's own paths (``/prompt``, ``/pages/1``) open
+    their own session from the links it makes, not a page of a shorter id."""
+    ids = ["notes", "notes/prompt", "a/pages/1", "t/pages/1/image", "plain"]
+    with env.client() as c:
+        for sid in ids:
+            r = c.post(
+                f"/v1/sessions/{quote(sid, safe='')}/turns",
+                json={"role": "user", "content": f"in {sid}"},
+            )
+            assert r.status_code == 201, r.text
+    with httpx.Client(base_url=env.url, cookies={SESSION_COOKIE: env.key}, timeout=30) as web:
+        listing = web.get("/web").text
+        for sid in ids:
+            link = f"/web/sessions/{quote(sid, safe='')}"
+            assert f"href='{link}'" in listing
+            page = web.get(link)
+            assert page.status_code == 200 and f"<h1>Session {sid}</h1>" in page.text, sid
+            prompt = web.get(f"{link}/prompt", params={"budget": 2000})
+            assert prompt.status_code == 200 and f"in {sid}<" in prompt.text, sid
+        assert web.get("/web/sessions/plain/nothing/here").status_code == 404
+
+
 def test_a_session_named_in_the_header_past_ascii_is_the_same_session_everywhere(
     env: Env,
 ) -> None:

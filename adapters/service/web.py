@@ -13,7 +13,7 @@ import asyncio
 from datetime import UTC, datetime
 from html import escape
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -48,6 +48,9 @@ def _page(title: str, body: str, owner: str | None = None) -> HTMLResponse:
         f" · optical-memory</title><style>{_STYLE}</style></head><body>{nav}"
         f"<h1>{escape(title)}</h1>{body}</body></html>"
     )
+
+
+_SESSIONS = b"/web/sessions/"
 
 
 def _q(session_id: str) -> str:
@@ -90,17 +93,16 @@ def add_web(app: FastAPI, service: Service) -> None:
     """Mount the web view's pages under ``/web``."""
     from .app import SESSION_COOKIE
 
-    def signed_in(request: Request) -> tuple[str | None, MemoryManager]:
+    def signed_in(request: Request, session_id: str | None) -> tuple[str | None, MemoryManager]:
         owner = service.owner_of(request, cookie=True)
         view = service.view(owner)
-        session_id = request.path_params.get("session_id")
         if session_id is not None:
             service.settle(view, session_id)  # a reply the proxy is still storing
         return owner, view
 
-    async def guarded(request: Request, render) -> Response:  # type: ignore[no-untyped-def]
+    async def guarded(request: Request, render, session_id: str | None = None) -> Response:  # type: ignore[no-untyped-def]
         try:
-            owner, mm = await asyncio.to_thread(signed_in, request)
+            owner, mm = await asyncio.to_thread(signed_in, request, session_id)
         except NotSignedIn:
             return _login()
         try:
@@ -147,7 +149,6 @@ def add_web(app: FastAPI, service: Service) -> None:
 
         return await guarded(request, render)
 
-    @app.get("/web/sessions/{session_id:path}/pages/{page_id}", include_in_schema=False)
     async def page(request: Request, session_id: str, page_id: int) -> Response:
         def render(owner: str | None, mm: MemoryManager) -> Response:
             info = next((p for p in mm.pages(session_id) if p.page_id == page_id), None)
@@ -166,12 +167,15 @@ def add_web(app: FastAPI, service: Service) -> None:
             body = f"<div class='page'>{img}<pre class='turns' id='page-turns'>{escape(text)}</pre></div>"
             return _page(f"Page {page_id} of {session_id} ({info.tier})", body, owner)
 
-        return await guarded(request, render)
+        return await guarded(request, render, session_id)
 
-    @app.get("/web/sessions/{session_id:path}/prompt", include_in_schema=False)
-    async def prompt(
-        request: Request, session_id: str, budget: int = 4096, target: str | None = None
-    ) -> Response:
+    async def prompt(request: Request, session_id: str) -> Response:
+        target = request.query_params.get("target") or None
+        try:
+            budget = int(request.query_params.get("budget", "4096"))
+        except ValueError:
+            budget = 0  # assemble names the error
+
         def render(owner: str | None, mm: MemoryManager) -> Response:
             ctx = mm.assemble(session_id, budget=budget, target=target)
             parts = []
@@ -200,19 +204,16 @@ def add_web(app: FastAPI, service: Service) -> None:
                 owner,
             )
 
-        return await guarded(request, render)
+        return await guarded(request, render, session_id)
 
-    @app.get("/web/sessions/{session_id:path}/pages/{page_id}/image", include_in_schema=False)
-    async def image(
-        request: Request, session_id: str, page_id: int, tier: str | None = None
-    ) -> Response:
+    async def image(request: Request, session_id: str, page_id: int) -> Response:
+        tier = request.query_params.get("tier") or None
+
         def render(owner: str | None, mm: MemoryManager) -> Response:
             return Response(mm.page_image(session_id, page_id, tier=tier), media_type="image/png")
 
-        return await guarded(request, render)
+        return await guarded(request, render, session_id)
 
-    # Last: a session id may hold "/", so this path would take the ones above.
-    @app.get("/web/sessions/{session_id:path}", include_in_schema=False)
     async def session(request: Request, session_id: str) -> Response:
         def render(owner: str | None, mm: MemoryManager) -> Response:
             base = f"/web/sessions/{_q(session_id)}"
@@ -247,4 +248,27 @@ def add_web(app: FastAPI, service: Service) -> None:
             body = form + ("".join(blocks) or "<p id='no-pages'>no pages yet</p>")
             return _page(f"Session {session_id}", body, owner)
 
-        return await guarded(request, render)
+        return await guarded(request, render, session_id)
+
+    @app.get("/web/sessions/{path:path}", include_in_schema=False)
+    async def in_session(request: Request, path: str) -> Response:
+        """A session's pages: ``/web/sessions/ID``, then ``/prompt``, ``/pages/N`` or
+        ``/pages/N/image``. The id is the first segment of the path as sent, percent-decoded
+        (the links here encode a ``/`` in it), so an id ending in ``/prompt`` is not taken
+        for the prompt of a shorter one."""
+        raw = (request.scope.get("raw_path") or request.url.path.encode()).split(b"?", 1)[0]
+        first, *more = raw[len(_SESSIONS) :].split(b"/")
+        session_id = unquote_to_bytes(first).decode("utf-8", "replace")
+        rest = [unquote_to_bytes(m).decode("utf-8", "replace") for m in more]
+        if rest in ([], [""]):
+            return await session(request, session_id)
+        if rest == ["prompt"]:
+            return await prompt(request, session_id)
+        if len(rest) in (2, 3) and rest[0] == "pages" and rest[1].isascii() and rest[1].isdigit():
+            if len(rest) == 2:
+                return await page(request, session_id, int(rest[1]))
+            if rest[2] == "image":
+                return await image(request, session_id, int(rest[1]))
+        missing = _page("Not found", "<p>no such page of the web view</p>")
+        missing.status_code = 404
+        return missing
