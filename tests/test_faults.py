@@ -419,10 +419,23 @@ def test_vacuum_removes_forgotten_text_from_the_postgres_table_files(pg_url: str
                 conn.execute(text("CHECKPOINT"))
                 left = _scan(_pg_files(conn, "om_turns"), marker.encode())
                 print(f"after forget, before vacuum: {left} copies in the table files")
-                mm.vacuum()
-                conn.execute(text("CHECKPOINT"))
-                files = _pg_files(conn, "om_turns")
-                assert _scan(files, marker.encode()) == 0, "forgotten text left in table files"
+                # VACUUM FULL keeps rows a running transaction may still see: on a shared
+                # server another one may, for a moment. Vacuum again then, a bounded number of
+                # times, and name what held them if they stay.
+                for _ in range(5):
+                    mm.vacuum()
+                    conn.execute(text("CHECKPOINT"))
+                    files = _pg_files(conn, "om_turns")
+                    if _scan(files, marker.encode()) == 0:
+                        break
+                    time.sleep(1)
+                holders = conn.execute(
+                    text(
+                        "SELECT datname, state, backend_xmin, left(query, 60) FROM "
+                        "pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"
+                    )
+                ).all()
+                assert _scan(files, marker.encode()) == 0, f"forgotten text left: {holders}"
                 assert _scan(files, b"kept turn 7 ") >= 1  # what is kept is still there
         finally:
             engine.dispose()
