@@ -154,6 +154,17 @@ def test_a_session_id_with_a_slash_is_reachable_on_every_path_and_can_be_forgott
         _error(c.get(f"/v1/sessions/{sid}/turns"), 404, "UnknownSession")
 
 
+def test_a_path_that_is_not_utf8_once_decoded_is_a_400_and_names_no_session(env: Env) -> None:
+    """``%FF`` and ``%FE`` would both read as U+FFFD: two ids, one session."""
+    with env.client() as c:
+        for path in ("/v1/sessions/a%FF/turns", "/v1/sessions/a%FE/turns", "/web/sessions/%C3"):
+            r = c.post(path, json={"role": "user", "content": "x"})
+            assert "not UTF-8" in _error(r, 400, "InvalidInput")
+        assert c.get("/v1/sessions").json()["sessions"] == []
+        ok = c.post(f"/v1/sessions/{quote('a€')}/turns", json={"role": "user", "content": "x"})
+        assert ok.status_code == 201 and c.get("/v1/sessions/a%E2%82%AC/turns").status_code == 200
+
+
 def test_the_web_view_opens_each_session_whatever_its_id_ends_with(env: Env) -> None:
     """Ids that end like one of the web view's own paths (``/prompt``, ``/pages/1``) open
     their own session from the links it makes, not a page of a shorter id."""

@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 from optical_memory.errors import MissingExtra
 
@@ -244,6 +245,27 @@ class JSONText(JSONResponse):
             return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
+class Utf8Path:
+    """ASGI middleware: a path that is not UTF-8 once percent-decoded (``%FF``) is a 400.
+    Decoded as the framework does, every invalid byte would read as U+FFFD, so two different
+    session ids would name one session."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw is not None and b"%" in raw:
+            try:
+                unquote_to_bytes(raw.split(b"?", 1)[0]).decode("utf-8")
+            except UnicodeDecodeError:
+                message = "the path is not UTF-8 once percent-decoded: encode ids as UTF-8"
+                response = JSONResponse(error_body("InvalidInput", message), status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class BodyLimit:
     """ASGI middleware: a body over ``limit`` bytes gets 413 before anything reads it (by
     ``Content-Length``), or as soon as a chunked body passes the limit."""
@@ -414,7 +436,8 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-    app.add_middleware(KeyCheck, service=service)  # outermost: before the body limit too
+    app.add_middleware(KeyCheck, service=service)  # before the body limit too
+    app.add_middleware(Utf8Path)  # outermost: a path that names nothing is not signed in
     _add_routes(app)
     add_proxy(app, service)
     add_web(app, service)
