@@ -94,6 +94,8 @@ _CJK_CLASS = (
 _CJK = re.compile(f"[{_CJK_CLASS}]")
 _CJK_RUN = re.compile(f"([{_CJK_CLASS}]+)")
 _HIRAGANA_ONLY = re.compile("[\u3040-\u309f]+")
+# The private-use areas: the BMP's and planes 15 and 16 (see search_text; migration 0015).
+_PRIVATE_USE = re.compile("[\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd]")
 _WORD = re.compile(r"[^\W_]+")
 # Words joined by punctuation: e-mail addresses, codes, versions, times. PostgreSQL's parser
 # keeps such a compound as one lexeme (``ana@example.com``, ``-1234`` in ``QF-1234``), so the
@@ -132,13 +134,19 @@ CJK_STOP_TERMS = frozenset(_CJK_STOP_TERMS.split())
 def search_text(content: str) -> str | None:
     """The text the index reads for a turn when it differs from ``content``, else None.
 
-    CJK characters are set apart by spaces (the tokenizers do not segment them) and NUL
-    characters become spaces. Plain turns return None: the index reads their content.
+    CJK characters are set apart by spaces (the tokenizers do not segment them); NUL and
+    private-use characters become spaces (FTS5's unicode61 counts a private-use character,
+    an icon font's glyph say, as part of the word beside it, where PostgreSQL's parser and
+    the cue's tokenizer part words there). Plain turns return None: the index reads their
+    content.
     """
     has_cjk = _CJK.search(content) is not None
-    if not has_cjk and "\x00" not in content and not content.startswith("\ue000"):
+    has_private = _PRIVATE_USE.search(content) is not None
+    if not has_cjk and not has_private and "\x00" not in content:
         return None
     out = content.replace("\x00", " ")
+    if has_private:
+        out = _PRIVATE_USE.sub(" ", out)
     return _CJK.sub(r" \g<0> ", out) if has_cjk else out
 
 

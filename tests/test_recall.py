@@ -422,6 +422,18 @@ def test_a_cjk_cue_finds_a_turn_written_in_it(mm: MemoryManager, content: str, c
     assert got and got[0].turn.content == content and got[0].turn.seq == 31
 
 
+def test_a_word_beside_a_private_use_character_is_found(mm: MemoryManager) -> None:
+    """An icon font's glyph (a private-use character) against a word does not hide the word:
+    FTS5's unicode61 would read both as one token, PostgreSQL parts them; both stores find
+    it, and the turn comes back exactly."""
+    texts = ["\ue000platypus sighting", "middle \uf8ffechidna", "x\U00100000wombat", "plain"]
+    mm.add_turns("s", [("user", t) for t in texts])
+    for word, seq in (("platypus", 1), ("echidna", 2), ("wombat", 3), ("plain", 4)):
+        got = mm.recall("s", word)
+        assert [r.turn.seq for r in got] == [seq], word
+        assert got[0].turn.content == texts[seq - 1]
+
+
 def test_a_cjk_cue_does_not_match_unrelated_text(mm: MemoryManager) -> None:
     mm.add_turns("s", [("user", "我喜欢喝茶。"), ("user", "Tokyo is big."), ("user", "京都")])
     assert mm.recall("s", "東京") == []

@@ -501,3 +501,37 @@ def test_superseded_turns_leave_the_sqlite_index_on_upgrade_and_return_on_downgr
         assert rows == 16 and terms["zqvstale"] == 4 and terms["zqvfresh"] == 1
         migrations.upgrade(engine)
         assert _fts(engine)[0] == 11
+
+
+def test_a_word_beside_a_private_use_character_is_found_after_upgrade(sqlite_url: str) -> None:
+    """Turns indexed at 0014 with a private-use character against a word (FTS5's unicode61
+    read them as one token) are found by that word at head; the rest of the index is as it
+    was, and the archive is unchanged."""
+    engine = create_store_engine(normalise_url(sqlite_url))
+    try:
+        migrations.upgrade(engine, "0014")
+    finally:
+        engine.dispose()
+    held = ["\ue000platypus sighting", "the \uf8ffechidna burrow", "東京\U000f0001wombat"]
+    with MemoryManager(sqlite_url, migrate=False) as mm:
+        mm.add_turns("s", [*(("user", t) for t in held), ("user", "a plain numbat")])
+        with mm.database.engine.begin() as conn:  # indexed as 0014's code wrote them
+            for seq, content in enumerate(held, 1):
+                old = content if content.startswith("\ue000") else None
+                if "東" in content:
+                    old = " 東  京 " + content[2:]  # CJK spaced, the rest as it was
+                conn.execute(
+                    text("UPDATE om_turns SET search_text = :t WHERE seq = :q"),
+                    {"t": old, "q": seq},
+                )
+        assert mm.recall("s", "platypus") == [] and mm.recall("s", "echidna") == []
+        before = _fts(mm.database.engine)[1]
+    with MemoryManager(sqlite_url) as mm:  # migrates to head
+        assert migrations.current_revision(mm.database.engine) == migrations.head_revision()
+        for word, seq in (("platypus", 1), ("echidna", 2), ("wombat", 3), ("numbat", 4)):
+            assert [r.turn.seq for r in mm.recall("s", word)] == [seq], word
+        assert [t.content for t in mm.turns("s")] == [*held, "a plain numbat"]
+        after = _fts(mm.database.engine)[1]
+        assert after["numbat"] == before["numbat"] == 1  # the plain turn as it was
+        migrations.downgrade(mm.database.engine, "0014")
+        assert [r.turn.seq for r in mm.recall("s", "platypus")] == [1]
