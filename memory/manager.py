@@ -370,7 +370,7 @@ class MemoryManager:
         prepared: list[tuple[str, list[dict[str, Any]]]] = []
         for session_id, turns in sessions.items():
             key = check_session_id(session_id)
-            if isinstance(turns, str | bytes | Mapping) or not isinstance(turns, Iterable):
+            if not _is_items(turns):
                 raise InvalidInput(
                     f"session {key!r}: turns must be an iterable of turns, "
                     f"got {type(turns).__name__}"
@@ -572,7 +572,7 @@ class MemoryManager:
         self._check_open()
         key = check_session_id(session_id)
         check_int(from_turn, "from_turn", minimum=1, maximum=MAX_TURN)
-        if isinstance(turns, str | bytes | Mapping) or not isinstance(turns, Iterable):
+        if not _is_items(turns):
             raise InvalidInput(f"turns must be an iterable of turns, got {type(turns).__name__}")
         if expected_last_turn is not None:
             check_int(expected_last_turn, "expected_last_turn", maximum=MAX_TURN)
@@ -1237,13 +1237,16 @@ class MemoryManager:
         return await asyncio.to_thread(partial(self.verify, repair=repair, sessions=sessions))
 
 
+def _is_items(items: object) -> bool:
+    """An iterable of turns or attachments (a string, bytes or one mapping is not)."""
+    return isinstance(items, Iterable) and not isinstance(items, str | bytes | Mapping)
+
+
 def _drained(items: Any) -> Any:
     """An iterable of turns or attachments as a list, read in the caller's thread (a generator
     is not read from another); anything else is passed on as it is, for the method it goes to
     to refuse with its typed error."""
-    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
-        return items
-    return list(items)
+    return list(items) if _is_items(items) else items
 
 
 def _tier_label(tier: object) -> str | None:

@@ -22,6 +22,8 @@ class RecordingChatServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if outer.streamed(self, body):
+                    return
                 status, answer = outer.answer(self.path, body)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
@@ -44,6 +46,11 @@ class RecordingChatServer:
         """Record the request and answer it (a subclass may check or script the answer)."""
         self.requests.append({"path": path, "body": body})
         return 200, self.completion(body)
+
+    def streamed(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> bool:
+        """Answer the request as a stream, writing to ``handler`` (a subclass may); False: it
+        gets the whole answer."""
+        return False
 
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         n = len(self.requests)

@@ -1,5 +1,5 @@
 """Helpers for the service tests: the app in a real uvicorn server on loopback, in this
-process, and an upstream that answers each request with a scripted server-sent-event stream.
+process, and an upstream that answers each streaming request with a scripted server-sent-event stream.
 
 Import as ``from service_helpers import …`` (pytest puts ``tests/`` on ``sys.path``), after
 ``pytest.importorskip("uvicorn")``.
@@ -12,10 +12,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import uvicorn
+from chat_server import RecordingChatServer
 
 from benchmarks.service import free_port
 from optical_memory import MemoryManager
@@ -60,60 +61,37 @@ def delta(content: str, finish: str | None = None) -> dict[str, Any]:
     return {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
 
 
-class ScriptedUpstream:
-    """An OpenAI-compatible upstream on 127.0.0.1 that streams the chunks set in ``script``
-    to each streaming request, each flushed on its own, and then closes the connection (with
-    no end of the chunked body when ``cut``: the stream breaks); a request that does not
-    stream gets ``reply`` as a whole answer."""
+class ScriptedUpstream(RecordingChatServer):
+    """The recording upstream of ``chat_server``, streaming the chunks set in ``script`` to
+    each streaming request, each flushed on its own, and then closing the connection (with no
+    end of the chunked body when ``cut``: the stream breaks); a request that does not stream
+    gets ``reply`` as a whole answer."""
 
     def __init__(self) -> None:
+        super().__init__(reply="hi")
         self.script: list[bytes] = []
         self.cut = False
-        self.reply = "hi"
-        upstream = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    @property
+    def url(self) -> str:
+        return self.base_url
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                if not body.get("stream"):
-                    message = {"role": "assistant", "content": upstream.reply}
-                    choice = {"index": 0, "message": message, "finish_reason": "stop"}
-                    answer = json.dumps(
-                        {"id": "c1", "object": "chat.completion", "choices": [choice]}
-                    )
-                    self.send_response(200)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(answer)))
-                    self.end_headers()
-                    self.wfile.write(answer.encode())
-                    return
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.send_header("transfer-encoding", "chunked")
-                self.send_header("connection", "close")
-                self.end_headers()
-                for chunk in upstream.script:
-                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                    self.wfile.flush()
-                    time.sleep(0.01)
-                if not upstream.cut:
-                    self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-                self.close_connection = True
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> ScriptedUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def streamed(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> bool:
+        if not body.get("stream"):
+            return False
+        self.requests.append({"path": handler.path, "body": body})
+        handler.protocol_version = "HTTP/1.1"  # chunked: a cut body is a broken stream
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("transfer-encoding", "chunked")
+        handler.send_header("connection", "close")
+        handler.end_headers()
+        for chunk in self.script:
+            handler.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            handler.wfile.flush()
+            time.sleep(0.01)
+        if not self.cut:
+            handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+        handler.close_connection = True
+        return True

@@ -257,7 +257,7 @@ class Utf8Path:
         raw = scope.get("raw_path") if scope["type"] == "http" else None
         if raw is not None and b"%" in raw:
             try:
-                unquote_to_bytes(raw.split(b"?", 1)[0]).decode("utf-8")
+                unquote_to_bytes(raw).decode("utf-8")  # (raw_path holds no query string)
             except UnicodeDecodeError:
                 message = "the path is not UTF-8 once percent-decoded: encode ids as UTF-8"
                 response = JSONResponse(error_body("InvalidInput", message), status_code=400)

@@ -121,13 +121,18 @@ class StreamedReply:
         """The reply as a chat-completions message, or None if the stream carried none."""
         if not self.content and not self.tool_calls:
             return None
-        msg: dict[str, Any] = {"role": "assistant", "content": _paired("".join(self.content))}
-        msg["content"] = msg["content"] or None
+        msg: dict[str, Any] = {
+            "role": "assistant",
+            "content": _paired("".join(self.content)) or None,
+        }
         if self.tool_calls:
-            calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
-            for c in calls:
-                c["function"]["arguments"] = _paired(c["function"]["arguments"])
-            msg["tool_calls"] = calls
+            msg["tool_calls"] = [
+                {
+                    **c,
+                    "function": {**c["function"], "arguments": _paired(c["function"]["arguments"])},
+                }
+                for c in (self.tool_calls[i] for i in sorted(self.tool_calls))
+            ]
         return msg
 
 

@@ -256,7 +256,7 @@ def add_web(app: FastAPI, service: Service) -> None:
         ``/pages/N/image``. The id is the first segment of the path as sent, percent-decoded
         (the links here encode a ``/`` in it), so an id ending in ``/prompt`` is not taken
         for the prompt of a shorter one."""
-        raw = (request.scope.get("raw_path") or request.url.path.encode()).split(b"?", 1)[0]
+        raw = request.scope.get("raw_path") or request.url.path.encode()  # (no query string)
         first, *more = raw[len(_SESSIONS) :].split(b"/")
         session_id = unquote_to_bytes(first).decode("utf-8", "replace")
         rest = [unquote_to_bytes(m).decode("utf-8", "replace") for m in more]
