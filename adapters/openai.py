@@ -203,6 +203,8 @@ def openai_message_to_turn(
     content, omitted, images = _text_of(msg.get("content"))
     if not content and role == "assistant" and isinstance(msg.get("refusal"), str):
         content = msg["refusal"]
+    for field in ("name", "tool_call_id"):
+        _check_text(msg.get(field), f"a message's {field}")
     meta: dict[str, Any] = {}
     if msg.get("name") and role != "tool":
         meta["name"] = str(msg["name"])
@@ -210,7 +212,7 @@ def openai_message_to_turn(
         if not isinstance(msg["tool_calls"], list | tuple):
             raise InvalidInput("a message's tool_calls must be a list of tool calls")
         meta["tool_calls"] = [
-            ToolCall.from_metadata(_as_dict(c)).to_metadata() for c in msg["tool_calls"]
+            ToolCall.from_metadata(_checked_call(c)).to_metadata() for c in msg["tool_calls"]
         ]
     if role == "tool":
         meta["tool_call_id"] = str(msg.get("tool_call_id") or msg.get("name") or "")
@@ -222,6 +224,29 @@ def openai_message_to_turn(
     if images:
         row["attachments"] = images
     return row
+
+
+def _check_text(value: object, what: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, got {type(value).__name__} {value!r:.40}")
+
+
+def _checked_call(call: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """A tool call of a message as a dict, refused (:class:`InvalidInput`) where its id, name
+    or arguments are not what chat completions sends (strings; arguments a JSON string)."""
+    c = _as_dict(call)
+    fn = c.get("function")
+    if fn is not None and not isinstance(fn, Mapping):
+        raise InvalidInput("a tool call's function must be an object with name and arguments")
+    fn = fn or {}
+    _check_text(c.get("id"), "a tool call's id")
+    _check_text(fn.get("name", c.get("name")), "a tool call's function name")
+    arguments = fn.get("arguments", c.get("arguments"))
+    if arguments is not None and not isinstance(arguments, str | Mapping):
+        raise InvalidInput(
+            f"a tool call's arguments must be a JSON string, got {type(arguments).__name__}"
+        )
+    return c
 
 
 def record_openai_messages(
@@ -240,7 +265,10 @@ def record_openai_messages(
     from where it parts are superseded (kept in the archive, see
     ``MemoryManager.superseded``; out of the prompt) and the rest is stored, in one
     transaction. Aligning is linear in the messages sent (see :func:`~._framing.align`).
-    Turns already on a page cannot be replaced: an edit there is stored as new turns. System
+    Turns already on a page cannot be replaced: an edit there is stored as new turns. A run
+    of one message that meets the stored branch only somewhere in its middle (a one-message
+    conversation edited, then regenerated) cannot be told from that message sent again as
+    new, and is stored as new: replacing from there could withdraw a whole conversation. System
     and developer messages are not stored. Inline images are stored as the turn's
     attachments; one that is not a decodable image raises ``InvalidAttachment`` and nothing
     is stored. Several processes may record the same conversation at once (two service
@@ -413,7 +441,12 @@ def _text_of(content: Any) -> tuple[str, list[str], list[bytes]]:
     for part in content:
         p = _as_dict(part) if not isinstance(part, str) else {"type": "text", "text": part}
         if p.get("type") == "text":
-            texts.append(str(p.get("text", "")))
+            text = p.get("text", "")
+            if not isinstance(text, str):
+                raise InvalidInput(
+                    f"a text part's text must be a string, got {type(text).__name__}"
+                )
+            texts.append(text)
             continue
         data = _inline_image(p) if p.get("type") == "image_url" else None
         if data is not None:

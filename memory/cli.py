@@ -688,6 +688,9 @@ def serve(
 
     import optical_memory.adapters.service.app  # noqa: F401  (the extra, before any work)
 
+    if owner is not None and not no_auth:
+        _fail("--owner names the namespace of a service without keys: add --no-auth, or drop it")
+
     get_target(target)
     url = db if db else default_url()
     config = service.ServiceConfig(
@@ -737,6 +740,8 @@ def mcp(
     service = _service()
     from optical_memory.adapters.service.mcp_server import run_stdio
 
+    if key is not None and owner is not None:
+        _fail("give --owner or --key, not both: a key serves the owner it is bound to")
     with _memory(db) as mm:
         if key is not None:
             owner = service.keys.owner_of_key(mm, key)

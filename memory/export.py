@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .assemble import AssembledContext, PageSegment, TextSegment
+from .assemble import AssembledContext, PageSegment, RecalledSegment, TextSegment
 from .captions import MEMORY_INTRO
 from .contact_sheet import Tile, contact_sheet
 from .errors import InvalidInput, MissingExtra
 from .ladder import IMAGE_TIERS, Tier
+from .records import Turn
 
 if TYPE_CHECKING:
     from .manager import MemoryManager
@@ -93,20 +94,19 @@ def context_dict(ctx: AssembledContext, image: ImageField) -> dict[str, Any]:
                     "caption": seg.caption,
                 }
             )
-        else:
-            assert isinstance(seg, TextSegment)
-            t = seg.turn
+        elif isinstance(seg, RecalledSegment):
             segments.append(
                 {
-                    "kind": "text",
-                    "seq": t.seq,
-                    "role": t.role,
-                    "content": t.content,
-                    "at": t.at.isoformat(),
+                    "kind": "recalled",
+                    "text": seg.text,
                     "tokens": seg.tokens,
-                    "metadata": t.metadata,
+                    "pinned": list(seg.pinned),
+                    "turns": [_turn_dict(t) for t in seg.turns],
                 }
             )
+        else:
+            assert isinstance(seg, TextSegment)
+            segments.append({"kind": "text", **_turn_dict(seg.turn, tokens=seg.tokens)})
     return {
         "session_id": ctx.session_id,
         "target": ctx.target,
@@ -120,6 +120,18 @@ def context_dict(ctx: AssembledContext, image: ImageField) -> dict[str, Any]:
         "intro": MEMORY_INTRO if ctx.intro_tokens else None,
         "fingerprint": ctx.fingerprint(),
         "segments": segments,
+    }
+
+
+def _turn_dict(t: Turn, **extra: Any) -> dict[str, Any]:
+    """A turn as plain JSON (``extra``, such as its cost in the prompt, before its metadata)."""
+    return {
+        "seq": t.seq,
+        "role": t.role,
+        "content": t.content,
+        "at": t.at.isoformat(),
+        **extra,
+        "metadata": t.metadata,
     }
 
 

@@ -17,6 +17,7 @@ class RecordingChatServer:
     def __init__(self, reply: str = "Noted.") -> None:
         self.reply = reply
         self.requests: list[dict[str, Any]] = []
+        self.headers: dict[str, str] = {}  # sent with every whole answer (rate limits, ids)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -29,6 +30,8 @@ class RecordingChatServer:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in outer.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 

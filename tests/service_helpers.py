@@ -63,14 +63,22 @@ def delta(content: str, finish: str | None = None) -> dict[str, Any]:
 
 class ScriptedUpstream(RecordingChatServer):
     """The recording upstream of ``chat_server``, streaming the chunks set in ``script`` to
-    each streaming request, each flushed on its own, and then closing the connection (with no
-    end of the chunked body when ``cut``: the stream breaks); a request that does not stream
-    gets ``reply`` as a whole answer."""
+        each streaming request, each flushed on its own, and then closing the connection (with no
+        end of the chunked body when ``cut``: the stream breaks); a request that does not stream
+        gets ``reply`` as a whole answer. A ``status`` other than 200 answers every request with it
+    (and ``headers``), as an upstream refusing the call does."""
 
     def __init__(self) -> None:
         super().__init__(reply="hi")
         self.script: list[bytes] = []
         self.cut = False
+        self.status = 200  # of every answer, whole or streamed
+
+    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        status, answer = super().answer(path, body)
+        if self.status != 200:
+            return self.status, {"error": {"message": "scripted", "type": "scripted"}}
+        return status, answer
 
     @property
     def url(self) -> str:
@@ -81,6 +89,16 @@ class ScriptedUpstream(RecordingChatServer):
             return False
         self.requests.append({"path": handler.path, "body": body})
         handler.protocol_version = "HTTP/1.1"  # chunked: a cut body is a broken stream
+        if self.status != 200:
+            handler.send_response(self.status)
+            handler.send_header("content-type", "application/json")
+            handler.send_header("content-length", "2")
+            for name, value in self.headers.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(b"{}")
+            handler.close_connection = True
+            return True
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream")
         handler.send_header("transfer-encoding", "chunked")

@@ -76,6 +76,18 @@ def test_a_cue_brings_an_old_fact_back_as_exact_text(faded: MemoryManager) -> No
     assert cued.tokens == sum(s.tokens for s in cued.segments) + cued.intro_tokens
 
 
+def test_the_json_export_carries_the_recalled_block(faded: MemoryManager) -> None:
+    from optical_memory.export import export_context
+
+    cued = faded.assemble("s", budget=2000, now=NOW, cue=QUESTION)
+    data = export_context(cued, "json")
+    assert [s["kind"] for s in data["segments"]] == [s.kind for s in cued.segments]
+    (block,) = (s for s in data["segments"] if s["kind"] == "recalled")
+    assert block["text"] == cued.recalled.text and block["tokens"] == cued.recalled.tokens
+    fact = next(t for t in block["turns"] if t["seq"] == FACT_AT)
+    assert fact["content"] == FACT and fact["role"] == "user"
+
+
 def test_the_recalled_turn_comes_with_its_neighbour_for_context(faded: MemoryManager) -> None:
     block = faded.assemble("s", budget=2000, now=NOW, cue=QUESTION).recalled
     assert block is not None

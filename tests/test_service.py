@@ -102,6 +102,17 @@ def test_serve_refuses_to_start_open(tmp_path: Path) -> None:
     assert no_keys.exit_code == 2 and "keys create" in no_keys.stderr
     exposed = cli("serve", "--db", fresh, "--no-auth", "--host", "0.0.0.0", "--port", "1")
     assert exposed.exit_code == 2 and "refusing to serve without API keys" in exposed.stderr
+    for bad, says in (
+        (["--age-every", "nan"], "age_every"),
+        (["--age-every", "1e9"], "age_every"),
+        (["--owner", ""], "owner"),
+    ):
+        refused = cli("serve", "--db", fresh, "--no-auth", "--port", "1", *bad)
+        assert refused.exit_code == 2 and says in refused.stderr, refused.output
+    ignored = cli("serve", "--db", fresh, "--owner", "ana", "--port", "1")
+    assert ignored.exit_code == 2 and "--no-auth" in ignored.stderr
+    both = cli("mcp", "--db", fresh, "--owner", "bob", "--key", "om_x")
+    assert both.exit_code == 2 and "not both" in both.stderr
 
 
 def test_requests_without_a_valid_key_get_401_and_revoked_keys_are_refused(svc: Svc) -> None:
@@ -152,7 +163,7 @@ def test_the_key_is_checked_before_the_body_is_read(svc: Svc) -> None:
             content=bad_bodies[0],
             headers={"content-type": "application/json"},
         )
-        assert r.status_code == 422 and r.json()["error"]["type"] == "InvalidInput"
+        assert r.status_code == 400 and r.json()["error"]["type"] == "InvalidInput"
         assert alice.get(f"/v1/sessions/{sid}/turns").status_code == 404  # nothing written
 
 
@@ -382,6 +393,27 @@ def test_a_turns_images_go_in_as_base64_and_come_back_exactly(svc: Svc) -> None:
 
 
 # -- the API round trip ----------------------------------------------------------------------
+
+
+def test_the_json_context_carries_what_a_cue_recalls(svc: Svc) -> None:
+    sid = _sid()
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    turns = [
+        {
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"note {i} of the lighthouse keeper. " + "word " * 60,
+            "at": (start + timedelta(hours=i)).isoformat(),
+        }
+        for i in range(80)
+    ]
+    with svc.client("alice") as alice:
+        alice.post(f"/v1/sessions/{sid}/turns", json={"turns": turns}).raise_for_status()
+        alice.post("/v1/age", json={"now": (start + timedelta(days=60)).isoformat()})
+        params = {"budget": 3000, "format": "json", "cue": "note 3 lighthouse"}
+        r = alice.get(f"/v1/sessions/{sid}/context", params=params)
+        assert r.status_code == 200, r.text
+        (block,) = (s for s in r.json()["segments"] if s["kind"] == "recalled")
+        assert any(t["content"].startswith("note 3 of") for t in block["turns"])
 
 
 def test_turns_age_into_pages_served_as_images_and_assembled_in_three_shapes(svc: Svc) -> None:

@@ -77,6 +77,10 @@ def test_what_the_framework_answers_itself_is_json_in_the_librarys_shape(env: En
         assert c.get("/v1/sessions").json()["sessions"] == []
 
 
+def _call(call: dict[str, object]) -> dict[str, object]:
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
 @pytest.mark.parametrize(
     "messages",
     [
@@ -88,6 +92,13 @@ def test_what_the_framework_answers_itself_is_json_in_the_librarys_shape(env: En
         [{"role": "user", "content": 5}],
         [{"role": "assistant", "content": "x", "tool_calls": 5}],
         [{"role": "user", "content": "ok"}, 7],
+        [{"role": "user", "content": [{"type": "text", "text": {"a": 1}}]}],
+        [{"role": "user", "content": "x", "name": 5}],
+        [{"role": "tool", "tool_call_id": 5, "content": "r"}],
+        [_call({"id": {"a": 1}, "type": "function", "function": {"name": "f", "arguments": "{}"}})],
+        [_call({"id": "c1", "type": "function", "function": {"name": ["x"], "arguments": "{}"}})],
+        [_call({"id": "c1", "type": "function", "function": {"name": "f", "arguments": 5}})],
+        [_call({"id": "c1", "type": "function", "function": "f"})],
     ],
 )
 def test_a_malformed_chat_message_is_a_422_and_nothing_is_stored(
@@ -100,14 +111,56 @@ def test_a_malformed_chat_message_is_a_422_and_nothing_is_stored(
         assert c.get(f"/v1/sessions/{sid}/turns").status_code == 404
 
 
-def test_a_proxy_body_nested_too_deeply_is_a_422(env: Env) -> None:
+def test_a_proxy_body_that_cannot_be_read_is_a_400_as_on_every_route(env: Env) -> None:
     deep = b'{"messages": [{"role": "user", "content": "hi"}], "user": "deep", "x": '
     deep += b"[" * 100_000 + b"]" * 100_000 + b"}"
     with env.client() as c:
+        for body, says in ((deep, "nested too deeply"), (b"{not json", "not valid JSON")):
+            r = c.post(
+                "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+            )
+            assert says in _error(r, 400, "InvalidInput")
+        json_type = {"content-type": "application/json"}
+        r = c.post(f"/v1/sessions/{_sid()}/turns", content=b"{not json", headers=json_type)
+        _error(r, 400, "InvalidInput")
+        turn = json.dumps({"role": "user", "content": "hi"})
         r = c.post(
-            "/v1/chat/completions", content=deep, headers={"content-type": "application/json"}
+            f"/v1/sessions/{_sid()}/turns", content=turn, headers={"content-type": "text/plain"}
         )
-        assert "nested too deeply" in _error(r, 422, "InvalidInput")
+        assert "Content-Type: application/json" in _error(r, 400, "InvalidInput")
+        assert c.get("/v1/sessions").json()["sessions"] == []
+
+
+def test_an_unknown_target_header_is_refused_before_anything_is_stored(env: Env) -> None:
+    sid = _sid()
+    with env.client() as c:
+        body = {"model": "m", "messages": [{"role": "user", "content": "q1"}], "user": sid}
+        r = c.post("/v1/chat/completions", json=body, headers={"x-memory-target": "no-such"})
+        _error(r, 422, "UnknownTarget")
+        assert c.get(f"/v1/sessions/{sid}/turns").status_code == 404
+        assert env.upstream.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_upstreams_headers_come_back_with_its_answer(env: Env, stream: bool) -> None:
+    """Rate limits, request ids and ``Retry-After`` reach the client (the ``openai`` client
+    backs off by them), whether the upstream answered or refused."""
+    env.upstream.headers = {"x-request-id": "req-7", "x-ratelimit-remaining-requests": "41"}
+    with env.client() as c:
+        for status in (200, 429):
+            env.upstream.status = status
+            if status == 429:
+                env.upstream.headers["retry-after"] = "7"
+            env.upstream.script = sse(delta("ok", "stop"), "[DONE]")
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "user": _sid()}
+            r = c.post("/v1/chat/completions", json={**body, "stream": stream})
+            assert r.status_code == status
+            if stream and status == 200:
+                continue  # the scripted stream sends no extra headers
+            assert r.headers["x-request-id"] == "req-7", r.headers
+            assert r.headers["x-ratelimit-remaining-requests"] == "41"
+            assert r.headers.get("retry-after") == ("7" if status == 429 else None)
+            assert len(r.headers.get_list("date")) == 1  # the service's own, not the upstream's
 
 
 def test_a_lone_surrogate_in_metadata_is_kept_exactly_and_served_as_valid_json(env: Env) -> None:
@@ -284,3 +337,114 @@ def test_a_finished_answer_whose_done_never_came_is_stored(env: Env) -> None:
     status, got = _stream(env, sid, "tell me everything")
     assert status == 200 and b"[DONE]" not in got
     assert _stored(env, sid) == [("user", "tell me everything"), ("assistant", "all of it")]
+
+
+def test_events_of_other_shapes_pass_unchanged_and_the_reply_is_still_stored(env: Env) -> None:
+    """An upstream may send keep-alives, comments, events for other choices or shapes the
+    proxy does not know: the stream passes byte for byte, and what it can read is stored."""
+    sid = _sid()
+    env.upstream.script = [
+        *sse(delta("a "), "[1,2]", '"ping"', "42", {"choices": ["x"]}, {"choices": {"a": 1}}),
+        b": a comment\n\n",
+        *sse(
+            {"choices": [{"index": 0, "delta": "hi"}]},
+            {
+                "choices": [
+                    {"index": 0, "delta": {"tool_calls": [{"index": None, "function": "f"}]}}
+                ]
+            },
+            {"choices": [{"index": 0, "delta": {"tool_calls": ["x", {"function": {"name": 5}}]}}]},
+            delta("b", "stop"),
+            "[DONE]",
+        ),
+    ]
+    status, got = _stream(env, sid, "go on")
+    assert status == 200 and got == b"".join(env.upstream.script)
+    assert _stored(env, sid) == [("user", "go on"), ("assistant", "a b")]
+
+
+def test_a_stream_whose_lines_end_in_carriage_returns_is_stored(env: Env) -> None:
+    """SSE lines may end in CR, LF or CRLF."""
+    for end in (b"\r", b"\r\n"):
+        sid = _sid()
+        env.upstream.script = [
+            e.replace(b"\n\n", end + end) for e in sse(delta("x"), delta("y", "stop"), "[DONE]")
+        ]
+        status, got = _stream(env, sid, "which ending?")
+        assert status == 200 and got == b"".join(env.upstream.script)
+        assert _stored(env, sid) == [("user", "which ending?"), ("assistant", "xy")]
+
+
+def test_a_streamed_refusal_is_stored_as_the_whole_answer_would_be(env: Env) -> None:
+    sid = _sid()
+    refusal = {"index": 0, "delta": {"refusal": "I can't help with that."}, "finish_reason": None}
+    env.upstream.script = sse({"choices": [refusal]}, delta("", "stop"), "[DONE]")
+    status, _ = _stream(env, sid, "do something bad")
+    assert status == 200
+    assert _stored(env, sid) == [
+        ("user", "do something bad"),
+        ("assistant", "I can't help with that."),
+    ]
+
+
+def test_a_service_without_keys_answers_only_requests_for_a_loopback_host(
+    tmp_path: Path,
+) -> None:
+    """DNS rebinding: a web page the user opens may point a name of its own at 127.0.0.1;
+    its requests name that host (and its origin), and get 421 on every path."""
+    file = tmp_path / "open.db"
+    with MemoryManager(f"sqlite:///{file}") as mm:
+        mm.scoped("ana").add_turn("diary", "user", "my bank PIN is 4417")
+        config = ServiceConfig(db=str(file), auth=False, owner="ana", age_every=0)
+        with serving(mm, config) as url, httpx.Client(base_url=url, timeout=30) as c:
+            port = url.rsplit(":", 1)[1]
+            assert c.get("/v1/sessions/diary/turns").status_code == 200
+            for host in (f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
+                assert c.get("/v1/sessions", headers={"host": host}).status_code == 200, host
+            ok_origin = {"origin": f"http://localhost:{port}"}
+            assert c.get("/v1/sessions", headers=ok_origin).status_code == 200
+            evil_host = {"host": f"evil.example:{port}"}
+            evil_origin = {"origin": f"http://evil.example:{port}"}
+            for headers in (evil_host, evil_origin, {**evil_host, **evil_origin}):
+                for method, path in (
+                    ("GET", "/v1/sessions/diary/turns"),
+                    ("GET", "/web/sessions/diary"),
+                    ("POST", "/mcp/"),
+                    ("DELETE", "/v1/sessions/diary"),
+                ):
+                    r = c.request(method, path, headers=headers)
+                    _error(r, 421, "MisdirectedRequest")
+            assert [t.content for t in mm.scoped("ana").turns("diary")] == ["my bank PIN is 4417"]
+
+
+def test_mcp_over_http_answers_for_any_host_name_when_keys_guard_it(env: Env) -> None:
+    """Behind a reverse proxy the public host name is forwarded: with keys on, MCP answers
+    for it as /v1 does (the MCP SDK's loopback-only Host list refused it with 421)."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    headers = {"host": "memory.example.com", "accept": "application/json, text/event-stream"}
+    with env.client() as c:
+        assert c.get("/v1/sessions", headers=headers).status_code == 200
+        r = c.post("/mcp/", json=init, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["serverInfo"]["name"] == "optical-memory"
+
+
+def test_the_web_view_reads_its_own_prefix_as_sent_and_names_a_bad_budget(env: Env) -> None:
+    env.mm.add_turn("b1", "user", "hello")
+    with env.client() as c:
+        c.cookies.set(SESSION_COOKIE, env.key)
+        assert c.get("/web/sessions/b1").status_code == 200
+        for path in ("/web/sessions%2Fb1", "/web/%73essions/b1"):
+            assert c.get(path).status_code == 404, path
+        for budget in ("abc", "1e3", "4096.0", "9" * 5000, "-5"):
+            r = c.get("/web/sessions/b1/prompt", params={"budget": budget})
+            assert r.status_code == 422 and f"got &#x27;{budget[:20]}" in r.text, (budget, r.text)

@@ -9,7 +9,7 @@ import pytest
 
 from optical_memory import ForgetIncomplete, MemoryManager, StoreBusy
 from optical_memory.adapters.service import create_key, revoke_key
-from optical_memory.adapters.service.keys import KeyCache
+from optical_memory.adapters.service.keys import KeyCache, UnknownApiKey
 
 
 class Clock:
@@ -68,3 +68,17 @@ def test_errors_below_the_service_map_to_a_status_and_headers_that_say_what_to_d
     body = describe(incomplete)["error"]
     assert body["type"] == "ForgetIncomplete" and "next write" in body["message"]
     assert status_of(StoreBusy("locked")) == 503 and headers_of(StoreBusy("x")) is not None
+
+
+@pytest.mark.parametrize("name", ["99999999999999999999", "9" * 5000, "\u0661", "\u00b2"])
+def test_a_key_id_that_no_key_has_is_refused_and_revokes_nothing(
+    sqlite_url: str, name: str
+) -> None:
+    """Past what a store holds, or digits other than ASCII (``int`` reads Arabic-Indic ``١``
+    as 1): no such key, in one line, and key 1 is still active."""
+    with MemoryManager(sqlite_url) as mm:
+        key, info = create_key(mm, "ana")
+        assert info.id == 1
+        with pytest.raises(UnknownApiKey, match="no key named"):
+            revoke_key(mm, name)
+        assert KeyCache(mm, ttl=0.0).owner(key) == "ana"

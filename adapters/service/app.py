@@ -19,7 +19,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from optical_memory.errors import MissingExtra
 
@@ -29,6 +29,7 @@ try:
     import mcp  # noqa: F401
     import uvicorn  # noqa: F401
     from fastapi import Body, Depends, FastAPI, Query, Request
+    from mcp.server.transport_security import TransportSecuritySettings
 except ImportError as exc:
     raise MissingExtra("the service", "service", exc.name) from exc
 from fastapi.exceptions import RequestValidationError
@@ -38,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from optical_memory import InvalidAttachment, InvalidInput, MemoryManager, OpticalMemoryError, Turn
 
-from .config import ServiceConfig
+from .config import LOOPBACK, ServiceConfig
 from .errors import BodyTooLarge, describe, error_body, headers_of, status_of
 from .formats import CONTEXT_FORMATS, context_as
 from .keys import KeyCache, NotSignedIn
@@ -266,6 +267,44 @@ class Utf8Path:
         await self.app(scope, receive, send)
 
 
+class LoopbackHost:
+    """ASGI middleware of a service without API keys (loopback only): a request must name a
+    loopback host (``Host``, and ``Origin`` when a browser sends one), else 421. Without
+    it, any web page its user opens could point a name of its own at 127.0.0.1 (DNS
+    rebinding) and read or forget the memory with the browser's requests."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            origin = headers.get(b"origin")
+            host_ok = _is_loopback(headers.get(b"host", b"").decode("latin-1"))
+            origin_ok = origin is None or _is_loopback(urlsplit(origin.decode("latin-1")).netloc)
+            if not (host_ok and origin_ok):
+                message = (
+                    "a service without API keys answers only requests for a loopback host "
+                    "(127.0.0.1, localhost, [::1]); serve with keys to reach it by another name"
+                )
+                response = JSONResponse(error_body("MisdirectedRequest", message), status_code=421)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _is_loopback(netloc: str) -> bool:
+    """Whether ``host[:port]`` names this machine's loopback interface."""
+    host = netloc.rpartition("@")[2]
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host, _, port = host.partition(":")
+        if not port.isascii() or not port.isdigit():
+            return False
+    return host.lower() in LOOPBACK
+
+
 class BodyLimit:
     """ASGI middleware: a body over ``limit`` bytes gets 413 before anything reads it (by
     ``Content-Length``), or as soon as a chunked body passes the limit."""
@@ -349,12 +388,25 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     malformed = any(e.get("type") == "json_invalid" for e in errors)
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/json" and any(_whole_body(e) for e in errors):
+        # The framework reads a body as JSON only when it says it is: other bodies reach
+        # validation as text, and "should be a valid dictionary" would not say why.
+        message = f"send the body as JSON with Content-Type: application/json (got {kind!r:.60})"
+        return JSONResponse(error_body("InvalidInput", message), status_code=400)
     parts = []
     for e in errors[:5]:
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {e.get('msg', 'invalid')}")
     message = ("the body is not valid JSON; " if malformed else "") + "; ".join(parts)
     return JSONResponse(error_body("InvalidInput", message), status_code=400 if malformed else 422)
+
+
+def _whole_body(error: Mapping[str, Any]) -> bool:
+    """Whether a validation error is about the body as a whole (not one of its fields): the
+    body itself, or one shape of a body that may take several."""
+    loc = tuple(error.get("loc", ()))
+    return loc[:1] == ("body",) and len(loc) <= 2 and str(error.get("type", "")).endswith("type")
 
 
 _HTTP_ERRORS = {400: "InvalidInput", 404: "NotFound", 405: "MethodNotAllowed"}
@@ -400,7 +452,13 @@ def create_app(
     service = Service(memory, config)
     mcp = build_mcp(lambda ctx: http_memory(service, ctx), service.settle)
     mcp_app = mcp.streamable_http_app(
-        streamable_http_path="/", stateless_http=True, json_response=True, host=config.host
+        streamable_http_path="/",
+        stateless_http=True,
+        json_response=True,
+        # The SDK's own Host allow-list (loopback names for a loopback bind) refused MCP
+        # behind a reverse proxy while /v1 answered: the service's rule holds for every path
+        # instead (keys, or loopback names only without them, see LoopbackHost).
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
 
     @asynccontextmanager
@@ -437,7 +495,9 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     app.add_middleware(KeyCheck, service=service)  # before the body limit too
-    app.add_middleware(Utf8Path)  # outermost: a path that names nothing is not signed in
+    app.add_middleware(Utf8Path)  # a path that names nothing is not signed in
+    if not config.auth:
+        app.add_middleware(LoopbackHost)  # outermost
     _add_routes(app)
     add_proxy(app, service)
     add_web(app, service)

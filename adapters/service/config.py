@@ -7,10 +7,13 @@ process (``--workers N``) builds the same app from the same settings.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 
-from optical_memory.errors import InvalidConfiguration
+from optical_memory.errors import InvalidConfiguration, InvalidInput
+from optical_memory.scheduler import MAX_INTERVAL
+from optical_memory.validation import check_owner
 
 __all__ = ["ENV_PREFIX", "LOOPBACK", "ServiceConfig"]
 
@@ -53,8 +56,18 @@ class ServiceConfig:
             )
         if self.budget <= 0 or self.max_body_bytes <= 0:
             raise InvalidConfiguration("budget and max body size must be positive")
-        if self.age_every < 0 or self.key_cache_seconds < 0:
-            raise InvalidConfiguration("age_every and key_cache_seconds must be >= 0")
+        if not (math.isfinite(self.key_cache_seconds) and self.key_cache_seconds >= 0):
+            raise InvalidConfiguration("key_cache_seconds must be a finite number >= 0")
+        longest = MAX_INTERVAL.total_seconds()
+        if not (math.isfinite(self.age_every) and 0 <= self.age_every <= longest):
+            raise InvalidConfiguration(
+                f"age_every must be 0 (no scheduler) or seconds up to {longest:.0f} "
+                f"({MAX_INTERVAL.days} days), got {self.age_every}"
+            )
+        try:
+            check_owner(self.owner)
+        except InvalidInput as exc:
+            raise InvalidConfiguration(f"owner: {exc}") from None
         return self
 
     def to_env(self) -> dict[str, str]:

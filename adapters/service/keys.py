@@ -100,8 +100,9 @@ def revoke_key(memory: MemoryManager, key: str) -> ApiKeyInfo:
 
     def work(s):  # type: ignore[no-untyped-def]
         q = select(ApiKeyRow)
-        if text.isdigit():
-            q = q.where(ApiKeyRow.id == int(text))
+        if text.isascii() and text.isdigit():  # an id (ASCII digits: int() reads others too)
+            # Past 18 digits, past what either store holds: no key has that id.
+            q = q.where(ApiKeyRow.id == (int(text) if len(text) <= 18 else -1))
         elif len(text) > _SHOWN:
             q = q.where(ApiKeyRow.key_hash == _hash(text))
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -31,6 +32,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from optical_memory import InvalidBudget, InvalidInput, MemoryManager
 from optical_memory.errors import InvalidConfiguration
+from optical_memory.ladder import Target, get_target
 
 from ..openai import (
     newest_user_text,
@@ -47,11 +49,28 @@ SESSION_HEADER = "x-memory-session"
 BUDGET_HEADER = "x-memory-budget"
 TARGET_HEADER = "x-memory-target"
 log = logging.getLogger(__name__)
-_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding"}
+# Not passed back from the upstream: hop-by-hop headers, the body's framing (it is passed
+# decoded, its length counted again) and what the service's own server writes (date, server).
+_NOT_PASSED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+    }
+)
 
 
 def prepare_messages(
-    memory: MemoryManager, session_id: str, messages: list[Any], budget: int, target: str
+    memory: MemoryManager, session_id: str, messages: list[Any], budget: int, target: Target | str
 ) -> list[dict[str, Any]]:
     """Store what is new of ``messages``, then the messages to send upstream: the client's
     system messages, then the assembled memory (which ends with the newest turns)."""
@@ -59,7 +78,7 @@ def prepare_messages(
 
 
 def _prepare(
-    memory: MemoryManager, session_id: str, messages: list[Any], budget: int, target: str
+    memory: MemoryManager, session_id: str, messages: list[Any], budget: int, target: Target | str
 ) -> tuple[list[dict[str, Any]], int | None]:
     """:func:`prepare_messages`, and the newest turn the prompt shows (what the reply will
     answer, for :func:`~optical_memory.adapters.openai.record_openai_reply`)."""
@@ -74,18 +93,24 @@ def _prepare(
 
 class StreamedReply:
     """Reads a chat-completions SSE stream as it passes and rebuilds the assistant message
-    (content and tool calls, by index) it adds up to."""
+    (content, refusal and tool calls, by index) it adds up to. What it cannot read (an event
+    of another shape, a comment, a keep-alive) is skipped: the stream itself always passes
+    on unchanged."""
 
     def __init__(self) -> None:
         self._buffer = b""
         self.content: list[str] = []
+        self.refusal: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.done = False  # the stream's [DONE] came
         self.finished = False  # the answer's finish_reason came
 
     def feed(self, chunk: bytes) -> None:
         self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
+        # SSE lines end in CRLF, LF or CR alone. A CR at the end of a chunk whose LF comes
+        # in the next one ends the line early: the LF then ends an empty line, which is
+        # skipped like every line that is not data.
+        *lines, self._buffer = _LINE_END.split(self._buffer)
         for raw in lines:
             line = raw.strip()
             if not line.startswith(b"data:"):
@@ -98,42 +123,62 @@ class StreamedReply:
                 event = json.loads(data)
             except ValueError:
                 continue
-            for choice in event.get("choices") or []:
-                if choice.get("index", 0) == 0:
-                    self._delta(choice.get("delta") or {})
+            choices = event.get("choices") if isinstance(event, dict) else None
+            for choice in choices if isinstance(choices, list) else ():
+                if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                    delta = choice.get("delta")
+                    if isinstance(delta, dict):
+                        self._delta(delta)
                     self.finished = self.finished or choice.get("finish_reason") is not None
 
     def _delta(self, delta: dict[str, Any]) -> None:
-        if isinstance(delta.get("content"), str):
-            self.content.append(delta["content"])
-        for call in delta.get("tool_calls") or []:
+        for name, parts in (("content", self.content), ("refusal", self.refusal)):
+            if isinstance(delta.get(name), str):
+                parts.append(delta[name])
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            if not isinstance(call, dict):
+                continue
+            index = call.get("index", 0)
             slot = self.tool_calls.setdefault(
-                int(call.get("index", 0)),
+                index if isinstance(index, int) and not isinstance(index, bool) else 0,
                 {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
             )
-            if call.get("id"):
+            if isinstance(call.get("id"), str) and call["id"]:
                 slot["id"] = call["id"]
-            fn = call.get("function") or {}
-            slot["function"]["name"] += fn.get("name") or ""
-            slot["function"]["arguments"] += fn.get("arguments") or ""
+            fn = call.get("function")
+            for key in ("name", "arguments") if isinstance(fn, dict) else ():
+                if isinstance(fn.get(key), str):
+                    slot["function"][key] += fn[key]
 
     def message(self) -> dict[str, Any] | None:
         """The reply as a chat-completions message, or None if the stream carried none."""
-        if not self.content and not self.tool_calls:
+        # A call that never got an id or a name (only stray pieces) is not a call.
+        calls = [
+            c
+            for c in (self.tool_calls[i] for i in sorted(self.tool_calls))
+            if c["id"] or c["function"]["name"]
+        ]
+        if not self.content and not self.refusal and not calls:
             return None
         msg: dict[str, Any] = {
             "role": "assistant",
             "content": _paired("".join(self.content)) or None,
         }
-        if self.tool_calls:
+        if self.refusal:
+            msg["refusal"] = _paired("".join(self.refusal))
+        if calls:
             msg["tool_calls"] = [
                 {
                     **c,
                     "function": {**c["function"], "arguments": _paired(c["function"]["arguments"])},
                 }
-                for c in (self.tool_calls[i] for i in sorted(self.tool_calls))
+                for c in calls
             ]
         return msg
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def _paired(text: str) -> str:
@@ -154,7 +199,7 @@ def _settled_prepare(
     session_id: str,
     messages: list[Any],
     budget: int,
-    target: str,
+    target: Target,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """:func:`_prepare` once this session's previous reply is stored (in this process)."""
     settle(memory, session_id)
@@ -254,12 +299,12 @@ def add_proxy(app: FastAPI, service: Service) -> None:
     async def chat_completions(request: Request) -> Response:
         """OpenAI chat completions, with the history replaced by the assembled memory."""
         mm = service.view(owner_in(request))  # signed in before the body is read (KeyCheck)
-        try:
+        try:  # an unreadable body is a 400, as on every other route
             body = json.loads(await request.body())
         except ValueError:
-            raise InvalidInput("the body is not valid JSON") from None
+            return _unreadable("the body is not valid JSON, UTF-8 encoded")
         except RecursionError:
-            raise InvalidInput("the body is JSON nested too deeply to read") from None
+            return _unreadable("the body is JSON nested too deeply to read")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise InvalidInput("a chat completion needs a JSON object with a messages list")
         session_id = _utf8_header(request, SESSION_HEADER) or body.get("user")
@@ -273,7 +318,8 @@ def add_proxy(app: FastAPI, service: Service) -> None:
                 "https://api.openai.com/v1)"
             )
         budget = _int_header(request, BUDGET_HEADER, config.budget)
-        target = request.headers.get(TARGET_HEADER) or config.target
+        # Checked before anything is stored: a bad header writes nothing.
+        target = get_target(request.headers.get(TARGET_HEADER) or config.target)
         # One thread hop waits for this session's previous reply to be stored, stores what
         # is new and assembles (short transactions).
         body["messages"], answering = await asyncio.to_thread(
@@ -348,16 +394,16 @@ async def _forward(
                 except (ValueError, KeyError, IndexError, TypeError):
                     reply = None
                 await record_reply(reply, after_answer=True)
-        return Response(content, status_code=resp.status, media_type=media_type)
+        return Response(
+            content, status_code=resp.status, headers=_passed(resp), media_type=media_type
+        )
     upstream = await client.post(url, data=data, headers=headers)
     if upstream.status != 200:
         try:
             content = await upstream.read()
         finally:
             upstream.release()
-        return Response(
-            content, status_code=upstream.status, media_type=upstream.headers.get("content-type")
-        )
+        return Response(content, status_code=upstream.status, headers=_passed(upstream))
 
     async def relay() -> AsyncIterator[bytes]:
         reply = StreamedReply()
@@ -378,5 +424,14 @@ async def _forward(
                 # carries what it kept of it.
                 await record_reply(reply.message(), after_answer=True)
 
-    passed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-    return StreamingResponse(relay(), status_code=200, headers=passed)
+    return StreamingResponse(relay(), status_code=200, headers=_passed(upstream))
+
+
+def _passed(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    """The upstream's answer headers passed back to the client (rate limits, request ids,
+    ``Retry-After``), less those of its own connection."""
+    return {k: v for k, v in resp.headers.items() if k.lower() not in _NOT_PASSED}
+
+
+def _unreadable(message: str) -> JSONResponse:
+    return JSONResponse(error_body("InvalidInput", message), status_code=400)

@@ -18,7 +18,13 @@ from urllib.parse import parse_qs, quote, unquote_to_bytes
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from optical_memory import MemoryManager, OpticalMemoryError, PageSegment, target_names
+from optical_memory import (
+    InvalidBudget,
+    MemoryManager,
+    OpticalMemoryError,
+    PageSegment,
+    target_names,
+)
 from optical_memory.ladder import IMAGE_TIERS, Tier
 
 from .errors import status_of
@@ -171,12 +177,15 @@ def add_web(app: FastAPI, service: Service) -> None:
 
     async def prompt(request: Request, session_id: str) -> Response:
         target = request.query_params.get("target") or None
-        try:
-            budget = int(request.query_params.get("budget", "4096"))
-        except ValueError:
-            budget = 0  # assemble names the error
+        raw_budget = request.query_params.get("budget", "4096").strip()
+        digits = raw_budget.isascii() and raw_budget.isdigit() and len(raw_budget) <= 18
+        budget = int(raw_budget) if digits else 0
 
         def render(owner: str | None, mm: MemoryManager) -> Response:
+            if budget <= 0:  # the value as sent, not what it was read as
+                raise InvalidBudget(
+                    f"budget must be a positive whole number of tokens, got {raw_budget!r:.40}"
+                )
             ctx = mm.assemble(session_id, budget=budget, target=target)
             parts = []
             for seg in ctx.segments:
@@ -257,6 +266,8 @@ def add_web(app: FastAPI, service: Service) -> None:
         (the links here encode a ``/`` in it), so an id ending in ``/prompt`` is not taken
         for the prompt of a shorter one."""
         raw = request.scope.get("raw_path") or request.url.path.encode()  # (no query string)
+        if not raw.startswith(_SESSIONS):  # the prefix itself spelled encoded (%2F, %73)
+            return _not_found()
         first, *more = raw[len(_SESSIONS) :].split(b"/")
         session_id = unquote_to_bytes(first).decode("utf-8", "replace")
         rest = [unquote_to_bytes(m).decode("utf-8", "replace") for m in more]
@@ -269,6 +280,10 @@ def add_web(app: FastAPI, service: Service) -> None:
                 return await page(request, session_id, int(rest[1]))
             if rest[2] == "image":
                 return await image(request, session_id, int(rest[1]))
-        missing = _page("Not found", "<p>no such page of the web view</p>")
-        missing.status_code = 404
-        return missing
+        return _not_found()
+
+
+def _not_found() -> HTMLResponse:
+    missing = _page("Not found", "<p>no such page of the web view</p>")
+    missing.status_code = 404
+    return missing
