@@ -36,6 +36,7 @@ from optical_memory import (
     UnknownSession,
     approximate_tokens,
 )
+from optical_memory.errors import InvalidConfiguration
 from optical_memory.turn_text import (
     SYSTEM_NOTE_HEAD,
     display_text,
@@ -161,9 +162,9 @@ def frame(
     system memory message) come before the conversation.
     """
     if memory_role not in ("user", "system"):
-        raise ValueError(f"memory_role must be 'user' or 'system', got {memory_role!r}")
+        raise InvalidConfiguration(f"memory_role must be 'user' or 'system', got {memory_role!r}")
     if start_on not in ("user", "any"):
-        raise ValueError(f"start_on must be 'user' or 'any', got {start_on!r:.40}")
+        raise InvalidConfiguration(f"start_on must be 'user' or 'any', got {start_on!r:.40}")
     segments = list(ctx.segments)
     last_page = max((i for i, s in enumerate(segments) if isinstance(s, PageSegment)), default=-1)
     recalled = ctx.recalled
@@ -290,6 +291,16 @@ class SessionLog:
     seqs: list[int] = field(default_factory=list)  # their seqs
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def stored_version(self, message_id: str) -> tuple[Any, ...] | None:
+        """:func:`version_of` the live turn stored for ``message_id``, if it is among the
+        newest (the tail) where edits happen; None when not known here."""
+        seq = self.id_seq.get(message_id)
+        for t in reversed(self.tail):
+            if t.seq == seq:
+                digests = tuple(a.sha256 for a in t.attachments)
+                return version_of(t.role, t.content, t.metadata, digests)
+        return None
+
     def reset(self) -> None:
         self.last_seq, self.last_turn = 0, None
         self.ids.clear()
@@ -297,6 +308,28 @@ class SessionLog:
         self.tail.clear()
         self.keys.clear()
         self.seqs.clear()
+
+
+def version_of(
+    role: str,
+    content: str,
+    metadata: Mapping[str, Any],
+    image_digests: tuple[str, ...],
+) -> tuple[Any, ...]:
+    """Everything of a turn that an edit in place can change (a message sent again with
+    its id, as LangGraph edits one): its text, tool calls with their arguments, the tool
+    call it answers, its images."""
+    calls = tuple(
+        (
+            str(c.get("id") or ""),
+            str(c.get("name") or ""),
+            json.dumps(c.get("args") or {}, sort_keys=True, default=str),
+            c.get("arguments"),
+        )
+        for c in metadata.get("tool_calls") or ()
+        if isinstance(c, Mapping)
+    )
+    return (role, content, calls, metadata.get("tool_call_id"), image_digests)
 
 
 def message_key(
@@ -537,7 +570,9 @@ def tool_specs(scope: ToolScope = "session") -> list[dict[str, Any]]:
 
 def check_tool_scope(scope: object) -> ToolScope:
     if scope not in ("session", "owner"):
-        raise ValueError(f"the tools' scope must be 'session' or 'owner', got {scope!r:.40}")
+        raise InvalidConfiguration(
+            f"the tools' scope must be 'session' or 'owner', got {scope!r:.40}"
+        )
     return scope  # type: ignore[return-value]
 
 
@@ -642,37 +677,55 @@ def answer_read(
 _NOTE_ROOM = 160  # characters kept free for the note on what was left out
 
 
-def _limit(max_chars: int, max_tokens: int | None, count: Counter | None) -> Callable[[str], bool]:
-    """Whether an answer's text fits: characters, then tokens (room kept for the note)."""
+def _limit(max_chars: int, max_tokens: int | None, count: Counter | None) -> Callable[..., bool]:
+    """Whether an answer's text fits: characters, then tokens; with ``note`` (the default),
+    room is kept for the note on what was left out."""
     counter = count or approximate_tokens
-    room = max(0, max_chars - _NOTE_ROOM)
     spare = counter("tool", "x" * _NOTE_ROOM) if max_tokens is not None else 0
 
-    def fits(text: str) -> bool:
-        if len(text) > room:
+    def fits(text: str, note: bool = True) -> bool:
+        if len(text) > max_chars - (_NOTE_ROOM if note else 0):
             return False
-        return max_tokens is None or counter("tool", text) + spare <= max_tokens
+        extra = spare if note else 0
+        return max_tokens is None or counter("tool", text) + extra <= max_tokens
 
     return fits
 
 
-def _fit(head: str, lines: list[str], fits: Callable[[str], bool]) -> tuple[str, int]:
+def _fit(head: str, lines: list[str], fits: Callable[..., bool]) -> tuple[str, int]:
     """The head and as many whole lines as fit (a first line too long to fit alone is cut
-    where it stops fitting, and said so); returns the text and how many lines it shows."""
-    text = head
+    where it stops fitting, and said so); returns the text and how many lines it shows.
+    Everything, when it all fits (no room kept for a note then); never more than fits."""
+    whole = "\n".join([head, *lines])
+    if fits(whole, note=False):
+        return whole, len(lines)
+    text, shown = head, len(lines)
     for i, line in enumerate(lines):
         if fits(f"{text}\n{line}"):
             text = f"{text}\n{line}"
             continue
         if i == 0:
-            lo, hi = 0, len(line)  # the longest start of the line that fits
+            # The longest start of the line that fits with its cut mark (and room for the
+            # note on the lines after it, if there are any).
+            def cut(n: int, text: str = text, line: str = line) -> str:
+                return f"{text}\n{line[:n]} [… cut here: {len(line) - n} more characters]"
+
+            more = len(lines) > 1
+            lo, hi = 0, len(line)
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if fits(f"{text}\n{line[:mid]}") else (lo, mid - 1)
-            cut = f" [… cut here: {len(line) - lo} more characters]"
-            return f"{text}\n{line[:lo]}{cut}", 1
-        return text, i
-    return text, len(lines)
+                lo, hi = (mid, hi) if fits(cut(mid), note=more) else (lo, mid - 1)
+            text, shown = cut(lo), 1
+        else:
+            shown = i
+        break
+    if not fits(text, note=False):  # a limit below the head itself: its start, and no
+        lo, hi = 0, len(text)  # note on what is left out (none would fit)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(text[:mid] + "…", note=False) else (lo, mid - 1)
+        return text[:lo] + "…", len(lines)
+    return text, shown
 
 
 def _quoted(query: str, limit: int = 80) -> str:

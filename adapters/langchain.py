@@ -41,7 +41,7 @@ from optical_memory import (
     UnknownSession,
     get_target,
 )
-from optical_memory.errors import MissingExtra
+from optical_memory.errors import InvalidConfiguration, MissingExtra
 from optical_memory.tokens import make_counter
 from optical_memory.turn_text import cost_text
 
@@ -84,6 +84,7 @@ from ._framing import (
     frame,
     tool_specs,
     tools_hint,
+    version_of,
 )
 
 __all__ = [
@@ -124,7 +125,8 @@ def message_to_turn(message: BaseMessage, at: datetime | None = None) -> dict[st
         return None
     role = _ROLES.get(message.type)
     if role is None:
-        raw = getattr(message, "role", "user")
+        raw = getattr(message, "role", "user")  # a ChatMessage: LangChain's names or the API's
+        raw = _ROLES.get(raw, "system" if raw == "developer" else raw)
         role = raw if raw in ("user", "assistant", "system", "tool") else "user"
     meta: dict[str, Any] = {}
     if message.id:
@@ -439,7 +441,9 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
             raise InvalidBudget(f"budget must be a positive int of tokens, got {budget!r}")
         if memory_role not in ("user", "system"):
-            raise ValueError(f"memory_role must be 'user' or 'system', got {memory_role!r}")
+            raise InvalidConfiguration(
+                f"memory_role must be 'user' or 'system', got {memory_role!r}"
+            )
         self.memory = memory
         self.budget = budget
         self.target = get_target(target) if target is not None else None
@@ -449,6 +453,8 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         self.token_counter = token_counter
         self.cue = cue
         self.recall_scope: ToolScope = check_tool_scope(recall_scope)
+        if start_on not in ("user", "any"):  # (frame() would say so at the first model call)
+            raise InvalidConfiguration(f"start_on must be 'user' or 'any', got {start_on!r:.40}")
         self.start_on: StartOn = start_on
         self.system_first = system_first
         self.prune_state = prune_state
@@ -533,7 +539,7 @@ class OpticalMemoryMiddleware(AgentMiddleware):
             except RuntimeError:
                 tid = None
         if tid is None:
-            raise ValueError(
+            raise InvalidConfiguration(
                 "OpticalMemoryMiddleware needs a session: run the agent with "
                 "config={'configurable': {'thread_id': ...}} (and a checkpointer), or pass "
                 "session_key='...' or session_key=lambda runtime: ..."
@@ -549,16 +555,26 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         def attempt(log: SessionLog) -> list[Turn]:
             rows: list[dict[str, Any]] = []
             after: str | None = None  # the last stored message before the first new one
+            edited: int | None = None  # the turn a message sent again with its id changed
             seen: set[str] = set()
             for i, m in enumerate(messages):
                 if not isinstance(m, BaseMessage):
                     continue
                 key = str(m.id) if m.id else _content_key(m, i)
-                if key in log.ids or key in seen:
-                    if not rows and key in log.ids:
-                        after = key
+                if key in seen:
                     continue
-                row = message_to_turn(m, at)
+                row = None
+                if key in log.ids and edited is None:
+                    if rows:
+                        continue  # stored already
+                    row = message_to_turn(m, at)
+                    if row is None or not _edits(log, key, row):
+                        after = key
+                        continue
+                    # Edited in place (LangGraph replaces a message sent again with its id):
+                    # a new version of the turn and of every turn after it.
+                    edited = log.id_seq[key]
+                row = row if row is not None else message_to_turn(m, at)
                 if row is None:
                     continue
                 row["metadata"]["message_id"] = key
@@ -566,10 +582,23 @@ class OpticalMemoryMiddleware(AgentMiddleware):
                 rows.append(row)
             if not rows:
                 return []
+            last = log.last_seq  # what this decision was made on
+            if edited is not None:
+                try:
+                    stored = self.memory.replace_turns(
+                        session_id, edited, rows, expected_last_turn=last
+                    )
+                except InvalidInput:  # on a page already: stored as new turns (as forks are)
+                    after, edited = None, None
+                except BaseException:
+                    log.reset()
+                    raise
+                else:
+                    log.reset()  # the branch changed: read it again next time
+                    return stored
             # A graph forked or replayed from an earlier checkpoint: the stored turns after
             # the message the new ones follow are the abandoned branch, superseded.
             fork = log.id_seq.get(after) if after is not None else None
-            last = log.last_seq  # what this decision was made on
             try:
                 if fork is not None and fork < last:
                     try:
@@ -726,6 +755,15 @@ def _response_messages(response: Any) -> list[BaseMessage]:
     return msgs
 
 
+def _edits(log: SessionLog, message_id: str, row: dict[str, Any]) -> bool:
+    """Whether ``row`` (a message whose id is stored) differs from the stored turn."""
+    stored = log.stored_version(message_id)
+    if stored is None:
+        return False  # older than the log's tail: not an edit of the conversation's end
+    digests = tuple(hashlib.sha256(b).hexdigest() for b in row.get("attachments", ()))
+    return version_of(row["role"], row["content"], row["metadata"], digests) != stored
+
+
 def _content_key(m: BaseMessage, position: int) -> str:
     """A stand-in id for a message that has none: its place and content."""
     h = hashlib.sha256(f"{position}\0{m.type}\0{m.text}".encode()).hexdigest()[:32]
@@ -755,6 +793,10 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
     ) -> None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
             raise InvalidBudget(f"budget must be a positive int of tokens, got {budget!r}")
+        if memory_role not in ("user", "system"):
+            raise InvalidConfiguration(
+                f"memory_role must be 'user' or 'system', got {memory_role!r}"
+            )
         self.memory = memory
         self.session_id = session_id
         self.budget = budget

@@ -556,7 +556,7 @@ def _answer(
     else:
         try:
             args = json.loads(str(arguments))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what can be read
             args = None
     if not isinstance(args, dict):
         return f"{ERROR_HEAD}the arguments of {name} must be a JSON object, got {arguments!r:.80}."
@@ -573,6 +573,7 @@ def _turn_number(value: object) -> object:
     else unchanged, for the answer to name."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value.strip())
+    digits = value.strip().lstrip("+-") if isinstance(value, str) else ""
+    if digits.isascii() and digits.isdigit() and len(digits) <= 18:  # past that: no such turn
+        return int(value.strip())  # type: ignore[union-attr]
     return value

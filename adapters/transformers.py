@@ -26,7 +26,7 @@ import os
 from datetime import datetime
 from typing import Any
 
-from optical_memory import MemoryManager
+from optical_memory import InvalidBudget, MemoryManager
 from optical_memory.errors import MissingExtra
 
 try:
@@ -82,6 +82,8 @@ class LocalVLM:
         chat_template: str | None = None,
         sanitize: bool = True,
     ) -> None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+            raise InvalidBudget(f"budget must be a positive int of tokens, got {budget!r:.40}")
         self.memory = memory
         self.encoder = encoder
         self.model = encoder.model

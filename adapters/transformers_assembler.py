@@ -29,7 +29,7 @@ from typing import Any
 from PIL import Image
 
 from optical_memory import AssembledContext, MemoryManager, PageSegment, UnknownSession
-from optical_memory.errors import MissingExtra
+from optical_memory.errors import InvalidConfiguration, MissingExtra
 
 try:
     import torch
@@ -313,7 +313,7 @@ class LocalAssembler:
 
         slots = [i for i, t in enumerate(ids) if t == self.image_token_id]
         if len(slots) != len(pages):
-            raise ValueError(
+            raise InvalidConfiguration(
                 f"the chat template wrote {len(slots)} image placeholders for {len(pages)} pages"
             )
         in_prefix = 0
@@ -477,7 +477,9 @@ class LocalAssembler:
         kwargs: dict[str, Any] = {"attention_mask": attention_mask}
         if grids:
             if any(g is None for g in grids):
-                raise ValueError("cached features lack the image grid this model's rope needs")
+                raise InvalidConfiguration(
+                    "cached features lack the image grid this model's rope needs"
+                )
             kwargs["image_grid_thw"] = torch.cat(grids, dim=0).to(input_ids.device)
         if "mm_token_type_ids" in self._rope_args:
             types = self.encoder.processor.create_mm_token_type_ids(ids)

@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from optical_memory import EncodedPage
-from optical_memory.errors import MissingExtra
+from optical_memory.errors import InvalidConfiguration, MissingExtra
 
 try:
     import torch
@@ -65,7 +65,7 @@ class PageFeatures:
     def from_bytes(cls, data: bytes) -> PageFeatures:
         tensors = st_load(bytes(data))
         if FEATURES not in tensors:
-            raise ValueError("cached visual tokens hold no 'features' tensor")
+            raise InvalidConfiguration("cached visual tokens hold no 'features' tensor")
         return cls(tensors[FEATURES], tensors.get(IMAGE_GRID_THW))
 
 
@@ -87,7 +87,9 @@ class TransformersEncoder:
         key: str | None = None,
     ) -> None:
         if not hasattr(model, "get_image_features"):
-            raise TypeError(f"{type(model).__name__} has no get_image_features(); not a VLM")
+            raise InvalidConfiguration(
+                f"{type(model).__name__} has no get_image_features(): not a vision-language model"
+            )
         self.model = model.eval()
         self.processor = processor
         self.model_type: str = getattr(model.config, "model_type", "")
@@ -95,7 +97,7 @@ class TransformersEncoder:
         self.revision = (
             revision or getattr(model.config, "_commit_hash", None) or self._fingerprint()
         )
-        self._key = key or f"{self.name}@{self.revision}:{self.dtype_name}:{LAYOUT_VERSION}"
+        self._key = key  # None: named from the model as it is when asked (see key)
         self._feature_args = set(inspect.signature(model.get_image_features).parameters)
 
     @classmethod
@@ -130,7 +132,12 @@ class TransformersEncoder:
 
     @property
     def key(self) -> str:
-        return self._key
+        """What cached features are filed under: the model, its revision, its dtype now (a
+        model cast after loading, ``model.to(torch.bfloat16)``, computes other features) and
+        the layout version; or the ``key`` given."""
+        if self._key is not None:
+            return self._key
+        return f"{self.name}@{self.revision}:{self.dtype_name}:{LAYOUT_VERSION}"
 
     @property
     def dtype(self) -> torch.dtype:

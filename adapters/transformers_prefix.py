@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from optical_memory.errors import MissingExtra
+from optical_memory.errors import InvalidConfiguration, MissingExtra
 
 try:
     import torch
@@ -34,7 +34,7 @@ class PrefixCache:
 
     def __init__(self, max_entries: int = 2) -> None:
         if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
+            raise InvalidConfiguration("max_entries must be at least 1")
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
@@ -105,7 +105,7 @@ class ConversationCache:
 
     def __init__(self, max_sessions: int = 2) -> None:
         if max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1")
+            raise InvalidConfiguration("max_sessions must be at least 1")
         self.max_sessions = max_sessions
         self.hits = 0
         self.misses = 0
@@ -150,7 +150,7 @@ class ConversationCache:
     def put(self, session_id: str, state: ConversationState) -> None:
         """Keep ``state`` for the session's next request (its cache is not copied)."""
         if state.past.get_seq_length() != state.length:
-            raise ValueError(
+            raise InvalidConfiguration(
                 f"the cache holds {state.past.get_seq_length()} positions, the ids {state.length}"
             )
         with self._lock:

@@ -525,3 +525,27 @@ def test_local_prefill_benchmark_runs_on_a_tiny_input(tmp_path: Path) -> None:
     assert row["prefix_tokens"] < row["conversation_tokens"] < row["prompt_tokens"]
     assert row["prefill_full_ms"] > 0 and row["prefill_conversation_ms"] > 0
     assert markdown([row]).count("\n") == 2
+
+
+def test_a_local_vlm_refuses_a_budget_that_is_not_a_positive_int(qwen: Env) -> None:
+    from optical_memory import InvalidBudget
+
+    for budget in (0, -5, "big", 2.5, True):
+        with pytest.raises(InvalidBudget, match="budget"):
+            LocalVLM(qwen.memory, qwen.encoder, budget=budget)  # type: ignore[arg-type]
+
+
+def test_the_encoders_key_follows_a_dtype_the_model_was_cast_to(tmp_path: Path) -> None:
+    """Features computed in bfloat16 are not float32's: a model cast after loading files
+    what it encodes under another key, so one never serves the other's."""
+    path = save_tiny("qwen2.5-vl", tmp_path / "model")
+    encoder = TransformersEncoder.from_pretrained(
+        path, dtype=torch.float32, processor=load_processor(path)
+    )
+    assert ":float32:" in encoder.key
+    encoder.model.to(torch.bfloat16)
+    assert ":bfloat16:" in encoder.key and ":float32:" not in encoder.key
+    from optical_memory import OpticalMemoryError
+
+    with pytest.raises(OpticalMemoryError, match="vision-language"):
+        TransformersEncoder(object(), None)
