@@ -16,6 +16,7 @@ that every adapter offers the same two tools with the same words and the same an
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
@@ -58,20 +59,28 @@ class ToolCall:
 
     ``arguments`` keeps a raw argument string that was not a JSON object (OpenAI sends
     arguments as a string; a model can emit malformed JSON). It wins over ``args`` when set.
+    ``source``: the argument string a call came with that did parse (stored as
+    ``"source"``), sent on exactly as it came: parsed and written again, its spacing, its
+    number forms and a repeated key would change.
     """
 
     id: str
     name: str
     args: dict[str, Any] = field(default_factory=dict)
     arguments: str | None = None
+    source: str | None = None
 
     def arguments_json(self) -> str:
-        return self.arguments if self.arguments is not None else json.dumps(self.args)
+        if self.arguments is not None:
+            return self.arguments
+        return self.source if self.source is not None else json.dumps(self.args)
 
     def to_metadata(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "name": self.name, "args": self.args}
         if self.arguments is not None:
             out["arguments"] = self.arguments
+        if self.source is not None:
+            out["source"] = self.source
         return out
 
     @classmethod
@@ -81,24 +90,41 @@ class ToolCall:
         name = raw.get("name") or (fn.get("name") if isinstance(fn, Mapping) else None) or ""
         args = raw.get("args")
         arguments = raw.get("arguments")
+        source = raw.get("source") if isinstance(raw.get("source"), str) else None
         if arguments is None and isinstance(fn, Mapping):
             arguments = fn.get("arguments")
         if not isinstance(args, Mapping):
-            args, arguments = _parse_arguments(arguments)
+            given = arguments
+            args, arguments = _parse_arguments(given)
+            if arguments is None and isinstance(given, str) and given.strip():
+                source = given
         elif arguments is not None and not isinstance(arguments, str):
             arguments = None
-        return cls(str(raw.get("id") or ""), str(name), dict(args), arguments)
+        return cls(str(raw.get("id") or ""), str(name), dict(args), arguments, source)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: JSON has no infinity to write it back as
+        raise ValueError(f"{text} is past what a float holds")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _parse_arguments(arguments: object) -> tuple[dict[str, Any], str | None]:
-    """OpenAI's argument string as a dict; a string that is not a JSON object is kept raw."""
+    """OpenAI's argument string as a dict; a string that is not a JSON object (NaN and
+    numbers past a float's range included: they could not be written back as JSON) is kept
+    raw."""
     if arguments is None or arguments == "":
         return {}, None
     if isinstance(arguments, Mapping):
         return dict(arguments), None
     try:
-        parsed = json.loads(str(arguments))
-    except ValueError:
+        parsed = json.loads(str(arguments), parse_float=_finite, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return {}, str(arguments)
     if isinstance(parsed, dict):
         return parsed, None

@@ -57,7 +57,7 @@ from .claims import claimed, new_holder
 from .database import Database
 from .draw_pool import DrawPool, can_draw_elsewhere, check_draw_workers
 from .encoder import EncodedPage, VisualEncoder
-from .errors import InvalidConfiguration
+from .errors import InvalidConfiguration, OpticalMemoryError
 from .ladder import IMAGE_TIERS, Target, Tier
 from .records import Attachment
 from .render import PageRenderer, RenderedImage, RenderTurn, TurnImage
@@ -385,7 +385,10 @@ class Aging:
                     else:  # another pass is aging it now: it does the work
                         report.sessions_busy += 1
             except Exception as exc:  # one bad session must not stop the pass
-                log.exception("aging session %s failed", sid)
+                if isinstance(exc, OpticalMemoryError):  # said in full by its message
+                    log.warning("aging session %s failed: %s: %s", sid, type(exc).__name__, exc)
+                else:
+                    log.exception("aging session %s failed", sid)
                 report.errors.append(f"session {sid}: {type(exc).__name__}: {exc}")
         report.seconds = time.perf_counter() - started
         return report

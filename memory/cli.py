@@ -10,13 +10,13 @@ status 2, without a traceback; nothing is half-written.
 from __future__ import annotations
 
 import functools
-import json
+import logging
 import math
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
@@ -30,7 +30,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from .assemble import AssembledContext, PageSegment
 from .database import URL_ENV, default_url, normalise_url, sqlite_file
 from .errors import OpticalMemoryError
-from .export import EXPORT_FORMATS, formatter, write_context, write_page_images, write_prompt
+from .export import (
+    EXPORT_FORMATS,
+    formatter,
+    json_text,
+    write_context,
+    write_page_images,
+    write_prompt,
+)
 from .importers import FORMATS, load_conversations
 from .ladder import get_target, target_names
 from .manager import MemoryManager
@@ -149,7 +156,9 @@ def _memory(
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    """Lines as they are (soft wrap): a path or a summary is never broken at 80 columns when
+    the output is a pipe or a file, where there is no terminal width to fit."""
+    return Console(highlight=False, soft_wrap=True)
 
 
 def _parse_time(text: str, what: str) -> datetime:
@@ -167,7 +176,10 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
 
 
 def _when(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    """A time as UTC (``0001-01-01 00:00``; a time whose UTC falls past year 9999 as given)."""
+    with suppress(OverflowError):
+        dt = dt.astimezone(UTC)
+    return f"{dt.year:04d}-{dt:%m-%d %H:%M}"
 
 
 def _preview(text: str, width: int = 60) -> str:
@@ -367,8 +379,13 @@ def age(
     db: DbOption = None,
 ) -> None:
     """Run one aging pass: pack old turns into pages and fade pages by age (every owner's
-    sessions, or with --owner that owner's)."""
+    sessions, or with --owner that owner's). Exit status 1 when a session could not be
+    aged (each is named on stderr)."""
     when = _parse_time(now, "--now") if now else None
+    # The pass's report names each failure below; its log would say it again.
+    aging_log = logging.getLogger("optical_memory.aging")
+    if not aging_log.handlers:
+        aging_log.addHandler(logging.NullHandler())
     with _memory(db, owner=owner) as mm:
         report = mm.age(now=when)
     console = _console()
@@ -385,7 +402,9 @@ def age(
         )
     )
     for err in report.errors:
-        typer.echo(f"warning: {err}", err=True)
+        typer.echo(f"error: {err}", err=True)
+    if report.errors:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -440,7 +459,7 @@ def assemble(
     if out is not None:
         typer.echo(f"wrote {write_context(ctx, out, format)}")
     else:
-        typer.echo(json.dumps(to_data(ctx), indent=2, ensure_ascii=False))
+        typer.echo(json_text(to_data(ctx)), nl=False)
 
 
 @app.command()

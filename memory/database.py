@@ -75,6 +75,7 @@ LOCK_TIMEOUT_SLACK_MS = 100  # how far past its deadline a first write attempt m
 SQLITE_MMAP_BYTES = 256 << 20  # address space, not memory: the OS pages the file in as read
 BUSY_TIMEOUT_MS = int(DEFAULT_BUSY_TIMEOUT * 1000)  # kept for callers of the old constant
 SUPPORTED = ("sqlite", "postgresql")
+SUPPORTED_DRIVERS = ("pysqlite", "psycopg", "psycopg2")  # synchronous drivers the store runs on
 PURGE_TABLE = "om_pending_purges"
 
 T = TypeVar("T")
@@ -147,6 +148,26 @@ def parse_url(url: str) -> URL:
         raise UnsupportedDatabase(
             f"{backend!r} databases are not supported; use SQLite (sqlite:///path.db, or a "
             "file path) or PostgreSQL (postgresql://user@host/db)"
+        )
+    uri_args = {"mode", "cache", "immutable", "vfs", "nolock", "psow"} & set(parsed.query)
+    uri = str(parsed.query.get("uri", "")).lower() == "true"
+    if (
+        backend == "sqlite"
+        and uri_args
+        and not (uri and (parsed.database or "").startswith("file:"))
+    ):
+        # SQLAlchemy drops these without uri=true (a mode=ro store would be written), and
+        # with it but no file: the whole text is a file name: a new, empty store.
+        raise InvalidConfiguration(
+            f"SQLite's {', '.join(sorted(uri_args))} apply to a file: URI: write "
+            "sqlite:///file:/path/to/memory.db?mode=ro&uri=true"
+        )
+    driver = parsed.get_driver_name()
+    if driver not in SUPPORTED_DRIVERS:
+        raise UnsupportedDatabase(
+            f"the {backend} driver {driver!r} is not supported: use sqlite:///path.db or "
+            "postgresql://user@host/db (psycopg 3). The store's calls are synchronous; their "
+            "async twins (aadd_turn, aassemble, ...) run them off the event loop"
         )
     return parsed
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ __all__ = [
     "export_context",
     "formatter",
     "inside",
+    "json_text",
     "safe_name",
     "write_context",
     "write_page_images",
@@ -178,21 +178,60 @@ def export_context(ctx: AssembledContext, format: str = "json") -> Any:
 # -- files ---------------------------------------------------------------------------------------
 
 
+_PROMPT_PNG = re.compile(r"\d{3}-page-\d{5}-[a-z]+\.png")
+"""The names :func:`write_prompt` gives the PNGs of a prompt (what it may replace)."""
+
+
+def json_text(data: Any) -> str:
+    """``data`` as indented JSON text, UTF-8 where it can be: text the store keeps exactly
+    but UTF-8 cannot hold (a lone surrogate in metadata) is written escaped, which JSON
+    allows and every reader decodes back to the same string."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, indent=2, ensure_ascii=True, allow_nan=False)
+    return text + "\n"
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all (a temporary file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_prompt(ctx: AssembledContext, out: Path, name: str = "prompt") -> Path:
-    """``name.json`` with the page PNGs beside it in ``name/``, referenced by relative path."""
-    out.mkdir(parents=True, exist_ok=True)
+    """``name.json`` with the page PNGs beside it in ``name/``, referenced by relative path.
+
+    A ``name/`` folder left by an earlier export is reused: the PNGs an export names are
+    replaced, anything else in it is refused (:class:`InvalidInput`), never deleted. The
+    JSON is built before anything is written, and written whole."""
     images = inside(out, name)
     if images.exists():
-        shutil.rmtree(images)
-    images.mkdir()
+        if not images.is_dir():
+            raise InvalidInput(f"{images} is a file, not the folder of a prompt's images")
+        other = [p.name for p in images.iterdir() if not _PROMPT_PNG.fullmatch(p.name)]
+        if other:
+            raise InvalidInput(
+                f"{images} holds files no export wrote ({', '.join(sorted(other)[:3])}); "
+                "choose another --out folder"
+            )
+    pngs: dict[str, bytes] = {}
 
     def image(i: int, seg: PageSegment) -> dict[str, Any]:
         file = f"{i + 1:03d}-page-{seg.page_id:05d}-{seg.tier}.png"
-        inside(images, file).write_bytes(seg.png)
+        pngs[file] = seg.png
         return {"image": f"{name}/{file}"}
 
+    text = json_text(context_dict(ctx, image))
+    images.mkdir(parents=True, exist_ok=True)
+    for old in images.iterdir():  # an earlier export's pages (checked above)
+        old.unlink()
+    for file, png in pngs.items():
+        inside(images, file).write_bytes(png)
     path = inside(out, f"{name}.json")
-    path.write_text(json.dumps(context_dict(ctx, image), indent=2, ensure_ascii=False) + "\n")
+    _write_whole(path, text)
     return path
 
 
@@ -201,10 +240,10 @@ def write_context(ctx: AssembledContext, out: Path, format: str = "json") -> Pat
     :func:`write_prompt`) for ``json``, else ``prompt-FORMAT.json`` holding the messages."""
     if format == "json":
         return write_prompt(ctx, out)
-    data = export_context(ctx, format)
+    text = json_text(export_context(ctx, format))
     out.mkdir(parents=True, exist_ok=True)
     path = inside(out, f"prompt-{format}.json")
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    _write_whole(path, text)
     return path
 
 

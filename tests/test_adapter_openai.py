@@ -371,6 +371,7 @@ def test_record_tool_calls_round_trip(sqlite_url: str) -> None:
         "id": "c1",
         "name": "gauge",
         "args": {"site": "B7"},
+        "source": '{"site": "B7"}',  # the string it came as, sent on exactly
     }
     back = to_openai_messages(mm.assemble("t"))
     check_messages(back)
@@ -523,3 +524,31 @@ def test_broken_tool_pairs_are_repaired_in_the_view_only(sqlite_url: str) -> Non
     assert msgs[4] == {"role": "user", "content": "[earlier tool result from gauge]\nlate"}
     assert len(mm.turns("p")[2].metadata["tool_calls"]) == 2  # the archive is untouched
     mm.close()
+
+
+def test_tool_call_arguments_go_back_exactly_as_they_came(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Parsed and written again, spacing, number forms and a repeated key would change, and a
+    number past a float's range would come back as Infinity, which is not JSON."""
+    from langchain_core.messages import AIMessage
+
+    from optical_memory.adapters.langchain import to_langchain_messages
+
+    odd = '{"amount":19.990000000000002, "big":1e400,"dup":1,"dup":2}'
+    plain = '{"site":"B7"}'
+    calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": "pay", "arguments": a}}
+        for i, a in enumerate((odd, plain))
+    ]
+    sent = [
+        {"role": "user", "content": "pay it"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "c0", "content": "paid"},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+    with MemoryManager(f"sqlite:///{tmp_path / 'm.db'}") as mm:
+        record_openai_messages(mm, "t", sent)
+        back = to_openai_messages(mm.assemble("t"))
+        assert [c["function"]["arguments"] for c in back[1]["tool_calls"]] == [odd, plain]
+        (ai,) = [m for m in to_langchain_messages(mm.assemble("t")) if isinstance(m, AIMessage)]
+        assert [c["args"] for c in ai.tool_calls] == [{"site": "B7"}]
+        assert [c["args"] for c in ai.invalid_tool_calls] == [odd]  # no float holds 1e400
