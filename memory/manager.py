@@ -375,7 +375,7 @@ class MemoryManager:
                     f"session {key!r}: turns must be an iterable of turns, "
                     f"got {type(turns).__name__}"
                 )
-            rows = [self._validate(i, item) for i, item in enumerate(turns)]
+            rows = self._validated(turns, f"session {key!r}, ")
             if rows:
                 prepared.append((key, rows))
         if not prepared:
@@ -402,7 +402,18 @@ class MemoryManager:
             self._db.analyze()  # a table just filled looks empty to PostgreSQL's planner
         return added
 
-    def _validate(self, i: int, item: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
+    def _validated(self, turns: Iterable[Any], where: str = "") -> list[dict[str, Any]]:
+        """Every turn checked before anything is written; an error names the turn by its
+        place in what was given (``turns[3]``), and the session (``where``) when given."""
+        rows = []
+        for i, item in enumerate(turns):
+            try:
+                rows.append(self._validate(item))
+            except InvalidInput as exc:
+                raise type(exc)(f"{where}turns[{i}]: {exc}") from None
+        return rows
+
+    def _validate(self, item: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
         if isinstance(item, Mapping):
             role, content = item.get("role"), item.get("content")
             at, meta, images = item.get("at"), item.get("metadata"), item.get("attachments")
@@ -410,15 +421,12 @@ class MemoryManager:
             role, content = item[0], item[1]
             at, meta, images = (item[2] if len(item) == 3 else None), None, None
         else:
-            raise InvalidInput(f"turn {i}: pass a mapping with role and content, or a tuple")
+            raise InvalidInput("pass a mapping with role and content, or a tuple")
         role = check_role(role)
         content = check_content(content, self.max_content_bytes)
         meta = check_metadata(meta)
         at = check_timestamp(at)
-        try:
-            found = check_attachments(images, self.max_attachment_bytes)
-        except InvalidInput as exc:
-            raise type(exc)(f"turn {i}: {exc}") from None
+        found = check_attachments(images, self.max_attachment_bytes)
         return {
             "role": role,
             "content": content,
@@ -576,7 +584,7 @@ class MemoryManager:
             raise InvalidInput(f"turns must be an iterable of turns, got {type(turns).__name__}")
         if expected_last_turn is not None:
             check_int(expected_last_turn, "expected_last_turn", maximum=MAX_TURN)
-        rows = [self._validate(i, item) for i, item in enumerate(turns)]
+        rows = self._validated(turns)
 
         def work(s: Session) -> list[Turn]:
             row = self._session(s, key)
