@@ -448,3 +448,24 @@ def test_the_web_view_reads_its_own_prefix_as_sent_and_names_a_bad_budget(env: E
         for budget in ("abc", "1e3", "4096.0", "9" * 5000, "-5"):
             r = c.get("/web/sessions/b1/prompt", params={"budget": budget})
             assert r.status_code == 422 and f"got &#x27;{budget[:20]}" in r.text, (budget, r.text)
+
+
+def test_the_web_view_opens_sessions_named_with_dots_only(env: Env) -> None:
+    """A browser resolves ``.`` and ``..`` (and ``%2E``) path segments away: the links to
+    such sessions must still reach them, as a browser follows them."""
+    import re
+    from urllib.parse import urljoin
+
+    for sid in (".", "..", "..."):
+        env.mm.add_turn(sid, "user", f"hello from {sid}")
+    with httpx.Client(base_url=env.url, cookies={SESSION_COOKIE: env.key}, timeout=30) as c:
+        listing = c.get("/web")
+        hrefs = re.findall(r"class='session' href='([^']+)'", listing.text)
+        assert len(hrefs) == 3, listing.text
+        for href in hrefs:
+            url = urljoin(env.url + "/web", href)  # as a browser resolves it
+            page = c.get(url)
+            assert page.status_code == 200, (href, page.text[:200])
+            (form,) = re.findall(r"action='([^']+)'", page.text)
+            prompt = c.get(urljoin(url, form), params={"budget": "2000"})
+            assert prompt.status_code == 200 and "hello from" in prompt.text, href

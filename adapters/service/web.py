@@ -60,7 +60,11 @@ _SESSIONS = b"/web/sessions/"
 
 
 def _q(session_id: str) -> str:
-    return quote(session_id, safe="")
+    """A session id as one path segment. ``.`` and ``..`` (``%2E`` too) are dot segments a
+    browser resolves away, so they get a NUL after them (which no id holds), dropped again
+    when the path is read."""
+    segment = quote(session_id, safe="")
+    return segment + "%00" if session_id in (".", "..") else segment
 
 
 def _age(at: datetime) -> str:
@@ -269,7 +273,7 @@ def add_web(app: FastAPI, service: Service) -> None:
         if not raw.startswith(_SESSIONS):  # the prefix itself spelled encoded (%2F, %73)
             return _not_found()
         first, *more = raw[len(_SESSIONS) :].split(b"/")
-        session_id = unquote_to_bytes(first).decode("utf-8", "replace")
+        session_id = unquote_to_bytes(first).decode("utf-8", "replace").removesuffix("\x00")
         rest = [unquote_to_bytes(m).decode("utf-8", "replace") for m in more]
         if rest in ([], [""]):
             return await session(request, session_id)
