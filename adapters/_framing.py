@@ -222,7 +222,8 @@ def frame(
     if system_first:
         msgs = [_system_note(m) if m.role == "system" else m for m in msgs]
     if start_on == "user" and not (out and out[0].role == "user"):
-        first_user = next((i for i, m in enumerate(msgs) if m.role == "user"), 0)
+        # No user turn at all: nothing to open on (as trim_messages(start_on="human") does).
+        first_user = next((i for i, m in enumerate(msgs) if m.role == "user"), len(msgs))
         msgs = msgs[first_user:]
     out.extend(msgs)
     return out

@@ -107,3 +107,13 @@ def test_bad_settings_are_refused_when_made_with_a_typed_error(mm: MemoryManager
             OpticalMemoryMiddleware(mm, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(InvalidConfiguration, match="memory_role"):
         OpticalChatMessageHistory(mm, "s", memory_role="bogus")  # type: ignore[arg-type]
+
+
+def test_a_history_with_no_user_turn_opens_on_nothing(mm: MemoryManager) -> None:
+    """``start_on="user"``: a view never opens on an assistant message (Anthropic refuses
+    one), as ``trim_messages(start_on="human")`` gives nothing for such a history."""
+    history = OpticalChatMessageHistory(mm, "only-ai")
+    history.add_ai_message("I speak first")
+    assert history.messages == []
+    history.add_user_message("hello")
+    assert [m.type for m in history.messages] == ["human"]
