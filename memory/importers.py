@@ -20,6 +20,7 @@ when a conversation is imported into a new, empty session.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -142,9 +143,12 @@ def load_jsonl(path: str | os.PathLike[str], session: str | None = None) -> Conv
         row = _loads(line, where, lines=False)
         if not isinstance(row, Mapping):
             raise ImportFormatError(f"{where}: expected a JSON object, got {_kind(row)}")
-        sid = session or row.get("session_id") or default
-        if not isinstance(sid, str):
-            raise ImportFormatError(f"{where}: session_id must be a string")
+        given = row.get("session_id")
+        if given is not None and (not isinstance(given, str) or not given):
+            raise ImportFormatError(
+                f"{where}: session_id must be a non-empty string, got {given!r:.40}"
+            )
+        sid = session or given or default
         out.setdefault(sid, []).append(_message(row, where, with_time=True))
     return out
 
@@ -178,7 +182,8 @@ def _message(row: Any, where: str, *, with_time: bool) -> dict[str, Any]:
             f"{where}: role must be one of {', '.join(ROLES)}; got {role!r:.40}"
         )
     content = _content_text(row.get("content"), where, allow_none="tool_calls" in row)
-    meta = row.get("metadata") or {}
+    meta = row.get("metadata")
+    meta = {} if meta is None else meta  # (false, 0 or "" is not an object either)
     if not isinstance(meta, Mapping):
         raise ImportFormatError(f"{where}: metadata must be an object, got {_kind(meta)}")
     meta = dict(meta)
@@ -584,7 +589,11 @@ def _longmemeval(
                 turn = _message(t, tw, with_time=False)
                 turn["metadata"] = {"haystack_session_id": ids[k], "haystack_index": k}
                 if isinstance(t, Mapping) and "has_answer" in t:
-                    turn["metadata"]["has_answer"] = bool(t["has_answer"])
+                    if not isinstance(t["has_answer"], bool):  # bool("false") is True
+                        raise ImportFormatError(
+                            f"{tw}: has_answer must be true or false, got {t['has_answer']!r:.40}"
+                        )
+                    turn["metadata"]["has_answer"] = t["has_answer"]
                 turn["at"] = _later(when, i * LOCOMO_TURN_SPACING, tw) if when is not None else None
                 turns.append(turn)
         yield sid, turns, item
@@ -663,6 +672,8 @@ def _item_id(value: Any, default: str, where: str, what: str) -> str:
         return default
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ImportFormatError(f"{where}: {what} must be a string, got {_kind(value)}")
+    if isinstance(value, float) and not math.isfinite(value):  # NaN would name "nan"
+        raise ImportFormatError(f"{where}: {what} must be a string, got {value}")
     return str(value)
 
 

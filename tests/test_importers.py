@@ -413,6 +413,11 @@ def test_deeply_nested_json_is_a_typed_error(tmp_path: Path, suffix: str) -> Non
         ("haystack_sessions", [{"role": "user"}], r"haystack_sessions\[0\]: expected a list"),
         ("haystack_sessions", [[{"role": "user", "content": 5}]], "content must be a string"),
         ("haystack_dates", [7], "not a LongMemEval date"),
+        (
+            "haystack_sessions",
+            [[{"role": "user", "content": "x", "has_answer": "false"}]],
+            "has_answer must be true or false",
+        ),
     ],
 )
 def test_longmemeval_fields_of_the_wrong_type_are_typed(
@@ -476,3 +481,30 @@ def test_a_file_name_with_a_nul_is_typed() -> None:
     for name in ("conv\x00.jsonl", "conv\x00.json", "x" * 5000 + ".json"):
         with pytest.raises(ImportFormatError):
             load_conversations(name)
+
+
+@pytest.mark.parametrize(
+    ("row", "pattern"),
+    [
+        ({"session_id": 0}, "session_id must be a non-empty string"),
+        ({"session_id": ""}, "session_id must be a non-empty string"),
+        ({"session_id": 5}, "session_id must be a non-empty string"),
+        ({"metadata": False}, "metadata must be an object"),
+        ({"metadata": 0}, "metadata must be an object"),
+    ],
+)
+def test_jsonl_values_that_are_not_what_they_name_are_refused_not_coerced(
+    tmp_path: Path, row: dict[str, object], pattern: str
+) -> None:
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"role": "user", "content": "hi", **row}))
+    with pytest.raises(ImportFormatError, match=pattern):
+        load_jsonl(path)
+
+
+def test_a_locomo_id_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    sample = _locomo_sample({"session_1": [{"speaker": "A", "text": "hi"}]})[0]
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps([{**sample, "sample_id": float("nan")}]))  # json writes NaN
+    with pytest.raises(ImportFormatError, match="sample_id must be a string"):
+        load_locomo(path)
