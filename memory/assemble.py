@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -96,9 +96,27 @@ _NEWEST_PAGES = (
     .limit(_PAGE_BATCH)
 )
 _PAGES_BEFORE = _NEWEST_PAGES.where(PageRow.first_seq < bindparam("before"))
-_RENDITION_SIZES = select(
-    RenditionRow.page_id, RenditionRow.tier, RenditionRow.width, RenditionRow.height
-).where(RenditionRow.page_id.in_(bindparam("ids", expanding=True)))
+
+
+def _with_forms(pages: Select[Any]) -> Select[Any]:
+    """``pages`` (a batch, newest first) each with the size of every fainter rendition it
+    keeps, one row per page and rendition (a page with none: one row, its rendition columns
+    null): the pages and their forms in one round trip."""
+    p = pages.subquery("p")
+    return (
+        select(
+            p,
+            RenditionRow.tier.label("r_tier"),
+            RenditionRow.width.label("r_width"),
+            RenditionRow.height.label("r_height"),
+        )
+        .select_from(p.outerjoin(RenditionRow, RenditionRow.page_id == p.c.id))
+        .order_by(p.c.first_seq.desc())
+    )
+
+
+_NEWEST_PAGE_FORMS = _with_forms(_NEWEST_PAGES)
+_PAGE_FORMS_BEFORE = _with_forms(_PAGES_BEFORE)
 _STORED_PNGS = select(PageRow.id, PageRow.png).where(
     PageRow.id.in_(bindparam("ids", expanding=True))
 )
@@ -804,14 +822,18 @@ def _page_candidates(
     before: int | None = None
     while floor <= remaining:
         if before is None:
-            rows = conn.execute(_NEWEST_PAGES, {"sid": sid}).all()
+            found = conn.execute(_NEWEST_PAGE_FORMS, {"sid": sid}).all()
         else:
-            rows = conn.execute(_PAGES_BEFORE, {"sid": sid, "before": before}).all()
-        if not rows:
+            found = conn.execute(_PAGE_FORMS_BEFORE, {"sid": sid, "before": before}).all()
+        if not found:
             break
+        rows: list[Row[Any]] = []  # the pages, each once (its rows come together)
         renditions: dict[int, list[tuple[str, int, int]]] = {}
-        for pid, tier, w, h in conn.execute(_RENDITION_SIZES, {"ids": [r.id for r in rows]}):
-            renditions.setdefault(pid, []).append((tier, w, h))
+        for r in found:
+            if not rows or rows[-1].id != r.id:
+                rows.append(r)
+            if r.r_tier is not None:
+                renditions.setdefault(r.id, []).append((r.r_tier, r.r_width, r.r_height))
         for r in rows:
             before = r.first_seq
             forms = renditions.get(r.id, [])
