@@ -485,6 +485,22 @@ def forget(
     typer.echo(f"forgot session {session!r}: {n} turns and everything derived from them")
 
 
+@db_app.command("vacuum")
+@_errors
+def db_vacuum(db: DbOption = None) -> None:
+    """Remove what deleted rows leave in the database files (after forgetting, at a quiet
+    time): SQLite rebuilds its file; PostgreSQL runs VACUUM (FULL, ANALYZE) on the store's
+    tables, each locked while it is rewritten."""
+    with _memory(db, existing=True) as mm:
+        path = sqlite_file(mm.url)
+        before = path.stat().st_size if path is not None else None
+        mm.vacuum()
+    if path is not None and before is not None:
+        typer.echo(f"{mm.url}: vacuumed, {before:,} -> {path.stat().st_size:,} bytes")
+    else:
+        typer.echo(f"{mm.url}: vacuumed")
+
+
 @db_app.command("upgrade")
 @_errors
 def db_upgrade(db: DbOption = None) -> None:

@@ -129,3 +129,13 @@ def test_an_import_refused_by_a_check_names_the_session_and_the_turn(tmp_path: P
     assert_error(cli("import", path, "--db", url), r"session 's1', turns\[1\]: metadata")
     with MemoryManager(url) as mm:
         assert mm.sessions() == []  # all or nothing
+
+
+def test_db_vacuum_leaves_no_trace_of_a_forgotten_session(tmp_path: Path) -> None:
+    url = _store(tmp_path, [{"role": "user", "content": "the vault code is 7741-PLUM " * 50}])
+    assert cli("forget", "chat", "--yes", "--db", url).exit_code == 0
+    result = cli("db", "vacuum", "--db", url)
+    assert result.exit_code == 0 and "vacuumed" in result.stdout, result.output
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("m.db")]
+    assert files and not any(b"7741-PLUM" in p.read_bytes() for p in files)
+    assert_error(cli("db", "vacuum", "--db", f"sqlite:///{tmp_path / 'none.db'}"), "")
