@@ -370,65 +370,87 @@ def assemble_context(
     if hints is not None:
         hints.remember(session.id, recent)
     mandatory = recent.spent(recent.mandatory)
-    pins = _pinned(s, conn, session, recent, cost_of, budget - mandatory)
-    pin_cost = _block_cost(count, pins, []) if pins else 0
-    reserve = int(budget * shares.recall) if cue is not None else 0
 
-    candidates = (  # no turn is paged yet: the session has no pages
-        _page_candidates(conn, session.id, target, budget - mandatory - pin_cost)
-        if session.paged_until > 0
-        else []
-    )
-    candidates.reverse()  # oldest first
-    ref = session.aged_at or now
-    for c in candidates:
-        c.set_caption(page_caption(c.row.first_seq, c.row.last_seq, c.row.last_at, ref))
-    demand = sum(c.cost for c in candidates)
-    demand += INTRO_TOKENS if any(c.is_image for c in candidates) else 0
+    def plan(
+        forced: frozenset[int],
+    ) -> tuple[list[TurnData], set[int], list[_Candidate], int, list[TurnData]]:
+        """Pins, pages, the units of text shown and the recalled turns, with the pinned
+        turns in ``forced`` in the block although gathered as recent text."""
+        pins, pinned = _pinned(s, conn, session, recent, cost_of, budget - mandatory, forced)
+        pin_cost = _block_cost(count, pins, []) if pins else 0
+        reserve = int(budget * shares.recall) if cue is not None else 0
 
-    # The pages are placed as they would be without a cue, so a cue never changes (or
-    # pushes out) the prompt's page prefix; the recall reserve comes out of the recent text
-    # beyond the protected turns, and what the block leaves goes back to that text.
-    everything = recent.complete and recent.spent() + pin_cost + demand <= budget
-    if everything or not candidates:
-        text_cap = budget - pin_cost
-    else:
-        past = min(int(budget * shares.memory), demand + pin_cost)
-        text_cap = budget - max(past, pin_cost)
-    plain_units = recent.fit(text_cap)
-    candidates = _fade_to_fit(candidates, budget - recent.spent(plain_units) - pin_cost)
-    if everything:
-        # Everything is shown: the block can only help with turns on faint pages, and takes
-        # text only beyond budget - reserve. With no faint page there is nothing to recall.
-        if not any(c.option.label in FAINT_TIERS for c in candidates):
-            reserve = 0
-        shown_units = recent.fit(text_cap - reserve)
-    else:
-        # The reserve comes out of the text this prompt would show (not out of its cap: pages
-        # fill whatever the text leaves, so a cap the text did not reach reserves nothing).
-        shown_units = recent.fit(recent.spent(plain_units) - reserve)
-    spent = recent.spent(shown_units)
+        candidates = (  # no turn is paged yet: the session has no pages
+            _page_candidates(conn, session.id, target, budget - mandatory - pin_cost)
+            if session.paged_until > 0
+            else []
+        )
+        candidates.reverse()  # oldest first
+        ref = session.aged_at or now
+        for c in candidates:
+            c.set_caption(page_caption(c.row.first_seq, c.row.last_seq, c.row.last_at, ref))
+        demand = sum(c.cost for c in candidates)
+        demand += INTRO_TOKENS if any(c.is_image for c in candidates) else 0
 
-    recalled: list[TurnData] = []
-    if cue is not None and reserve > 0:
-        pages_cost = sum(c.cost for c in candidates)
-        pages_cost += INTRO_TOKENS if any(c.is_image for c in candidates) else 0
-        room = min(reserve, budget - pages_cost - spent - pin_cost)
-        shown = {t.seq for u in recent.units[:shown_units] for t in u[0]} | {t.seq for t in pins}
-        shown |= _legible_seqs(candidates)
-        # The search stops where the text would start without the reserve: what the block
-        # leaves goes back to that text, which would show those turns again (recent text is
-        # every live turn from its oldest on).
-        before = min((t.seq for u in recent.units[:plain_units] for t in u[0]), default=None)
-        recalled = _recall_block(s, conn, session, cue, shown, before, max(room, 0), count)
-        # What the block leaves of the reserve goes to more recent text (after the pages).
-        block_cost = _block_cost(count, pins, recalled) if pins or recalled else 0
-        more = recent.fit(budget - pages_cost - block_cost, start=shown_units)
-        if more > shown_units:
-            shown_units = more
-            spent = recent.spent(shown_units)
-            in_text = {t.seq for u in recent.units[:shown_units] for t in u[0]}
-            recalled = [t for t in recalled if t.seq not in in_text]
+        # The pages are placed as they would be without a cue, so a cue never changes (or
+        # pushes out) the prompt's page prefix; the recall reserve comes out of the recent text
+        # beyond the protected turns, and what the block leaves goes back to that text.
+        everything = recent.complete and recent.spent() + pin_cost + demand <= budget
+        if everything or not candidates:
+            text_cap = budget - pin_cost
+        else:
+            past = min(int(budget * shares.memory), demand + pin_cost)
+            text_cap = budget - max(past, pin_cost)
+        plain_units = recent.fit(text_cap)
+        candidates = _fade_to_fit(candidates, budget - recent.spent(plain_units) - pin_cost)
+        if everything:
+            # Everything is shown: the block can only help with turns on faint pages, and takes
+            # text only beyond budget - reserve. With no faint page there is nothing to recall.
+            if not any(c.option.label in FAINT_TIERS for c in candidates):
+                reserve = 0
+            shown_units = recent.fit(text_cap - reserve)
+        else:
+            # The reserve comes out of the text this prompt would show (not out of its cap: pages
+            # fill whatever the text leaves, so a cap the text did not reach reserves nothing).
+            shown_units = recent.fit(recent.spent(plain_units) - reserve)
+        spent = recent.spent(shown_units)
+
+        recalled: list[TurnData] = []
+        if cue is not None and reserve > 0:
+            pages_cost = sum(c.cost for c in candidates)
+            pages_cost += INTRO_TOKENS if any(c.is_image for c in candidates) else 0
+            room = min(reserve, budget - pages_cost - spent - pin_cost)
+            shown = {t.seq for u in recent.units[:shown_units] for t in u[0]} | {
+                t.seq for t in pins
+            }
+            shown |= _legible_seqs(candidates)
+            # The search stops where the text would start without the reserve: what the block
+            # leaves goes back to that text, which would show those turns again (recent text is
+            # every live turn from its oldest on).
+            before = min((t.seq for u in recent.units[:plain_units] for t in u[0]), default=None)
+            recalled = _recall_block(s, conn, session, cue, shown, before, max(room, 0), count)
+            # What the block leaves of the reserve goes to more recent text (after the pages).
+            block_cost = _block_cost(count, pins, recalled) if pins or recalled else 0
+            more = recent.fit(budget - pages_cost - block_cost, start=shown_units)
+            if more > shown_units:
+                shown_units = more
+                spent = recent.spent(shown_units)
+                in_text = {t.seq for u in recent.units[:shown_units] for t in u[0]}
+                recalled = [t for t in recalled if t.seq not in in_text]
+        return pins, pinned, candidates, shown_units, recalled
+
+    # A pinned turn gathered as recent text but not shown (past what the text could take)
+    # goes in the block instead, paid before the text: planned again with it there.
+    forced: frozenset[int] = frozenset()
+    while True:
+        pins, pinned, candidates, shown_units, recalled = plan(forced)
+        in_text = {t.seq for u in recent.units[:shown_units] for t in u[0]}
+        gathered = {t.seq for u in recent.units for t in u[0]}
+        cut = frozenset(pinned & (gathered - in_text)) | forced
+        if cut == forced:
+            break
+        forced = cut
+    pins = [t for t in pins if t.seq not in in_text]  # (the text may have grown past one)
     texts = [t for u in reversed(recent.units[:shown_units]) for t in u[0]]
     images = load_attachments(conn, [*pins, *recalled, *texts])
     block = (
@@ -592,25 +614,27 @@ def _pinned(
     recent: _Recent,
     cost_of: Callable[[TurnData], int],
     room: int,
-) -> list[TurnData]:
-    """Pinned turns not already in the recent text, newest first while they fit; in order.
-    A session row read with ``has_pins`` (see ``FIND_SESSION_TO_ASSEMBLE``) that has none
-    skips the read."""
+    forced: frozenset[int] = frozenset(),
+) -> tuple[list[TurnData], set[int]]:
+    """Pinned turns not in the recent text gathered (but those in ``forced``, gathered and
+    not shown), newest first while they fit, in order; and the numbers of every pinned
+    turn. A session row read with ``has_pins`` (see ``FIND_SESSION_TO_ASSEMBLE``) that has
+    none skips the read."""
     if not getattr(session, "has_pins", True):
-        return []
-    seqs = set(pinned_seqs(s, session))
-    if not seqs:
-        return []
-    seqs -= {t.seq for u in recent.units for t in u[0]}
+        return [], set()
+    pinned = set(pinned_seqs(s, session))
+    if not pinned:
+        return [], pinned
+    seqs = pinned - ({t.seq for u in recent.units for t in u[0]} - forced)
     if not seqs:  # every pinned turn is in the recent text already
-        return []
+        return [], pinned
     rows = turn_data(conn.execute(_BY_SEQ, {"sid": session.id, "seqs": sorted(seqs)}))
     kept, spent = [], _BLOCK_OVERHEAD
     for t in rows:
         if spent + cost_of(t) <= room:
             kept.append(t)
             spent += cost_of(t)
-    return sorted(kept, key=lambda t: t.seq)
+    return sorted(kept, key=lambda t: t.seq), pinned
 
 
 def _legible_seqs(candidates: list[_Candidate]) -> set[int]:

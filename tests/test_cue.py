@@ -290,3 +290,23 @@ def test_a_cue_never_changes_the_pages_shown(tmp_path) -> None:
             assert _pages(plain) and _pages(cued) == _pages(plain), budget
             assert cued.recalled is not None and "XK4471902" in cued.recalled.text
             assert cued.tokens <= budget
+
+
+def test_a_pinned_turn_shows_wherever_the_text_stops(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A pinned turn not on a page yet, just past what the recent text can take, goes in the
+    block (it was gathered as recent text, then cut, and shown nowhere); pinned, every turn
+    is in the prompt, within the budget."""
+    with MemoryManager(tmp_path / "pins.db") as m:
+        for i in range(20):
+            role = "user" if i % 2 == 0 else "assistant"
+            m.add_turn("s", role, f"turn {i + 1}: " + "word " * 40, START + timedelta(minutes=i))
+        now = START + timedelta(minutes=30)
+        for seq in range(1, 21):
+            m.pin("s", seq)
+            ctx = m.assemble("s", budget=300, now=now)
+            shown = {t.turn.seq for t in ctx.texts}
+            block = ctx.recalled
+            in_block = {t.seq for t in block.turns} if block is not None else set()
+            assert seq in shown | in_block, seq
+            assert not shown & in_block and ctx.tokens <= 300, seq
+            m.unpin("s", seq)
