@@ -680,8 +680,20 @@ class Aging:
         return newest if newest is not None and newest.open else None
 
     def _window_end(self, s: Session, row: Any) -> int:
-        """Highest seq that may leave the text window."""
-        end = row.next_seq - self.policy.keep_last_turns
+        """Highest seq that may leave the text window: the window keeps the newest
+        ``keep_last_turns`` live turns (a replacement's superseded versions, and the numbers
+        it skipped, count for none)."""
+        keep = self.policy.keep_last_turns
+        end = row.next_seq
+        if keep > 0:
+            kth = s.scalar(  # the oldest turn the window keeps (live: seq > paged_until >= 0)
+                select(TurnRow.seq)
+                .where(TurnRow.session_row_id == row.id, TurnRow.seq > row.paged_until)
+                .order_by(TurnRow.seq.desc())
+                .offset(keep - 1)
+                .limit(1)
+            )
+            end = kth - 1 if kth is not None else row.paged_until
         limit = self.policy.keep_last_tokens
         if limit is not None and end > row.paged_until:
             recent = s.execute(

@@ -142,3 +142,28 @@ def test_a_session_listing_counts_the_live_turns_not_the_versions(db_url: str) -
     (info,) = memory.sessions()
     assert info.turns == len(memory.turns("s")) == 3
     assert len(memory.superseded("s")) == 5  # the old reply, then the 4 turns after the edit
+
+
+def test_the_text_window_keeps_its_number_of_live_turns_across_versions(db_url: str) -> None:
+    """``keep_last_turns`` counts the turns a prompt can show: not the superseded versions a
+    regenerated reply left, nor the numbers a replacement skipped."""
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    with MemoryManager(db_url, policy=AgingPolicy(keep_last_turns=4)) as mm:
+        mm.add_turns(
+            "s",
+            [
+                {
+                    "role": "user" if i % 2 == 0 else "assistant",
+                    "content": f"turn {i + 1} " + "word " * 30,
+                    "at": t0 + timedelta(minutes=i),
+                }  # fmt: skip
+                for i in range(20)
+            ],
+        )
+        mm.replace_turns("s", 18, [("assistant", "again", t0 + timedelta(minutes=21))])
+        mm.replace_turns("s", 21, [])  # withdrawn again: numbers 18-21 hold no live turn now
+        mm.add_turn("s", "user", "new question", t0 + timedelta(minutes=24))
+        mm.age(now=t0 + timedelta(days=3))
+        paged = max(p.last_seq for p in mm.pages("s"))
+        kept = [t.content for t in mm.turns("s") if t.seq > paged]
+        assert len(kept) == 4 and kept[-1] == "new question", kept
