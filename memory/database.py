@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -595,6 +596,7 @@ class Database:
             with self.read() as s:
                 noted = s.scalar(select(func.max(PendingPurgeRow.id)))
         deadline = time.monotonic() + (self.busy_timeout if wait else 0.0)
+        self._rebuild(deadline)
         while self._checkpoint(deadline):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -620,6 +622,34 @@ class Database:
         except OpticalMemoryError as exc:
             self._purges_pending = True
             log.info("forgotten data not purged yet: %s", exc)
+
+    def _rebuild(self, deadline: float) -> None:
+        """``VACUUM``: the file rebuilt from its live rows. ``secure_delete`` zeroes a deleted
+        row, but copies of it that SQLite left while it rebalanced a page (in the page's free
+        gap, beside rows still live) survive it; only a rebuild leaves no byte of them. It
+        costs a pass over the whole file, and waits for a writer as a write does."""
+        left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        with translated(self.url):
+            raw = self.engine.raw_connection()
+            try:
+                cur = raw.driver_connection.cursor()
+                cur.execute(f"PRAGMA busy_timeout={left_ms}")
+                raw.info["om_busy_ms"] = left_ms
+                try:
+                    cur.execute("VACUUM")
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    self._purges_pending = True
+                    raise ForgetIncomplete(
+                        "the session is deleted, but the database file is not rebuilt yet: "
+                        f"another connection kept writing for over {self.busy_timeout:g} s. "
+                        "The next write or open finishes the job, or call finish_forget()"
+                    ) from None
+                finally:
+                    cur.close()
+            finally:
+                raw.close()
 
     def _checkpoint(self, deadline: float) -> bool:
         """One ``wal_checkpoint(TRUNCATE)``, its busy handler given what is left of the time;

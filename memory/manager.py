@@ -1007,7 +1007,9 @@ class MemoryManager:
         """Delete the session and everything derived from it; returns the turns deleted.
 
         On SQLite it returns only once the deleted bytes are gone from every file (the main
-        file and its write-ahead log; ``secure_delete`` zeroes them), waiting up to
+        file and its write-ahead log): ``secure_delete`` zeroes the rows, and the file is
+        rebuilt (``VACUUM``, a pass over the whole file: copies of a row that SQLite left
+        while rebalancing its pages survive the zeroing), waiting up to
         ``busy_timeout`` for readers that hold an older snapshot. If one still does, it raises
         :class:`ForgetIncomplete`: the session is deleted, and a note kept in the same
         transaction makes the next open or write (or :meth:`finish_forget`) finish the purge.

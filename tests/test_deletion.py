@@ -265,3 +265,66 @@ def test_forget_waits_for_a_reader_then_leaves_no_trace(sqlite_url: str) -> None
         assert waited >= 0.3, "forget returned while an old snapshot still pinned the data"
         assert marker.encode() not in raw_sqlite_bytes(path)
         assert len(mm.turns("kept")) == 30
+
+
+def test_forget_leaves_no_copy_that_sqlite_made_while_rebalancing_pages(sqlite_url: str) -> None:
+    """Two sessions written turn by turn share their table's pages; as those pages split and
+    rebalance, SQLite leaves old copies of rows in their free gaps, which ``secure_delete``
+    never zeroes. Forgetting one session must leave none of them (found by a hostile pass:
+    one whole turn stayed in the file)."""
+    words = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+        "kilo",
+        "lima",
+        "mike",
+        "november",
+        "oscar",
+        "papa",
+        "quebec",
+        "romeo",
+        "sierra",
+        "tango",
+        "uniform",
+        "victor",
+        "whiskey",
+        "xray",
+        "yankee",
+        "zulu",
+    ]
+    rng = random.Random(3)
+    t0 = datetime(2024, 1, 1, 9, tzinfo=UTC)
+
+    def png(i: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (64, 48), (i, 99, 7)).save(out, format="PNG")
+        return out.getvalue()
+
+    with MemoryManager(sqlite_url) as mm:
+        for i in range(60):
+            mm.add_turn(
+                "victim",
+                "user" if i % 2 == 0 else "assistant",
+                f"zqxsecret{i:03d}word " + " ".join(rng.choice(words) for _ in range(60)),
+                t0 + timedelta(minutes=30 * i),
+                metadata={"mdsecret": f"zqxmeta{i}"},
+                attachments=[png(i)] if i % 10 == 0 else None,
+            )
+            mm.add_turn(
+                "other",
+                "user",
+                "innocent " + " ".join(rng.choice(words) for _ in range(10)),
+                t0 + timedelta(minutes=30 * i),
+            )
+        mm.forget("victim")
+        assert len(mm.turns("other")) == 60
+    raw = raw_sqlite_bytes(Path(make_url(sqlite_url).database))
+    assert b"zqxsecret" not in raw and b"zqxmeta" not in raw
