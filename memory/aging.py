@@ -75,7 +75,7 @@ from .store import (
 )
 from .tokens import approximate_tokens
 from .turn_text import page_text, speaker_of
-from .validation import MAX_INT32
+from .validation import MAX_INT32, shifted
 
 log = logging.getLogger("optical_memory.aging")
 
@@ -294,15 +294,6 @@ class _Cut:
     turns: tuple[int, int, int] = (0, 0, 0)  # first and last seq of the cut's turns, how many
 
 
-def _earlier(now: datetime, delta: timedelta) -> datetime:
-    """``now - delta``, or the earliest time there is where that falls before it (a ``now``
-    near year 1): no page or turn is older than that."""
-    try:
-        return now - delta
-    except OverflowError:
-        return datetime.min.replace(tzinfo=UTC)
-
-
 FAINT_TIERS = (Tier.SMALL, Tier.TINY)  # where sparse pages consolidate
 _CAPTION_REF = datetime(
     2000, 1, 1, tzinfo=UTC
@@ -449,7 +440,7 @@ class Aging:
         """
         page = PageRow
         mine = page.session_row_id == SessionRow.id
-        quiet = _earlier(now, min(self.policy.sitting_gap, self.policy.seal_after))
+        quiet = shifted(now, -min(self.policy.sitting_gap, self.policy.seal_after))
         future_turn = (
             select(TurnRow.id)
             .where(TurnRow.session_row_id == SessionRow.id, TurnRow.seq > page.last_seq)
@@ -474,9 +465,9 @@ class Aging:
             }
             tiers = list(IMAGE_TIERS)
             for i, tier in enumerate(tiers):  # the band of ages the ladder puts at ``tier``
-                band = page.last_at <= _earlier(now, after[tier])
+                band = page.last_at <= shifted(now, -after[tier])
                 if i + 1 < len(tiers):
-                    band = and_(band, page.last_at > _earlier(now, after[tiers[i + 1]]))
+                    band = and_(band, page.last_at > shifted(now, -after[tiers[i + 1]]))
                 conds.append(
                     and_(
                         band,

@@ -441,11 +441,11 @@ def assemble_context(
 
     # A pinned turn gathered as recent text but not shown (past what the text could take)
     # goes in the block instead, paid before the text: planned again with it there.
+    gathered = {t.seq for u in recent.units for t in u[0]}
     forced: frozenset[int] = frozenset()
     while True:
         pins, pinned, candidates, shown_units, recalled = plan(forced)
         in_text = {t.seq for u in recent.units[:shown_units] for t in u[0]}
-        gathered = {t.seq for u in recent.units for t in u[0]}
         cut = frozenset(pinned & (gathered - in_text)) | forced
         if cut == forced:
             break

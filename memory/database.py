@@ -320,12 +320,16 @@ def create_store_engine(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) ->
     return engine
 
 
+def says_locked(message: str) -> bool:
+    """Whether a SQLite error's message says another connection held the lock."""
+    msg = message.lower()
+    return "locked" in msg or "busy" in msg
+
+
 def is_transient(exc: BaseException) -> bool:
     """Lock timeouts, busy databases, deadlocks and serialization failures: worth a retry."""
-    if isinstance(exc, OperationalError):
-        msg = str(exc.orig).lower()
-        if "locked" in msg or "busy" in msg:
-            return True
+    if isinstance(exc, OperationalError) and says_locked(str(exc.orig)):
+        return True
     if isinstance(exc, DBAPIError):
         code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         return code in ("40001", "40P01", "55P03")
@@ -623,11 +627,10 @@ class Database:
             self._purges_pending = True
             log.info("forgotten data not purged yet: %s", exc)
 
-    def _rebuild(self, deadline: float) -> None:
-        """``VACUUM``: the file rebuilt from its live rows. ``secure_delete`` zeroes a deleted
-        row, but copies of it that SQLite left while it rebalanced a page (in the page's free
-        gap, beside rows still live) survive it; only a rebuild leaves no byte of them. It
-        costs a pass over the whole file, and waits for a writer as a write does."""
+    @contextmanager
+    def _bounded_cursor(self, deadline: float) -> Iterator[sqlite3.Cursor]:
+        """A driver cursor outside any transaction (what ``VACUUM`` and a checkpoint need),
+        its busy handler given what is left of the time to ``deadline``."""
         left_ms = max(0, int((deadline - time.monotonic()) * 1000))
         with translated(self.url):
             raw = self.engine.raw_connection()
@@ -636,35 +639,35 @@ class Database:
                 cur.execute(f"PRAGMA busy_timeout={left_ms}")
                 raw.info["om_busy_ms"] = left_ms
                 try:
-                    cur.execute("VACUUM")
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc):
-                        raise
-                    self._purges_pending = True
-                    raise ForgetIncomplete(
-                        "the session is deleted, but the database file is not rebuilt yet: "
-                        f"another connection kept writing for over {self.busy_timeout:g} s. "
-                        "The next write or open finishes the job, or call finish_forget()"
-                    ) from None
+                    yield cur
                 finally:
                     cur.close()
             finally:
                 raw.close()
 
+    def _rebuild(self, deadline: float) -> None:
+        """``VACUUM``: the file rebuilt from its live rows. ``secure_delete`` zeroes a deleted
+        row, but copies of it that SQLite left while it rebalanced a page (in the page's free
+        gap, beside rows still live) survive it; only a rebuild leaves no byte of them. It
+        costs a pass over the whole file, and waits for a writer as a write does."""
+        with self._bounded_cursor(deadline) as cur:
+            try:
+                cur.execute("VACUUM")
+            except sqlite3.OperationalError as exc:
+                if not says_locked(str(exc)):
+                    raise
+                self._purges_pending = True
+                raise ForgetIncomplete(
+                    "the session is deleted, but the database file is not rebuilt yet: "
+                    f"another connection kept writing for over {self.busy_timeout:g} s. "
+                    "The next write or open finishes the job, or call finish_forget()"
+                ) from None
+
     def _checkpoint(self, deadline: float) -> bool:
         """One ``wal_checkpoint(TRUNCATE)``, its busy handler given what is left of the time;
         True when a reader kept it from completing."""
-        left_ms = max(0, int((deadline - time.monotonic()) * 1000))
-        with translated(self.url):
-            raw = self.engine.raw_connection()
-            try:
-                cur = raw.driver_connection.cursor()
-                cur.execute(f"PRAGMA busy_timeout={left_ms}")
-                raw.info["om_busy_ms"] = left_ms
-                row = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                cur.close()
-            finally:
-                raw.close()
+        with self._bounded_cursor(deadline) as cur:
+            row = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return bool(row and row[0])
 
     def vacuum_postgres(self, tables: list[str]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidInput
 from .export import inside
 from .importers import Conversations
+from .validation import shifted
 
 if TYPE_CHECKING:
     from .manager import MemoryManager
@@ -53,27 +54,17 @@ def fill_times(convs: Conversations, now: datetime) -> Conversations:
         filled: list[dict[str, Any]] = []
         if not known:
             span = timedelta(days=90) / max(1, len(turns))
-            start = _shifted(now, -timedelta(days=90))
-            filled = [{**t, "at": _shifted(start, i * span)} for i, t in enumerate(turns)]
+            start = shifted(now, -timedelta(days=90))
+            filled = [{**t, "at": shifted(start, i * span)} for i, t in enumerate(turns)]
         else:
             first_known = next(i for i, t in enumerate(turns) if t.get("at") is not None)
-            clock = _shifted(known[0], -timedelta(minutes=first_known + 1))
+            clock = shifted(known[0], -timedelta(minutes=first_known + 1))
             for t in turns:
                 at = t.get("at")
-                clock = _shifted(clock, timedelta(minutes=1)) if at is None else max(at, clock)
+                clock = shifted(clock, timedelta(minutes=1)) if at is None else max(at, clock)
                 filled.append({**t, "at": clock})
         out[sid] = filled
     return out
-
-
-def _shifted(at: datetime, delta: timedelta) -> datetime:
-    """``at + delta``, held at the first or last moment there is where that falls past it
-    (a conversation dated near year 1 or 9999 replays at the edge of time)."""
-    try:
-        return at + delta
-    except OverflowError:
-        edge = datetime.max if delta > timedelta(0) else datetime.min
-        return edge.replace(tzinfo=at.tzinfo or UTC)
 
 
 def time_span(convs: Conversations) -> tuple[datetime, datetime]:
@@ -110,12 +101,12 @@ def replay(
     )
     if not timeline:
         raise InvalidInput("nothing to replay: the conversation is empty")
-    start, end = timeline[0][0], _shifted(timeline[-1][0], timedelta(minutes=5))
+    start, end = timeline[0][0], shifted(timeline[-1][0], timedelta(minutes=5))
     passes = max(1, math.ceil((end - start) / step))
     cursor = {sid: 0 for sid in convs}
     k = 0
     for n in range(1, passes + 1):
-        now = min(_shifted(start, n * step), end)
+        now = min(shifted(start, n * step), end)
         batch: dict[str, list[dict[str, Any]]] = {}
         while k < len(timeline) and timeline[k][0] <= now:
             _, sid, _i = timeline[k]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import (
@@ -177,3 +177,14 @@ def check_int(
         top = "2**63 - 1" if maximum == MAX_INT else str(maximum)
         raise error(f"{what} must be between {minimum} and {top}, got {value!r:.40}")
     return value
+
+
+def shifted(at: datetime, delta: timedelta) -> datetime:
+    """``at + delta``, held at the first or last moment there is where that falls past it:
+    times near year 1 or 9999 (a ``now`` at the edge of time, a conversation dated there)
+    age and replay at the edge instead of overflowing."""
+    try:
+        return at + delta
+    except OverflowError:
+        edge = datetime.max if delta > timedelta(0) else datetime.min
+        return edge.replace(tzinfo=at.tzinfo or UTC)
