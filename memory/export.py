@@ -178,7 +178,7 @@ def export_context(ctx: AssembledContext, format: str = "json") -> Any:
 # -- files ---------------------------------------------------------------------------------------
 
 
-_PROMPT_PNG = re.compile(r"\d{3}-page-\d{5}-[a-z]+\.png")
+_PROMPT_PNG = re.compile(r"\d{3,}-page-\d{5,}-[a-z]+\.png")  # (widths are minimums)
 """The names :func:`write_prompt` gives the PNGs of a prompt (what it may replace)."""
 
 

@@ -51,7 +51,9 @@ def test_an_export_never_deletes_what_it_did_not_write(tmp_path: Path) -> None:
     first = cli("assemble", "chat", "--db", url, "--budget", "3000", "--out", out)
     assert first.exit_code == 0, first.output
     pngs = sorted(p.name for p in (out / "prompt").iterdir())
+    (out / "prompt" / "1001-page-123456-tiny.png").write_bytes(b"")  # a big store's names
     assert pngs and cli("assemble", "chat", "--db", url, "--out", out).exit_code == 0  # again
+    assert sorted(p.name for p in (out / "prompt").iterdir()) == pngs
     notes = out / "prompt" / "src" / "notes.txt"
     notes.parent.mkdir()
     notes.write_text("mine")
