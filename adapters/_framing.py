@@ -15,6 +15,7 @@ that every adapter offers the same two tools with the same words and the same an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -187,10 +188,8 @@ def frame(
     as a user message labelled ``[system]``, so that only the caller's system prompt (and a
     system memory message) come before the conversation.
     """
-    if memory_role not in ("user", "system"):
-        raise InvalidConfiguration(f"memory_role must be 'user' or 'system', got {memory_role!r}")
-    if start_on not in ("user", "any"):
-        raise InvalidConfiguration(f"start_on must be 'user' or 'any', got {start_on!r:.40}")
+    check_memory_role(memory_role)
+    check_start_on(start_on)
     segments = list(ctx.segments)
     last_page = max((i for i, s in enumerate(segments) if isinstance(s, PageSegment)), default=-1)
     recalled = ctx.recalled
@@ -227,6 +226,22 @@ def frame(
         msgs = msgs[first_user:]
     out.extend(msgs)
     return out
+
+
+def check_memory_role(memory_role: object) -> MemoryRole:
+    """The memory message's role, or :class:`InvalidConfiguration`."""
+    if memory_role not in ("user", "system"):
+        raise InvalidConfiguration(
+            f"memory_role must be 'user' or 'system', got {memory_role!r:.40}"
+        )
+    return memory_role  # type: ignore[return-value]
+
+
+def check_start_on(start_on: object) -> StartOn:
+    """What a view opens on, or :class:`InvalidConfiguration`."""
+    if start_on not in ("user", "any"):
+        raise InvalidConfiguration(f"start_on must be 'user' or 'any', got {start_on!r:.40}")
+    return start_on  # type: ignore[return-value]
 
 
 def _system_note(m: FramedMessage) -> FramedMessage:
@@ -335,6 +350,12 @@ class SessionLog:
         self.tail.clear()
         self.keys.clear()
         self.seqs.clear()
+
+
+def image_digests(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The sha256 of each image of a turn about to be stored (its ``attachments`` bytes), as
+    a stored turn names them (``Attachment.sha256``)."""
+    return tuple(hashlib.sha256(b).hexdigest() for b in row.get("attachments", ()))
 
 
 def version_of(
@@ -726,33 +747,33 @@ def _fit(head: str, lines: list[str], fits: Callable[..., bool]) -> tuple[str, i
     whole = "\n".join([head, *lines])
     if fits(whole, note=False):
         return whole, len(lines)
-    text, shown = head, len(lines)
-    for i, line in enumerate(lines):
-        if fits(f"{text}\n{line}"):
-            text = f"{text}\n{line}"
-            continue
-        if i == 0:
-            # The longest start of the line that fits with its cut mark (and room for the
-            # note on the lines after it, if there are any).
-            def cut(n: int, text: str = text, line: str = line) -> str:
-                return f"{text}\n{line[:n]} [… cut here: {len(line) - n} more characters]"
+    if lines and not fits(f"{head}\n{lines[0]}"):  # its start, with its cut mark (room
+        first = lines[0]  # kept for a note if lines follow)
 
-            more = len(lines) > 1
-            lo, hi = 0, len(line)
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if fits(cut(mid), note=more) else (lo, mid - 1)
-            text, shown = cut(lo), 1
-        else:
-            shown = i
-        break
+        def cut(n: int) -> str:
+            return f"{head}\n{first[:n]} [… cut here: {len(first) - n} more characters]"
+
+        text, shown = cut(_longest(len(first), lambda n: fits(cut(n), note=len(lines) > 1))), 1
+    else:
+        text, shown = head, len(lines)
+        for i, line in enumerate(lines):
+            if not fits(f"{text}\n{line}"):
+                shown = i
+                break
+            text = f"{text}\n{line}"
     if not fits(text, note=False):  # a limit below the head itself: its start, and no
-        lo, hi = 0, len(text)  # note on what is left out (none would fit)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if fits(text[:mid] + "…", note=False) else (lo, mid - 1)
-        return text[:lo] + "…", len(lines)
+        n = _longest(len(text), lambda n: fits(text[:n] + "…", note=False))  # note (none fits)
+        return text[:n] + "…", len(lines)
     return text, shown
+
+
+def _longest(most: int, fits: Callable[[int], bool]) -> int:
+    """The largest ``n`` in ``0..most`` with ``fits(n)`` (true up to some ``n``, then false)."""
+    lo, hi = 0, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
 
 def _quoted(query: str, limit: int = 80) -> str:

@@ -80,8 +80,11 @@ from ._framing import (
     TurnLog,
     answer_read,
     answer_recall,
+    check_memory_role,
+    check_start_on,
     check_tool_scope,
     frame,
+    image_digests,
     tool_specs,
     tools_hint,
     version_of,
@@ -440,10 +443,7 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         super().__init__()
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
             raise InvalidBudget(f"budget must be a positive int of tokens, got {budget!r}")
-        if memory_role not in ("user", "system"):
-            raise InvalidConfiguration(
-                f"memory_role must be 'user' or 'system', got {memory_role!r}"
-            )
+        check_memory_role(memory_role)
         self.memory = memory
         self.budget = budget
         self.target = get_target(target) if target is not None else None
@@ -453,9 +453,7 @@ class OpticalMemoryMiddleware(AgentMiddleware):
         self.token_counter = token_counter
         self.cue = cue
         self.recall_scope: ToolScope = check_tool_scope(recall_scope)
-        if start_on not in ("user", "any"):  # (frame() would say so at the first model call)
-            raise InvalidConfiguration(f"start_on must be 'user' or 'any', got {start_on!r:.40}")
-        self.start_on: StartOn = start_on
+        self.start_on: StartOn = check_start_on(start_on)  # (not at the first model call)
         self.system_first = system_first
         self.prune_state = prune_state
         self._log = TurnLog(memory)
@@ -760,8 +758,7 @@ def _edits(log: SessionLog, message_id: str, row: dict[str, Any]) -> bool:
     stored = log.stored_version(message_id)
     if stored is None:
         return False  # older than the log's tail: not an edit of the conversation's end
-    digests = tuple(hashlib.sha256(b).hexdigest() for b in row.get("attachments", ()))
-    return version_of(row["role"], row["content"], row["metadata"], digests) != stored
+    return version_of(row["role"], row["content"], row["metadata"], image_digests(row)) != stored
 
 
 def _content_key(m: BaseMessage, position: int) -> str:
@@ -793,10 +790,7 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
     ) -> None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
             raise InvalidBudget(f"budget must be a positive int of tokens, got {budget!r}")
-        if memory_role not in ("user", "system"):
-            raise InvalidConfiguration(
-                f"memory_role must be 'user' or 'system', got {memory_role!r}"
-            )
+        check_memory_role(memory_role)
         self.memory = memory
         self.session_id = session_id
         self.budget = budget

@@ -23,7 +23,6 @@ import asyncio
 import base64
 import binascii
 import bisect
-import hashlib
 import json
 import re
 import threading
@@ -53,6 +52,7 @@ from ._framing import (
     answer_recall,
     check_tool_scope,
     frame,
+    image_digests,
     message_key,
     tool_specs,
 )
@@ -397,7 +397,7 @@ def _key_of_message(m: Any, at: datetime | None) -> int:
 def _key_of_row(r: dict[str, Any]) -> int:
     meta = r["metadata"]
     calls = tuple(c.get("id") for c in meta.get("tool_calls", []))
-    images = tuple(hashlib.sha256(b).hexdigest() for b in r.get("attachments", ()))
+    images = image_digests(r)
     return message_key(r["role"], r["content"], meta.get("tool_call_id"), calls, images)
 
 
