@@ -28,6 +28,25 @@ log = logging.getLogger("optical_memory.scheduler")
 MAX_INTERVAL = timedelta(days=3660)  # ten years between two passes is already no aging
 
 
+def check_interval(every: object) -> float:
+    """Seconds between two passes (a number or a timedelta): positive, finite, at most
+    MAX_INTERVAL; else :class:`InvalidConfiguration`."""
+    if isinstance(every, timedelta):
+        seconds = every.total_seconds()
+    elif isinstance(every, int | float) and not isinstance(every, bool):
+        seconds = float(every)
+    else:
+        raise InvalidConfiguration(
+            f"every must be seconds or a timedelta, got {type(every).__name__}"
+        )
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_INTERVAL.total_seconds():
+        raise InvalidConfiguration(
+            f"every must be a positive, finite interval of at most {MAX_INTERVAL.days} "
+            f"days, got {every!r}"
+        )
+    return seconds
+
+
 class AgingScheduler:
     """Runs an aging pass (``run_pass``, e.g. ``MemoryManager.age``) every interval on a
     background thread."""
@@ -46,19 +65,7 @@ class AgingScheduler:
         self._stopping = False
 
     def start(self, every: timedelta | float, *, run_now: bool = False) -> None:
-        if isinstance(every, timedelta):
-            seconds = every.total_seconds()
-        elif isinstance(every, int | float) and not isinstance(every, bool):
-            seconds = float(every)
-        else:
-            raise InvalidConfiguration(
-                f"every must be seconds or a timedelta, got {type(every).__name__}"
-            )
-        if not math.isfinite(seconds) or not 0 < seconds <= MAX_INTERVAL.total_seconds():
-            raise InvalidConfiguration(
-                f"every must be a positive, finite interval of at most {MAX_INTERVAL.days} "
-                f"days, got {every!r}"
-            )
+        seconds = check_interval(every)
         self._stopping = False
         self._scheduler.add_job(
             self.run_once,

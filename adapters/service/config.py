@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, fields
 
 from optical_memory.errors import InvalidConfiguration, InvalidInput
-from optical_memory.scheduler import MAX_INTERVAL
+from optical_memory.scheduler import check_interval
 from optical_memory.validation import check_owner
 
 __all__ = ["ENV_PREFIX", "LOOPBACK", "ServiceConfig"]
@@ -58,12 +58,11 @@ class ServiceConfig:
             raise InvalidConfiguration("budget and max body size must be positive")
         if not (math.isfinite(self.key_cache_seconds) and self.key_cache_seconds >= 0):
             raise InvalidConfiguration("key_cache_seconds must be a finite number >= 0")
-        longest = MAX_INTERVAL.total_seconds()
-        if not (math.isfinite(self.age_every) and 0 <= self.age_every <= longest):
-            raise InvalidConfiguration(
-                f"age_every must be 0 (no scheduler) or seconds up to {longest:.0f} "
-                f"({MAX_INTERVAL.days} days), got {self.age_every}"
-            )
+        if self.age_every != 0:  # 0: no scheduler; else what the scheduler takes
+            try:
+                check_interval(self.age_every)
+            except InvalidConfiguration as exc:
+                raise InvalidConfiguration(f"age_every (0: no scheduler): {exc}") from None
         try:
             check_owner(self.owner)
         except InvalidInput as exc:
