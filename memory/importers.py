@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from typing import Any
 
 from .errors import InvalidInput
 from .records import ROLES
+from .validation import check_content, check_metadata
 
 __all__ = [
     "FORMATS",
@@ -190,8 +192,20 @@ def _message(row: Any, where: str, *, with_time: bool) -> dict[str, Any]:
     for key in ("name", "tool_calls", "tool_call_id"):
         if row.get(key) is not None:
             meta[key] = row[key]
+    meta = _as_stored(content, meta, where)
     at = _parse_at(row.get("at"), where) if with_time else None
     return {"role": role, "content": content, "at": at, "metadata": meta}
+
+
+def _as_stored(content: str, meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """The store's own checks of a turn's text and metadata, run here where the error can
+    name the line (the store would name only the turn's place in its session); the size
+    limit is the store's to apply."""
+    try:
+        check_content(content, sys.maxsize)
+        return check_metadata(meta)
+    except InvalidInput as exc:
+        raise type(exc)(f"{where}: {exc}") from None
 
 
 def _content_text(content: Any, where: str, allow_none: bool = False) -> str:
@@ -448,6 +462,7 @@ def _locomo(
                     if image_captions:
                         text = f"{text} [shares a photo: {caption}]"
                 at = _later(clock, i * LOCOMO_TURN_SPACING, tw) if clock is not None else None
+                meta = _as_stored(text, meta, tw)
                 turns.append({"role": role, "content": text, "at": at, "metadata": meta})
             if turns and clock is not None:
                 clock = turns[-1]["at"]

@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from optical_memory import MemoryManager
+from optical_memory import InvalidContent, MemoryManager, MetadataTooLarge
+from optical_memory.cli import app
 from optical_memory.importers import (
     LOCOMO_TURN_SPACING,
     ImportFormatError,
@@ -508,3 +510,44 @@ def test_a_locomo_id_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps([{**sample, "sample_id": float("nan")}]))  # json writes NaN
     with pytest.raises(ImportFormatError, match="sample_id must be a string"):
         load_locomo(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "error", "pattern"),
+    [
+        ('{"role": "user", "content": "a\\ud800"}', InvalidContent, "unpaired surrogate"),
+        ('{"role": "user", "content": "a", "metadata": {"x": 1e400}}', InvalidContent, "JSON"),
+        (
+            json.dumps({"role": "user", "content": "a", "metadata": {"x": "y" * 70_000}}),
+            MetadataTooLarge,
+            "over the limit",
+        ),
+    ],
+)
+def test_a_turn_the_store_would_refuse_is_refused_at_its_line(
+    tmp_path: Path, line: str, error: type[Exception], pattern: str
+) -> None:
+    """The store names a bad turn by its place in the session; the importer names the line."""
+    path = tmp_path / "chat.jsonl"
+    path.write_text('{"role": "user", "content": "fine"}\n\n' + line + "\n")
+    with pytest.raises(error, match=rf"chat\.jsonl, line 3: .*{pattern}"):
+        load_jsonl(path)
+
+
+def test_a_locomo_text_the_store_would_refuse_names_its_turn(tmp_path: Path) -> None:
+    sample = _locomo_sample({"session_1": [{"speaker": "A", "text": "hi"}, {"speaker": "B"}]})
+    sample[0]["conversation"]["session_1"][1]["text"] = "x\ud800"  # type: ignore[index]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(sample))  # (json escapes the lone surrogate)
+    with pytest.raises(InvalidContent, match="session_1 turn 1: content holds unpaired"):
+        load_locomo(path)
+
+
+def test_import_names_the_line_of_a_turn_the_store_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "chat.jsonl"
+    path.write_text('{"role": "user", "content": "ok"}\n{"role": "user", "content": "a\\udc00"}\n')
+    done = CliRunner().invoke(app, ["import", str(path), "--db", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert done.exit_code == 2  # (the CLI's status for input it refuses)
+    assert "chat.jsonl, line 2: content holds unpaired surrogate" in done.output
+    with MemoryManager(f"sqlite:///{tmp_path / 'm.db'}") as mm:
+        assert mm.sessions() == []  # nothing written
