@@ -376,7 +376,7 @@ def assemble_context(
     ) -> tuple[list[TurnData], set[int], list[_Candidate], int, list[TurnData]]:
         """Pins, pages, the units of text shown and the recalled turns, with the pinned
         turns in ``forced`` in the block although gathered as recent text."""
-        pins, pinned = _pinned(s, conn, session, recent, cost_of, budget - mandatory, forced)
+        pins, pinned = _pinned(s, conn, session, recent, count, budget - mandatory, forced)
         pin_cost = _block_cost(count, pins, []) if pins else 0
         reserve = int(budget * shares.recall) if cue is not None else 0
 
@@ -612,14 +612,15 @@ def _pinned(
     conn: Connection,
     session: SessionRow,
     recent: _Recent,
-    cost_of: Callable[[TurnData], int],
+    count: TokenCounter,
     room: int,
     forced: frozenset[int] = frozenset(),
 ) -> tuple[list[TurnData], set[int]]:
     """Pinned turns not in the recent text gathered (but those in ``forced``, gathered and
-    not shown), newest first while they fit, in order; and the numbers of every pinned
-    turn. A session row read with ``has_pins`` (see ``FIND_SESSION_TO_ASSEMBLE``) that has
-    none skips the read."""
+    not shown), newest first while their block fits ``room``, in order; and the numbers of
+    every pinned turn. What fits is what the block costs as the model reads it (its header,
+    each turn's dated line), not the turns' own counts. A session row read with
+    ``has_pins`` (see ``FIND_SESSION_TO_ASSEMBLE``) that has none skips the read."""
     if not getattr(session, "has_pins", True):
         return [], set()
     pinned = set(pinned_seqs(s, session))
@@ -629,12 +630,20 @@ def _pinned(
     if not seqs:  # every pinned turn is in the recent text already
         return [], pinned
     rows = turn_data(conn.execute(_BY_SEQ, {"sid": session.id, "seqs": sorted(seqs)}))
-    kept, spent = [], _BLOCK_OVERHEAD
+    line = _remembered_lines()
+    # Chosen by each line's own count (one count per turn, not one per trial block), then
+    # checked as one block: a counter need not add up across the lines it joins.
+    empty = int(count("user", ""))
+    kept, spent = [], int(count("user", _PINNED_HEADER))
     for t in rows:
-        if spent + cost_of(t) <= room:
+        cost = int(count("user", "\n" + line(t))) - empty
+        if spent + cost <= room:
             kept.append(t)
-            spent += cost_of(t)
-    return sorted(kept, key=lambda t: t.seq), pinned
+            spent += cost
+    kept.sort(key=lambda t: t.seq)
+    while kept and _block_cost(count, kept, [], line) > room:
+        kept.pop(0)  # the oldest goes first, as it came last
+    return kept, pinned
 
 
 def _legible_seqs(candidates: list[_Candidate]) -> set[int]:

@@ -310,3 +310,22 @@ def test_a_pinned_turn_shows_wherever_the_text_stops(tmp_path) -> None:  # type:
             assert seq in shown | in_block, seq
             assert not shown & in_block and ctx.tokens <= 300, seq
             m.unpin("s", seq)
+
+
+def test_many_pins_never_take_the_prompt_over_its_budget(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The pins are chosen by what their block costs as the model reads it (header, dated
+    lines): summing the turns' own counts let six pins take a 207-token prompt to 210."""
+    with MemoryManager(tmp_path / "pins.db") as m:
+        turns = conversation(400, START, timedelta(minutes=3), seed=11)
+        turns[20] = {**turns[20], "content": "my locker code is ZX-4471 " + "and a note " * 200}
+        m.add_turns("s", turns)
+        m.add_turn("s", "user", "what was my locker code?", START + timedelta(days=1))
+        for seq in (31, 61, 100, 150, 200, 399):
+            m.pin("s", seq)
+        now = START + timedelta(days=2)
+        for budget in range(150, 330):
+            for cue in (None, "Maya Lisbon"):
+                ctx = m.assemble("s", budget=budget, now=now, cue=cue)
+                assert ctx.tokens <= budget or ctx.over_budget, (budget, cue, ctx.tokens)
+        ctx = m.assemble("s", budget=209, now=now)
+        assert ctx.tokens <= 209 and ctx.recalled is not None and ctx.recalled.pinned
