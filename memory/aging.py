@@ -376,13 +376,26 @@ class Aging:
                     else:  # another pass is aging it now: it does the work
                         report.sessions_busy += 1
             except Exception as exc:  # one bad session must not stop the pass
+                name = self._name_of(sid)
                 if isinstance(exc, OpticalMemoryError):  # said in full by its message
-                    log.warning("aging session %s failed: %s: %s", sid, type(exc).__name__, exc)
+                    log.warning("aging session %s failed: %s: %s", name, type(exc).__name__, exc)
                 else:
-                    log.exception("aging session %s failed", sid)
-                report.errors.append(f"session {sid}: {type(exc).__name__}: {exc}")
+                    log.exception("aging session %s failed", name)
+                report.errors.append(f"session {name}: {type(exc).__name__}: {exc}")
         report.seconds = time.perf_counter() - started
         return report
+
+    def _name_of(self, sid: int) -> str:
+        """How an error names a session: its id (and owner) as its user knows it, not the
+        store's row number; the row number where even that cannot be read."""
+        try:
+            with self.db.read() as s:
+                row = s.get(SessionRow, sid)
+        except Exception:
+            row = None
+        if row is None:
+            return f"(row {sid})"
+        return f"{row.key!r} of owner {row.owner!r}" if row.owner else repr(row.key)
 
     def _age_session(self, sid: int, now: datetime, report: AgingReport) -> None:
         """Pack, plan and apply one session's changes (see :func:`.claims.claimed`)."""

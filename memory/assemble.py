@@ -299,7 +299,7 @@ DEFAULT_MEMORY_SHARE = 0.5
 """When the history does not fit, the share of the budget kept for the past (pages, pins,
 recall) even when recent text could fill it all."""
 DEFAULT_RECALL_SHARE = 0.2
-"""With a cue, the share of the budget reserved for turns the cue recalls (part of the past's)."""
+"""With a cue, the share of the budget reserved for the turns it recalls (from the recent text)."""
 RECALL_CANDIDATES = 12  # hits a cue is searched for; the reserve decides how many are shown
 FAINT_TIERS = frozenset({Tier.SMALL.label, Tier.TINY.label})  # abridged or barely legible
 _TEXT_LABEL = Tier.TEXT.label
@@ -307,8 +307,9 @@ _TEXT_LABEL = Tier.TEXT.label
 
 @dataclass(frozen=True)
 class AssemblyShares:
-    """How a tight budget is split: ``memory`` for the past when the history does not fit,
-    ``recall`` of the budget reserved (out of the memory share) for what a cue recalls."""
+    """How a tight budget is split: ``memory`` for the past when the history does not fit;
+    with a cue, ``recall`` of the budget taken from the recent text (beyond the turns always
+    shown) for what the cue recalls, what the block leaves going back to that text."""
 
     memory: float = DEFAULT_MEMORY_SHARE
     recall: float = DEFAULT_RECALL_SHARE

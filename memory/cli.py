@@ -670,7 +670,7 @@ def keys_list(
 @_errors
 def keys_revoke(
     key: Annotated[
-        str, typer.Argument(help="The key's id (from keys list), its prefix, or the key.")
+        str, typer.Argument(help="The key's id or prefix, exactly as keys list shows them, or the whole key.")
     ],
     db: DbOption = None,
 ) -> None:

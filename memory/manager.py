@@ -153,8 +153,8 @@ class MemoryManager:
             ``age()`` and ``verify()`` without ``sessions`` then span every owner.
         migrate: apply database migrations on open (default True).
         shares: how ``assemble`` splits a tight budget between recent text, the pages and
-            what a cue recalls (default :class:`AssemblyShares`: half for the past, a fifth of
-            it reserved for recall).
+            what a cue recalls (default :class:`AssemblyShares`: half for the past, and with a
+            cue a fifth of the budget, taken from the recent text, for what it recalls).
         salience: ``f(role, content) -> float`` replacing the default salience score
             (:func:`optical_memory.salience.salience`); a turn scoring at least
             ``salience.SALIENT`` (0.45), pinned, or recalled, keeps its whole text when a

@@ -551,7 +551,7 @@ def test_one_broken_session_does_not_stop_the_pass(sqlite_url: str) -> None:
         conn.commit()
         conn.close()
         report = mm.age(now=T0 + timedelta(days=3))
-        assert len(report.errors) == 1 and "session" in report.errors[0]
+        assert len(report.errors) == 1 and report.errors[0].startswith("session 'b': ")
         assert all(p.tier != "text" for s in ("a", "c") for p in mm.pages(s))
         assert mm.pages("a") and mm.pages("c")
 
@@ -670,3 +670,17 @@ def test_file_import_of_awkward_but_valid_text_round_trips(mm: MemoryManager, tm
     assert [t.content for t in written["imp"]] == [r["content"] for r in rows]
     assert mm.turns("imp") == written["imp"]
     assert mm.turns("imp")[1].at == datetime(2023, 12, 31, 10, tzinfo=UTC)
+
+
+def test_every_error_the_library_raises_is_importable_from_the_package_root() -> None:
+    """The README lists the errors as ``optical_memory.X``: each one must be there."""
+    import optical_memory
+    from optical_memory import errors
+
+    defined = {
+        name
+        for name, obj in vars(errors).items()
+        if isinstance(obj, type) and issubclass(obj, errors.OpticalMemoryError)
+    }
+    assert defined - set(optical_memory.__all__) == set()
+    assert all(getattr(optical_memory, name) is getattr(errors, name) for name in defined)

@@ -80,6 +80,7 @@ def test_aging_a_read_only_store_names_each_failure_and_exits_1(tmp_path: Path) 
     assert result.exit_code == 1, result.output
     assert "StoreReadOnly" in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("StoreReadOnly") == 1  # said once, not logged again
+    assert "session 'chat': StoreReadOnly" in result.stderr  # its id, not the store's row
 
 
 def test_conversations_dated_at_the_edges_of_the_calendar_replay(tmp_path: Path) -> None:
