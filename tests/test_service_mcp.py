@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytest.importorskip("mcp")
@@ -146,6 +147,32 @@ async def test_streamable_http_tools_act_for_the_keys_owner(
     async with _http(url, keys["alice"]) as alice:
         r = await alice.call_tool("get_context", {"session_id": sid})
         assert _texts(r) == ["user: Alice's code is 4417."]
-    async with _http(url, "om_wrong") as stranger:
-        r = await stranger.call_tool("get_context", {"session_id": sid})
-        assert r.is_error and "NotSignedIn" in _texts(r)[0]
+
+
+def test_streamable_http_refuses_a_request_without_a_valid_key_before_anything_else(
+    http_service: tuple[str, dict[str, str]],
+) -> None:
+    """401 as the MCP authorization spec asks: no session opened, no tools listed."""
+    url, keys = http_service
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    accept = {"accept": "application/json, text/event-stream"}
+    for auth in ({}, {"authorization": "Bearer om_wrong"}):
+        for body in (hello, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}):
+            r = httpx.post(url + "/mcp/", json=body, headers={**accept, **auth})
+            assert r.status_code == 401, (auth, body, r.text)
+            assert r.json()["error"]["type"] == "NotSignedIn"
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert "result" not in r.json()  # nothing of the server said
+    r = httpx.post(
+        url + "/mcp/", json=hello, headers={**accept, "authorization": f"Bearer {keys['alice']}"}
+    )
+    assert r.status_code == 200 and r.json()["result"]["serverInfo"]["name"]

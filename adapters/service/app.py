@@ -347,10 +347,11 @@ class BodyLimit:
 
 
 class KeyCheck:
-    """ASGI middleware: every ``/v1`` request but ``/v1/health`` is signed in first, before
-    anything reads its body, so a request without a valid key gets 401 whatever it sends
-    (not 400/422 for a body it had no right to send). The owner goes into the scope
-    (:data:`OWNER_SCOPE_KEY`)."""
+    """ASGI middleware: every ``/v1`` request but ``/v1/health``, and every MCP request, is
+    signed in first, before anything reads its body, so a request without a valid key gets
+    401 whatever it sends (not 400/422 for a body it had no right to send; for MCP, as its
+    authorization spec asks, not a session opened and tools listed for anyone). The owner
+    goes into the scope (:data:`OWNER_SCOPE_KEY`)."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], service: Service) -> None:
         self.app = app
@@ -358,7 +359,8 @@ class KeyCheck:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not path.startswith("/v1/") or path == "/v1/health":
+        signed = (path.startswith("/v1/") and path != "/v1/health") or _is_mcp(path)
+        if not signed:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -372,6 +374,10 @@ class KeyCheck:
             return
         scope[OWNER_SCOPE_KEY] = owner
         await self.app(scope, receive, send)
+
+
+def _is_mcp(path: str) -> bool:
+    return path == "/mcp" or path.startswith("/mcp/")
 
 
 def _too_large(limit: int) -> JSONResponse:
