@@ -320,8 +320,12 @@ def record_openai_reply(
 
     Stored at the end of the session, unless the turn right after ``answering`` is this very
     reply (the next request carried it, through another process): then nothing is stored.
-    ``answering`` None: appended at the end in any case. Conditional on the session as read,
-    like :func:`record_openai_messages`, so two processes never both store it.
+    Nothing is stored either when turn ``answering`` is no longer live: the session was
+    forgotten while the answer was on its way (storing it would bring the session back,
+    holding the answer to what its user asked to forget), or that turn was replaced (the
+    answer is to a withdrawn version). ``answering`` None: appended at the end in any case.
+    Conditional on the session as read, like :func:`record_openai_messages`, so two
+    processes never both store it.
     """
     msg = _as_dict(reply)
     turn = openai_message_to_turn({**msg, "role": msg.get("role") or "assistant"})
@@ -332,6 +336,8 @@ def record_openai_reply(
     def attempt(state: SessionLog) -> list[Turn]:
         if answering is not None:
             after = bisect.bisect_right(state.seqs, answering)  # the first turn after it
+            if after == 0 or state.seqs[after - 1] != answering:
+                return []  # forgotten or replaced since: the answer answers nothing stored
             if after < len(state.keys) and state.keys[after] == key:
                 return []  # the next request stored it already
         try:

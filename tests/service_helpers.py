@@ -66,16 +66,23 @@ class ScriptedUpstream(RecordingChatServer):
         each streaming request, each flushed on its own, and then closing the connection (with no
         end of the chunked body when ``cut``: the stream breaks); a request that does not stream
         gets ``reply`` as a whole answer. A ``status`` other than 200 answers every request with it
-    (and ``headers``), as an upstream refusing the call does."""
+    (and ``headers``), as an upstream refusing the call does. With ``hold`` set, every answer
+    waits (once its request is recorded) until that event is set: an answer on its way."""
 
     def __init__(self) -> None:
         super().__init__(reply="hi")
         self.script: list[bytes] = []
         self.cut = False
         self.status = 200  # of every answer, whole or streamed
+        self.hold: threading.Event | None = None
+
+    def _wait(self) -> None:
+        if self.hold is not None:
+            assert self.hold.wait(30), "the test never let the answer go"
 
     def answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         status, answer = super().answer(path, body)
+        self._wait()
         if self.status != 200:
             return self.status, {"error": {"message": "scripted", "type": "scripted"}}
         return status, answer
@@ -88,6 +95,7 @@ class ScriptedUpstream(RecordingChatServer):
         if not body.get("stream"):
             return False
         self.requests.append({"path": handler.path, "body": body})
+        self._wait()
         handler.protocol_version = "HTTP/1.1"  # chunked: a cut body is a broken stream
         if self.status != 200:
             handler.send_response(self.status)

@@ -23,7 +23,7 @@ from chat_server import RecordingChatServer
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import TypeAdapter
 
-from optical_memory import MEMORY_INTRO, AgingPolicy, MemoryManager
+from optical_memory import MEMORY_INTRO, AgingPolicy, MemoryManager, UnknownSession
 from optical_memory.adapters.openai import (
     openai_message_to_turn,
     record_openai_messages,
@@ -552,3 +552,25 @@ def test_tool_call_arguments_go_back_exactly_as_they_came(tmp_path) -> None:  # 
         (ai,) = [m for m in to_langchain_messages(mm.assemble("t")) if isinstance(m, AIMessage)]
         assert [c["args"] for c in ai.tool_calls] == [{"site": "B7"}]
         assert [c["args"] for c in ai.invalid_tool_calls] == [odd]  # no float holds 1e400
+
+
+def test_a_reply_to_a_turn_forgotten_or_replaced_meanwhile_is_not_stored(sqlite_url: str) -> None:
+    from optical_memory.adapters.openai import record_openai_reply
+
+    mm = MemoryManager(sqlite_url)
+    q = {"role": "user", "content": "My secret is 4711."}
+    a = {"role": "assistant", "content": "Noted."}
+    [asked] = record_openai_messages(mm, "c", [q])
+    mm.forget("c")
+    assert record_openai_reply(mm, "c", a, answering=asked.seq) == []
+    with pytest.raises(UnknownSession):
+        mm.turns("c")  # not brought back by the answer to what was forgotten
+
+    first = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
+    *_, asked = record_openai_messages(mm, "d", [*first, q])
+    edited = record_openai_messages(mm, "d", [*first, {"role": "user", "content": "It is 4712."}])
+    assert record_openai_reply(mm, "d", a, answering=asked.seq) == []  # a withdrawn version's
+    assert [t.content for t in mm.turns("d")] == ["Hi.", "Hello.", "It is 4712."]
+    [later] = record_openai_reply(mm, "d", a, answering=edited[0].seq)
+    assert later.content == "Noted."
+    mm.close()

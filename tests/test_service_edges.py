@@ -9,6 +9,8 @@ an answer as a whole one. The app runs in a real uvicorn server on loopback, in 
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -469,3 +471,40 @@ def test_the_web_view_opens_sessions_named_with_dots_only(env: Env) -> None:
             (form,) = re.findall(r"action='([^']+)'", page.text)
             prompt = c.get(urljoin(url, form), params={"budget": "2000"})
             assert prompt.status_code == 200 and "hello from" in prompt.text, href
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_session_forgotten_while_its_answer_is_on_the_way_stays_forgotten(
+    env: Env, stream: bool
+) -> None:
+    """The answer to a forgotten conversation is not stored: storing it would bring the
+    session back, holding the answer to what its user asked to forget."""
+    sid = _sid()
+    env.upstream.hold = threading.Event()
+    env.upstream.script = sse(delta("your secret is ", None), delta("4711", "stop"), "[DONE]")
+    seen = len(env.upstream.requests)
+    got: dict[str, int] = {}
+
+    def ask() -> None:
+        body = {"model": "m", "messages": [{"role": "user", "content": "my secret is 4711"}]}
+        with env.client() as c:
+            r = c.post("/v1/chat/completions", json={**body, "user": sid, "stream": stream})
+            got["status"] = r.status_code
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(env.upstream.requests) == seen:  # the question is stored and forwarded
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with env.client() as c:
+            r = c.delete(f"/v1/sessions/{sid}")
+            assert r.status_code == 200 and r.json()["turns_deleted"] == 1
+    finally:
+        env.upstream.hold.set()
+        asking.join(30)
+    assert got["status"] == 200  # the client still gets its answer
+    with env.client() as c:
+        assert c.get(f"/v1/sessions/{sid}/turns").status_code == 404
+        assert sid not in [s["session_id"] for s in c.get("/v1/sessions").json()["sessions"]]
