@@ -535,3 +535,29 @@ def test_a_word_beside_a_private_use_character_is_found_after_upgrade(sqlite_url
         assert after["numbat"] == before["numbat"] == 1  # the plain turn as it was
         migrations.downgrade(mm.database.engine, "0014")
         assert [r.turn.seq for r in mm.recall("s", "platypus")] == [1]
+
+
+@pytest.mark.postgres
+def test_the_postgres_search_index_takes_new_turns_at_once(pg_url: str) -> None:
+    """No pending list for searches to read through (``fastupdate = off``, migration 0016):
+    turns just written are in the GIN index itself, so merging the list finds nothing."""
+    engine = create_store_engine(normalise_url(pg_url))
+    try:
+        migrations.upgrade(engine, "0015")
+        with MemoryManager(pg_url, migrate=False) as mm:
+            mm.add_turns("s", make_history(300, lambda i: f"turn {i} about otters", T0))
+        options = "SELECT reloptions FROM pg_class WHERE relname = 'om_turns_fts'"
+        merge = "SELECT gin_clean_pending_list('om_turns_fts'::regclass)"
+        with engine.begin() as conn:
+            assert conn.execute(text(options)).scalar() is None  # GIN's default: a list
+        with MemoryManager(pg_url) as mm:  # to head: what waited in the list is merged
+            mm.add_turns("s", make_history(300, lambda i: f"more {i} about otters", T0))
+            with engine.begin() as conn:
+                assert conn.execute(text(options)).scalar() == ["fastupdate=off"]
+                assert conn.execute(text(merge)).scalar() == 0  # nothing pending
+            assert len(mm.recall("s", "otters", limit=1000)) == 600
+            migrations.downgrade(mm.database.engine, "0015")
+        with engine.begin() as conn:
+            assert conn.execute(text(options)).scalar() is None
+    finally:
+        engine.dispose()
