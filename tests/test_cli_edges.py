@@ -121,7 +121,7 @@ def test_sqlite_uri_arguments_outside_a_file_uri_are_refused(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_an_import_refused_by_a_check_names_the_session_and_the_turn(tmp_path: Path) -> None:
+def test_an_import_refused_by_a_check_names_the_line(tmp_path: Path) -> None:
     deep: dict = {}
     for _ in range(40):
         deep = {"x": deep}
@@ -129,7 +129,7 @@ def test_an_import_refused_by_a_check_names_the_session_and_the_turn(tmp_path: P
     path = tmp_path / "chat.jsonl"
     path.write_text("\n".join(json.dumps({**r, "session_id": "s1"}) for r in rows))
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    assert_error(cli("import", path, "--db", url), r"session 's1', turns\[1\]: metadata")
+    assert_error(cli("import", path, "--db", url), r"chat\.jsonl, line 2: metadata is nested")
     with MemoryManager(url) as mm:
         assert mm.sessions() == []  # all or nothing
 
