@@ -13,7 +13,9 @@ search and its rehearsal write) for three kinds of cue, each in its session:
 * ``rare``: a question naming a planted code ("what was the booking code QX-…?");
 * ``common``: a question made of the chat's own, frequent words ("when did Maya book flights to
   Lisbon?");
-* ``cjk``: a Chinese or Japanese question containing a two-character word.
+* ``cjk``: a Chinese or Japanese question containing a two-character word;
+* ``prose``: a long pasted paragraph (about 50 search terms, most of them in no turn) that
+  also names a planted code, as a proxy's cue is when a user pastes text into the chat.
 
 plus ``owner`` (a rare cue with ``scope="owner"`` over one owner's ten sessions) and the time
 of one ``forget`` (which rewrites the SQLite index into one segment). Prints p50/p99 in ms as a
@@ -52,6 +54,16 @@ COMMON_CUES = [
     "did my sister order the blue bicycle?",
     "who painted the kitchen shelves on Tuesday?",
 ]
+PROSE = (
+    "Could you help me draft a migration plan for our Kubernetes deployment: the ingress "
+    "controller keeps timing out, certificates rotate weekly, Prometheus alerts fire on latency, "
+    "the Postgres replica lags behind during nightly backups, Terraform state drifted after "
+    "someone edited security groups manually, and the on-call rotation needs a runbook covering "
+    "rollback, canary analysis, feature flags, schema versioning, secrets management with Vault, "
+    "log retention, cost dashboards, autoscaling thresholds, node pools, spot instances, and "
+    "disaster recovery drills for the payments service and the analytics warehouse. Oh, and "
+    "which booking code was {code}?"
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,7 +81,7 @@ def session_turns(index: int) -> list[dict]:  # type: ignore[type-arg]
     turns = conversation(
         SESSION_TURNS, START + timedelta(days=index), timedelta(seconds=60), seed=index
     )
-    *codes, cjk = random.Random(index).sample(range(SESSION_TURNS), 4)
+    *codes, cjk = random.Random(index).sample(range(SESSION_TURNS), 4)  # anywhere in it
     for i, at in enumerate(codes):
         turns[at] = {**turns[at], "content": f"My booking code is {code(index, i)}, keep it."}
     turns[cjk] = {**turns[cjk], "content": CJK_LINES[index % len(CJK_LINES)]}
@@ -137,7 +149,14 @@ def run(url: str, turns: int, queries: int) -> dict[str, list[float]]:
             assert got and code(other, 0) in got[0].turn.content, got[:1]
             return got
 
-        for name, fn in (("rare", rare), ("common", common), ("cjk", cjk), ("owner", owner)):
+        def prose(i: int) -> object:
+            s = picks[i]
+            got = view(s).recall(f"chat-{s}", PROSE.format(code=code(s, i % 3)))
+            assert got and code(s, i % 3) in got[0].turn.content, got[:1]
+            return got
+
+        kinds = (("rare", rare), ("common", common), ("cjk", cjk), ("prose", prose))
+        for name, fn in (*kinds, ("owner", owner)):
             results[name] = timings(fn, queries)
         t = time.perf_counter()
         view(n_sessions - 1).forget(f"chat-{n_sessions - 1}")
@@ -149,13 +168,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--turns", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument(
+        "--session-turns",
+        type=int,
+        default=1000,
+        help="turns per session (past 20,000, common words count in the newest 20,000)",
+    )
     ap.add_argument("--url", help="a store URL (default: a scratch SQLite file)")
     args = ap.parse_args(argv)
+    global SESSION_TURNS
+    SESSION_TURNS = args.session_turns
     with tempfile.TemporaryDirectory() as tmp:
         url = args.url or f"sqlite:///{Path(tmp) / 'recall.db'}"
         results = run(url, args.turns, args.queries)
     backend = url.split(":", 1)[0]
-    print(f"\nrecall at {args.turns:,} turns ({backend}, {args.queries} queries per cue kind)\n")
+    print(
+        f"\nrecall at {args.turns:,} turns in sessions of {SESSION_TURNS:,} ({backend}, "
+        f"{args.queries} queries per cue kind)\n"
+    )
     print("| cue | p50 ms | p99 ms | mean ms |")
     print("|---|---:|---:|---:|")
     for name, values in results.items():

@@ -36,6 +36,7 @@ def _chat(n: int, seed: int = 3) -> list[dict]:  # type: ignore[type-arg]
 
 WINDOW_COUNT = "(SELECT count(*) FROM om_turns_fts WHERE"  # a common word's count in a window
 ARCHIVE_PROBE = "(SELECT count(*) FROM (SELECT 1 FROM om_turns_fts WHERE"  # common or rare?
+PG_ARCHIVE_PROBE = "(SELECT count(*) FROM (SELECT 1 FROM om_turns t WHERE"
 
 
 def _sends(mm: MemoryManager, fn: Callable[[], object], fragment: str) -> bool:
@@ -156,18 +157,20 @@ def test_a_common_words_count_is_reused_while_the_session_has_barely_grown(
 
 
 def test_a_rare_words_verdict_is_reused_until_the_turns_since_could_make_it_common(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Scaled down: a word in 20 turns of the archive is common. "apple" is in 15: rare, and it
-    # stays rare for 4 more turns whatever they hold; after a 5th it could be common.
+    # stays rare for 4 more turns whatever they hold; after a 5th it could be common. (On
+    # PostgreSQL the verdict picks how a term's turns are found: the GIN index, or the scope.)
     from optical_memory import recall as recall_module
 
     monkeypatch.setattr(recall_module, "COMMON_TURNS", 20)
-    with MemoryManager(tmp_path / "m.db") as mm:
+    probe = ARCHIVE_PROBE if db_url.startswith("sqlite") else PG_ARCHIVE_PROBE
+    with MemoryManager(db_url) as mm:
         mm.add_turns("s", [("user", f"apple note {i}") for i in range(15)])
 
         def probed() -> bool:
-            return _sends(mm, lambda: mm.recall("s", "apple"), ARCHIVE_PROBE)
+            return _sends(mm, lambda: mm.recall("s", "apple"), probe)
 
         assert probed() and not probed()  # probed once
         mm.add_turns("s", [("user", "apple again")] * 4)  # in 19 turns now
@@ -180,7 +183,7 @@ def test_a_rare_words_verdict_is_reused_until_the_turns_since_could_make_it_comm
 
 
 def test_searches_with_known_rare_words_find_what_probing_every_word_finds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Words cross the (scaled-down) common threshold while the archive grows; after every
     # growth, each cue ranks the same with the verdicts kept as with every word probed again
@@ -192,7 +195,7 @@ def test_searches_with_known_rare_words_find_what_probing_every_word_finds(
     monkeypatch.setattr(recall_module, "COMMON_TURNS", 30)
     words = ["amber", "birch", "cedar", "dune", "ember", "fjord", "grove", "heath"]
     rng = random.Random(11)
-    with MemoryManager(tmp_path / "m.db") as mm:
+    with MemoryManager(db_url) as mm:
         for _ in range(10):
             for sid in ("a", "b"):
                 mm.add_turns(
@@ -202,7 +205,7 @@ def test_searches_with_known_rare_words_find_what_probing_every_word_finds(
             for _ in range(4):
                 cue = " ".join(rng.sample(words, rng.randint(1, 4)))
                 kept = [(r.turn.seq, round(r.score, 9)) for r in mm.recall("a", cue, limit=6)]
-                with MemoryManager(tmp_path / "m.db") as fresh:
+                with MemoryManager(db_url) as fresh:
                     found = fresh.recall("a", cue, limit=6)
                     probed = [(r.turn.seq, round(r.score, 9)) for r in found]
                 assert kept == probed, cue
