@@ -55,6 +55,19 @@ def sse(*events: dict[str, Any] | str) -> list[bytes]:
     ]
 
 
+MCP_INITIALIZE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+"""An MCP client's first request, as JSON-RPC over streamable HTTP."""
+
+
 def delta(content: str, finish: str | None = None) -> dict[str, Any]:
     """One chat-completions stream chunk carrying ``content``."""
     choice = {"index": 0, "delta": {"content": content}, "finish_reason": finish}

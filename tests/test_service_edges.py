@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from service_helpers import ScriptedUpstream, delta, serving, sse  # noqa: E402
+from service_helpers import MCP_INITIALIZE, ScriptedUpstream, delta, serving, sse  # noqa: E402
 
 from optical_memory import MemoryManager  # noqa: E402
 from optical_memory.adapters.service import ServiceConfig, create_key  # noqa: E402
@@ -422,16 +422,7 @@ def test_a_service_without_keys_answers_only_requests_for_a_loopback_host(
 def test_mcp_over_http_answers_for_any_host_name_when_keys_guard_it(env: Env) -> None:
     """Behind a reverse proxy the public host name is forwarded: with keys on, MCP answers
     for it as /v1 does (the MCP SDK's loopback-only Host list refused it with 421)."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
+    init = MCP_INITIALIZE
     headers = {"host": "memory.example.com", "accept": "application/json, text/event-stream"}
     with env.client() as c:
         assert c.get("/v1/sessions", headers=headers).status_code == 200

@@ -17,6 +17,7 @@ pytest.importorskip("fastapi")
 
 from mcp import Client  # noqa: E402
 from mcp.client.stdio import StdioServerParameters  # noqa: E402
+from service_helpers import MCP_INITIALIZE  # noqa: E402
 
 from benchmarks.service import ServiceProcess  # noqa: E402
 from optical_memory import MemoryManager  # noqa: E402
@@ -154,16 +155,7 @@ def test_streamable_http_refuses_a_request_without_a_valid_key_before_anything_e
 ) -> None:
     """401 as the MCP authorization spec asks: no session opened, no tools listed."""
     url, keys = http_service
-    hello = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
+    hello = MCP_INITIALIZE
     accept = {"accept": "application/json, text/event-stream"}
     for auth in ({}, {"authorization": "Bearer om_wrong"}):
         for body in (hello, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}):
