@@ -242,10 +242,11 @@ def _pg_rare(s: Session, cue: Cue) -> list[int]:
     rare terms: held by fewer than COMMON_TURNS turns of the whole archive, so that the GIN
     index finds them cheaply. Verdicts are kept as on SQLite (see _COMMON_CACHE and
     _RARE_CACHE), so only a term not known yet is probed, at most COMMON_TURNS entries of
-    its posting list. A verdict only picks how a term's matches are found (either way finds
-    them all: the choice is cost, and which window counts a long session's common terms), so
-    one a concurrent writer makes slightly stale costs nothing but time."""
-    keys = [f"t:{' '.join(t).casefold()}" for t in cue.terms]
+    its posting list. A verdict picks how a term's matches are found (either way finds them
+    all) and, in a session longer than COMMON_WINDOW, whether turns before its window count:
+    one that a concurrent writer left slightly stale (a term just crossing COMMON_TURNS) costs
+    time, or changes only whether such an early turn holding that term is found."""
+    keys = [f"t:{_verdict_key(t)}" for t in cue.terms]
     keys += [f"c:{c}" for c in cue.compounds]
     known = _verdicts(s, _COMMON_CACHE)
     rare = _verdicts(s, _RARE_CACHE)
@@ -762,6 +763,22 @@ _RARE_CACHE: weakref.WeakKeyDictionary[Any, OrderedDict[str, tuple[int, int]]] =
 _NEWEST_TURN = "SELECT max(id) FROM om_turns"
 
 
+def _verdict_key(term: tuple[str, ...]) -> str:
+    """A term's key in the verdict caches: lower-cased, not casefolded, as both indexes fold
+    case (casefold would make "Straße" and "strasse", two words to either, share a verdict)."""
+    return " ".join(term).lower()
+
+
+def forget_verdicts(s: Session) -> None:
+    """Drop this database's verdicts (this process's): after a forget, a term known to be
+    common may be rare again, and treated as common it would be matched only in a long
+    session's newest turns. Another process keeps its own until it restarts, a cost the
+    verdicts accept (a term stays common short of forgetting most of the turns holding it)."""
+    pool = s.get_bind().pool
+    _COMMON_CACHE.pop(pool, None)
+    _RARE_CACHE.pop(pool, None)
+
+
 def _verdicts(s: Session, table: weakref.WeakKeyDictionary[Any, OrderedDict[str, Any]]) -> Any:
     """This database's verdicts in ``table`` (by the session's connection pool)."""
     return table.setdefault(s.get_bind().pool, OrderedDict())
@@ -773,7 +790,7 @@ def _split_common(
     """The cue's terms in fewer than COMMON_TURNS turns of the archive, and the others."""
     known = _verdicts(s, _COMMON_CACHE)
     rare = _verdicts(s, _RARE_CACHE)
-    keys = [" ".join(t).casefold() for t in terms]
+    keys = [_verdict_key(t) for t in terms]
     common = {i for i, k in enumerate(keys) if k in known}
     unknown = [i for i, k in enumerate(keys) if k not in known]
     if unknown and any(keys[i] in rare for i in unknown):
@@ -954,5 +971,6 @@ def purge_session(s: Session, session_row_id: int) -> None:
     expression index has no rows of its own: its entries die with the turns.
     """
     s.execute(delete(TurnMarkRow).where(TurnMarkRow.session_row_id == session_row_id))
+    forget_verdicts(s)
     if s.get_bind().dialect.name == "sqlite":
         s.execute(text(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('optimize')"))

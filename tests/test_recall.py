@@ -914,3 +914,49 @@ def test_the_migration_indexes_a_database_created_before_it(db_url: str) -> None
         assert {r.turn.seq for r in mm.recall("old", "boiler")} == {1, len(OLD_TURNS) + 1}
         assert [r.turn.seq for r in mm.recall("old", "東京")] == [2]
         assert mm.forget("old") == len(OLD_TURNS) + 1
+
+
+def _scaled_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A word in 5 turns of the archive is common; a session of over 40 turns is long."""
+    from optical_memory import recall as recall_module
+
+    monkeypatch.setattr(recall_module, "COMMON_TURNS", 5)
+    monkeypatch.setattr(recall_module, "COMMON_WINDOW", 40)
+
+
+def _long_with(word: str) -> list[tuple[str, str]]:
+    """60 turns, ``word`` only in turn 10: outside the newest 40."""
+    turns = [("user", f"the timetable, note {i}") for i in range(60)]
+    turns[9] = ("user", f"an old note about {word}")
+    return turns
+
+
+def test_two_words_that_casefold_alike_keep_their_own_verdicts(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "Straße" and "strasse" are two words to both indexes: the rare one's verdict must not
+    make the common one rare (then found outside a long session's window)."""
+    _scaled_window(monkeypatch)
+    with MemoryManager(db_url) as mm:
+        mm.add_turns("long", _long_with("strasse"))
+        mm.add_turns("short", [("user", "die Straße")])
+        mm.add_turns("other", [("user", f"strasse {i}") for i in range(6)])  # common
+        assert [r.turn.seq for r in mm.recall("short", "Straße")] == [1]
+        assert mm.recall("long", "strasse") == []  # common: the window only
+
+
+def test_a_word_made_rare_by_a_forget_is_found_again_in_a_long_session(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verdict that a word is common is dropped when a session is forgotten: the word may
+    be rare again, and rare words are matched in the whole session."""
+    _scaled_window(monkeypatch)
+    with MemoryManager(db_url) as mm:
+        alice, bob = mm.scoped("alice"), mm.scoped("bob")
+        alice.add_turns("long", _long_with("zephyr"))
+        alice.add_turns("short", [("user", "a zephyr")])
+        bob.add_turns("big", [("user", f"zephyr {i}") for i in range(6)])
+        assert [r.turn.seq for r in alice.recall("short", "zephyr")] == [1]  # known common
+        assert alice.recall("long", "zephyr") == []
+        bob.forget("big")
+        assert [r.turn.seq for r in alice.recall("long", "zephyr")] == [10]
