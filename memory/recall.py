@@ -596,14 +596,20 @@ def _sqlite_rank(
             return [(int(i), float(r)) for i, r in _sqlite_rows(s, sql, q)], q["k"]
     for n, term in enumerate(common):
         q[f"q{n}"] = sqlite_match([term], scope_ids)
-    counts = _known_counts(s, session, common, end) if scope == "session" else {}
+    # Counts are kept per session, or per owner (an owner's sessions are many short ones: a
+    # count there walks the term's postings across the whole scope, half the search's cost).
+    counted: SessionRow | str | None = session
+    count_end = end
+    if scope == "owner":
+        counted, count_end = (session.owner, in_scope()) if before is None else (None, end)
+    counts = _known_counts(s, counted, common, count_end) if counted is not None else {}
     todo = [n for n in range(len(common)) if n not in counts]
     if todo:
         sql = "SELECT " + ", ".join(f"(SELECT count(*) {matched(f'q{n}', window)})" for n in todo)
         (row,) = _sqlite_rows(s, sql, q)
         counts.update(zip(todo, row, strict=True))
-        if scope == "session":
-            _remember_counts(s, session, {common[n]: counts[n] for n in todo}, end)
+        if counted is not None:
+            _remember_counts(s, counted, {common[n]: counts[n] for n in todo}, count_end)
     total = in_scope() if total is None else total
     weights = {
         n: max(math.log((total - held + 0.5) / (held + 0.5)), 1e-6)
@@ -705,42 +711,49 @@ def _rank_by_subsets(
     return sorted(scores.items(), key=lambda r: (-r[1], -r[0]))[:k]
 
 
-# How many turns of a session's window held a common term, per database and session, with the
-# session's end (next turn number) when counted: counting walks the term's postings there (half
-# the search's cost), and a count changes by at most one a turn. A count is reused while the
-# session has grown by at most 1/COUNT_DRIFT of it (the term's weight then moves by a few
-# percent), so a conversation's recurring words are counted once every few dozen turns.
-_WINDOW_COUNTS: dict[str, OrderedDict[tuple[Any, ...], tuple[int, int]]] = {}
+# How many turns of a session's window (or of an owner's sessions) held a common term, per
+# database, with the scope's end (the session's next turn number; the owner's turns in all)
+# when counted: counting walks the term's postings there (half the search's cost), and a count
+# changes by at most one a turn. A count is reused while the scope has grown by at most
+# 1/COUNT_DRIFT of it (the term's weight then moves by a few percent), so a conversation's
+# recurring words are counted once every few dozen turns. Kept per connection pool (another
+# database can sit at the same URL); a forget drops them with the verdicts.
+_WINDOW_COUNTS: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[Any, ...], tuple[int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
 _WINDOW_COUNTS_SIZE = 4096
 COUNT_DRIFT = 40
 
 
-def _count_key(session: SessionRow, term: tuple[str, ...]) -> tuple[Any, ...]:
-    # created_at: a forgotten session's row id may be reused, its counts never
-    return (session.id, session.created_at, term)
+def _count_key(scope: SessionRow | str, term: tuple[str, ...]) -> tuple[Any, ...]:
+    """A session's (created_at: a forgotten session's row id may be reused, its counts
+    never), or an owner's."""
+    if isinstance(scope, str):
+        return ("owner", scope, term)
+    return (scope.id, scope.created_at, term)
 
 
 def _known_counts(
-    s: Session, session: SessionRow, terms: list[tuple[str, ...]], end: int
+    s: Session, scope: SessionRow | str, terms: list[tuple[str, ...]], end: int
 ) -> dict[int, int]:
-    """The still-valid counts of ``terms`` in ``session``'s window ending at ``end``, by index."""
-    cache = _WINDOW_COUNTS.get(str(s.get_bind().url))
+    """The still-valid counts of ``terms`` in the scope ending at ``end``, by index."""
+    cache = _WINDOW_COUNTS.get(s.get_bind().pool)
     if not cache:
         return {}
     out = {}
     for n, term in enumerate(terms):
-        hit = cache.get(_count_key(session, term))
+        hit = cache.get(_count_key(scope, term))
         if hit is not None and 0 <= end - hit[0] <= hit[1] // COUNT_DRIFT:
             out[n] = hit[1]
     return out
 
 
 def _remember_counts(
-    s: Session, session: SessionRow, counts: dict[tuple[str, ...], int], end: int
+    s: Session, scope: SessionRow | str, counts: dict[tuple[str, ...], int], end: int
 ) -> None:
-    cache = _WINDOW_COUNTS.setdefault(str(s.get_bind().url), OrderedDict())
+    cache = _WINDOW_COUNTS.setdefault(s.get_bind().pool, OrderedDict())
     for term, held in counts.items():
-        cache[_count_key(session, term)] = (end, int(held))
+        cache[_count_key(scope, term)] = (end, int(held))
     while len(cache) > _WINDOW_COUNTS_SIZE:
         cache.popitem(last=False)
 
@@ -770,13 +783,13 @@ def _verdict_key(term: tuple[str, ...]) -> str:
 
 
 def forget_verdicts(s: Session) -> None:
-    """Drop this database's verdicts (this process's): after a forget, a term known to be
-    common may be rare again, and treated as common it would be matched only in a long
+    """Drop this database's verdicts and counts (this process's): after a forget, a term
+    known to be common may be rare again, and treated as common it would be matched only in a long
     session's newest turns. Another process keeps its own until it restarts, a cost the
     verdicts accept (a term stays common short of forgetting most of the turns holding it)."""
     pool = s.get_bind().pool
-    _COMMON_CACHE.pop(pool, None)
-    _RARE_CACHE.pop(pool, None)
+    for cache in (_COMMON_CACHE, _RARE_CACHE, _WINDOW_COUNTS):
+        cache.pop(pool, None)
 
 
 def _verdicts(s: Session, table: weakref.WeakKeyDictionary[Any, OrderedDict[str, Any]]) -> Any:

@@ -960,3 +960,29 @@ def test_a_word_made_rare_by_a_forget_is_found_again_in_a_long_session(
         assert alice.recall("long", "zephyr") == []
         bob.forget("big")
         assert [r.turn.seq for r in alice.recall("long", "zephyr")] == [10]
+
+
+def test_an_owners_common_word_count_is_reused_while_its_sessions_have_barely_grown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As for a session's window (scaled down): "ferry" is in 40 of the owner's turns; its
+    # count holds while the owner's sessions grow by 4 turns, then it is counted again.
+    from optical_memory import recall as recall_module
+
+    monkeypatch.setattr(recall_module, "COMMON_TURNS", 5)
+    monkeypatch.setattr(recall_module, "COUNT_DRIFT", 10)
+    with MemoryManager(tmp_path / "m.db", owner="o") as mm:
+        for sid in ("a", "b"):
+            mm.add_turns(sid, [("user", f"the ferry, note {i}") for i in range(20)])
+
+        def counted() -> bool:
+            return _sends(mm, lambda: mm.recall("a", "ferry QX-1", scope="owner"), WINDOW_COUNT)
+
+        assert counted() and not counted()  # counted once
+        mm.add_turns("b", [("user", "nothing here")] * 4)
+        assert not counted()  # 4 turns on, in any of its sessions: reused
+        mm.add_turn("a", "user", "nothing here either")
+        assert counted() and not counted()  # 5 on: counted again, then reused
+        mm.forget("b")
+        assert counted()  # a forget drops the counts
+        assert [r.turn.seq for r in mm.recall("a", "ferry", scope="owner", limit=2)] == [20, 19]
