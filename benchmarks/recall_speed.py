@@ -77,25 +77,23 @@ def code(session: int, i: int) -> str:
     return f"QX-{session * 7919 + i * 104729:07d}"
 
 
-def session_turns(index: int) -> list[dict]:  # type: ignore[type-arg]
-    turns = conversation(
-        SESSION_TURNS, START + timedelta(days=index), timedelta(seconds=60), seed=index
-    )
-    *codes, cjk = random.Random(index).sample(range(SESSION_TURNS), 4)  # anywhere in it
+def session_turns(index: int, size: int) -> list[dict]:  # type: ignore[type-arg]
+    turns = conversation(size, START + timedelta(days=index), timedelta(seconds=60), seed=index)
+    *codes, cjk = random.Random(index).sample(range(size), 4)  # anywhere in it
     for i, at in enumerate(codes):
         turns[at] = {**turns[at], "content": f"My booking code is {code(index, i)}, keep it."}
     turns[cjk] = {**turns[cjk], "content": CJK_LINES[index % len(CJK_LINES)]}
     return turns
 
 
-def fill(mm: MemoryManager, n_sessions: int) -> float:
+def fill(mm: MemoryManager, n_sessions: int, size: int) -> float:
     started = time.perf_counter()
     for first in range(0, n_sessions, BATCH_SESSIONS):
         batch = range(first, min(first + BATCH_SESSIONS, n_sessions))
         owned: dict[str | None, dict[str, list]] = {}  # type: ignore[type-arg]
         for i in batch:
             owner = f"owner-{i // OWNER_SESSIONS}"
-            owned.setdefault(owner, {})[f"chat-{i}"] = session_turns(i)
+            owned.setdefault(owner, {})[f"chat-{i}"] = session_turns(i, size)
         for owner, sessions in owned.items():
             mm.scoped(owner).add_sessions(sessions)
     return time.perf_counter() - started
@@ -112,12 +110,12 @@ def timings(fn: Callable[[int], object], n: int) -> list[float]:
     return out
 
 
-def run(url: str, turns: int, queries: int) -> dict[str, list[float]]:
-    n_sessions = max(1, turns // SESSION_TURNS)
+def run(url: str, turns: int, queries: int, size: int = SESSION_TURNS) -> dict[str, list[float]]:
+    n_sessions = max(1, turns // size)
     results: dict[str, list[float]] = {}
     with MemoryManager(url) as mm:
-        took = fill(mm, n_sessions)
-        print(f"filled {n_sessions * SESSION_TURNS:,} turns in {took:.1f} s", file=sys.stderr)
+        took = fill(mm, n_sessions, size)
+        print(f"filled {n_sessions * size:,} turns in {took:.1f} s", file=sys.stderr)
         rng = random.Random(1)
         picks = [rng.randrange(n_sessions) for _ in range(queries + 20)]
 
@@ -171,19 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--session-turns",
         type=int,
-        default=1000,
+        default=SESSION_TURNS,
         help="turns per session (past 20,000, common words count in the newest 20,000)",
     )
     ap.add_argument("--url", help="a store URL (default: a scratch SQLite file)")
     args = ap.parse_args(argv)
-    global SESSION_TURNS
-    SESSION_TURNS = args.session_turns
     with tempfile.TemporaryDirectory() as tmp:
         url = args.url or f"sqlite:///{Path(tmp) / 'recall.db'}"
-        results = run(url, args.turns, args.queries)
+        results = run(url, args.turns, args.queries, args.session_turns)
     backend = url.split(":", 1)[0]
     print(
-        f"\nrecall at {args.turns:,} turns in sessions of {SESSION_TURNS:,} ({backend}, "
+        f"\nrecall at {args.turns:,} turns in sessions of {args.session_turns:,} ({backend}, "
         f"{args.queries} queries per cue kind)\n"
     )
     print("| cue | p50 ms | p99 ms | mean ms |")

@@ -710,7 +710,6 @@ _RECALLED_HEADER = (
     "Recalled from memory for the current message (exact text of earlier turns; "
     "the page images may show them faded or not at all):"
 )
-_BLOCK_OVERHEAD = approximate_tokens("user", _RECALLED_HEADER)
 
 
 def _block_text(

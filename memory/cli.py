@@ -670,7 +670,10 @@ def keys_list(
 @_errors
 def keys_revoke(
     key: Annotated[
-        str, typer.Argument(help="The key's id or prefix, exactly as keys list shows them, or the whole key.")
+        str,
+        typer.Argument(
+            help="The key's id or prefix, exactly as keys list shows them, or the whole key."
+        ),
     ],
     db: DbOption = None,
 ) -> None:

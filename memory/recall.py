@@ -237,7 +237,7 @@ def _within(scope_ids: Sequence[int] | None, expr: str) -> str:
     return f"{{scope}} : ({tokens}) AND ({expr})"
 
 
-def _pg_rare(s: Session, cue: Cue) -> list[int]:
+def _pg_rare(s: Session, cue: Cue, params: dict[str, Any]) -> list[int]:
     """The numbers (in :data:`_PG_CUE`'s ``q``: terms from 1, then compounds) of the cue's
     rare terms: held by fewer than COMMON_TURNS turns of the whole archive, so that the GIN
     index finds them cheaply. Verdicts are kept as on SQLite (see _COMMON_CACHE and
@@ -245,7 +245,8 @@ def _pg_rare(s: Session, cue: Cue) -> list[int]:
     its posting list. A verdict picks how a term's matches are found (either way finds them
     all) and, in a session longer than COMMON_WINDOW, whether turns before its window count:
     one that a concurrent writer left slightly stale (a term just crossing COMMON_TURNS) costs
-    time, or changes only whether such an early turn holding that term is found."""
+    time, or changes only whether such an early turn holding that term is found. ``params``:
+    the search's, holding the cue's arrays (see :data:`_PG_CUE`)."""
     keys = [f"t:{_verdict_key(t)}" for t in cue.terms]
     keys += [f"c:{c}" for c in cue.compounds]
     known = _verdicts(s, _COMMON_CACHE)
@@ -256,25 +257,14 @@ def _pg_rare(s: Session, cue: Cue) -> list[int]:
         newest = conn.execute(text(_NEWEST_TURN)).scalar() or 0
         unknown = [i for i in unknown if not _still_rare(rare.get(keys[i]), newest)]
     if unknown:
-        params: dict[str, Any] = {}
-        probes = []
-        for i in unknown:
-            params[f"p{i}"] = (
-                " ".join(cue.terms[i]) if i < len(cue.terms) else cue.compounds[i - len(cue.terms)]
-            )
-            parse = "phraseto_tsquery" if i < len(cue.terms) else "plainto_tsquery"
-            probes.append(
-                f"(SELECT count(*) FROM (SELECT 1 FROM om_turns t WHERE {PG_VECTOR} @@ "
-                f"{parse}('{PG_CONFIG}'::regconfig, :p{i}) LIMIT {COMMON_TURNS}) c{i})"
-            )
-        row = conn.execute(text(f"SELECT ({_NEWEST_TURN}), {', '.join(probes)}"), params).one()
-        newest = row[0] or 0
-        for i, n in zip(unknown, row[1:], strict=True):
+        probe = {**params, "probe": [i + 1 for i in unknown], "limit": COMMON_TURNS}
+        newest, counts = conn.execute(text(_PG_PROBE), probe).one()
+        for i, n in zip(unknown, counts, strict=True):
             if n >= COMMON_TURNS:
                 rare.pop(keys[i], None)
                 _remember(known, keys[i], None)
             else:
-                _remember(rare, keys[i], (int(n), newest))
+                _remember(rare, keys[i], (int(n), newest or 0))
     return [i + 1 for i, k in enumerate(keys) if k not in known]
 
 
@@ -290,6 +280,8 @@ def _pg_window(session: SessionRow, scope: str, before: int | None, params: dict
     return " AND t.seq >= :lo"
 
 
+_NEWEST_TURN = "SELECT max(id) FROM om_turns"
+
 _PG_CUE = (
     "WITH q AS (SELECT i, query FROM ("
     f"SELECT u.i, phraseto_tsquery('{PG_CONFIG}'::regconfig, u.term) AS query "
@@ -300,6 +292,14 @@ _PG_CUE = (
 )
 """The cue's tsqueries, numbered (its terms from 1, then its compounds), from two bound
 arrays: the statement's text is the same whatever the cue, so the server can keep its plan."""
+
+_PG_PROBE = (
+    f"{_PG_CUE} SELECT ({_NEWEST_TURN}), ARRAY(SELECT (SELECT count(*) FROM (SELECT 1 "
+    f"FROM om_turns t WHERE {PG_VECTOR} @@ q.query LIMIT :limit) c) "
+    "FROM unnest(CAST(:probe AS int[])) AS p(i) LEFT JOIN q ON q.i = p.i ORDER BY p.i)"
+)
+"""The newest turn id, and how many turns hold each of the cue's terms numbered in ``probe``
+(up to ``limit``; none for a term PostgreSQL reads as no word, which ``q`` leaves out)."""
 
 
 def _pg_ranked(join: str, where: str, window: str) -> str:
@@ -425,7 +425,7 @@ def search(
         params["terms"] = [" ".join(t) for t in parsed.terms]
         params["compounds"] = list(parsed.compounds)
         params["nterms"] = len(parsed.terms)
-        params["rare"] = _pg_rare(s, parsed)
+        params["rare"] = _pg_rare(s, parsed, params)
         hits = _pg_ranked(join, where, _pg_window(session, scope, before, params))
         stmt = text(_FETCH.format(hits=hits)).columns(**_HIT_COLUMNS)
         rows = s.connection().execute(stmt, params).all()
@@ -773,7 +773,6 @@ _COMMON_CACHE_SIZE = 4096
 _RARE_CACHE: weakref.WeakKeyDictionary[Any, OrderedDict[str, tuple[int, int]]] = (
     weakref.WeakKeyDictionary()
 )
-_NEWEST_TURN = "SELECT max(id) FROM om_turns"
 
 
 def _verdict_key(term: tuple[str, ...]) -> str:

@@ -286,10 +286,13 @@ def test_postgresql_searches_with_one_statement_text_whatever_the_cue(pg_url: st
     mm.add_turns("s", [("user", f"the parcel to Lisbon, note {i}, code QX-{i}") for i in range(30)])
     found: list[object] = []
     texts: set[str] = set()
+    probes: set[str] = set()  # (a term not seen yet is probed: one text too)
     for cue in ("parcel", "the parcel to Lisbon?", "code QX-7 and ana@example.com please"):
         sent = sent_sql(mm, lambda cue=cue: found.append(mm.recall("s", cue)))
-        texts |= {q for q in sent if "WITH q AS" in q}
+        texts |= {q for q in sent if "WITH q AS" in q and "ts_rank_cd" in q}
+        probes |= {q for q in sent if "WITH q AS" in q and "ts_rank_cd" not in q}
     assert all(found) and len(texts) == 1
+    assert len(probes) == 1
     assert mm.recall("s", "QX-7")[0].turn.seq == 8
     mm.close()
 
